@@ -1,0 +1,15 @@
+//! Per-CPU counters of everything the kernel side failed to record, so no loss is silent.
+
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+use memtrace_common::DropSource;
+
+#[map(name = "DROPS")]
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropSource::COUNT, 0);
+
+#[inline(always)]
+pub fn count(source: DropSource) {
+    if let Some(slot) = DROPS.get_ptr_mut(source as u32) {
+        // SAFETY: the slot is this CPU's own; BPF programs do not nest on one CPU here.
+        unsafe { *slot += 1 };
+    }
+}

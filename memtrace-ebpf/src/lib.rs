@@ -1,0 +1,2 @@
+//! Empty on purpose: see `[lib]` in Cargo.toml. The kernel programs are in `main.rs`.
+#![no_std]

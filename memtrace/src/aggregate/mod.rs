@@ -1,0 +1,4 @@
+//! Pure statistics over what the kernel counted: no I/O here, so every rule is unit-tested on
+//! literal inputs.
+
+pub mod faults;

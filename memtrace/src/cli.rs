@@ -1,0 +1,142 @@
+//! The command line: `Cli { command }` with one argument struct per subcommand. Doc comments are
+//! the help text; each subcommand ends its help with examples.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+const EXAMPLES: &str = "\
+EXAMPLES:
+  sudo memtrace faults                      # system-wide: busiest processes each second
+  sudo memtrace faults --pid 4242           # one process, live
+  sudo memtrace faults -- make -j2          # a command and all its descendants
+  sudo memtrace faults --json --duration 10 # machine-readable, for 10 seconds";
+
+const FAULTS_EXAMPLES: &str = "\
+COLUMNS:
+  TIME     local time of the interval's end
+  PID      process id (TID: thread id, with --threads)
+  COMM     command name
+  MINOR/s  minor faults per second in the interval (page already in memory, or zero-filled)
+  MAJOR/s  major faults per second in the interval (the page had to be read from storage)
+  MINOR    minor faults since tracing began
+  MAJOR    major faults since tracing began
+
+EXAMPLES:
+  sudo memtrace faults                          # whole system, top 10 by fault rate
+  sudo memtrace faults --pid 4242 --pid 4243    # two running processes
+  sudo memtrace faults --comm postgres          # every process named postgres
+  sudo memtrace faults --threads --pid 4242     # per thread
+  sudo memtrace faults --interval 5 --duration 60
+  sudo memtrace faults --json -o faults.jsonl -- ./build.sh
+
+Counts come from the kernel's minor-faults/major-faults perf events, which fire exactly where
+the kernel increments each task's min_flt/maj_flt (/proc/PID/stat fields 10 and 12). Faults
+taken on a process's behalf by get_user_pages (execve argument copying, MAP_POPULATE, mlock)
+raise no such event and are not seen.";
+
+/// memtrace: a Linux memory event tracer on eBPF.
+///
+/// Counts page faults per process in the kernel and reports them live. Needs root, or the
+/// capabilities CAP_BPF and CAP_PERFMON.
+#[derive(Debug, Parser)]
+#[command(name = "memtrace", version, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Show diagnostics, including the kernel programs' own log (-vv for more)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Minor and major page-fault rates per process, live
+    #[command(after_help = FAULTS_EXAMPLES)]
+    Faults(FaultsArgs),
+}
+
+/// Minor and major page-fault rates per process, counted in the kernel.
+///
+/// With no target, reports the busiest processes of the whole system each interval.
+#[derive(Debug, Args)]
+pub struct FaultsArgs {
+    /// Trace this running process (repeat for several)
+    #[arg(short, long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pids: Vec<u32>,
+
+    /// Trace every process with this command name (as in /proc/PID/comm, at most 15 bytes)
+    #[arg(long, value_name = "NAME", conflicts_with = "pids")]
+    pub comm: Option<String>,
+
+    /// Seconds between reports (fractions allowed)
+    #[arg(short, long, value_name = "SECS", default_value = "1", value_parser = parse_seconds)]
+    pub interval: Duration,
+
+    /// Stop after this many seconds (default: until Ctrl-C, or until every target has exited)
+    #[arg(short, long, value_name = "SECS", value_parser = parse_seconds)]
+    pub duration: Option<Duration>,
+
+    /// Count per thread instead of per process
+    #[arg(short, long)]
+    pub threads: bool,
+
+    /// Rows per interval when tracing the whole system or by name (busiest first)
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub top: u64,
+
+    /// One JSON object per line instead of a table (schema in the README)
+    #[arg(long)]
+    pub json: bool,
+
+    /// Write the report to FILE instead of standard output
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Start COMMAND and trace it with all its descendants; memtrace exits with its status
+    #[arg(last = true, value_name = "COMMAND", conflicts_with_all = ["pids", "comm"])]
+    pub command: Vec<String>,
+}
+
+/// A strictly positive, finite number of seconds.
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(format!("`{text}` must be a positive number of seconds"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|err| err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn seconds_must_be_positive_and_finite() {
+        assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
+        assert!(parse_seconds("0").is_err());
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("inf").is_err());
+        assert!(parse_seconds("NaN").is_err());
+        assert!(parse_seconds("soon").is_err());
+    }
+
+    #[test]
+    fn targets_exclude_each_other() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
+        assert!(parse(&["memtrace", "faults", "--pid", "1", "--", "true"]).is_err());
+        assert!(parse(&["memtrace", "faults", "--comm", "x", "--pid", "1"]).is_err());
+        assert!(parse(&["memtrace", "faults", "--pid", "0"]).is_err());
+        assert!(parse(&["memtrace", "faults", "--pid", "1", "--pid", "2"]).is_ok());
+        assert!(parse(&["memtrace", "faults", "--", "ls", "-l"]).is_ok());
+    }
+}

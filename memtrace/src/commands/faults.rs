@@ -1,0 +1,467 @@
+//! `memtrace faults`: per-process minor/major page-fault rates, counted in the kernel.
+//!
+//! Flow: flags → [`FaultsConfig`] → globals → load and attach → register targets → every
+//! interval read the counting table, turn it into rates, print → at the end, a summary.
+
+use std::{
+    future::{Future, pending},
+    io,
+    path::PathBuf,
+    pin::Pin,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::Ebpf;
+use memtrace_common::{COMM_LEN, globals, targets::TargetFlags};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    time::{MissedTickBehavior, interval_at, sleep},
+};
+
+use crate::{
+    aggregate::faults::{Counts, FaultAggregator, Row, busiest},
+    bpf::{
+        self, Globals,
+        targets::{self, Filter},
+    },
+    cli::FaultsArgs,
+    error::{Failure, exit_code},
+    output::{
+        self, Timestamp,
+        faults::{FaultsOutput, Start, Summary, Total},
+    },
+    pidfd::PidFd,
+    privileges, procfs,
+    spawn::{self, CommandExit, Spawned},
+};
+
+/// How long a spawned command gets to exit after memtrace forwarded it a signal.
+const COMMAND_GRACE: Duration = Duration::from_secs(2);
+
+/// What to trace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    System,
+    Pids(Vec<u32>),
+    Comm(String),
+    Command(Vec<String>),
+}
+
+/// Validated `faults` flags.
+#[derive(Clone, Debug)]
+pub struct FaultsConfig {
+    pub target: Target,
+    pub interval: Duration,
+    pub duration: Option<Duration>,
+    pub per_thread: bool,
+    pub top: usize,
+    pub json: bool,
+    pub output: Option<PathBuf>,
+}
+
+impl TryFrom<FaultsArgs> for FaultsConfig {
+    type Error = Failure;
+
+    fn try_from(args: FaultsArgs) -> Result<Self, Failure> {
+        let target = if !args.command.is_empty() {
+            Target::Command(args.command)
+        } else if let Some(comm) = args.comm {
+            if comm.is_empty() || comm.len() >= COMM_LEN {
+                return Err(Failure::Usage(format!(
+                    "--comm `{comm}`: a command name has 1 to {} bytes (the kernel truncates longer ones)",
+                    COMM_LEN - 1
+                )));
+            }
+            Target::Comm(comm)
+        } else if !args.pids.is_empty() {
+            let mut pids = args.pids;
+            pids.sort_unstable();
+            pids.dedup();
+            Target::Pids(pids)
+        } else {
+            Target::System
+        };
+        Ok(FaultsConfig {
+            target,
+            interval: args.interval,
+            duration: args.duration,
+            per_thread: args.threads,
+            top: usize::try_from(args.top).unwrap_or(usize::MAX),
+            json: args.json,
+            output: args.output,
+        })
+    }
+}
+
+impl FaultsConfig {
+    fn filter(&self) -> Filter {
+        match &self.target {
+            Target::System => Filter::All,
+            Target::Pids(_) => Filter::Targets {
+                follow_forks: false,
+            },
+            Target::Command(_) => Filter::Targets { follow_forks: true },
+            Target::Comm(name) => {
+                let mut comm = [0; COMM_LEN];
+                comm[..name.len()].copy_from_slice(name.as_bytes());
+                Filter::Comm(comm)
+            }
+        }
+    }
+
+    fn describe(&self) -> (&'static str, String) {
+        match &self.target {
+            Target::System => ("system", "all processes".into()),
+            Target::Pids(pids) => {
+                let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+                ("pids", format!("PID {}", list.join(", ")))
+            }
+            Target::Comm(name) => ("comm", format!("processes named {name}")),
+            Target::Command(argv) => (
+                "command",
+                format!("`{}` and its descendants", argv.join(" ")),
+            ),
+        }
+    }
+
+    /// Whether each interval shows every target, rather than only the busiest few.
+    fn shows_every_target(&self) -> bool {
+        matches!(self.target, Target::Pids(_))
+    }
+}
+
+/// Why tracing ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    Signal(i32),
+    Duration,
+    TargetsExited,
+    CommandExited,
+    OutputClosed,
+}
+
+impl End {
+    fn reason(self) -> &'static str {
+        match self {
+            End::Signal(_) => "signal",
+            End::Duration => "duration",
+            End::TargetsExited => "targets_exited",
+            End::CommandExited => "command_exited",
+            End::OutputClosed => "output_closed",
+        }
+    }
+}
+
+pub async fn execute(args: FaultsArgs) -> anyhow::Result<u8> {
+    let config = FaultsConfig::try_from(args)?;
+    privileges::require()?;
+    // Open every explicit target first: it proves the pid exists, and holds on to *that* process.
+    let watched = match &config.target {
+        Target::Pids(pids) => pids
+            .iter()
+            .map(|&pid| PidFd::open(pid).map_err(|_| Failure::NoSuchProcess(pid)))
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => Vec::new(),
+    };
+    let out = output::open(config.output.as_deref())?;
+    let mut session = Session::start(&config, out, watched)?;
+    session.run().await
+}
+
+/// One tracing session: the loaded programs, what they are watching, and the report so far.
+struct Session<'a> {
+    config: &'a FaultsConfig,
+    ebpf: Ebpf,
+    out: FaultsOutput,
+    aggregator: FaultAggregator,
+    watched: Vec<PidFd>,
+    command: Option<Spawned>,
+    started: Instant,
+}
+
+impl<'a> Session<'a> {
+    fn start(
+        config: &'a FaultsConfig,
+        out: Box<dyn io::Write>,
+        watched: Vec<PidFd>,
+    ) -> anyhow::Result<Self> {
+        let filter = config.filter();
+        let mut globals = Globals::default();
+        filter.configure(&mut globals)?;
+        globals.u32(globals::PER_THREAD, u32::from(config.per_thread));
+
+        let mut ebpf = bpf::load(&globals)?;
+        bpf::forward_kernel_logs(&mut ebpf);
+        bpf::faults::attach(&mut ebpf)?;
+        if filter == (Filter::Targets { follow_forks: true }) {
+            bpf::targets::attach_fork_follower(&mut ebpf)?;
+        }
+
+        let mut aggregator = FaultAggregator::default();
+        for pidfd in &watched {
+            let pid = pidfd.pid();
+            targets::insert(&mut ebpf, pid, TargetFlags::COUNT)?;
+            if !config.per_thread {
+                let comm = procfs::read_comm(pid, None).unwrap_or_default();
+                aggregator.track(
+                    memtrace_common::faults::FaultKey { tgid: pid, tid: 0 },
+                    comm,
+                );
+            }
+        }
+        let command = match &config.target {
+            Target::Command(argv) => Some(spawn_followed(&mut ebpf, argv)?),
+            _ => None,
+        };
+
+        let (mode, description) = config.describe();
+        let pids: Vec<u32> = watched
+            .iter()
+            .map(PidFd::pid)
+            .chain(command.as_ref().map(Spawned::pid))
+            .collect();
+        let mut out = FaultsOutput::new(out, config.json, config.per_thread);
+        out.start(&Start {
+            mode,
+            description: &description,
+            pids: &pids,
+            interval_s: config.interval.as_secs_f64(),
+            per_thread: config.per_thread,
+        })
+        .context("write the report")?;
+
+        Ok(Session {
+            config,
+            ebpf,
+            out,
+            aggregator,
+            watched,
+            command,
+            started: Instant::now(),
+        })
+    }
+
+    async fn run(&mut self) -> anyhow::Result<u8> {
+        let mut sigint = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
+        let mut sigterm = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+        let mut ticker = interval_at(
+            (self.started + self.config.interval).into(),
+            self.config.interval,
+        );
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut deadline: Pin<Box<dyn Future<Output = ()>>> = match self.config.duration {
+            Some(duration) => Box::pin(sleep(duration)),
+            None => Box::pin(pending()),
+        };
+        let mut last = self.started;
+
+        let end = loop {
+            let targets_gone = all_exited(&self.watched, self.command.as_ref());
+            tokio::select! {
+                _ = ticker.tick() => {
+                    let now = Instant::now();
+                    match self.report_interval(now - last) {
+                        Ok(()) => last = now,
+                        Err(err) if is_closed(&err) => break End::OutputClosed,
+                        Err(err) => return Err(err),
+                    }
+                }
+                _ = sigint.recv() => break End::Signal(libc::SIGINT),
+                _ = sigterm.recv() => break End::Signal(libc::SIGTERM),
+                _ = &mut deadline => break End::Duration,
+                end = targets_gone => break end,
+            }
+        };
+
+        let command_exit = self.finish_command(end).await?;
+        // A last reading, complete for every target that has exited.
+        let samples = self.read_samples()?;
+        self.aggregator.update(&samples, Duration::ZERO);
+        self.refresh_comms(samples.iter().map(|(key, _)| *key));
+        let summary = self.summary(end, command_exit)?;
+        if let Err(err) = self.out.summary(&summary)
+            && err.kind() != io::ErrorKind::BrokenPipe
+        {
+            return Err(err).context("write the summary");
+        }
+        Ok(match (self.command.as_ref(), command_exit) {
+            (Some(_), Some(exit)) => exit.code,
+            _ => exit_code::OK,
+        })
+    }
+
+    /// Reads the counting table, prints one interval, and retires exited processes.
+    fn report_interval(&mut self, elapsed: Duration) -> anyhow::Result<()> {
+        // Liveness is judged *before* reading, so a retired key's final count is in this read.
+        let exited: Vec<_> = self
+            .aggregator
+            .totals()
+            .into_iter()
+            .map(|(key, _, _)| key)
+            .filter(|key| !key_is_alive(key))
+            .collect();
+        let samples = self.read_samples()?;
+        let rows = self.aggregator.update(&samples, elapsed);
+        let rows = if self.config.shows_every_target() {
+            rows
+        } else {
+            busiest(rows, self.config.top)
+        };
+        self.refresh_comms(rows.iter().map(|row| row.key));
+        let rows: Vec<Row> = rows
+            .into_iter()
+            .map(|mut row| {
+                row.comm = self
+                    .aggregator
+                    .comm(&row.key)
+                    .unwrap_or_default()
+                    .to_owned();
+                row
+            })
+            .collect();
+        let dropped = bpf::faults::drops(&self.ebpf)?;
+        self.out
+            .interval(Timestamp::now(), elapsed.as_secs_f64(), &rows, &dropped)
+            .context("write the report")?;
+        warn_about_drops(&dropped);
+
+        for key in exited
+            .into_iter()
+            .filter(|key| samples.iter().any(|(k, _)| k == key))
+        {
+            bpf::faults::remove(&mut self.ebpf, &key)?;
+            if !procfs::is_alive(key.tgid) {
+                bpf::faults::forget_comm(&mut self.ebpf, key.tgid)?;
+            }
+            self.aggregator.retire(key);
+        }
+        Ok(())
+    }
+
+    fn read_samples(&mut self) -> anyhow::Result<Vec<(memtrace_common::faults::FaultKey, Counts)>> {
+        let samples = bpf::faults::read(&self.ebpf)?;
+        for (key, _) in &samples {
+            if self.aggregator.comm(key).is_none() {
+                self.refresh_comms(std::iter::once(*key));
+            }
+        }
+        Ok(samples)
+    }
+
+    /// Re-reads names (they change at `exec`): from /proc while the process lives, else the
+    /// name the kernel recorded at its last `exec`.
+    fn refresh_comms(&mut self, keys: impl Iterator<Item = memtrace_common::faults::FaultKey>) {
+        for key in keys {
+            let tid = self.config.per_thread.then_some(key.tid);
+            let comm = procfs::read_comm(key.tgid, tid)
+                .or_else(|| bpf::faults::kernel_comm(&mut self.ebpf, key.tgid));
+            if let Some(comm) = comm {
+                self.aggregator.set_comm(key, comm);
+            }
+        }
+    }
+
+    /// Reaps the spawned command; on a signal, forwards it first and gives it time to exit.
+    async fn finish_command(&mut self, end: End) -> anyhow::Result<Option<CommandExit>> {
+        let Some(command) = &self.command else {
+            return Ok(None);
+        };
+        if let End::Signal(signal) = end {
+            let _ = command.pidfd.signal(signal);
+            if tokio::time::timeout(COMMAND_GRACE, command.pidfd.exited())
+                .await
+                .is_err()
+            {
+                log::warn!("command (pid {}) still running; leaving it", command.pid());
+                return Ok(None);
+            }
+        } else if end != End::CommandExited {
+            return Ok(None);
+        }
+        Ok(Some(command.reap().context("reap the command")?))
+    }
+
+    fn summary(&self, end: End, command_exit: Option<CommandExit>) -> anyhow::Result<Summary> {
+        let totals: Vec<Total> = self
+            .aggregator
+            .totals()
+            .into_iter()
+            .map(|(key, comm, counts)| Total {
+                pid: key.tgid,
+                tid: self.config.per_thread.then_some(key.tid),
+                comm,
+                minor: counts.minor,
+                major: counts.major,
+            })
+            .collect();
+        let dropped = bpf::faults::drops(&self.ebpf)?;
+        Ok(Summary {
+            time: Timestamp::now(),
+            duration_s: self.started.elapsed().as_secs_f64(),
+            reason: end.reason(),
+            totals,
+            dropped,
+            command: self
+                .command
+                .as_ref()
+                .zip(command_exit)
+                .map(|(c, e)| (c.pid(), e)),
+        })
+    }
+}
+
+/// Starts the command as a followed target from birth: memtrace marks itself followed (but not
+/// counted), so the kernel's fork hook registers the child inside `fork()`, before it runs.
+fn spawn_followed(ebpf: &mut Ebpf, argv: &[String]) -> anyhow::Result<Spawned> {
+    let me = std::process::id();
+    targets::insert(ebpf, me, TargetFlags::FOLLOW)?;
+    let spawned = spawn::spawn(argv);
+    targets::remove(ebpf, me)?;
+    let spawned = spawned?;
+    if !targets::contains(ebpf, spawned.pid())? {
+        anyhow::bail!(
+            "the kernel did not register the command (pid {}) as a target",
+            spawned.pid()
+        );
+    }
+    Ok(spawned)
+}
+
+/// Resolves when every explicit target, or the spawned command, has exited; never otherwise.
+async fn all_exited(watched: &[PidFd], command: Option<&Spawned>) -> End {
+    if let Some(command) = command {
+        let _ = command.pidfd.exited().await;
+        return End::CommandExited;
+    }
+    if watched.is_empty() {
+        return pending().await;
+    }
+    for pidfd in watched {
+        let _ = pidfd.exited().await;
+    }
+    End::TargetsExited
+}
+
+fn key_is_alive(key: &memtrace_common::faults::FaultKey) -> bool {
+    if key.tid == 0 {
+        procfs::is_alive(key.tgid)
+    } else {
+        procfs::thread_exists(key.tgid, key.tid)
+    }
+}
+
+fn warn_about_drops(dropped: &[(memtrace_common::DropSource, u64)]) {
+    for &(source, n) in dropped {
+        if n > 0 {
+            log::warn!("{n} events not counted so far: {}", source.name());
+        }
+    }
+}
+
+/// Whether writing failed because the reader went away (`memtrace ... | head`).
+fn is_closed(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<io::Error>())
+        .any(|err| err.kind() == io::ErrorKind::BrokenPipe)
+}

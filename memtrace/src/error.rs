@@ -1,0 +1,58 @@
+//! The failures memtrace explains to its user, each with its own exit code. Library code returns
+//! these (wrapped in `anyhow` with context at the edges); `main` finds one in the error chain and
+//! exits with its code, or with [`exit_code::RUNTIME`] for anything unexpected.
+
+use thiserror::Error;
+
+/// Process exit codes, documented in the README.
+pub mod exit_code {
+    /// Tracing ran and ended normally.
+    pub const OK: u8 = 0;
+    /// An unexpected runtime failure (the message says what failed).
+    pub const RUNTIME: u8 = 1;
+    /// Bad command-line usage: an unknown flag, a bad value, flags that make no sense together.
+    pub const USAGE: u8 = 2;
+    /// Not privileged enough to load BPF programs and open perf events.
+    pub const NOT_PRIVILEGED: u8 = 3;
+    /// A requested target does not exist (no such process).
+    pub const NO_SUCH_TARGET: u8 = 4;
+    /// The kernel lacks something memtrace needs (a tracepoint, perf event, tracefs).
+    pub const KERNEL_UNSUPPORTED: u8 = 5;
+    /// `-- COMMAND` could not be executed (as in shells).
+    pub const COMMAND_NOT_EXECUTABLE: u8 = 126;
+    /// `-- COMMAND` was not found (as in shells).
+    pub const COMMAND_NOT_FOUND: u8 = 127;
+}
+
+#[derive(Debug, Error)]
+pub enum Failure {
+    #[error("{0}")]
+    Usage(String),
+    #[error(
+        "memtrace needs root, or the capabilities CAP_BPF and CAP_PERFMON (missing: {missing}): \
+         run it with sudo"
+    )]
+    NotPrivileged { missing: String },
+    #[error("no such process: {0}")]
+    NoSuchProcess(u32),
+    #[error("this kernel lacks {what}: {hint}")]
+    KernelUnsupported { what: String, hint: String },
+    #[error("cannot run `{command}`: {reason}")]
+    CommandFailed {
+        command: String,
+        reason: String,
+        code: u8,
+    },
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Usage(_) => exit_code::USAGE,
+            Failure::NotPrivileged { .. } => exit_code::NOT_PRIVILEGED,
+            Failure::NoSuchProcess(_) => exit_code::NO_SUCH_TARGET,
+            Failure::KernelUnsupported { .. } => exit_code::KERNEL_UNSUPPORTED,
+            Failure::CommandFailed { code, .. } => *code,
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The `memtrace` binary: parse the command line, run one subcommand, and turn the outcome into
+//! one clear line and an exit code (table in the README).
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use memtrace::{
+    cli::Cli,
+    commands,
+    error::{Failure, exit_code},
+};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            // --help and --version are not failures.
+            return ExitCode::from(if err.use_stderr() {
+                exit_code::USAGE
+            } else {
+                exit_code::OK
+            });
+        }
+    };
+    init_logging(cli.verbose);
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("memtrace: cannot start the runtime: {err}");
+            return ExitCode::from(exit_code::RUNTIME);
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            let failure = err
+                .chain()
+                .find_map(|cause| cause.downcast_ref::<Failure>());
+            match failure {
+                Some(failure) => {
+                    eprintln!("memtrace: {failure}");
+                    log::debug!("{err:?}");
+                    ExitCode::from(failure.exit_code())
+                }
+                None => {
+                    eprintln!("memtrace: {err:#}");
+                    ExitCode::from(exit_code::RUNTIME)
+                }
+            }
+        }
+    }
+}
+
+/// `-v` shows info, `-vv` debug; RUST_LOG, when set, wins. Warnings are always shown.
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .format_timestamp(None)
+        .format_target(false)
+        .init();
+}

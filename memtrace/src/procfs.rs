@@ -1,0 +1,125 @@
+//! Reading the kernel's own per-process records in `/proc`: command names, fault counters,
+//! liveness and capabilities. Parsing is pure and unit-tested; reading is a thin layer on top.
+
+use std::{fs, io, path::PathBuf};
+
+/// The fields memtrace uses from `/proc/PID/stat`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcStat {
+    pub pid: u32,
+    pub comm: String,
+    /// One-letter state: `R`, `S`, `D`, `Z` (zombie), ...
+    pub state: char,
+    /// Field 10: minor faults of the process (all its threads, living and dead).
+    pub minflt: u64,
+    /// Field 12: major faults.
+    pub majflt: u64,
+}
+
+/// Parses `/proc/PID/stat`. The command name is between the first `(` and the *last* `)`, since
+/// it may itself contain spaces and parentheses.
+pub fn parse_stat(text: &str) -> Option<ProcStat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let pid = text[..open].trim().parse().ok()?;
+    let comm = text.get(open + 1..close)?.to_owned();
+    // Fields from 3 (state) on; index 0 here is field 3.
+    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    Some(ProcStat {
+        pid,
+        comm,
+        state: rest.first()?.chars().next()?,
+        minflt: rest.get(7)?.parse().ok()?,
+        majflt: rest.get(9)?.parse().ok()?,
+    })
+}
+
+pub fn read_stat(pid: u32) -> io::Result<ProcStat> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_stat(&text).ok_or_else(|| io::Error::other(format!("unparsable /proc/{pid}/stat")))
+}
+
+/// Whether a process exists and has not yet exited (a zombie has exited).
+pub fn is_alive(pid: u32) -> bool {
+    read_stat(pid).is_ok_and(|stat| stat.state != 'Z' && stat.state != 'X')
+}
+
+/// Whether a thread of a process still exists.
+pub fn thread_exists(pid: u32, tid: u32) -> bool {
+    PathBuf::from(format!("/proc/{pid}/task/{tid}")).exists()
+}
+
+/// The current command name of a process, or of one of its threads.
+pub fn read_comm(pid: u32, tid: Option<u32>) -> Option<String> {
+    let path = match tid {
+        Some(tid) => format!("/proc/{pid}/task/{tid}/comm"),
+        None => format!("/proc/{pid}/comm"),
+    };
+    let comm = fs::read_to_string(path).ok()?;
+    Some(comm.trim_end_matches('\n').to_owned())
+}
+
+/// The effective capability set (`CapEff` in `/proc/self/status`) as a bit mask.
+pub fn effective_capabilities() -> io::Result<u64> {
+    let status = fs::read_to_string("/proc/self/status")?;
+    parse_cap_eff(&status).ok_or_else(|| io::Error::other("no CapEff in /proc/self/status"))
+}
+
+fn parse_cap_eff(status: &str) -> Option<u64> {
+    let hex = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// A kernel command name (NUL-padded bytes) as text.
+pub fn comm_from_bytes(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAT: &str = "4242 (my (odd) prog) S 1 4242 4242 0 -1 4194560 1234 56 7 0 3 1 0 0 20 0 \
+                        1 0 1234567 10000000 300 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 \
+                        1 0 0 0 0 0";
+
+    #[test]
+    fn stat_fields_follow_the_last_parenthesis() {
+        let stat = parse_stat(STAT).unwrap();
+        assert_eq!(stat.pid, 4242);
+        assert_eq!(stat.comm, "my (odd) prog");
+        assert_eq!(stat.state, 'S');
+        assert_eq!(stat.minflt, 1234);
+        assert_eq!(stat.majflt, 7);
+    }
+
+    #[test]
+    fn truncated_stat_is_rejected() {
+        assert_eq!(parse_stat("12 (x) S 1 2"), None);
+        assert_eq!(parse_stat(""), None);
+    }
+
+    #[test]
+    fn cap_eff_is_hex() {
+        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        assert_eq!(parse_cap_eff(status), Some(0x1ff_ffff_ffff));
+        assert_eq!(parse_cap_eff("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn comm_stops_at_nul() {
+        assert_eq!(comm_from_bytes(b"bash\0\0\0\0"), "bash");
+        assert_eq!(comm_from_bytes(b"0123456789abcdef"), "0123456789abcdef");
+    }
+
+    #[test]
+    fn own_process_is_readable() {
+        let stat = read_stat(std::process::id()).unwrap();
+        assert_eq!(stat.pid, std::process::id());
+        assert!(is_alive(std::process::id()));
+        assert!(stat.minflt > 0);
+    }
+}

@@ -1,0 +1,289 @@
+//! Shared harness for the integration tests: run the real `memtrace` binary against the real
+//! kernel, build the C workloads, and read the kernel's own accounting to compare with.
+//!
+//! Tests that load BPF programs need root; unprivileged, they print why and return early.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Output, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Returns early from a test that needs root, saying so.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::common::is_root() {
+            eprintln!(
+                "SKIPPED {}: needs root (to load BPF programs)",
+                module_path!()
+            );
+            return;
+        }
+    };
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn memtrace() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_memtrace"))
+}
+
+/// Runs memtrace to completion and returns its output.
+pub fn run_memtrace(args: &[&str]) -> Output {
+    memtrace()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run memtrace")
+}
+
+/// Builds `tests/workloads/NAME.c` once per test run.
+pub fn workload(name: &str) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/workloads/{name}.c"));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("workloads");
+    fs::create_dir_all(&dir).unwrap();
+    let binary = dir.join(name);
+    let fresh = |b: &Path| {
+        let built = fs::metadata(b).and_then(|m| m.modified());
+        let src = fs::metadata(&source).and_then(|m| m.modified());
+        matches!((built, src), (Ok(b), Ok(s)) if b >= s)
+    };
+    if !fresh(&binary) {
+        let status = Command::new("cc")
+            .args(["-O2", "-Wall", "-pthread", "-o"])
+            .arg(&binary)
+            .arg(&source)
+            .status()
+            .expect("run cc");
+        assert!(status.success(), "cc {name}.c failed");
+    }
+    binary
+}
+
+/// A directory on a real disk (not tmpfs), for files that must be evicted from the page cache.
+pub fn disk_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("files");
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The kernel's own counters from `/proc/PID/stat`: (minflt, majflt).
+pub fn proc_faults(pid: u32) -> (u64, u64) {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    let after = &text[text.rfind(')').unwrap() + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    (fields[7].parse().unwrap(), fields[9].parse().unwrap())
+}
+
+/// Names of loaded BPF programs that are memtrace's (all start with `mt_`), from bpftool.
+pub fn our_programs() -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool is installed by `cargo xtask setup`");
+    assert!(out.status.success(), "bpftool failed");
+    let progs: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    progs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .filter(|name| name.starts_with("mt_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Our programs still loaded once the kernel has had `timeout` to release those of exited
+/// processes: it frees them asynchronously, after an RCU grace period (about 20 ms here).
+pub fn our_programs_after(timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let loaded = our_programs();
+        if loaded.is_empty() || Instant::now() >= deadline {
+            return loaded;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A workload speaking the ready/go/done/exit line protocol on its stdin/stdout.
+pub struct Workload {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Workload {
+    /// Starts it and waits for "ready".
+    pub fn start(binary: &Path, args: &[&str]) -> Workload {
+        let mut child = Command::new(binary)
+            .args(args)
+            .arg("wait")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start workload");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut workload = Workload {
+            child,
+            stdin,
+            stdout,
+        };
+        assert_eq!(workload.line(), "ready");
+        workload
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read workload");
+        line.trim().to_owned()
+    }
+
+    /// Lets it do its work and waits until it has.
+    pub fn go(&mut self) {
+        writeln!(self.stdin, "go").unwrap();
+        assert!(self.line().starts_with("done"));
+    }
+
+    /// Lets it exit.
+    pub fn finish(mut self) {
+        writeln!(self.stdin, "exit").unwrap();
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+/// A running `memtrace ... --json`, read line by line.
+pub struct Tracer {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Tracer {
+    /// Starts memtrace with `--json` after the subcommand (so before any `--`), and waits for
+    /// its `start` record.
+    pub fn start(args: &[&str]) -> Tracer {
+        let (subcommand, rest) = args.split_first().expect("a subcommand");
+        let mut child = memtrace()
+            .arg(subcommand)
+            .arg("--json")
+            .args(rest)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start memtrace");
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (send, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut tracer = Tracer { child, lines };
+        let start = tracer
+            .next_record(Duration::from_secs(10))
+            .expect("a start record");
+        assert_eq!(start["type"], "start", "{start}");
+        tracer
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn next_record(&mut self, timeout: Duration) -> Option<Value> {
+        let line = self.lines.recv_timeout(timeout).ok()?;
+        Some(serde_json::from_str(&line).unwrap_or_else(|err| panic!("bad JSON {line:?}: {err}")))
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+
+    /// Waits for memtrace to exit by itself and returns its records and status.
+    pub fn wait(mut self, timeout: Duration) -> (Vec<Value>, ExitStatus) {
+        self.collect(timeout)
+    }
+
+    fn collect(&mut self, timeout: Duration) -> (Vec<Value>, ExitStatus) {
+        let deadline = Instant::now() + timeout;
+        let mut records = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => records.push(serde_json::from_str(&line).expect("JSON line")),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    panic!("memtrace did not exit within {timeout:?}");
+                }
+            }
+        }
+        (records, self.child.wait().unwrap())
+    }
+
+    /// Ctrl-C, then the records and exit status.
+    pub fn interrupt(self) -> (Vec<Value>, ExitStatus) {
+        self.signal(libc::SIGINT);
+        self.wait(Duration::from_secs(10))
+    }
+}
+
+impl Drop for Tracer {
+    /// A failed test must not leave memtrace running, holding programs that later tests count.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The one `summary` record, which must come last.
+pub fn summary(records: &[Value]) -> &Value {
+    let last = records.last().expect("some records");
+    assert_eq!(last["type"], "summary", "last record: {last}");
+    last
+}
+
+/// A process's (minor, major) totals in a summary.
+pub fn totals_of(summary: &Value, pid: u32) -> (u64, u64) {
+    let processes = summary["processes"].as_array().unwrap();
+    let found: Vec<&Value> = processes.iter().filter(|p| p["pid"] == pid).collect();
+    let minor = found.iter().map(|p| p["minor"].as_u64().unwrap()).sum();
+    let major = found.iter().map(|p| p["major"].as_u64().unwrap()).sum();
+    (minor, major)
+}
+
+/// A pid no process has right now.
+pub fn unused_pid() -> u32 {
+    let max: u32 = fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(32768);
+    (1..max)
+        .rev()
+        .find(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        .unwrap()
+}

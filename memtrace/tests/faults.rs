@@ -1,0 +1,299 @@
+//! `memtrace faults` against the kernel's own accounting: `/proc/PID/stat` for running
+//! processes, `wait4` rusage for spawned commands, bpftool for what is left loaded.
+
+mod common;
+
+use std::{fs, io::Write, time::Duration};
+
+use common::{
+    Tracer, Workload, our_programs, our_programs_after, proc_faults, run_memtrace, summary,
+    totals_of, workload,
+};
+
+const RELEASE: Duration = Duration::from_secs(2);
+
+const PAGES: u64 = 20_000;
+
+/// Traces a waiting workload by pid and checks that memtrace's totals equal the deltas of
+/// /proc/PID/stat over exactly the traced window.
+fn assert_pid_totals_match_proc(binary: &str, args: &[&str], extra: &[&str]) -> (u64, u64) {
+    let mut work = Workload::start(&workload(binary), args);
+    let pid = work.pid().to_string();
+    let mut flags = vec!["faults", "--pid", &pid, "--interval", "0.2"];
+    flags.extend_from_slice(extra);
+    let tracer = Tracer::start(&flags);
+    let before = proc_faults(work.pid());
+    work.go();
+    let after = proc_faults(work.pid());
+    let (records, status) = tracer.interrupt();
+    work.finish();
+
+    assert!(status.success(), "memtrace exited with {status}");
+    let summary = summary(&records);
+    let counted = totals_of(summary, work_pid(&pid));
+    let kernel = (after.0 - before.0, after.1 - before.1);
+    assert_eq!(
+        counted, kernel,
+        "memtrace (minor, major) vs /proc/{pid}/stat deltas"
+    );
+    assert_eq!(summary["dropped"]["fault_table_full"], 0);
+    counted
+}
+
+fn work_pid(pid: &str) -> u32 {
+    pid.parse().unwrap()
+}
+
+#[test]
+fn pid_totals_equal_proc_stat_deltas_for_fresh_anonymous_pages() {
+    require_root!();
+    let (minor, major) =
+        assert_pid_totals_match_proc("touch_pages", &[&PAGES.to_string(), "1"], &[]);
+    assert!(
+        minor >= PAGES,
+        "touched {PAGES} fresh pages but counted {minor} minor faults"
+    );
+    assert_eq!(major, 0);
+}
+
+#[test]
+fn multi_threaded_toucher_is_counted_exactly_per_process_and_per_thread() {
+    require_root!();
+    let (minor, _) = assert_pid_totals_match_proc("touch_pages", &[&PAGES.to_string(), "4"], &[]);
+    assert!(minor >= PAGES);
+
+    // Per thread: the rows of one process add up to its /proc delta, over several threads.
+    let mut work = Workload::start(&workload("touch_pages"), &[&PAGES.to_string(), "4"]);
+    let pid = work.pid().to_string();
+    let tracer = Tracer::start(&["faults", "--pid", &pid, "--threads", "--interval", "0.2"]);
+    let before = proc_faults(work.pid());
+    work.go();
+    let after = proc_faults(work.pid());
+    let (records, status) = tracer.interrupt();
+    work.finish();
+    assert!(status.success());
+    let rows: Vec<_> = summary(&records)["processes"].as_array().unwrap().clone();
+    let tids: std::collections::BTreeSet<u64> =
+        rows.iter().map(|r| r["tid"].as_u64().unwrap()).collect();
+    assert!(
+        tids.len() >= 4,
+        "expected the 4 touching threads, got {tids:?}"
+    );
+    let sum: u64 = rows.iter().map(|r| r["minor"].as_u64().unwrap()).sum();
+    assert_eq!(sum, after.0 - before.0);
+}
+
+#[test]
+fn major_faults_from_a_file_evicted_from_the_page_cache() {
+    require_root!();
+    let path = common::disk_dir().join("major-faults.bin");
+    let pages = 2048u64;
+    {
+        let mut file = fs::File::create(&path).unwrap();
+        let chunk: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+        for _ in 0..pages {
+            file.write_all(&chunk).unwrap();
+        }
+        // Clean pages only: dirty ones cannot be evicted by POSIX_FADV_DONTNEED.
+        file.sync_all().unwrap();
+    }
+    let (_, major) = assert_pid_totals_match_proc("read_mapped", &[path.to_str().unwrap()], &[]);
+    fs::remove_file(&path).unwrap();
+    assert!(
+        major >= pages / 2,
+        "read {pages} evicted pages with readahead off but counted {major} major faults"
+    );
+}
+
+#[test]
+fn spawned_command_tree_matches_the_kernels_rusage() {
+    require_root!();
+    let binary = workload("fork_children");
+    let tracer = Tracer::start(&["faults", "--", binary.to_str().unwrap(), "4", "5000"]);
+    let (records, status) = tracer.wait(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "memtrace should exit with the command's status 0: {status}"
+    );
+    let summary = summary(&records);
+    assert_eq!(summary["reason"], "command_exited");
+    let processes = summary["processes"].as_array().unwrap();
+    assert_eq!(
+        processes.len(),
+        5,
+        "the command and its 4 children: {processes:?}"
+    );
+    for process in processes {
+        assert!(process["minor"].as_u64().unwrap() >= 5000, "{process}");
+    }
+    let counted = summary["total"]["minor"].as_u64().unwrap();
+    let kernel = summary["command"]["kernel_minor"].as_u64().unwrap();
+    // The kernel's count also holds the few faults execve takes through get_user_pages while
+    // copying arguments, which raise no perf event (see the README); nothing else may differ.
+    assert!(
+        counted <= kernel && kernel - counted <= 8,
+        "memtrace counted {counted} minor faults, the kernel's rusage says {kernel}"
+    );
+    assert_eq!(
+        summary["total"]["major"],
+        summary["command"]["kernel_major"]
+    );
+}
+
+#[test]
+fn exit_status_of_the_command_is_memtraces() {
+    require_root!();
+    let out = run_memtrace(&["faults", "--json", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+    let out = run_memtrace(&["faults", "--", "/nonexistent/command"]);
+    assert_eq!(out.status.code(), Some(127));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
+}
+
+#[test]
+fn ctrl_c_prints_the_summary_and_leaves_nothing_loaded() {
+    require_root!();
+    assert_eq!(
+        our_programs_after(RELEASE),
+        Vec::<String>::new(),
+        "ours loaded before the test"
+    );
+    let tracer = Tracer::start(&["faults", "--interval", "0.2"]);
+    let loaded = our_programs();
+    assert!(
+        loaded.iter().any(|p| p == "mt_fault_minor")
+            && loaded.iter().any(|p| p == "mt_fault_major"),
+        "while tracing, bpftool should list our programs: {loaded:?}"
+    );
+    let (records, status) = tracer.interrupt();
+    assert!(status.success());
+    assert_eq!(summary(&records)["reason"], "signal");
+    assert_eq!(
+        our_programs_after(RELEASE),
+        Vec::<String>::new(),
+        "left loaded after Ctrl-C"
+    );
+}
+
+#[test]
+fn sigterm_ends_cleanly_too() {
+    require_root!();
+    let tracer = Tracer::start(&["faults", "--interval", "0.2"]);
+    tracer.signal(libc::SIGTERM);
+    let (records, status) = tracer.wait(Duration::from_secs(10));
+    assert!(status.success());
+    assert_eq!(summary(&records)["reason"], "signal");
+    assert_eq!(
+        our_programs_after(RELEASE),
+        Vec::<String>::new(),
+        "left loaded after SIGTERM"
+    );
+}
+
+#[test]
+fn a_target_exiting_ends_tracing_with_a_summary() {
+    require_root!();
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("0.5")
+        .spawn()
+        .unwrap();
+    let pid = sleeper.id().to_string();
+    let tracer = Tracer::start(&["faults", "--pid", &pid, "--interval", "0.1"]);
+    // memtrace does not reap the target; its exit is noticed through a pidfd.
+    sleeper.wait().unwrap();
+    let (records, status) = tracer.wait(Duration::from_secs(10));
+    assert!(status.success());
+    assert_eq!(summary(&records)["reason"], "targets_exited");
+}
+
+#[test]
+fn duration_ends_tracing() {
+    require_root!();
+    let tracer = Tracer::start(&["faults", "--duration", "0.5", "--interval", "0.2"]);
+    let (records, status) = tracer.wait(Duration::from_secs(10));
+    assert!(status.success());
+    assert_eq!(summary(&records)["reason"], "duration");
+    assert!(
+        records.iter().any(|r| r["type"] == "interval"),
+        "interval records expected"
+    );
+}
+
+#[test]
+fn comm_filter_counts_only_that_name() {
+    require_root!();
+    let mut work = Workload::start(&workload("touch_pages"), &[&PAGES.to_string(), "1"]);
+    let tracer = Tracer::start(&["faults", "--comm", "touch_pages", "--interval", "0.2"]);
+    let before = proc_faults(work.pid());
+    work.go();
+    let after = proc_faults(work.pid());
+    let (records, status) = tracer.interrupt();
+    let pid = work.pid();
+    work.finish();
+    assert!(status.success());
+    let summary = summary(&records);
+    assert_eq!(
+        totals_of(summary, pid),
+        (after.0 - before.0, after.1 - before.1)
+    );
+    for process in summary["processes"].as_array().unwrap() {
+        assert_eq!(process["comm"], "touch_pages", "{process}");
+    }
+}
+
+#[test]
+fn no_such_pid_is_a_clear_error() {
+    require_root!();
+    let pid = common::unused_pid().to_string();
+    let out = run_memtrace(&["faults", "--pid", &pid]);
+    assert_eq!(out.status.code(), Some(4));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim(), format!("memtrace: no such process: {pid}"));
+}
+
+#[test]
+fn unprivileged_is_a_clear_error() {
+    // As root, drop to nobody (setpriv clears the capabilities); otherwise we already are.
+    let out = if common::is_root() {
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(env!("CARGO_BIN_EXE_memtrace"))
+            .args(["faults", "--duration", "1"])
+            .output()
+            .expect("setpriv (util-linux)")
+    } else {
+        run_memtrace(&["faults", "--duration", "1"])
+    };
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("needs root") && stderr.contains("CAP_BPF"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2_with_one_line() {
+    for args in [
+        &["faults", "--interval", "0"][..],
+        &["faults", "--duration", "-1"],
+        &["faults", "--pid", "1", "--", "true"],
+        &["faults", "--comm", "a-name-longer-than-15"],
+        &["faults", "--bogus"],
+    ] {
+        let out = run_memtrace(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.starts_with("error:") || stderr.starts_with("memtrace:"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
