@@ -8,7 +8,11 @@
 
 use std::{io, process::Command};
 
+use aya::Ebpf;
+use memtrace_common::targets::TargetFlags;
+
 use crate::{
+    bpf::targets,
     error::{Failure, exit_code},
     pidfd::PidFd,
 };
@@ -45,6 +49,24 @@ pub fn spawn(argv: &[String]) -> Result<Spawned, anyhow::Error> {
     // The std handle is dropped without waiting: `reap` collects the child with its rusage.
     let pidfd = PidFd::open(child.id())?;
     Ok(Spawned { pidfd })
+}
+
+/// Starts the command as a counted, followed target from birth: memtrace marks itself followed
+/// (but not counted), so the kernel's fork hook registers the child inside `fork()`, before it
+/// runs. The fork follower (`bpf::targets::attach_fork_follower`) must be attached.
+pub fn spawn_as_target(ebpf: &mut Ebpf, argv: &[String]) -> anyhow::Result<Spawned> {
+    let me = std::process::id();
+    targets::insert(ebpf, me, TargetFlags::FOLLOW)?;
+    let spawned = spawn(argv);
+    targets::remove(ebpf, me)?;
+    let spawned = spawned?;
+    if !targets::contains(ebpf, spawned.pid())? {
+        anyhow::bail!(
+            "the kernel did not register the command (pid {}) as a target",
+            spawned.pid()
+        );
+    }
+    Ok(spawned)
 }
 
 impl Spawned {

@@ -211,7 +211,7 @@ impl<'a> Session<'a> {
             }
         }
         let command = match &config.target {
-            Target::Command(argv) => Some(spawn_followed(&mut ebpf, argv)?),
+            Target::Command(argv) => Some(spawn::spawn_as_target(&mut ebpf, argv)?),
             _ => None,
         };
 
@@ -263,7 +263,7 @@ impl<'a> Session<'a> {
                     let now = Instant::now();
                     match self.report_interval(now - last) {
                         Ok(()) => last = now,
-                        Err(err) if is_closed(&err) => break End::OutputClosed,
+                        Err(err) if output::is_closed(&err) => break End::OutputClosed,
                         Err(err) => return Err(err),
                     }
                 }
@@ -411,23 +411,6 @@ impl<'a> Session<'a> {
     }
 }
 
-/// Starts the command as a followed target from birth: memtrace marks itself followed (but not
-/// counted), so the kernel's fork hook registers the child inside `fork()`, before it runs.
-fn spawn_followed(ebpf: &mut Ebpf, argv: &[String]) -> anyhow::Result<Spawned> {
-    let me = std::process::id();
-    targets::insert(ebpf, me, TargetFlags::FOLLOW)?;
-    let spawned = spawn::spawn(argv);
-    targets::remove(ebpf, me)?;
-    let spawned = spawned?;
-    if !targets::contains(ebpf, spawned.pid())? {
-        anyhow::bail!(
-            "the kernel did not register the command (pid {}) as a target",
-            spawned.pid()
-        );
-    }
-    Ok(spawned)
-}
-
 /// Resolves when every explicit target, or the spawned command, has exited; never otherwise.
 async fn all_exited(watched: &[PidFd], command: Option<&Spawned>) -> End {
     if let Some(command) = command {
@@ -457,11 +440,4 @@ fn warn_about_drops(dropped: &[(memtrace_common::DropSource, u64)]) {
             log::warn!("{n} events not counted so far: {}", source.name());
         }
     }
-}
-
-/// Whether writing failed because the reader went away (`memtrace ... | head`).
-fn is_closed(err: &anyhow::Error) -> bool {
-    err.chain()
-        .filter_map(|cause| cause.downcast_ref::<io::Error>())
-        .any(|err| err.kind() == io::ErrorKind::BrokenPipe)
 }

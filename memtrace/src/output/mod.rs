@@ -64,3 +64,10 @@ impl Timestamp {
 pub fn round_secs(secs: f64) -> f64 {
     (secs * 1e6).round() / 1e6
 }
+
+/// Whether writing failed because the reader went away (`memtrace ... | head`).
+pub fn is_closed(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<io::Error>())
+        .any(|err| err.kind() == io::ErrorKind::BrokenPipe)
+}
