@@ -6,10 +6,10 @@ mod common;
 use std::{fs, io::Write, time::Duration};
 
 use common::{
-    Tracer, Workload, our_programs, our_programs_after, proc_faults, run_memtrace, summary,
-    totals_of, workload,
+    Tracer, Workload, proc_faults, run_memtrace, still_loaded_after, summary, totals_of, workload,
 };
 
+/// How long the kernel may take to free the programs of an exited memtrace.
 const RELEASE: Duration = Duration::from_secs(2);
 
 const PAGES: u64 = 20_000;
@@ -151,44 +151,40 @@ fn exit_status_of_the_command_is_memtraces() {
     assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
 }
 
-#[test]
-fn ctrl_c_prints_the_summary_and_leaves_nothing_loaded() {
-    require_root!();
-    assert_eq!(
-        our_programs_after(RELEASE),
-        Vec::<String>::new(),
-        "ours loaded before the test"
-    );
+/// Ends tracing with `signal` and checks the summary, then that every program this memtrace
+/// held is gone from bpftool's list.
+fn assert_signal_ends_cleanly(signal: i32) {
     let tracer = Tracer::start(&["faults", "--interval", "0.2"]);
-    let loaded = our_programs();
-    assert!(
-        loaded.iter().any(|p| p == "mt_fault_minor")
-            && loaded.iter().any(|p| p == "mt_fault_major"),
-        "while tracing, bpftool should list our programs: {loaded:?}"
-    );
-    let (records, status) = tracer.interrupt();
-    assert!(status.success());
+    let programs = tracer.programs();
+    let names: Vec<&str> = programs.iter().map(|(_, name)| name.as_str()).collect();
+    for expected in ["mt_fault_minor", "mt_fault_major", "mt_exec"] {
+        assert!(
+            names.contains(&expected),
+            "bpftool should list {expected} while tracing: {names:?}"
+        );
+    }
+    tracer.signal(signal);
+    let (records, status) = tracer.wait(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
     assert_eq!(summary(&records)["reason"], "signal");
+    let ids: Vec<u64> = programs.iter().map(|(id, _)| *id).collect();
     assert_eq!(
-        our_programs_after(RELEASE),
-        Vec::<String>::new(),
-        "left loaded after Ctrl-C"
+        still_loaded_after(&ids, RELEASE),
+        vec![],
+        "programs left loaded"
     );
 }
 
 #[test]
-fn sigterm_ends_cleanly_too() {
+fn ctrl_c_prints_the_summary_and_leaves_nothing_loaded() {
     require_root!();
-    let tracer = Tracer::start(&["faults", "--interval", "0.2"]);
-    tracer.signal(libc::SIGTERM);
-    let (records, status) = tracer.wait(Duration::from_secs(10));
-    assert!(status.success());
-    assert_eq!(summary(&records)["reason"], "signal");
-    assert_eq!(
-        our_programs_after(RELEASE),
-        Vec::<String>::new(),
-        "left loaded after SIGTERM"
-    );
+    assert_signal_ends_cleanly(libc::SIGINT);
+}
+
+#[test]
+fn sigterm_prints_the_summary_and_leaves_nothing_loaded() {
+    require_root!();
+    assert_signal_ends_cleanly(libc::SIGTERM);
 }
 
 #[test]

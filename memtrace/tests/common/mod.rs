@@ -89,8 +89,8 @@ pub fn proc_faults(pid: u32) -> (u64, u64) {
     (fields[7].parse().unwrap(), fields[9].parse().unwrap())
 }
 
-/// Names of loaded BPF programs that are memtrace's (all start with `mt_`), from bpftool.
-pub fn our_programs() -> Vec<String> {
+/// Loaded BPF programs, by id and name, as bpftool lists them.
+pub fn loaded_programs() -> Vec<(u64, String)> {
     let out = Command::new("bpftool")
         .args(["-j", "prog", "show"])
         .output()
@@ -101,20 +101,41 @@ pub fn our_programs() -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .filter_map(|p| p["name"].as_str())
-        .filter(|name| name.starts_with("mt_"))
-        .map(str::to_owned)
+        .filter_map(|p| Some((p["id"].as_u64()?, p["name"].as_str()?.to_owned())))
         .collect()
 }
 
-/// Our programs still loaded once the kernel has had `timeout` to release those of exited
-/// processes: it frees them asynchronously, after an RCU grace period (about 20 ms here).
-pub fn our_programs_after(timeout: Duration) -> Vec<String> {
+/// Ids of the BPF programs a process holds file descriptors for (`prog_id:` in fdinfo). This
+/// attributes programs to one memtrace instance, so tests stay exact with others running.
+pub fn programs_held_by(pid: u32) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
+    for entry in entries.flatten() {
+        let info = fs::read_to_string(entry.path()).unwrap_or_default();
+        ids.extend(
+            info.lines()
+                .filter_map(|line| line.strip_prefix("prog_id:"))
+                .filter_map(|id| id.trim().parse::<u64>().ok()),
+        );
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Which of `ids` bpftool still lists once the kernel has had `timeout` to release them: it
+/// frees programs of an exited process asynchronously, after an RCU grace period (~20 ms here).
+pub fn still_loaded_after(ids: &[u64], timeout: Duration) -> Vec<(u64, String)> {
     let deadline = Instant::now() + timeout;
     loop {
-        let loaded = our_programs();
-        if loaded.is_empty() || Instant::now() >= deadline {
-            return loaded;
+        let left: Vec<_> = loaded_programs()
+            .into_iter()
+            .filter(|(id, _)| ids.contains(id))
+            .collect();
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
         }
         thread::sleep(Duration::from_millis(10));
     }
@@ -209,6 +230,15 @@ impl Tracer {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The ids and names of the BPF programs this memtrace holds, as bpftool names them.
+    pub fn programs(&self) -> Vec<(u64, String)> {
+        let ids = programs_held_by(self.pid());
+        loaded_programs()
+            .into_iter()
+            .filter(|(id, _)| ids.contains(id))
+            .collect()
     }
 
     fn next_record(&mut self, timeout: Duration) -> Option<Value> {
