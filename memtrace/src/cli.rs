@@ -42,7 +42,7 @@ raise no such event and are not seen.";
 #[derive(Debug, Parser)]
 #[command(name = "memtrace", version, after_help = EXAMPLES)]
 pub struct Cli {
-    /// Show diagnostics, including the kernel programs' own log (-vv for more)
+    /// Show diagnostics, including the kernel programs' own log (-vv: debug, -vvv: also the loader's)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 

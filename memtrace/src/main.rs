@@ -56,11 +56,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// `-v` shows info, `-vv` debug; RUST_LOG, when set, wins. Warnings are always shown.
+/// `-v` shows memtrace's and its kernel programs' info, `-vv` their debug, `-vvv` also the
+/// loader's (aya) debug; RUST_LOG, when set, wins. Warnings are always shown.
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "warn",
-        1 => "info",
+        1 => "warn,memtrace=info,memtrace_ebpf=info",
+        2 => "warn,memtrace=debug,memtrace_ebpf=debug",
         _ => "debug",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))

@@ -120,7 +120,7 @@ impl FaultsConfig {
             Target::Comm(name) => ("comm", format!("processes named {name}")),
             Target::Command(argv) => (
                 "command",
-                format!("`{}` and its descendants", argv.join(" ")),
+                format!("`{}` and its descendants", shell_words(argv)),
             ),
         }
     }
@@ -129,6 +129,20 @@ impl FaultsConfig {
     fn shows_every_target(&self) -> bool {
         matches!(self.target, Target::Pids(_))
     }
+}
+
+/// A command line as a shell user would type it: words with spaces or quotes are quoted.
+fn shell_words(argv: &[String]) -> String {
+    let quote = |word: &String| {
+        if word.is_empty()
+            || word.contains(|c: char| c.is_whitespace() || "'\"\\$`&|;<>()*?".contains(c))
+        {
+            format!("'{}'", word.replace('\'', r"'\''"))
+        } else {
+            word.clone()
+        }
+    };
+    argv.iter().map(quote).collect::<Vec<_>>().join(" ")
 }
 
 /// Why tracing ended.
@@ -439,5 +453,18 @@ fn warn_about_drops(dropped: &[(memtrace_common::DropSource, u64)]) {
         if n > 0 {
             log::warn!("{n} events not counted so far: {}", source.name());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines_are_shown_quoted() {
+        let argv: Vec<String> = ["sh", "-c", "true & wait", "it's"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(shell_words(&argv), r"sh -c 'true & wait' 'it'\''s'");
     }
 }
