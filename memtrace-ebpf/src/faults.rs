@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     Global,
-    bindings::BPF_ANY,
+    bindings::{BPF_ANY, BPF_NOEXIST},
     macros::{map, perf_event},
     maps::PerCpuHashMap,
     programs::PerfEventContext,
@@ -13,6 +13,7 @@ use aya_ebpf::{
 use memtrace_common::{
     DropSource,
     faults::{FaultCounts, FaultKey, MAX_FAULT_KEYS},
+    targets::FilterMode,
 };
 
 use crate::{comms, drops, targets};
@@ -46,22 +47,24 @@ pub fn mt_fault_major(_ctx: PerfEventContext) -> u32 {
 #[inline(always)]
 fn count(kind: Kind) {
     let (tgid, tid) = targets::current_ids();
+    let per_thread = PER_THREAD.load() != 0;
+    if targets::filter_mode() == FilterMode::Targets as u32 && !per_thread {
+        // Targets are registered in the counting table itself (see `register`), so this one
+        // lookup both filters and counts: the hottest path does a single hash lookup.
+        if let Some(counts) = FAULT_COUNTS.get_ptr_mut(FaultKey { tgid, tid: 0 }) {
+            increment(counts, kind);
+        }
+        return;
+    }
     if !targets::is_counted(tgid) {
         return;
     }
     let key = FaultKey {
         tgid,
-        tid: if PER_THREAD.load() != 0 { tid } else { 0 },
+        tid: if per_thread { tid } else { 0 },
     };
     if let Some(counts) = FAULT_COUNTS.get_ptr_mut(key) {
-        // SAFETY: this CPU's own copy of the value; programs do not nest on one CPU, so a plain
-        // increment cannot race.
-        unsafe {
-            match kind {
-                Kind::Minor => (*counts).minor += 1,
-                Kind::Major => (*counts).major += 1,
-            }
-        }
+        increment(counts, kind);
         return;
     }
     comms::remember(tgid);
@@ -73,4 +76,36 @@ fn count(kind: Kind) {
     if FAULT_COUNTS.insert(key, first, u64::from(BPF_ANY)).is_err() {
         drops::count(DropSource::FaultTableFull);
     }
+}
+
+#[inline(always)]
+fn increment(counts: *mut FaultCounts, kind: Kind) {
+    // SAFETY: this CPU's own copy of the value; programs do not nest on one CPU, so a plain
+    // increment cannot race.
+    unsafe {
+        match kind {
+            Kind::Minor => (*counts).minor += 1,
+            Kind::Major => (*counts).major += 1,
+        }
+    }
+}
+
+/// Registers a new target process with zero counts (and its name), so that the per-process
+/// target path above counts it. Returns false if the table is full (counted as a drop).
+#[inline(always)]
+pub fn register(tgid: u32) -> bool {
+    if PER_THREAD.load() != 0 {
+        // Per thread, keys are created at each thread's first fault.
+        return true;
+    }
+    comms::remember(tgid);
+    let zero = FaultCounts { minor: 0, major: 0 };
+    if FAULT_COUNTS
+        .insert(FaultKey { tgid, tid: 0 }, zero, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
+        drops::count(DropSource::FaultTableFull);
+        return false;
+    }
+    true
 }

@@ -16,7 +16,7 @@ use memtrace_common::{
     targets::{CLONE_THREAD, FilterMode, MAX_TARGETS, TargetFlags},
 };
 
-use crate::drops;
+use crate::{drops, faults};
 
 #[map(name = "TARGETS")]
 static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TARGETS, 0);
@@ -41,6 +41,12 @@ static NEWTASK_FLAGS_OFFSET: Global<u32> = Global::new(32);
 pub fn current_ids() -> (u32, u32) {
     let id = bpf_get_current_pid_tgid();
     ((id >> 32) as u32, id as u32)
+}
+
+/// The configured [`FilterMode`], as its `u32` value.
+#[inline(always)]
+pub fn filter_mode() -> u32 {
+    FILTER_MODE.load()
 }
 
 /// Whether events of the current task, whose process id is `tgid`, are counted.
@@ -92,7 +98,7 @@ fn try_newtask(ctx: &TracePointContext) -> Result<(), i64> {
         .is_err()
     {
         drops::count(DropSource::TargetTableFull);
-    } else {
+    } else if faults::register(child as u32) {
         debug!(ctx, "following child {} of {}", child, parent);
     }
     Ok(())

@@ -4,12 +4,12 @@
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{
         RawTracePoint,
         perf_event::{PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
-    util::online_cpus,
+    util::{nr_cpus, online_cpus},
 };
 use memtrace_common::{
     COMM_LEN, DropSource,
@@ -96,6 +96,29 @@ pub fn forget_comm(ebpf: &mut Ebpf, tgid: u32) -> anyhow::Result<()> {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(err) => Err(err).context("delete from COMMS"),
     }
+}
+
+/// Registers a target process with zero counts and its name. In per-process target mode the
+/// kernel counts only processes present in the table (one lookup filters and counts).
+pub fn register(ebpf: &mut Ebpf, pid: u32, comm: &str) -> anyhow::Result<()> {
+    let cpus =
+        nr_cpus().map_err(|(path, err)| anyhow::Error::new(err).context(format!("read {path}")))?;
+    let zeros =
+        PerCpuValues::try_from(vec![FaultCounts::default(); cpus]).context("per-CPU zeros")?;
+    let map = ebpf
+        .map_mut(maps::FAULT_COUNTS)
+        .context("the BPF object has no FAULT_COUNTS map")?;
+    let mut table: PerCpuHashMap<&mut MapData, FaultKey, FaultCounts> =
+        PerCpuHashMap::try_from(map)?;
+    table
+        .insert(FaultKey { tgid: pid, tid: 0 }, zeros, 0)
+        .with_context(|| format!("register process {pid} for counting"))?;
+    let mut name = [0u8; COMM_LEN];
+    let len = comm.len().min(COMM_LEN - 1);
+    name[..len].copy_from_slice(&comm.as_bytes()[..len]);
+    comms(ebpf)?
+        .insert(pid, name, 0)
+        .context("record the target's name")
 }
 
 /// Deletes a retired key, so the table does not fill with exited processes.

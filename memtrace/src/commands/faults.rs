@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::Ebpf;
-use memtrace_common::{COMM_LEN, globals, targets::TargetFlags};
+use memtrace_common::{COMM_LEN, faults::FaultKey, globals, targets::TargetFlags};
 use tokio::{
     signal::unix::{SignalKind, signal},
     time::{MissedTickBehavior, interval_at, sleep},
@@ -215,13 +215,11 @@ impl<'a> Session<'a> {
         let mut aggregator = FaultAggregator::default();
         for pidfd in &watched {
             let pid = pidfd.pid();
+            let comm = procfs::read_comm(pid, None).unwrap_or_default();
             targets::insert(&mut ebpf, pid, TargetFlags::COUNT)?;
             if !config.per_thread {
-                let comm = procfs::read_comm(pid, None).unwrap_or_default();
-                aggregator.track(
-                    memtrace_common::faults::FaultKey { tgid: pid, tid: 0 },
-                    comm,
-                );
+                bpf::faults::register(&mut ebpf, pid, &comm)?;
+                aggregator.track(FaultKey { tgid: pid, tid: 0 }, comm);
             }
         }
         let command = match &config.target {
@@ -353,7 +351,7 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    fn read_samples(&mut self) -> anyhow::Result<Vec<(memtrace_common::faults::FaultKey, Counts)>> {
+    fn read_samples(&mut self) -> anyhow::Result<Vec<(FaultKey, Counts)>> {
         let samples = bpf::faults::read(&self.ebpf)?;
         for (key, _) in &samples {
             if self.aggregator.comm(key).is_none() {
@@ -365,7 +363,7 @@ impl<'a> Session<'a> {
 
     /// Re-reads names (they change at `exec`): from /proc while the process lives, else the
     /// name the kernel recorded at its last `exec`.
-    fn refresh_comms(&mut self, keys: impl Iterator<Item = memtrace_common::faults::FaultKey>) {
+    fn refresh_comms(&mut self, keys: impl Iterator<Item = FaultKey>) {
         for key in keys {
             let tid = self.config.per_thread.then_some(key.tid);
             let comm = procfs::read_comm(key.tgid, tid)
@@ -440,7 +438,7 @@ async fn all_exited(watched: &[PidFd], command: Option<&Spawned>) -> End {
     End::TargetsExited
 }
 
-fn key_is_alive(key: &memtrace_common::faults::FaultKey) -> bool {
+fn key_is_alive(key: &FaultKey) -> bool {
     if key.tid == 0 {
         procfs::is_alive(key.tgid)
     } else {
