@@ -344,7 +344,9 @@ impl<'a> Session<'a> {
         {
             bpf::faults::remove(&mut self.ebpf, &key)?;
             if !procfs::is_alive(key.tgid) {
+                // Forgotten entirely, so that a new process reusing the pid is not taken for it.
                 bpf::faults::forget_comm(&mut self.ebpf, key.tgid)?;
+                targets::remove(&mut self.ebpf, key.tgid)?;
             }
             self.aggregator.retire(key);
         }
