@@ -293,3 +293,30 @@ fn usage_errors_exit_2_with_one_line() {
         );
     }
 }
+
+#[test]
+fn system_wide_keeps_the_totals_of_processes_that_exit_between_reads() {
+    require_root!();
+    let tracer = Tracer::start(&["faults", "--interval", "0.1"]);
+    let mut pids = Vec::new();
+    for _ in 0..5 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        pids.push(child.id());
+        child.wait().unwrap();
+        // Let an interval pass, so each exited process is read and retired from the kernel table.
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (records, status) = tracer.interrupt();
+    assert!(status.success(), "{status}");
+    let summary = summary(&records);
+    for pid in pids {
+        let process = summary["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .unwrap_or_else(|| panic!("exited process {pid} missing from the summary"));
+        assert_eq!(process["comm"], "true", "named after its exec: {process}");
+        assert!(process["minor"].as_u64().unwrap() > 10, "{process}");
+    }
+}

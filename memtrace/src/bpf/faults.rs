@@ -92,10 +92,7 @@ pub fn kernel_comm(ebpf: &mut Ebpf, tgid: u32) -> Option<String> {
 
 /// Forgets the name of an exited process.
 pub fn forget_comm(ebpf: &mut Ebpf, tgid: u32) -> anyhow::Result<()> {
-    match comms(ebpf)?.remove(&tgid) {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(err) => Err(err).context("delete from COMMS"),
-    }
+    super::deleted(comms(ebpf)?.remove(&tgid)).context("delete from COMMS")
 }
 
 /// Registers a target process with zero counts and its name. In per-process target mode the
@@ -128,10 +125,7 @@ pub fn remove(ebpf: &mut Ebpf, key: &FaultKey) -> anyhow::Result<()> {
         .context("the BPF object has no FAULT_COUNTS map")?;
     let mut table: PerCpuHashMap<&mut MapData, FaultKey, FaultCounts> =
         PerCpuHashMap::try_from(map)?;
-    match table.remove(key) {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(err) => Err(err).context("delete from FAULT_COUNTS"),
-    }
+    super::deleted(table.remove(key)).context("delete from FAULT_COUNTS")
 }
 
 /// Events the kernel side could not record, per source, summed over CPUs.

@@ -118,6 +118,20 @@ fn os_error(err: &(dyn StdError + 'static)) -> Option<i32> {
     None
 }
 
+/// The outcome of deleting a map entry, where an entry already gone counts as deleted (aya
+/// reports that as `KeyNotFound` or as the syscall's ENOENT, depending on the map type).
+pub fn deleted(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match result {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(err))
+            if err.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 /// Looks up a program by name, failing with the name if the object lacks it.
 pub fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut P>
 where

@@ -82,11 +82,8 @@ pub fn insert(ebpf: &mut Ebpf, pid: u32, flags: u32) -> anyhow::Result<()> {
 }
 
 pub fn remove(ebpf: &mut Ebpf, pid: u32) -> anyhow::Result<()> {
-    match table(ebpf)?.remove(&pid) {
-        // Never registered, or already gone: either way it is no longer a target.
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(err) => Err(err).with_context(|| format!("unregister target {pid}")),
-    }
+    // Never registered, or already gone: either way it is no longer a target.
+    super::deleted(table(ebpf)?.remove(&pid)).with_context(|| format!("unregister target {pid}"))
 }
 
 /// Whether the table holds this process.
