@@ -320,3 +320,71 @@ fn system_wide_keeps_the_totals_of_processes_that_exit_between_reads() {
         assert!(process["minor"].as_u64().unwrap() > 10, "{process}");
     }
 }
+
+#[test]
+fn sigkill_of_memtrace_still_releases_every_program() {
+    require_root!();
+    let tracer = Tracer::start(&["faults", "--interval", "0.2"]);
+    let ids: Vec<u64> = tracer.programs().iter().map(|(id, _)| *id).collect();
+    assert!(ids.len() >= 3, "expected our programs loaded: {ids:?}");
+    tracer.signal(libc::SIGKILL);
+    let _ = tracer.wait(Duration::from_secs(10));
+    // Nothing is pinned: the kernel frees what only our file descriptors held.
+    assert_eq!(still_loaded_after(&ids, RELEASE), vec![]);
+}
+
+#[test]
+fn sigkill_of_the_command_ends_with_a_summary_and_its_status() {
+    require_root!();
+    let tracer = Tracer::start(&["faults", "--interval", "0.1", "--", "sleep", "30"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let sleep_pid = std::fs::read_to_string(format!(
+        "/proc/{}/task/{}/children",
+        tracer.pid(),
+        tracer.pid()
+    ))
+    .unwrap()
+    .trim()
+    .parse::<i32>()
+    .expect("memtrace's child");
+    // SAFETY: kill(2) on the pid of the command memtrace started.
+    assert_eq!(unsafe { libc::kill(sleep_pid, libc::SIGKILL) }, 0);
+    let (records, status) = tracer.wait(Duration::from_secs(10));
+    assert_eq!(
+        status.code(),
+        Some(128 + libc::SIGKILL),
+        "the command's fate is memtrace's"
+    );
+    let summary = summary(&records);
+    assert_eq!(summary["reason"], "command_exited");
+    assert_eq!(summary["command"]["exit_code"], 128 + libc::SIGKILL);
+}
+
+#[test]
+fn two_instances_at_once_each_count_exactly() {
+    require_root!();
+    let mut work = Workload::start(&workload("touch_pages"), &[&PAGES.to_string(), "2"]);
+    let pid = work.pid().to_string();
+    let first = Tracer::start(&["faults", "--pid", &pid, "--interval", "0.1"]);
+    let second = Tracer::start(&["faults", "--pid", &pid, "--threads", "--interval", "0.1"]);
+    let before = proc_faults(work.pid());
+    work.go();
+    let after = proc_faults(work.pid());
+    let (first, status_first) = first.interrupt();
+    let (second, status_second) = second.interrupt();
+    let work_pid = work.pid();
+    work.finish();
+    assert!(status_first.success() && status_second.success());
+    let kernel = after.0 - before.0;
+    assert_eq!(
+        totals_of(summary(&first), work_pid),
+        (kernel, after.1 - before.1)
+    );
+    let per_thread: u64 = summary(&second)["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["minor"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_thread, kernel);
+}
