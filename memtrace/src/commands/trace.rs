@@ -240,7 +240,7 @@ impl<'a> Session<'a> {
             };
             if drain {
                 match self.drain() {
-                    Ok(()) => {}
+                    Ok(_) => {}
                     Err(err) if err.kind() == io::ErrorKind::BrokenPipe => break End::OutputClosed,
                     Err(err) => return Err(err).context("write the report"),
                 }
@@ -252,8 +252,8 @@ impl<'a> Session<'a> {
         if end != End::OutputClosed {
             loop {
                 match self.drain() {
-                    Ok(()) if self.records.is_some() && self.pending_batch() => continue,
-                    Ok(()) => break,
+                    Ok(BATCH) => continue,
+                    Ok(_) => break,
                     Err(err) if err.kind() == io::ErrorKind::BrokenPipe => break,
                     Err(err) => return Err(err).context("write the report"),
                 }
@@ -286,20 +286,15 @@ impl<'a> Session<'a> {
         })
     }
 
-    /// Whether the last drain stopped at the batch limit (so more may be waiting).
-    fn pending_batch(&self) -> bool {
-        self.received % BATCH as u64 == 0 && self.received > 0
-    }
-
-    /// Writes every waiting call (up to one batch), then flushes.
-    fn drain(&mut self) -> io::Result<()> {
+    /// Writes the waiting calls (up to one batch), then flushes; returns how many were read.
+    fn drain(&mut self) -> io::Result<usize> {
         let Some(records) = self.records.as_mut() else {
-            return Ok(());
+            return Ok(0);
         };
         let mut result = Ok(());
         let (out, received, undecodable) =
             (&mut self.out, &mut self.received, &mut self.undecodable);
-        records.drain(BATCH, |record| match record {
+        let n = records.drain(BATCH, |record| match record {
             Ok(call) => {
                 *received += 1;
                 if result.is_ok() {
@@ -312,7 +307,8 @@ impl<'a> Session<'a> {
             }
         });
         result?;
-        out.flush()
+        out.flush()?;
+        Ok(n)
     }
 
     fn warn_about_drops(&mut self) -> anyhow::Result<()> {
