@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod faults;
+pub mod syscalls;
 pub mod targets;
 
 /// Size in bytes of a kernel task command name (`TASK_COMM_LEN`).
@@ -23,6 +24,21 @@ pub mod globals {
     pub const NEWTASK_PID_OFFSET: &str = "NEWTASK_PID_OFFSET";
     /// `u32`: byte offset of `clone_flags` in the `task:task_newtask` record.
     pub const NEWTASK_FLAGS_OFFSET: &str = "NEWTASK_FLAGS_OFFSET";
+    /// `u32`: byte offset of `__syscall_nr` in `syscalls:sys_enter_*` / `sys_exit_*` records.
+    pub const SYSCALL_NR_OFFSET: &str = "SYSCALL_NR_OFFSET";
+    /// `u32`: byte offset of the first argument in `syscalls:sys_enter_*` records (the others
+    /// follow, 8 bytes apart; userspace checks that in each traced syscall's format).
+    pub const SYSCALL_ARGS_OFFSET: &str = "SYSCALL_ARGS_OFFSET";
+    /// `u32`: byte offset of `ret` in `syscalls:sys_exit_*` records.
+    pub const SYSCALL_RET_OFFSET: &str = "SYSCALL_RET_OFFSET";
+    /// `u32`: non-zero to count calls per syscall only, sending no record per call (`-c`).
+    pub const SYSCALL_COUNT_ONLY: &str = "SYSCALL_COUNT_ONLY";
+    /// `u32`: non-zero to keep only failed calls (`--failed`).
+    pub const SYSCALL_FAILED_ONLY: &str = "SYSCALL_FAILED_ONLY";
+    /// `u64`: keep only calls whose size is at least this many bytes (`--min-size`).
+    pub const SYSCALL_MIN_SIZE: &str = "SYSCALL_MIN_SIZE";
+    /// `u32`: memtrace's own process id, never traced (its output would feed its input).
+    pub const SELF_TGID: &str = "SELF_TGID";
 }
 
 /// Names of the maps userspace reads and writes.
@@ -37,6 +53,16 @@ pub mod maps {
     pub const COMMS: &str = "COMMS";
     /// Per-CPU array indexed by [`crate::DropSource`]: events the kernel side could not record.
     pub const DROPS: &str = "DROPS";
+    /// Hash: thread id → [`crate::syscalls::PendingCall`], the traced calls in progress.
+    pub const SYSCALL_PENDING: &str = "SYSCALL_PENDING";
+    /// LRU hash: process id → its program break after its last `brk`.
+    pub const SYSCALL_BREAKS: &str = "SYSCALL_BREAKS";
+    /// Array indexed by syscall number: its [`crate::syscalls::SyscallClass`].
+    pub const SYSCALL_CLASSES: &str = "SYSCALL_CLASSES";
+    /// Per-CPU array indexed by syscall number: [`crate::syscalls::SyscallStats`].
+    pub const SYSCALL_STATS: &str = "SYSCALL_STATS";
+    /// Ring buffer of [`crate::syscalls::SyscallRecord`]s.
+    pub const SYSCALL_EVENTS: &str = "SYSCALL_EVENTS";
 }
 
 /// Why the kernel side failed to record something. Each has its own slot in [`maps::DROPS`], so
@@ -48,18 +74,28 @@ pub enum DropSource {
     FaultTableFull = 0,
     /// A child of a followed process was created but had no room in `TARGETS`.
     TargetTableFull = 1,
+    /// A traced syscall began but its thread had no room in `SYSCALL_PENDING`.
+    SyscallPendingFull = 2,
+    /// A completed syscall's record found the ring buffer full.
+    SyscallRingFull = 3,
 }
 
 impl DropSource {
-    pub const COUNT: u32 = 2;
-    pub const ALL: [DropSource; Self::COUNT as usize] =
-        [DropSource::FaultTableFull, DropSource::TargetTableFull];
+    pub const COUNT: u32 = 4;
+    pub const ALL: [DropSource; Self::COUNT as usize] = [
+        DropSource::FaultTableFull,
+        DropSource::TargetTableFull,
+        DropSource::SyscallPendingFull,
+        DropSource::SyscallRingFull,
+    ];
 
     /// A stable, machine-friendly name (used in JSON output).
     pub const fn name(self) -> &'static str {
         match self {
             DropSource::FaultTableFull => "fault_table_full",
             DropSource::TargetTableFull => "target_table_full",
+            DropSource::SyscallPendingFull => "syscall_pending_full",
+            DropSource::SyscallRingFull => "syscall_ring_full",
         }
     }
 }

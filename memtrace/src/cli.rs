@@ -55,6 +55,9 @@ pub enum Command {
     /// Minor and major page-fault rates per process, live
     #[command(after_help = FAULTS_EXAMPLES)]
     Faults(FaultsArgs),
+    /// Allocation syscalls (brk, mmap, munmap, ...) call by call, like strace
+    #[command(after_help = TRACE_EXAMPLES)]
+    Trace(TraceArgs),
 }
 
 /// Minor and major page-fault rates per process, counted in the kernel.
@@ -96,6 +99,62 @@ pub struct FaultsArgs {
 
     /// Start COMMAND and trace it with all its descendants; memtrace exits with its status
     #[arg(last = true, value_name = "COMMAND", conflicts_with_all = ["pids", "comm"])]
+    pub command: Vec<String>,
+}
+
+const TRACE_EXAMPLES: &str = "\
+OUTPUT:
+  TIME COMM[PID/TID] SYSCALL(ARGS) = RETURN <LATENCY>, one line per completed call; brk also
+  shows how far the break moved, failures the errno name. Syscalls: brk, mmap, munmap, mremap,
+  mprotect, madvise (default), mlock, munlock, mlockall, munlockall, msync, shmat, shmdt.
+
+EXAMPLES:
+  sudo memtrace trace -- ./myprog                  # a command and its descendants, from birth
+  sudo memtrace trace --pid 4242 -f                # a running process, and what it forks
+  sudo memtrace trace -e mmap,munmap --min-size 1048576 --pid 4242
+  sudo memtrace trace --failed -- ./myprog         # only calls that failed
+  sudo memtrace trace -c -- make -j2               # per-syscall counts, latencies and bytes
+  sudo memtrace trace --json -o calls.jsonl -- ./myprog";
+
+/// Allocation syscalls call by call, paired and filtered in the kernel.
+///
+/// With no target, traces every process on the system (except memtrace itself).
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Trace this running process (repeat for several)
+    #[arg(short, long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pids: Vec<u32>,
+
+    /// Also trace the processes the targets create from now on (always on with COMMAND)
+    #[arg(short, long)]
+    pub follow: bool,
+
+    /// Trace these syscalls instead of the default set (comma-separated, repeatable)
+    #[arg(short = 'e', long = "syscalls", value_name = "SYSCALL[,SYSCALL...]")]
+    pub syscalls: Vec<String>,
+
+    /// Show only calls that failed
+    #[arg(long)]
+    pub failed: bool,
+
+    /// Show only calls about at least BYTES bytes (length argument, or the brk growth)
+    #[arg(long, value_name = "BYTES")]
+    pub min_size: Option<u64>,
+
+    /// Count per syscall in the kernel and print only a summary table at the end
+    #[arg(short = 'c', long)]
+    pub summary: bool,
+
+    /// One JSON object per line (schema in the README)
+    #[arg(long)]
+    pub json: bool,
+
+    /// Write the report to FILE instead of standard output
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Start COMMAND and trace it with all its descendants; memtrace exits with its status
+    #[arg(last = true, value_name = "COMMAND", conflicts_with = "pids")]
     pub command: Vec<String>,
 }
 

@@ -14,4 +14,5 @@ pub mod pidfd;
 pub mod privileges;
 pub mod procfs;
 pub mod spawn;
+pub mod syscalls;
 pub mod tracefs;

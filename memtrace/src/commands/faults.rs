@@ -19,6 +19,7 @@ use tokio::{
     time::{MissedTickBehavior, interval_at, sleep},
 };
 
+use super::lifecycle::{self, End, all_exited};
 use crate::{
     aggregate::faults::{Counts, FaultAggregator, Row, busiest},
     bpf::{
@@ -35,9 +36,6 @@ use crate::{
     privileges, procfs,
     spawn::{self, CommandExit, Spawned},
 };
-
-/// How long a spawned command gets to exit after memtrace forwarded it a signal.
-const COMMAND_GRACE: Duration = Duration::from_secs(2);
 
 /// What to trace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,28 +141,6 @@ fn shell_words(argv: &[String]) -> String {
         }
     };
     argv.iter().map(quote).collect::<Vec<_>>().join(" ")
-}
-
-/// Why tracing ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum End {
-    Signal(i32),
-    Duration,
-    TargetsExited,
-    CommandExited,
-    OutputClosed,
-}
-
-impl End {
-    fn reason(self) -> &'static str {
-        match self {
-            End::Signal(_) => "signal",
-            End::Duration => "duration",
-            End::TargetsExited => "targets_exited",
-            End::CommandExited => "command_exited",
-            End::OutputClosed => "output_closed",
-        }
-    }
 }
 
 pub async fn execute(args: FaultsArgs) -> anyhow::Result<u8> {
@@ -376,24 +352,8 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Reaps the spawned command; on a signal, forwards it first and gives it time to exit.
-    async fn finish_command(&mut self, end: End) -> anyhow::Result<Option<CommandExit>> {
-        let Some(command) = &self.command else {
-            return Ok(None);
-        };
-        if let End::Signal(signal) = end {
-            let _ = command.pidfd.signal(signal);
-            if tokio::time::timeout(COMMAND_GRACE, command.pidfd.exited())
-                .await
-                .is_err()
-            {
-                log::warn!("command (pid {}) still running; leaving it", command.pid());
-                return Ok(None);
-            }
-        } else if end != End::CommandExited {
-            return Ok(None);
-        }
-        Ok(Some(command.reap().context("reap the command")?))
+    async fn finish_command(&self, end: End) -> anyhow::Result<Option<CommandExit>> {
+        lifecycle::finish_command(self.command.as_ref(), end).await
     }
 
     fn summary(&self, end: End, command_exit: Option<CommandExit>) -> anyhow::Result<Summary> {
@@ -423,21 +383,6 @@ impl<'a> Session<'a> {
                 .map(|(c, e)| (c.pid(), e)),
         })
     }
-}
-
-/// Resolves when every explicit target, or the spawned command, has exited; never otherwise.
-async fn all_exited(watched: &[PidFd], command: Option<&Spawned>) -> End {
-    if let Some(command) = command {
-        let _ = command.pidfd.exited().await;
-        return End::CommandExited;
-    }
-    if watched.is_empty() {
-        return pending().await;
-    }
-    for pidfd in watched {
-        let _ = pidfd.exited().await;
-    }
-    End::TargetsExited
 }
 
 fn key_is_alive(key: &FaultKey) -> bool {

@@ -1,0 +1,113 @@
+//! Allocation syscalls: the record one completed call sends to userspace, the per-syscall
+//! statistics counted in the kernel for `-c`, and the limits both sides agree on.
+
+/// Syscall numbers index the statistics array; every traced one is below this.
+pub const MAX_SYSCALL_NR: u32 = 512;
+
+/// Default capacity of the table of calls in progress (threads inside a traced syscall).
+pub const MAX_PENDING: u32 = 16_384;
+
+/// Default capacity of the table of each process's last known program break.
+pub const MAX_BREAKS: u32 = 8_192;
+
+/// Size of the ring buffer carrying [`SyscallRecord`]s (a power of two pages).
+pub const RING_BYTES: u32 = 8 << 20;
+
+/// Unread bytes in the ring above which the kernel wakes userspace at once; below, userspace
+/// finds the records on its next short timer tick, so that a burst costs one wake-up, not one
+/// per call.
+pub const WAKEUP_BYTES: u64 = 256 << 10;
+
+/// Arguments a syscall can have.
+pub const MAX_ARGS: usize = 6;
+
+/// The `kind` tag of a [`SyscallRecord`], first in every ring-buffer record.
+pub const RECORD_SYSCALL: u32 = 1;
+
+/// How the kernel treats a syscall number: the value of its `SYSCALL_CLASSES` entry, set by
+/// userspace (which knows this architecture's numbers); 0 means not traced.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyscallClass {
+    Untraced = 0,
+    /// No size to speak of (mlockall, shmat, ...).
+    Other = 1,
+    /// The second argument is a length (mprotect, madvise, mlock, msync, ...).
+    Sized = 2,
+    Mmap = 3,
+    Munmap = 4,
+    Mremap = 5,
+    Brk = 6,
+}
+
+/// The syscall entry, kept per thread until its exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingCall {
+    /// `bpf_ktime_get_ns()` at entry.
+    pub start_ns: u64,
+    pub nr: u32,
+    pub _pad: u32,
+    pub args: [u64; MAX_ARGS],
+}
+
+/// One completed call, as it crosses to userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallRecord {
+    /// Always [`RECORD_SYSCALL`].
+    pub kind: u32,
+    /// The syscall number (the kernel's, for this architecture).
+    pub nr: u32,
+    /// Process id (tgid).
+    pub tgid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// The task's command name at exit, NUL-padded.
+    pub comm: [u8; crate::COMM_LEN],
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at entry.
+    pub start_ns: u64,
+    pub latency_ns: u64,
+    pub args: [u64; MAX_ARGS],
+    /// The raw return value: `-errno` on failure.
+    pub ret: i64,
+    /// For `brk`: the process's break before this call, or 0 if unknown. Otherwise 0.
+    pub prev_brk: u64,
+}
+
+/// Per-syscall totals of completed calls (per CPU; userspace combines them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallStats {
+    pub calls: u64,
+    pub errors: u64,
+    pub total_ns: u64,
+    /// Smallest latency; meaningless while `calls` is 0.
+    pub min_ns: u64,
+    pub max_ns: u64,
+    /// Bytes newly mapped (mmap, shmat: 0, mremap growth).
+    pub mapped: u64,
+    /// Bytes unmapped (munmap, mremap shrinkage).
+    pub unmapped: u64,
+    /// Net change of the program break (brk), in bytes.
+    pub brk_growth: i64,
+}
+
+const _: () = assert!(size_of::<PendingCall>() == 64);
+const _: () = assert!(size_of::<SyscallRecord>() == 112);
+const _: () = assert!(size_of::<SyscallStats>() == 64);
+
+/// Whether a raw return value is an error (`-4095..=-1`, as the kernel's `IS_ERR_VALUE`).
+pub const fn is_error(ret: i64) -> bool {
+    ret < 0 && ret >= -4095
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: `repr(C)`, integers only, padding made explicit (`_pad`).
+    unsafe impl aya::Pod for super::PendingCall {}
+    // SAFETY: `repr(C)`, integers and a byte array only, with no implicit padding (checked size).
+    unsafe impl aya::Pod for super::SyscallRecord {}
+    // SAFETY: `repr(C)`, integers only, no padding.
+    unsafe impl aya::Pod for super::SyscallStats {}
+}

@@ -1,0 +1,217 @@
+//! Allocation syscalls (brk, mmap, munmap, ...): entry and exit paired in the kernel, per thread,
+//! so one record per completed call crosses to userspace, already filtered by target, outcome and
+//! size. The same programs are attached to each traced syscall's `syscalls:sys_enter_*` and
+//! `sys_exit_*` tracepoints; a syscall memtrace does not trace never runs them.
+
+use aya_ebpf::{
+    Global,
+    bindings::{BPF_ANY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
+    macros::{map, tracepoint},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use memtrace_common::{
+    DropSource,
+    syscalls::{
+        MAX_ARGS, MAX_BREAKS, MAX_PENDING, MAX_SYSCALL_NR, PendingCall, RECORD_SYSCALL, RING_BYTES,
+        SyscallClass, SyscallRecord, SyscallStats, WAKEUP_BYTES, is_error,
+    },
+};
+
+use crate::{drops, targets};
+
+#[map(name = "SYSCALL_PENDING")]
+static PENDING: HashMap<u32, PendingCall> = HashMap::with_max_entries(MAX_PENDING, 0);
+
+#[map(name = "SYSCALL_BREAKS")]
+static BREAKS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_BREAKS, 0);
+
+#[map(name = "SYSCALL_CLASSES")]
+static CLASSES: Array<u32> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
+
+#[map(name = "SYSCALL_STATS")]
+static STATS: PerCpuArray<SyscallStats> = PerCpuArray::with_max_entries(MAX_SYSCALL_NR, 0);
+
+#[map(name = "SYSCALL_EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+// Offsets into the `syscalls:sys_enter_*` / `sys_exit_*` records, read by userspace from each
+// traced syscall's tracefs `format` at start-up. On 6.18 (sys_enter_mmap, sys_exit_mmap):
+//   field:int __syscall_nr;    offset:8;  size:4; signed:1;
+//   field:unsigned long addr;  offset:16; size:8; signed:0;   (then len at 24, prot at 32, ...)
+//   field:long ret;            offset:16; size:8; signed:1;
+#[unsafe(no_mangle)]
+static SYSCALL_NR_OFFSET: Global<u32> = Global::new(8);
+#[unsafe(no_mangle)]
+static SYSCALL_ARGS_OFFSET: Global<u32> = Global::new(16);
+#[unsafe(no_mangle)]
+static SYSCALL_RET_OFFSET: Global<u32> = Global::new(16);
+
+#[unsafe(no_mangle)]
+static SYSCALL_COUNT_ONLY: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static SYSCALL_FAILED_ONLY: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static SYSCALL_MIN_SIZE: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static SELF_TGID: Global<u32> = Global::new(0);
+
+#[tracepoint]
+pub fn mt_sys_enter(ctx: TracePointContext) -> u32 {
+    match try_enter(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint]
+pub fn mt_sys_exit(ctx: TracePointContext) -> u32 {
+    match try_exit(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+fn try_enter(ctx: &TracePointContext) -> Result<(), i64> {
+    let (tgid, tid) = targets::current_ids();
+    if tgid == SELF_TGID.load() || !targets::is_counted(tgid) {
+        return Ok(());
+    }
+    // SAFETY: offsets come from the tracepoint's own format; reads are bounds-checked helpers.
+    let nr: i32 = unsafe { ctx.read_at(SYSCALL_NR_OFFSET.load() as usize)? };
+    let mut call = PendingCall {
+        start_ns: 0,
+        nr: nr as u32,
+        _pad: 0,
+        args: [0; MAX_ARGS],
+    };
+    let base = SYSCALL_ARGS_OFFSET.load() as usize;
+    for (i, arg) in call.args.iter_mut().enumerate() {
+        // SAFETY: as above; syscalls with fewer arguments read the record's zeroed tail, or fail
+        // the bounds check and leave the argument 0.
+        *arg = unsafe { ctx.read_at(base + i * 8) }.unwrap_or(0);
+    }
+    // SAFETY: no preconditions.
+    call.start_ns = unsafe { bpf_ktime_get_ns() };
+    if PENDING.insert(tid, call, u64::from(BPF_ANY)).is_err() {
+        drops::count(DropSource::SyscallPendingFull);
+    }
+    Ok(())
+}
+
+fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let (tgid, tid) = targets::current_ids();
+    let Some(entry) = PENDING.get_ptr(tid) else {
+        // Not a target, or the call began before tracing did.
+        return Ok(());
+    };
+    // SAFETY: a value pointer from a successful lookup, copied at once.
+    let call = unsafe { *entry };
+    let _ = PENDING.remove(tid);
+    // SAFETY: no preconditions.
+    let latency_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(call.start_ns);
+    // SAFETY: as in `try_enter`.
+    let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET_OFFSET.load() as usize)? };
+    let failed = is_error(ret);
+    let class = match CLASSES.get(call.nr) {
+        Some(&class) => class,
+        None => return Ok(()),
+    };
+
+    let mut prev_brk = 0;
+    let mut brk_growth = 0i64;
+    if class == SyscallClass::Brk as u32 {
+        if let Some(prev) = BREAKS.get_ptr(tgid) {
+            // SAFETY: a value pointer from a successful lookup, read at once.
+            prev_brk = unsafe { *prev };
+        }
+        // brk returns the new break, or the unchanged one when it fails.
+        let _ = BREAKS.insert(tgid, ret as u64, u64::from(BPF_ANY));
+        if prev_brk != 0 && call.args[0] != 0 {
+            brk_growth = (ret as u64).wrapping_sub(prev_brk) as i64;
+        }
+    }
+    let size = size_of_call(class, &call.args, brk_growth);
+    if (SYSCALL_FAILED_ONLY.load() != 0 && !failed) || size < SYSCALL_MIN_SIZE.load() {
+        return Ok(());
+    }
+    count(&call, class, failed, latency_ns, brk_growth);
+    if SYSCALL_COUNT_ONLY.load() != 0 {
+        return Ok(());
+    }
+
+    let Some(mut slot) = EVENTS.reserve::<SyscallRecord>(0) else {
+        drops::count(DropSource::SyscallRingFull);
+        return Ok(());
+    };
+    slot.write(SyscallRecord {
+        kind: RECORD_SYSCALL,
+        nr: call.nr,
+        tgid,
+        tid,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+        start_ns: call.start_ns,
+        latency_ns,
+        args: call.args,
+        ret,
+        prev_brk,
+    });
+    // Wake the reader only when a good amount is waiting: it also polls on a short timer, so a
+    // burst of calls costs one wake-up rather than one each.
+    let wakeup = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    slot.submit(u64::from(wakeup));
+    Ok(())
+}
+
+/// The bytes a call is about, for `--min-size`: its length argument, the larger of mremap's two
+/// lengths, or the change of the program break.
+#[inline(always)]
+fn size_of_call(class: u32, args: &[u64; MAX_ARGS], brk_growth: i64) -> u64 {
+    if class == SyscallClass::Brk as u32 {
+        brk_growth.unsigned_abs()
+    } else if class == SyscallClass::Mremap as u32 {
+        if args[1] > args[2] { args[1] } else { args[2] }
+    } else if class == SyscallClass::Other as u32 {
+        0
+    } else {
+        args[1]
+    }
+}
+
+#[inline(always)]
+fn count(call: &PendingCall, class: u32, failed: bool, latency_ns: u64, brk_growth: i64) {
+    let Some(stats) = STATS.get_ptr_mut(call.nr) else {
+        return;
+    };
+    // SAFETY: this CPU's own slot; programs do not nest on one CPU here, so no race.
+    let stats = unsafe { &mut *stats };
+    if stats.calls == 0 || latency_ns < stats.min_ns {
+        stats.min_ns = latency_ns;
+    }
+    if latency_ns > stats.max_ns {
+        stats.max_ns = latency_ns;
+    }
+    stats.calls += 1;
+    stats.total_ns += latency_ns;
+    if failed {
+        stats.errors += 1;
+        return;
+    }
+    if class == SyscallClass::Mmap as u32 {
+        stats.mapped += call.args[1];
+    } else if class == SyscallClass::Munmap as u32 {
+        stats.unmapped += call.args[1];
+    } else if class == SyscallClass::Mremap as u32 {
+        let (old, new) = (call.args[1], call.args[2]);
+        if new > old {
+            stats.mapped += new - old;
+        } else {
+            stats.unmapped += old - new;
+        }
+    } else if class == SyscallClass::Brk as u32 {
+        stats.brk_growth += brk_growth;
+    }
+}

@@ -1,0 +1,204 @@
+//! The allocation-syscall programs: one entry and one exit program, attached to the
+//! `syscalls:sys_enter_*` / `sys_exit_*` tracepoints of each traced syscall (and of no other, so
+//! untraced syscalls never run a memtrace program); the ring buffer of completed calls; and the
+//! per-syscall statistics the kernel keeps for `-c`.
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use memtrace_common::{
+    globals, maps,
+    syscalls::{SyscallClass, SyscallStats},
+};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use super::{Globals, kernel_refusal, program_mut};
+use crate::{
+    aggregate::syscalls::SyscallTotals,
+    error::Failure,
+    syscalls::{
+        Syscall,
+        record::{self, Call, DecodeError},
+    },
+    tracefs::Format,
+};
+
+const CATEGORY: &str = "syscalls";
+
+/// What the kernel side keeps of each completed call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelFilter {
+    /// Count per syscall only; send no record per call.
+    pub count_only: bool,
+    pub failed_only: bool,
+    pub min_size: u64,
+}
+
+/// Reads the traced syscalls' record layouts from tracefs and sets the programs' globals.
+pub fn configure(
+    globals: &mut Globals,
+    syscalls: &[Syscall],
+    filter: KernelFilter,
+) -> Result<(), Failure> {
+    let mut layout: Option<(u32, u32, u32)> = None;
+    for &syscall in syscalls {
+        let found = layout_of(syscall)?;
+        match layout {
+            None => layout = Some(found),
+            // One program serves every syscall, so the common fields must sit at one place.
+            Some(first) if first != found => {
+                return Err(Failure::KernelUnsupported {
+                    what: format!(
+                        "one record layout for every syscalls:sys_*_{}",
+                        syscall.name()
+                    ),
+                    hint: format!("offsets {found:?} differ from {first:?}"),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some((nr, args, ret)) = layout {
+        globals
+            .u32(globals::SYSCALL_NR_OFFSET, nr)
+            .u32(globals::SYSCALL_ARGS_OFFSET, args)
+            .u32(globals::SYSCALL_RET_OFFSET, ret);
+    }
+    globals
+        .u32(globals::SYSCALL_COUNT_ONLY, u32::from(filter.count_only))
+        .u32(globals::SYSCALL_FAILED_ONLY, u32::from(filter.failed_only))
+        .bytes(globals::SYSCALL_MIN_SIZE, &filter.min_size.to_ne_bytes())
+        .u32(globals::SELF_TGID, std::process::id());
+    Ok(())
+}
+
+/// (`__syscall_nr` offset, first argument's offset, `ret` offset) of one syscall's records,
+/// checking that its arguments are consecutive 8-byte fields, as the entry program reads them.
+fn layout_of(syscall: Syscall) -> Result<(u32, u32, u32), Failure> {
+    let enter = Format::read(CATEGORY, &format!("sys_enter_{}", syscall.name()))?;
+    let exit = Format::read(CATEGORY, &format!("sys_exit_{}", syscall.name()))?;
+    let nr = enter.offset("__syscall_nr", 4)?;
+    if exit.offset("__syscall_nr", 4)? != nr {
+        return Err(Failure::KernelUnsupported {
+            what: format!(
+                "the expected layout of syscalls:sys_exit_{}",
+                syscall.name()
+            ),
+            hint: "`__syscall_nr` at a different offset than at entry".into(),
+        });
+    }
+    let ret = exit.offset("ret", 8)?;
+    // Arguments follow the number, 8-byte aligned; with none (munlockall), where they would be.
+    let mut first = (nr + 4).next_multiple_of(8);
+    for (i, name) in syscall.arg_names().iter().enumerate() {
+        let offset = enter.offset(name, 8)?;
+        if i == 0 {
+            first = offset;
+        } else if offset != first + 8 * i as u32 {
+            return Err(Failure::KernelUnsupported {
+                what: format!(
+                    "the expected layout of syscalls:sys_enter_{}",
+                    syscall.name()
+                ),
+                hint: format!("argument `{name}` is not where the ones before it lead"),
+            });
+        }
+    }
+    Ok((nr, first, ret))
+}
+
+/// Marks the traced syscalls in the kernel, then loads both programs and attaches them to each
+/// traced syscall's entry and exit tracepoints.
+pub fn attach(ebpf: &mut Ebpf, syscalls: &[Syscall]) -> anyhow::Result<()> {
+    {
+        let map = ebpf
+            .map_mut(maps::SYSCALL_CLASSES)
+            .context("the BPF object has no SYSCALL_CLASSES map")?;
+        let mut classes: Array<&mut MapData, u32> = Array::try_from(map)?;
+        for &syscall in syscalls {
+            debug_assert_ne!(syscall.class(), SyscallClass::Untraced);
+            classes
+                .set(syscall.nr(), syscall.class() as u32, 0)
+                .with_context(|| format!("mark {} as traced", syscall.name()))?;
+        }
+    }
+    for (program, side) in [("mt_sys_enter", "enter"), ("mt_sys_exit", "exit")] {
+        let tracepoint: &mut TracePoint = program_mut(ebpf, program)?;
+        tracepoint
+            .load()
+            .map_err(|err| kernel_refusal(err, &format!("load {program}")))?;
+        for &syscall in syscalls {
+            let name = format!("sys_{side}_{}", syscall.name());
+            tracepoint
+                .attach(CATEGORY, &name)
+                .map_err(|err| kernel_refusal(err, &format!("attach {CATEGORY}:{name}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// The kernel's per-syscall statistics, for the syscalls called at least once.
+pub fn stats(ebpf: &Ebpf, syscalls: &[Syscall]) -> anyhow::Result<Vec<(Syscall, SyscallTotals)>> {
+    let map = ebpf
+        .map(maps::SYSCALL_STATS)
+        .context("the BPF object has no SYSCALL_STATS map")?;
+    let array: PerCpuArray<&MapData, SyscallStats> = PerCpuArray::try_from(map)?;
+    let mut rows = Vec::new();
+    for &syscall in syscalls {
+        let per_cpu = array
+            .get(&syscall.nr(), 0)
+            .with_context(|| format!("read the statistics of {}", syscall.name()))?;
+        if let Some(totals) = SyscallTotals::combine(&per_cpu) {
+            rows.push((syscall, totals));
+        }
+    }
+    Ok(rows)
+}
+
+/// The ring buffer of completed calls, readable from tokio.
+pub struct Records {
+    ring: AsyncFd<RingBuf<MapData>>,
+}
+
+impl Records {
+    pub fn open(ebpf: &mut Ebpf) -> anyhow::Result<Records> {
+        let map = ebpf
+            .take_map(maps::SYSCALL_EVENTS)
+            .context("the BPF object has no SYSCALL_EVENTS map")?;
+        let ring = RingBuf::try_from(map).context("SYSCALL_EVENTS map")?;
+        // SAFETY: the AsyncFd owns the ring buffer, and with it the map's descriptor, which
+        // stays open and the same for the AsyncFd's whole life.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|err| err.into_parts().1)
+            .context("watch the SYSCALL_EVENTS ring buffer")?;
+        Ok(Records { ring })
+    }
+
+    /// Resolves when the kernel signals a backlog (it does not wake the reader per record; the
+    /// caller also drains on a short timer).
+    pub async fn backlog(&mut self) -> anyhow::Result<()> {
+        let mut guard = self
+            .ring
+            .readable_mut()
+            .await
+            .context("wait for SYSCALL_EVENTS")?;
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Decodes the records waiting, in order, at most `max`, handing each to `each`; returns
+    /// how many.
+    pub fn drain(&mut self, max: usize, mut each: impl FnMut(Result<Call, DecodeError>)) -> usize {
+        let ring = self.ring.get_mut();
+        let mut n = 0;
+        while n < max {
+            let Some(item) = ring.next() else { break };
+            each(record::decode(&item));
+            n += 1;
+        }
+        n
+    }
+}

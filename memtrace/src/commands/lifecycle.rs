@@ -1,0 +1,74 @@
+//! How a tracing session ends, shared by the subcommands: why it ended, waiting for the targets
+//! to exit, and reaping a spawned command (forwarding a signal first).
+
+use std::{future::pending, time::Duration};
+
+use anyhow::Context as _;
+
+use crate::{
+    pidfd::PidFd,
+    spawn::{CommandExit, Spawned},
+};
+
+/// How long a spawned command gets to exit after memtrace forwarded it a signal.
+pub const COMMAND_GRACE: Duration = Duration::from_secs(2);
+
+/// Why tracing ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    Signal(i32),
+    Duration,
+    TargetsExited,
+    CommandExited,
+    OutputClosed,
+}
+
+impl End {
+    pub fn reason(self) -> &'static str {
+        match self {
+            End::Signal(_) => "signal",
+            End::Duration => "duration",
+            End::TargetsExited => "targets_exited",
+            End::CommandExited => "command_exited",
+            End::OutputClosed => "output_closed",
+        }
+    }
+}
+
+/// Resolves when every explicit target, or the spawned command, has exited; never otherwise.
+pub async fn all_exited(watched: &[PidFd], command: Option<&Spawned>) -> End {
+    if let Some(command) = command {
+        let _ = command.pidfd.exited().await;
+        return End::CommandExited;
+    }
+    if watched.is_empty() {
+        return pending().await;
+    }
+    for pidfd in watched {
+        let _ = pidfd.exited().await;
+    }
+    End::TargetsExited
+}
+
+/// Reaps the spawned command; on a signal, forwards it first and gives it time to exit.
+pub async fn finish_command(
+    command: Option<&Spawned>,
+    end: End,
+) -> anyhow::Result<Option<CommandExit>> {
+    let Some(command) = command else {
+        return Ok(None);
+    };
+    if let End::Signal(signal) = end {
+        let _ = command.pidfd.signal(signal);
+        if tokio::time::timeout(COMMAND_GRACE, command.pidfd.exited())
+            .await
+            .is_err()
+        {
+            log::warn!("command (pid {}) still running; leaving it", command.pid());
+            return Ok(None);
+        }
+    } else if end != End::CommandExited {
+        return Ok(None);
+    }
+    Ok(Some(command.reap().context("reap the command")?))
+}

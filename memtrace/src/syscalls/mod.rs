@@ -1,0 +1,201 @@
+//! The allocation syscalls `memtrace trace` knows: their names, this architecture's numbers, how
+//! the kernel side classifies them, and how each call is decoded and rendered.
+
+pub mod flags;
+pub mod record;
+pub mod render;
+
+use memtrace_common::syscalls::SyscallClass;
+
+use crate::error::Failure;
+
+/// One traceable syscall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Syscall {
+    Brk,
+    Mmap,
+    Munmap,
+    Mremap,
+    Mprotect,
+    Madvise,
+    Mlock,
+    Munlock,
+    Mlockall,
+    Munlockall,
+    Msync,
+    Shmat,
+    Shmdt,
+}
+
+impl Syscall {
+    pub const ALL: [Syscall; 13] = [
+        Syscall::Brk,
+        Syscall::Mmap,
+        Syscall::Munmap,
+        Syscall::Mremap,
+        Syscall::Mprotect,
+        Syscall::Madvise,
+        Syscall::Mlock,
+        Syscall::Munlock,
+        Syscall::Mlockall,
+        Syscall::Munlockall,
+        Syscall::Msync,
+        Syscall::Shmat,
+        Syscall::Shmdt,
+    ];
+
+    /// Traced when `-e` is not given.
+    pub const DEFAULT: [Syscall; 6] = [
+        Syscall::Brk,
+        Syscall::Mmap,
+        Syscall::Munmap,
+        Syscall::Mremap,
+        Syscall::Mprotect,
+        Syscall::Madvise,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Syscall::Brk => "brk",
+            Syscall::Mmap => "mmap",
+            Syscall::Munmap => "munmap",
+            Syscall::Mremap => "mremap",
+            Syscall::Mprotect => "mprotect",
+            Syscall::Madvise => "madvise",
+            Syscall::Mlock => "mlock",
+            Syscall::Munlock => "munlock",
+            Syscall::Mlockall => "mlockall",
+            Syscall::Munlockall => "munlockall",
+            Syscall::Msync => "msync",
+            Syscall::Shmat => "shmat",
+            Syscall::Shmdt => "shmdt",
+        }
+    }
+
+    /// This architecture's syscall number.
+    pub fn nr(self) -> u32 {
+        let nr = match self {
+            Syscall::Brk => libc::SYS_brk,
+            Syscall::Mmap => libc::SYS_mmap,
+            Syscall::Munmap => libc::SYS_munmap,
+            Syscall::Mremap => libc::SYS_mremap,
+            Syscall::Mprotect => libc::SYS_mprotect,
+            Syscall::Madvise => libc::SYS_madvise,
+            Syscall::Mlock => libc::SYS_mlock,
+            Syscall::Munlock => libc::SYS_munlock,
+            Syscall::Mlockall => libc::SYS_mlockall,
+            Syscall::Munlockall => libc::SYS_munlockall,
+            Syscall::Msync => libc::SYS_msync,
+            Syscall::Shmat => libc::SYS_shmat,
+            Syscall::Shmdt => libc::SYS_shmdt,
+        };
+        nr as u32
+    }
+
+    pub fn from_nr(nr: u32) -> Option<Syscall> {
+        Syscall::ALL.into_iter().find(|s| s.nr() == nr)
+    }
+
+    pub fn from_name(name: &str) -> Option<Syscall> {
+        Syscall::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// How the kernel side sizes and counts it.
+    pub const fn class(self) -> SyscallClass {
+        match self {
+            Syscall::Brk => SyscallClass::Brk,
+            Syscall::Mmap => SyscallClass::Mmap,
+            Syscall::Munmap => SyscallClass::Munmap,
+            Syscall::Mremap => SyscallClass::Mremap,
+            Syscall::Mprotect
+            | Syscall::Madvise
+            | Syscall::Mlock
+            | Syscall::Munlock
+            | Syscall::Msync => SyscallClass::Sized,
+            Syscall::Mlockall | Syscall::Munlockall | Syscall::Shmat | Syscall::Shmdt => {
+                SyscallClass::Other
+            }
+        }
+    }
+
+    /// The argument names, as in the kernel's tracepoint format (and the JSON `args` fields).
+    pub const fn arg_names(self) -> &'static [&'static str] {
+        match self {
+            Syscall::Brk => &["brk"],
+            Syscall::Mmap => &["addr", "len", "prot", "flags", "fd", "off"],
+            Syscall::Munmap => &["addr", "len"],
+            Syscall::Mremap => &["addr", "old_len", "new_len", "flags", "new_addr"],
+            Syscall::Mprotect => &["start", "len", "prot"],
+            Syscall::Madvise => &["start", "len_in", "behavior"],
+            Syscall::Mlock | Syscall::Munlock => &["start", "len"],
+            Syscall::Mlockall => &["flags"],
+            Syscall::Munlockall => &[],
+            Syscall::Msync => &["start", "len", "flags"],
+            Syscall::Shmat => &["shmid", "shmaddr", "shmflg"],
+            Syscall::Shmdt => &["shmaddr"],
+        }
+    }
+
+    /// Whether the return value is an address (rendered in hex).
+    pub const fn returns_address(self) -> bool {
+        matches!(
+            self,
+            Syscall::Brk | Syscall::Mmap | Syscall::Mremap | Syscall::Shmat
+        )
+    }
+}
+
+/// Parses `-e brk,mmap,...`; an unknown name is a usage error listing the valid ones.
+pub fn parse_list(lists: &[String]) -> Result<Vec<Syscall>, Failure> {
+    if lists.is_empty() {
+        return Ok(Syscall::DEFAULT.to_vec());
+    }
+    let mut set = Vec::new();
+    for name in lists.iter().flat_map(|list| list.split(',')) {
+        let name = name.trim();
+        if name.is_empty() {
+            continue;
+        }
+        let syscall = Syscall::from_name(name).ok_or_else(|| {
+            let valid: Vec<&str> = Syscall::ALL.iter().map(|s| s.name()).collect();
+            Failure::Usage(format!(
+                "-e: unknown syscall `{name}`; valid: {}",
+                valid.join(", ")
+            ))
+        })?;
+        if !set.contains(&syscall) {
+            set.push(syscall);
+        }
+    }
+    if set.is_empty() {
+        return Err(Failure::Usage("-e: no syscall named".into()));
+    }
+    set.sort_unstable();
+    Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_numbers_round_trip() {
+        for syscall in Syscall::ALL {
+            assert_eq!(Syscall::from_name(syscall.name()), Some(syscall));
+            assert_eq!(Syscall::from_nr(syscall.nr()), Some(syscall));
+        }
+    }
+
+    #[test]
+    fn lists_default_narrow_and_extend() {
+        assert_eq!(parse_list(&[]).unwrap(), Syscall::DEFAULT.to_vec());
+        assert_eq!(
+            parse_list(&["mmap,munmap".into(), "mmap".into()]).unwrap(),
+            vec![Syscall::Mmap, Syscall::Munmap]
+        );
+        assert_eq!(parse_list(&["mlock".into()]).unwrap(), vec![Syscall::Mlock]);
+        let err = parse_list(&["mmap,open".into()]).unwrap_err().to_string();
+        assert!(err.contains("`open`") && err.contains("shmdt"), "{err}");
+        assert!(parse_list(&[",".into()]).is_err());
+    }
+}

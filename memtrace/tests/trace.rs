@@ -1,0 +1,456 @@
+//! `memtrace trace` against a peer no one here wrote: strace. The same programs run under
+//! `strace -f` and under `memtrace trace`, both with address-space randomisation off
+//! (`setarch -R` around the tracer, inherited by the program), so that every address, size, flag
+//! and return value must be identical: the same calls, in the same order, thread by thread.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::{
+    Tracer, Workload, memtrace, run_memtrace, still_loaded_after, summary, unused_pid, workload,
+};
+
+const RELEASE: Duration = Duration::from_secs(2);
+const DEFAULT_SET: &str = "brk,mmap,munmap,mremap,mprotect,madvise";
+
+/// Per-thread sequences of `name(args) = ret`, sorted, so threads (whose ids differ between
+/// runs) are matched by what they did.
+type Traces = Vec<Vec<String>>;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("trace");
+    fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// `name(args)` and the return value reduced to what both tools print alike: the value, or
+/// `-1 ERRNO`.
+fn normalise(call: &str, ret: &str) -> String {
+    let mut words = ret.split_whitespace();
+    let first = words.next().unwrap_or_default();
+    let ret = if first == "-1" {
+        format!("-1 {}", words.next().unwrap_or_default())
+    } else {
+        first.to_owned()
+    };
+    format!("{} = {ret}", call.trim_end())
+}
+
+fn sorted(per_thread: BTreeMap<u32, Vec<String>>) -> Traces {
+    let mut traces: Traces = per_thread.into_values().collect();
+    traces.sort();
+    traces
+}
+
+fn under_strace(syscalls: &str, argv: &[&str]) -> Traces {
+    let log = scratch("strace.log");
+    let status = Command::new("setarch")
+        .args(["-R", "strace", "-f", "-qq", "-e"])
+        .arg(format!("trace={syscalls}"))
+        .arg("-o")
+        .arg(&log)
+        .args(argv)
+        .stdout(Stdio::null())
+        .status()
+        .expect("strace is installed by `cargo xtask setup`");
+    assert!(status.success(), "strace {argv:?}: {status}");
+    let text = fs::read_to_string(&log).unwrap();
+    let mut unfinished: BTreeMap<u32, String> = BTreeMap::new();
+    let mut per_thread: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for line in text.lines() {
+        let (tid, rest) = line.split_once(' ').unwrap();
+        let tid: u32 = tid.parse().unwrap();
+        let rest = rest.trim_start();
+        let whole = if let Some(head) = rest.strip_suffix(" <unfinished ...>") {
+            unfinished.insert(tid, head.to_owned());
+            continue;
+        } else if rest.starts_with("<... ") {
+            let tail = &rest[rest.find("resumed>").unwrap() + "resumed>".len()..];
+            format!("{}{}", unfinished.remove(&tid).unwrap(), tail.trim_start())
+        } else if rest.starts_with("+++") || rest.starts_with("---") {
+            continue;
+        } else {
+            rest.to_owned()
+        };
+        let (call, ret) = whole.rsplit_once(" = ").unwrap();
+        per_thread
+            .entry(tid)
+            .or_default()
+            .push(normalise(call, ret));
+    }
+    sorted(per_thread)
+}
+
+fn under_memtrace(syscalls: &str, argv: &[&str]) -> Traces {
+    let log = scratch("memtrace.log");
+    let status = Command::new("setarch")
+        .arg("-R")
+        .arg(env!("CARGO_BIN_EXE_memtrace"))
+        .args(["trace", "-e", syscalls, "-o"])
+        .arg(&log)
+        .arg("--")
+        .args(argv)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run memtrace");
+    assert!(status.success(), "memtrace trace {argv:?}: {status}");
+    let text = fs::read_to_string(&log).unwrap();
+    let mut per_thread: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for line in text.lines() {
+        // 12:03:01.532118 comm[pid/tid] name(args) = ret <latency>
+        let (_, rest) = line.split_once(' ').unwrap();
+        let ids_start = rest.find('[').unwrap();
+        let (ids, call) = rest[ids_start + 1..].split_once("] ").unwrap();
+        let tid: u32 = ids.split_once('/').unwrap().1.parse().unwrap();
+        let call = &call[..call.rfind(" <").unwrap()];
+        let (call, ret) = call.rsplit_once(" = ").unwrap();
+        per_thread
+            .entry(tid)
+            .or_default()
+            .push(normalise(call, ret));
+    }
+    sorted(per_thread)
+}
+
+fn assert_same_as_strace(syscalls: &str, argv: &[&str]) -> Traces {
+    let expected = under_strace(syscalls, argv);
+    let seen = under_memtrace(syscalls, argv);
+    let count = |t: &Traces| t.iter().map(Vec::len).sum::<usize>();
+    assert_eq!(
+        (seen.len(), count(&seen)),
+        (expected.len(), count(&expected)),
+        "threads and calls: memtrace vs strace\nmemtrace: {seen:#?}\nstrace: {expected:#?}"
+    );
+    for (m, s) in seen.iter().zip(&expected) {
+        for (i, (a, b)) in m.iter().zip(s).enumerate() {
+            assert_eq!(a, b, "call {i} of a thread: memtrace vs strace");
+        }
+    }
+    assert_eq!(seen, expected);
+    seen
+}
+
+fn calls_named<'a>(traces: &'a Traces, prefix: &'a str) -> impl Iterator<Item = &'a String> {
+    traces
+        .iter()
+        .flatten()
+        .filter(move |c| c.starts_with(prefix))
+}
+
+#[test]
+fn malloc_thresholds_anonymous_and_file_mappings_and_a_failure_match_strace() {
+    require_root!();
+    let binary = workload("mixed_alloc");
+    let file = scratch("mapped.dat");
+    let traces = assert_same_as_strace(
+        DEFAULT_SET,
+        &[binary.to_str().unwrap(), file.to_str().unwrap()],
+    );
+    // The program really exercised what it claims to.
+    assert!(
+        calls_named(&traces, "brk(0x").count() >= 2,
+        "heap growth by brk"
+    );
+    assert!(calls_named(&traces, "mremap(").count() == 1);
+    assert!(calls_named(&traces, "madvise(").any(|c| c.contains("MADV_DONTNEED")));
+    assert!(
+        calls_named(
+            &traces,
+            "mmap(NULL, 20480, PROT_READ|PROT_WRITE, MAP_SHARED, 3, 0)"
+        )
+        .count()
+            == 1
+    );
+    assert!(
+        calls_named(
+            &traces,
+            "mmap(NULL, 8192, PROT_READ, MAP_PRIVATE, 3, 0x1000)"
+        )
+        .count()
+            == 1
+    );
+    assert_eq!(
+        calls_named(&traces, "mprotect(0x10000, 4096, PROT_READ) = -1 ENOMEM").count(),
+        1
+    );
+    assert!(
+        calls_named(&traces, "mmap(NULL, 1052672,").count() >= 1,
+        "large malloc by mmap"
+    );
+}
+
+#[test]
+fn threads_match_strace_thread_by_thread() {
+    require_root!();
+    let binary = workload("threads_alloc");
+    let traces = assert_same_as_strace(DEFAULT_SET, &[binary.to_str().unwrap()]);
+    assert_eq!(traces.len(), 5, "main thread and 4 workers");
+}
+
+#[test]
+fn fork_and_exec_match_strace_process_by_process() {
+    require_root!();
+    let binary = workload("fork_exec");
+    let traces = assert_same_as_strace(DEFAULT_SET, &[binary.to_str().unwrap(), "/bin/true"]);
+    assert_eq!(traces.len(), 2, "parent and child");
+}
+
+#[test]
+fn a_narrowed_set_matches_strace() {
+    require_root!();
+    let binary = workload("mixed_alloc");
+    let file = scratch("mapped2.dat");
+    let traces = assert_same_as_strace(
+        "mremap,mprotect",
+        &[binary.to_str().unwrap(), file.to_str().unwrap()],
+    );
+    assert!(
+        traces
+            .iter()
+            .flatten()
+            .all(|c| c.starts_with("mremap(") || c.starts_with("mprotect("))
+    );
+}
+
+fn json_run(args: &[&str]) -> (Vec<serde_json::Value>, i32) {
+    let out = run_memtrace(args);
+    let records = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (records, out.status.code().unwrap())
+}
+
+#[test]
+fn json_records_and_kernel_counts_agree_and_nothing_is_lost() {
+    require_root!();
+    let binary = workload("mixed_alloc");
+    let file = scratch("mapped3.dat");
+    let (records, code) = json_run(&[
+        "trace",
+        "--json",
+        "--",
+        binary.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(records[0]["type"], "start");
+    let calls: Vec<_> = records.iter().filter(|r| r["type"] == "syscall").collect();
+    let summary = summary(&records);
+    let counted: u64 = summary["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["calls"].as_u64().unwrap())
+        .sum();
+    // Every call the kernel counted crossed to userspace: seen + dropped == produced.
+    assert_eq!(calls.len() as u64, counted);
+    assert_eq!(summary["records"].as_u64().unwrap(), counted);
+    assert_eq!(summary["dropped"]["syscall_ring_full"], 0);
+    assert_eq!(summary["dropped"]["syscall_pending_full"], 0);
+    let failed: Vec<_> = calls.iter().filter(|c| c.get("errno").is_some()).collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["syscall"], "mprotect");
+    assert_eq!(failed[0]["errno"], "ENOMEM");
+    assert_eq!(failed[0]["ret"], -12);
+    assert_eq!(failed[0]["args"]["start"], 0x10000);
+    assert_eq!(failed[0]["args"]["prot"], "PROT_READ");
+    for call in &calls {
+        for field in [
+            "pid",
+            "tid",
+            "comm",
+            "syscall",
+            "args",
+            "ret",
+            "latency_ns",
+            "ts_ns",
+        ] {
+            assert!(call.get(field).is_some(), "{field} missing in {call}");
+        }
+    }
+    // The large blocks: mapped and unmapped bytes add up in the kernel's statistics.
+    let mmap = summary["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["syscall"] == "mmap")
+        .unwrap();
+    let mapped: u64 = calls
+        .iter()
+        .filter(|c| c["syscall"] == "mmap" && c.get("errno").is_none())
+        .map(|c| c["args"]["len"].as_u64().unwrap())
+        .sum();
+    assert_eq!(mmap["mapped_bytes"].as_u64().unwrap(), mapped);
+}
+
+#[test]
+fn summary_only_counts_match_strace_per_syscall() {
+    require_root!();
+    let binary = workload("mixed_alloc");
+    let file = scratch("mapped4.dat");
+    let argv = [binary.to_str().unwrap(), file.to_str().unwrap()];
+    let expected = under_strace(DEFAULT_SET, &argv);
+    let mut args = vec!["trace", "-c", "--json", "--"];
+    args.extend_from_slice(&argv);
+    let (records, code) = json_run(&args);
+    assert_eq!(code, 0);
+    assert!(
+        records.iter().all(|r| r["type"] != "syscall"),
+        "-c sends no per-call record"
+    );
+    let summary = summary(&records);
+    for row in summary["syscalls"].as_array().unwrap() {
+        let name = row["syscall"].as_str().unwrap();
+        let strace_calls = calls_named(&expected, &format!("{name}(")).count() as u64;
+        let strace_errors = calls_named(&expected, &format!("{name}("))
+            .filter(|c| c.contains(" = -1 "))
+            .count() as u64;
+        assert_eq!(row["calls"].as_u64().unwrap(), strace_calls, "{name} calls");
+        assert_eq!(
+            row["errors"].as_u64().unwrap(),
+            strace_errors,
+            "{name} errors"
+        );
+        assert!(row["min_ns"].as_u64() <= row["avg_ns"].as_u64());
+        assert!(row["avg_ns"].as_u64() <= row["max_ns"].as_u64());
+    }
+}
+
+#[test]
+fn failed_and_min_size_filter_in_the_kernel() {
+    require_root!();
+    let binary = workload("mixed_alloc");
+    let file = scratch("mapped5.dat");
+    let (records, _) = json_run(&[
+        "trace",
+        "--json",
+        "--failed",
+        "--",
+        binary.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
+    let calls: Vec<_> = records.iter().filter(|r| r["type"] == "syscall").collect();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["errno"], "ENOMEM");
+
+    let (records, _) = json_run(&[
+        "trace",
+        "--json",
+        "--min-size",
+        "1000000",
+        "-e",
+        "mmap,munmap",
+        "--",
+        binary.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
+    let calls: Vec<_> = records.iter().filter(|r| r["type"] == "syscall").collect();
+    assert!(!calls.is_empty());
+    assert!(
+        calls
+            .iter()
+            .all(|c| c["args"]["len"].as_u64().unwrap() >= 1_000_000),
+        "{calls:?}"
+    );
+}
+
+#[test]
+fn the_command_exit_status_is_passed_on() {
+    require_root!();
+    let out = run_memtrace(&["trace", "-c", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+}
+
+#[test]
+fn a_pid_that_exits_mid_trace_ends_with_a_summary() {
+    require_root!();
+    // Two threads: the second one's stack is mapped after `go`, while traced.
+    let mut work = Workload::start(&workload("touch_pages"), &["100", "2"]);
+    let pid = work.pid().to_string();
+    let tracer = Tracer::start(&["trace", "--pid", &pid]);
+    work.go();
+    work.finish();
+    let (records, status) = tracer.wait(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    assert_eq!(summary(&records)["reason"], "targets_exited");
+    assert!(
+        records.iter().any(|r| r["type"] == "syscall"),
+        "the toucher's mmap"
+    );
+}
+
+#[test]
+fn nothing_stays_loaded_after_ctrl_c() {
+    require_root!();
+    let mut work = Workload::start(&workload("touch_pages"), &["100", "1"]);
+    let pid = work.pid().to_string();
+    let tracer = Tracer::start(&["trace", "-f", "--pid", &pid]);
+    let programs = tracer.programs();
+    let names: Vec<&str> = programs.iter().map(|(_, n)| n.as_str()).collect();
+    assert!(
+        names.contains(&"mt_sys_enter") && names.contains(&"mt_sys_exit"),
+        "{names:?}"
+    );
+    work.go();
+    let (records, status) = tracer.interrupt();
+    work.finish();
+    assert!(status.success());
+    assert_eq!(summary(&records)["reason"], "signal");
+    let ids: Vec<u64> = programs.iter().map(|(id, _)| *id).collect();
+    assert_eq!(still_loaded_after(&ids, RELEASE), vec![]);
+}
+
+fn assert_fails(args: &[&str], code: i32, message: &str) {
+    let out = run_memtrace(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains(message), "{stderr}");
+}
+
+#[test]
+fn bad_input_is_one_clear_line_and_an_exit_code() {
+    require_root!();
+    let nobody = unused_pid().to_string();
+    assert_fails(&["trace", "--pid", &nobody], 4, "no such process");
+    assert_fails(
+        &["trace", "-e", "mmap,open", "--", "true"],
+        2,
+        "valid: brk, mmap",
+    );
+    assert_fails(
+        &["trace", "-o", "/proc/nope/out", "--", "true"],
+        2,
+        "cannot write to /proc/nope/out",
+    );
+}
+
+#[test]
+fn unprivileged_is_refused_before_touching_the_kernel() {
+    require_root!();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(env!("CARGO_BIN_EXE_memtrace"))
+        .args(["trace", "--", "true"])
+        .output()
+        .expect("setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("needs root"), "{stderr}");
+    let _ = memtrace;
+}
