@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod faults;
+pub mod oom;
 pub mod targets;
 
 /// Size in bytes of a kernel task command name (`TASK_COMM_LEN`).
@@ -23,6 +24,8 @@ pub mod globals {
     pub const NEWTASK_PID_OFFSET: &str = "NEWTASK_PID_OFFSET";
     /// `u32`: byte offset of `clone_flags` in the `task:task_newtask` record.
     pub const NEWTASK_FLAGS_OFFSET: &str = "NEWTASK_FLAGS_OFFSET";
+    /// [`crate::oom::OomLayout`]: field offsets of `oom:mark_victim` and `printk:console`.
+    pub const OOM_LAYOUT: &str = "OOM_LAYOUT";
 }
 
 /// Names of the maps userspace reads and writes.
@@ -37,6 +40,8 @@ pub mod maps {
     pub const COMMS: &str = "COMMS";
     /// Per-CPU array indexed by [`crate::DropSource`]: events the kernel side could not record.
     pub const DROPS: &str = "DROPS";
+    /// Ring buffer of [`crate::oom::OomVictim`] and [`crate::oom::OomText`] records.
+    pub const OOM_EVENTS: &str = "OOM_EVENTS";
 }
 
 /// Why the kernel side failed to record something. Each has its own slot in [`maps::DROPS`], so
@@ -48,18 +53,24 @@ pub enum DropSource {
     FaultTableFull = 0,
     /// A child of a followed process was created but had no room in `TARGETS`.
     TargetTableFull = 1,
+    /// An OOM victim or OOM report fragment found the `OOM_EVENTS` ring buffer full.
+    OomRingFull = 2,
 }
 
 impl DropSource {
-    pub const COUNT: u32 = 2;
-    pub const ALL: [DropSource; Self::COUNT as usize] =
-        [DropSource::FaultTableFull, DropSource::TargetTableFull];
+    pub const COUNT: u32 = 3;
+    pub const ALL: [DropSource; Self::COUNT as usize] = [
+        DropSource::FaultTableFull,
+        DropSource::TargetTableFull,
+        DropSource::OomRingFull,
+    ];
 
     /// A stable, machine-friendly name (used in JSON output).
     pub const fn name(self) -> &'static str {
         match self {
             DropSource::FaultTableFull => "fault_table_full",
             DropSource::TargetTableFull => "target_table_full",
+            DropSource::OomRingFull => "oom_ring_full",
         }
     }
 }

@@ -2,3 +2,4 @@
 //! literal inputs.
 
 pub mod faults;
+pub mod oom;
