@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod faults;
+pub mod oom;
 pub mod syscalls;
 pub mod targets;
 
@@ -39,6 +40,8 @@ pub mod globals {
     pub const SYSCALL_MIN_SIZE: &str = "SYSCALL_MIN_SIZE";
     /// `u32`: memtrace's own process id, never traced (its output would feed its input).
     pub const SELF_TGID: &str = "SELF_TGID";
+    /// [`crate::oom::OomLayout`]: field offsets of `oom:mark_victim` and `printk:console`.
+    pub const OOM_LAYOUT: &str = "OOM_LAYOUT";
 }
 
 /// Names of the maps userspace reads and writes.
@@ -63,6 +66,8 @@ pub mod maps {
     pub const SYSCALL_STATS: &str = "SYSCALL_STATS";
     /// Ring buffer of [`crate::syscalls::SyscallRecord`]s.
     pub const SYSCALL_EVENTS: &str = "SYSCALL_EVENTS";
+    /// Ring buffer of [`crate::oom::OomVictim`] and [`crate::oom::OomText`] records.
+    pub const OOM_EVENTS: &str = "OOM_EVENTS";
 }
 
 /// Why the kernel side failed to record something. Each has its own slot in [`maps::DROPS`], so
@@ -78,15 +83,18 @@ pub enum DropSource {
     SyscallPendingFull = 2,
     /// A completed syscall's record found the ring buffer full.
     SyscallRingFull = 3,
+    /// An OOM victim or OOM report fragment found the `OOM_EVENTS` ring buffer full.
+    OomRingFull = 4,
 }
 
 impl DropSource {
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
     pub const ALL: [DropSource; Self::COUNT as usize] = [
         DropSource::FaultTableFull,
         DropSource::TargetTableFull,
         DropSource::SyscallPendingFull,
         DropSource::SyscallRingFull,
+        DropSource::OomRingFull,
     ];
 
     /// A stable, machine-friendly name (used in JSON output).
@@ -96,6 +104,7 @@ impl DropSource {
             DropSource::TargetTableFull => "target_table_full",
             DropSource::SyscallPendingFull => "syscall_pending_full",
             DropSource::SyscallRingFull => "syscall_ring_full",
+            DropSource::OomRingFull => "oom_ring_full",
         }
     }
 }

@@ -7,6 +7,7 @@
 mod comms;
 mod drops;
 mod faults;
+mod oom;
 mod syscalls;
 mod targets;
 

@@ -58,6 +58,50 @@ pub enum Command {
     /// Allocation syscalls (brk, mmap, munmap, ...) call by call, like strace
     #[command(after_help = TRACE_EXAMPLES)]
     Trace(TraceArgs),
+    /// Every OOM kill, live: victim, triggering task and memory cgroup
+    #[command(after_help = OOM_EXAMPLES)]
+    Oom(OomArgs),
+}
+
+const OOM_EXAMPLES: &str = "\
+FIELDS (unknown values are shown as ?; JSON null):
+  group       OOM invocation id, shared by every victim of one memory.oom.group kill
+  victim      pid (comm), uid, total-vm, anon/file/shmem RSS and page tables (KiB), oom_score_adj
+  trigger     the task that ran the OOM killer (pid and comm)
+  cgroup      the victim's memory cgroup, as a path in the memory hierarchy
+  scope       cgroup (a memory cgroup's limit was hit) or system
+  domain      the cgroup whose limit was hit
+  limit, usage, oom_kill   the victim cgroup's memory limit, usage and OOM-kill count, read
+              when the kill is reported
+
+EXAMPLES:
+  sudo memtrace oom                                  # every OOM kill on the machine
+  sudo memtrace oom --cgroup /sys/fs/cgroup/memory/db # kills inside one cgroup subtree
+  sudo memtrace oom --cgroup /system.slice --count 1  # wait for the next kill there, then exit
+  sudo memtrace oom --json -o oom.jsonl              # JSON lines to a file";
+
+/// Every OOM kill, live, from the `oom:mark_victim` tracepoint.
+///
+/// One record per victim, printed as the kernel marks it; the victims of a memory.oom.group kill
+/// share a group id.
+#[derive(Debug, Args)]
+pub struct OomArgs {
+    /// Only kills of processes in this memory cgroup or below it (a directory under the memory
+    /// cgroup mount, or a path in its hierarchy such as /system.slice)
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+
+    /// One JSON object per line instead of text (schema in the README)
+    #[arg(long)]
+    pub json: bool,
+
+    /// Write the report to FILE instead of standard output
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Exit after N kills
+    #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
 }
 
 /// Minor and major page-fault rates per process, counted in the kernel.

@@ -97,6 +97,11 @@ impl Format {
         })
     }
 
+    /// Every field of the record, in order.
+    pub fn fields(&self) -> &[Field] {
+        &self.fields
+    }
+
     /// The offset of a field, checking that its size is what the program reads.
     pub fn offset(&self, field: &str, size: u32) -> Result<u32, Failure> {
         match self.fields.iter().find(|f| f.name == field) {

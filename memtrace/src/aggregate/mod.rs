@@ -2,4 +2,5 @@
 //! literal inputs.
 
 pub mod faults;
+pub mod oom;
 pub mod syscalls;

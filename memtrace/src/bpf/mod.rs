@@ -6,6 +6,7 @@
 //! even SIGKILL, the kernel releases them with the process.
 
 pub mod faults;
+pub mod oom;
 pub mod syscalls;
 pub mod targets;
 

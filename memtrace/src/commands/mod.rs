@@ -2,6 +2,7 @@
 
 pub mod faults;
 pub mod lifecycle;
+pub mod oom;
 pub mod trace;
 
 use crate::cli::{Cli, Command};
@@ -10,5 +11,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Faults(args) => faults::execute(args).await,
         Command::Trace(args) => trace::execute(args).await,
+        Command::Oom(args) => oom::execute(args).await,
     }
 }

