@@ -24,7 +24,27 @@ pub const MAX_ARGS: usize = 6;
 /// The `kind` tag of a [`SyscallRecord`], first in every ring-buffer record.
 pub const RECORD_SYSCALL: u32 = 1;
 
-/// How the kernel treats a syscall number: the value of its `SYSCALL_CLASSES` entry, set by
+/// A `SYSCALL_CLASSES` entry: the syscall's [`SyscallClass`] in the low byte, its number of
+/// arguments above it (the entry program reads exactly those, so a record's unused argument slots
+/// are zero rather than whatever the trace buffer held). 0 means not traced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallInfo(pub u32);
+
+impl SyscallInfo {
+    pub const fn new(class: SyscallClass, arity: u32) -> SyscallInfo {
+        SyscallInfo(class as u32 | (arity << 8))
+    }
+
+    pub const fn class(self) -> u32 {
+        self.0 & 0xff
+    }
+
+    pub const fn arity(self) -> u32 {
+        self.0 >> 8
+    }
+}
+
+/// How the kernel treats a syscall number: the class part of its `SYSCALL_CLASSES` entry, set by
 /// userspace (which knows this architecture's numbers); 0 means not traced.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +59,9 @@ pub enum SyscallClass {
     Mremap = 5,
     Brk = 6,
 }
+
+/// `PendingCall::nr` of a thread's slot between calls: its last call has been reported.
+pub const NO_CALL: u32 = u32::MAX;
 
 /// The syscall entry, kept per thread until its exit.
 #[repr(C)]

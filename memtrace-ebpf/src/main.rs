@@ -8,6 +8,7 @@ mod comms;
 mod drops;
 mod faults;
 mod oom;
+mod record;
 mod syscalls;
 mod targets;
 

@@ -7,19 +7,20 @@ use aya_ebpf::{
     Global,
     bindings::{BPF_ANY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use memtrace_common::{
     DropSource,
     syscalls::{
-        MAX_ARGS, MAX_BREAKS, MAX_PENDING, MAX_SYSCALL_NR, PendingCall, RECORD_SYSCALL, RING_BYTES,
-        SyscallClass, SyscallRecord, SyscallStats, WAKEUP_BYTES, is_error,
+        MAX_ARGS, MAX_BREAKS, MAX_PENDING, MAX_SYSCALL_NR, NO_CALL, PendingCall, RECORD_SYSCALL,
+        RING_BYTES, SyscallClass, SyscallInfo, SyscallRecord, SyscallStats, WAKEUP_BYTES, is_error,
     },
+    targets::FilterMode,
 };
 
-use crate::{drops, targets};
+use crate::{drops, record, targets};
 
 #[map(name = "SYSCALL_PENDING")]
 static PENDING: HashMap<u32, PendingCall> = HashMap::with_max_entries(MAX_PENDING, 0);
@@ -73,22 +74,40 @@ pub fn mt_sys_exit(ctx: TracePointContext) -> u32 {
 
 fn try_enter(ctx: &TracePointContext) -> Result<(), i64> {
     let (tgid, tid) = targets::current_ids();
-    if tgid == SELF_TGID.load() || !targets::is_counted(tgid) {
+    let nr: i32 = record::read(ctx, SYSCALL_NR_OFFSET.load())?;
+    let Some(&info) = CLASSES.get(nr as u32) else {
         return Ok(());
+    };
+    // One copy for all six argument slots; past the syscall's own arguments they are not its
+    // fields (the record may end there), so those are zeroed.
+    let mut args: [u64; MAX_ARGS] = record::read(ctx, SYSCALL_ARGS_OFFSET.load())?;
+    let arity = SyscallInfo(info).arity();
+    for (i, arg) in args.iter_mut().enumerate() {
+        if i as u32 >= arity {
+            *arg = 0;
+        }
     }
-    // SAFETY: offsets come from the tracepoint's own format; reads are bounds-checked helpers.
-    let nr: i32 = unsafe { ctx.read_at(SYSCALL_NR_OFFSET.load() as usize)? };
     let mut call = PendingCall {
         start_ns: 0,
         nr: nr as u32,
         _pad: 0,
-        args: [0; MAX_ARGS],
+        args,
     };
-    let base = SYSCALL_ARGS_OFFSET.load() as usize;
-    for (i, arg) in call.args.iter_mut().enumerate() {
-        // SAFETY: as above; syscalls with fewer arguments read the record's zeroed tail, or fail
-        // the bounds check and leave the argument 0.
-        *arg = unsafe { ctx.read_at(base + i * 8) }.unwrap_or(0);
+
+    // A thread keeps its slot between calls: only targets get one, so a thread that has one is
+    // a target (by name, it may have been renamed since: check again), and reusing it in place
+    // saves a hash insert and delete per call.
+    if let Some(slot) = PENDING.get_ptr_mut(tid)
+        && targets::filter_mode() != FilterMode::Comm as u32
+    {
+        // SAFETY: no preconditions.
+        call.start_ns = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: this thread's own slot: only this thread writes it, between its own calls.
+        unsafe { *slot = call };
+        return Ok(());
+    }
+    if tgid == SELF_TGID.load() || !targets::is_counted(tgid) {
+        return Ok(());
     }
     // SAFETY: no preconditions.
     call.start_ns = unsafe { bpf_ktime_get_ns() };
@@ -98,22 +117,33 @@ fn try_enter(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
+/// Frees an exiting thread's slot (the only place slots are deleted).
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn mt_thread_exit(_ctx: RawTracePointContext) -> i32 {
+    let (_, tid) = targets::current_ids();
+    let _ = PENDING.remove(tid);
+    0
+}
+
 fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let (tgid, tid) = targets::current_ids();
-    let Some(entry) = PENDING.get_ptr(tid) else {
+    let Some(entry) = PENDING.get_ptr_mut(tid) else {
         // Not a target, or the call began before tracing did.
         return Ok(());
     };
-    // SAFETY: a value pointer from a successful lookup, copied at once.
+    // SAFETY: this thread's own slot, copied at once and marked reported.
     let call = unsafe { *entry };
-    let _ = PENDING.remove(tid);
+    if call.nr == NO_CALL {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    unsafe { (*entry).nr = NO_CALL };
     // SAFETY: no preconditions.
     let latency_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(call.start_ns);
-    // SAFETY: as in `try_enter`.
-    let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET_OFFSET.load() as usize)? };
+    let ret: i64 = record::read(ctx, SYSCALL_RET_OFFSET.load())?;
     let failed = is_error(ret);
     let class = match CLASSES.get(call.nr) {
-        Some(&class) => class,
+        Some(&info) => SyscallInfo(info).class(),
         None => return Ok(()),
     };
 

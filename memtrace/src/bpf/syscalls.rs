@@ -7,11 +7,11 @@ use anyhow::Context as _;
 use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{RawTracePoint, TracePoint},
 };
 use memtrace_common::{
     globals, maps,
-    syscalls::{SyscallClass, SyscallStats},
+    syscalls::{SyscallClass, SyscallInfo, SyscallStats},
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -120,11 +120,19 @@ pub fn attach(ebpf: &mut Ebpf, syscalls: &[Syscall]) -> anyhow::Result<()> {
         let mut classes: Array<&mut MapData, u32> = Array::try_from(map)?;
         for &syscall in syscalls {
             debug_assert_ne!(syscall.class(), SyscallClass::Untraced);
+            let info = SyscallInfo::new(syscall.class(), syscall.arg_names().len() as u32);
             classes
-                .set(syscall.nr(), syscall.class() as u32, 0)
+                .set(syscall.nr(), info.0, 0)
                 .with_context(|| format!("mark {} as traced", syscall.name()))?;
         }
     }
+    let thread_exit: &mut RawTracePoint = program_mut(ebpf, "mt_thread_exit")?;
+    thread_exit
+        .load()
+        .map_err(|err| kernel_refusal(err, "load mt_thread_exit"))?;
+    thread_exit
+        .attach("sched_process_exit")
+        .map_err(|err| kernel_refusal(err, "attach the raw tracepoint sched_process_exit"))?;
     for (program, side) in [("mt_sys_enter", "enter"), ("mt_sys_exit", "exit")] {
         let tracepoint: &mut TracePoint = program_mut(ebpf, program)?;
         tracepoint
