@@ -125,9 +125,10 @@ pub fn storm(
         let (records, dropped) = parse_trace_summary(summary)?;
         let calls = run.count.context("the workload reported no call count")?;
         eprintln!(
-            "bench:   {:>8} calls/s target: {calls} calls in {:.3} s, {records} records, dropped {dropped:?}",
+            "bench:   {:>8} calls/s target: {calls} calls in {:.3} s, {records} records, {} dropped",
             target.map_or_else(|| "unpaced".into(), |t| t.to_string()),
-            run.secs
+            run.secs,
+            dropped.iter().map(|(_, n)| n).sum::<u64>()
         );
         rows.push(StormRow {
             target: *target,
