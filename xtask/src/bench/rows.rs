@@ -24,6 +24,8 @@ pub enum Row {
     Storm,
     /// Launch-to-ready time of `oom`, versus bpftrace
     Oom,
+    // TODO(serve): a daemon-footprint row (RSS and CPU time of `memtrace serve` itself, idle
+    // and while the faults row runs) once `memtrace serve` exists.
 }
 
 impl Row {

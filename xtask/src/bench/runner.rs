@@ -143,6 +143,7 @@ pub fn run_once(
     // Traces of a million calls are hundreds of megabytes: keep none of them.
     let _ = fs::remove_file(&out);
     let companion_output = fs::read_to_string(&companion_out).ok();
+    let _ = fs::remove_file(&companion_out);
     Ok(Run {
         secs,
         count,
