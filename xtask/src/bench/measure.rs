@@ -28,7 +28,7 @@ pub fn overhead(suite: &Suite, title: &str, workload: &Workload, modes: &[Mode])
         for i in 0..modes.len() {
             let index = (i + round) % modes.len();
             let mode = &modes[index];
-            if suite.quick && mode.slow && !samples[index].is_empty() {
+            if mode.slow && samples[index].len() >= suite.slow_rounds() {
                 continue;
             }
             let run = runner::run_once(workload, mode, &suite.dir, None)
@@ -52,8 +52,8 @@ pub fn overhead(suite: &Suite, title: &str, workload: &Workload, modes: &[Mode])
             None
         };
         let mut label = mode.label.clone();
-        if suite.quick && mode.slow {
-            label.push_str(" (1 run in --quick)");
+        if mode.slow && secs.len() < rounds {
+            label.push_str(&format!(" ({} rounds)", secs.len()));
         }
         rows.push(OverheadRow {
             label,

@@ -28,7 +28,7 @@ use self::rows::Row;
 #[derive(Args)]
 pub struct BenchArgs {
     /// A short run (under two minutes): smaller workloads, three rounds, strace and perf trace
-    /// run once
+    /// once (else three rounds), two event-storm rates
     #[arg(long)]
     pub quick: bool,
 
@@ -65,6 +65,12 @@ impl Suite {
         std::iter::once(self.memtrace.to_string_lossy().into_owned())
             .chain(args.iter().map(|&arg| arg.to_owned()))
             .collect()
+    }
+
+    /// Rounds for the slow peers (strace, perf trace: 20–70× the untraced time), which would
+    /// otherwise take most of the suite's time for figures that need no precision.
+    fn slow_rounds(&self) -> usize {
+        self.rounds.min(if self.quick { 1 } else { 3 })
     }
 
     /// Builds `xtask/workloads/NAME.c` into the bench directory.
@@ -131,9 +137,15 @@ fn header(suite: &Suite, secs: f64) -> String {
     );
     if suite.quick {
         out.push_str(
-            "**--quick**: smaller workloads and 3 rounds; strace and perf trace (tens of \
-             seconds per run) run once; the event storm has two rates. Indicative only.\n\n",
+            "**--quick**: smaller workloads and 3 rounds; strace and perf trace run once; \
+             the event storm has two rates. Indicative only.\n\n",
         );
+    } else {
+        out.push_str(&format!(
+            "{} rounds; strace and perf trace (20–70× slower than untraced) {}.\n\n",
+            suite.rounds,
+            suite.slow_rounds()
+        ));
     }
     if !suite.instructions {
         out.push_str(
