@@ -53,7 +53,11 @@ pub fn overhead(suite: &Suite, title: &str, workload: &Workload, modes: &[Mode])
         };
         let mut label = mode.label.clone();
         if mode.slow && secs.len() < rounds {
-            label.push_str(&format!(" ({} rounds)", secs.len()));
+            let runs = secs.len();
+            label.push_str(&format!(
+                " ({runs} round{})",
+                if runs == 1 { "" } else { "s" }
+            ));
         }
         rows.push(OverheadRow {
             label,
