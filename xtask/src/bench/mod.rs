@@ -1,0 +1,166 @@
+//! Overhead benchmarks against the untraced baseline and the peer tools (issue 6), every row in
+//! one run so the figures are comparable: `cargo xtask bench [--quick] [--only ROW,...]`.
+//!
+//! `rows` says what each row runs, `measure` how (interleaved rounds, the event storm, launch
+//! to ready), `runner` the mechanics of one run, `report` the statistics and markdown.
+
+mod measure;
+mod report;
+mod rows;
+mod runner;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use anyhow::Result;
+use clap::{Args, ValueEnum as _};
+
+use crate::{
+    setup,
+    shell::{Cmd, workspace_root},
+};
+
+use self::rows::Row;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// A short run (under two minutes): smaller workloads, three rounds, strace and perf trace
+    /// once (else three rounds), two event-storm rates
+    #[arg(long)]
+    pub quick: bool,
+
+    /// Rounds per workload (default: 3 with --quick, else 7)
+    #[arg(long)]
+    pub rounds: Option<usize>,
+
+    /// Run only these rows (default: all)
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Row>,
+}
+
+/// Debian packages providing the peers.
+const PEER_PACKAGES: [(&str, &str); 3] = [
+    ("bpftrace", "bpftrace"),
+    ("perf", "linux-perf"),
+    ("strace", "strace"),
+];
+
+/// What every row needs: where to build and write, how hard to measure.
+pub struct Suite {
+    /// `target/bench`: workload binaries, scratch tracer output, results.md.
+    dir: PathBuf,
+    memtrace: PathBuf,
+    quick: bool,
+    rounds: usize,
+    /// Whether `perf stat -e instructions` counts on this machine.
+    instructions: bool,
+}
+
+impl Suite {
+    /// The memtrace command with these arguments.
+    fn memtrace(&self, args: &[&str]) -> Vec<String> {
+        std::iter::once(self.memtrace.to_string_lossy().into_owned())
+            .chain(args.iter().map(|&arg| arg.to_owned()))
+            .collect()
+    }
+
+    /// Rounds for the slow peers (strace, perf trace: 20–70× the untraced time), which would
+    /// otherwise take most of the suite's time for figures that need no precision.
+    fn slow_rounds(&self) -> usize {
+        self.rounds.min(if self.quick { 1 } else { 3 })
+    }
+
+    /// Builds `xtask/workloads/NAME.c` into the bench directory.
+    fn compile(&self, name: &str) -> Result<PathBuf> {
+        compile(&self.dir, name)
+    }
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let started = Instant::now();
+    setup::ensure_packages(&PEER_PACKAGES)?;
+    Cmd::new("cargo")
+        .args(["build", "--release", "--package", "memtrace"])
+        .run()?;
+    let root = workspace_root();
+    let dir = root.join("target/bench");
+    fs::create_dir_all(&dir)?;
+    let instructions = measure::instructions_supported();
+    if !instructions {
+        eprintln!("bench: instruction counts: not supported on this machine");
+    }
+    let suite = Suite {
+        dir,
+        memtrace: root.join("target/release/memtrace"),
+        quick: args.quick,
+        rounds: args.rounds.unwrap_or(if args.quick { 3 } else { 7 }),
+        instructions,
+    };
+    let selected: Vec<Row> = if args.only.is_empty() {
+        Row::value_variants().to_vec()
+    } else {
+        args.only.clone()
+    };
+
+    let mut sections = Vec::new();
+    for row in selected {
+        let section = row.run(&suite)?;
+        println!("{section}");
+        sections.push(section);
+    }
+    let report = header(&suite, started.elapsed().as_secs_f64()) + &sections.join("\n");
+    let path = suite.dir.join("results.md");
+    fs::write(&path, report)?;
+    eprintln!(
+        "bench: results written to {} ({:.0} s)",
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The report's opening: the machine and the choices that shape the figures.
+fn header(suite: &Suite, secs: f64) -> String {
+    let kernel = Cmd::new("uname")
+        .args(["-r"])
+        .output()
+        .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned());
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let mut out = format!(
+        "## Benchmarks\n\n`cargo xtask bench{}`: Linux {kernel}, {cpus} CPUs, release build, \
+         {secs:.0} s in all. Each workload times only its own work, after the tracer has \
+         attached; modes run interleaved round by round, the order rotating.\n\n",
+        if suite.quick { " --quick" } else { "" }
+    );
+    if suite.quick {
+        out.push_str(
+            "**--quick**: smaller workloads and 3 rounds; strace and perf trace run once; \
+             the event storm has two rates. Indicative only.\n\n",
+        );
+    } else {
+        out.push_str(&format!(
+            "{} rounds; strace and perf trace (20–70× slower than untraced) {}.\n\n",
+            suite.rounds,
+            suite.slow_rounds()
+        ));
+    }
+    if !suite.instructions {
+        out.push_str(
+            "Instruction counts: not supported on this machine (`perf stat -e instructions`).\n\n",
+        );
+    }
+    out
+}
+
+fn compile(dir: &Path, name: &str) -> Result<PathBuf> {
+    let source = workspace_root().join(format!("xtask/workloads/{name}.c"));
+    let binary = dir.join(name);
+    Cmd::new("cc")
+        .args(["-O2", "-Wall", "-pthread", "-o"])
+        .args([&binary, &source])
+        .run()?;
+    Ok(binary)
+}

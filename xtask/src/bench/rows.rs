@@ -1,0 +1,312 @@
+//! The rows of the benchmark table (issue 6): which workload, at which size, under which
+//! modes. The how-to-measure lives in `measure`; this module only says what.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::ValueEnum;
+
+use super::{
+    Suite, measure,
+    runner::{Mode, Ready, Workload},
+};
+
+/// A row of the suite, as named by `--only`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Row {
+    /// Minor faults, 1 thread (`faults --pid`) and 2 threads (`faults` system-wide)
+    Faults,
+    /// brk/mmap/munmap calls under `trace` (human, JSON, -c), strace, perf trace, bpftrace
+    Trace,
+    /// A `dd bs=1`-like storm of syscalls `trace` does not trace, while `trace` runs
+    Untraced,
+    /// `trace --json -o FILE` at increasing call rates: records/s and drops
+    Storm,
+    /// Launch-to-ready time of `oom`, versus bpftrace
+    Oom,
+    // TODO(serve): a daemon-footprint row (RSS and CPU time of `memtrace serve` itself, idle
+    // and while the faults row runs) once `memtrace serve` exists.
+}
+
+impl Row {
+    pub fn run(self, suite: &Suite) -> Result<String> {
+        match self {
+            Row::Faults => faults(suite),
+            Row::Trace => trace(suite),
+            Row::Untraced => untraced(suite),
+            Row::Storm => storm(suite),
+            Row::Oom => oom(suite),
+        }
+    }
+}
+
+fn faults(suite: &Suite) -> Result<String> {
+    let faults: u64 = if suite.quick { 200_000 } else { 1_000_000 };
+    let binary = suite.compile("fault_loop")?;
+    let one = measure::overhead(
+        suite,
+        &format!("{faults} minor faults, 1 thread — memtrace faults --pid"),
+        &Workload {
+            binary: binary.clone(),
+            args: vec![faults.to_string(), "1".into()],
+        },
+        &fault_modes(suite, &["faults", "--pid", "{pid}"]),
+    )?;
+    let two = measure::overhead(
+        suite,
+        &format!("{faults} minor faults, 2 threads — memtrace faults (system-wide)"),
+        &Workload {
+            binary,
+            args: vec![faults.to_string(), "2".into()],
+        },
+        &fault_modes(suite, &["faults"]),
+    )?;
+    Ok(format!("{one}\n{two}"))
+}
+
+/// Untraced, memtrace, and the peers that count or trace page faults.
+fn fault_modes(suite: &Suite, memtrace_args: &[&str]) -> Vec<Mode> {
+    let mut memtrace_args = memtrace_args.to_vec();
+    memtrace_args.extend(["-o", "/dev/null"]);
+    vec![
+        Mode::untraced(),
+        Mode::traced(
+            "memtrace",
+            suite.memtrace(&memtrace_args),
+            Ready::StderrLine("memtrace: counting"),
+        ),
+        Mode::traced(
+            "perf stat -e minor-faults,major-faults (counting)",
+            words(&[
+                "perf",
+                "stat",
+                "-e",
+                "minor-faults,major-faults",
+                "-p",
+                "{pid}",
+            ]),
+            Ready::After(Duration::from_millis(500)),
+        ),
+        Mode::traced(
+            "bpftrace software:minor-faults:1 count",
+            words(&[
+                "bpftrace",
+                "-e",
+                "BEGIN { printf(\"ready\\n\"); } software:minor-faults:1 /pid == {pid}/ { @[comm] = count(); }",
+            ]),
+            Ready::StdoutLine("ready"),
+        ),
+        Mode::traced(
+            "perf trace -F min",
+            words(&[
+                "perf",
+                "trace",
+                "--no-syscalls",
+                "-F",
+                "min",
+                "-p",
+                "{pid}",
+                "-o",
+                "/dev/null",
+            ]),
+            // perf trace prints nothing when attached.
+            Ready::After(Duration::from_millis(1500)),
+        )
+        .slow(),
+    ]
+}
+
+/// The allocation syscalls `alloc_loop` makes, as the peers name them.
+const ALLOC_SYSCALLS: &str = "brk,mmap,munmap";
+
+fn trace(suite: &Suite) -> Result<String> {
+    // 810k calls take ~1.8 s untraced here; strace then takes over a minute, so --quick is
+    // smaller and runs strace and perf trace once.
+    let calls: u64 = if suite.quick { 100_000 } else { 810_000 };
+    let exits = ALLOC_SYSCALLS
+        .split(',')
+        .map(|name| format!("tracepoint:syscalls:sys_exit_{name}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let bpftrace_printf = format!(
+        "BEGIN {{ printf(\"ready\\n\"); }} {exits} /pid == {{pid}}/ {{ printf(\"%s %d %s = %d\\n\", comm, tid, probe, args->ret); }}"
+    );
+    let bpftrace_count = format!(
+        "BEGIN {{ printf(\"ready\\n\"); }} {exits} /pid == {{pid}}/ {{ @[probe] = count(); }}"
+    );
+    let modes = [
+        Mode::untraced(),
+        Mode::traced(
+            "memtrace trace (every call printed, human)",
+            suite.memtrace(&["trace", "--pid", "{pid}", "-o", "/dev/null"]),
+            Ready::StderrLine("memtrace: tracing"),
+        ),
+        Mode::traced(
+            "memtrace trace --json -o FILE",
+            suite.memtrace(&["trace", "--json", "--pid", "{pid}", "-o", "{out}"]),
+            Ready::OutputFileLine(JSON_START),
+        ),
+        Mode::traced(
+            "memtrace trace -c (counting)",
+            suite.memtrace(&["trace", "-c", "--pid", "{pid}", "-o", "/dev/null"]),
+            Ready::StderrLine("memtrace: tracing"),
+        ),
+        Mode::traced(
+            "bpftrace printf per call (stdout drained)",
+            words(&["bpftrace", "-e", &bpftrace_printf]),
+            Ready::StdoutLine("ready"),
+        ),
+        Mode::traced(
+            "bpftrace count",
+            words(&["bpftrace", "-e", &bpftrace_count]),
+            Ready::StdoutLine("ready"),
+        ),
+        Mode::traced(
+            format!("strace -f -e trace={ALLOC_SYSCALLS}"),
+            words(&[
+                "strace",
+                "-f",
+                "-e",
+                &format!("trace={ALLOC_SYSCALLS}"),
+                "-p",
+                "{pid}",
+                "-o",
+                "/dev/null",
+            ]),
+            Ready::StderrLine("strace: Process"),
+        )
+        .slow(),
+        Mode::traced(
+            format!("perf trace -e {ALLOC_SYSCALLS}"),
+            words(&[
+                "perf",
+                "trace",
+                "-e",
+                ALLOC_SYSCALLS,
+                "-p",
+                "{pid}",
+                "-o",
+                "/dev/null",
+            ]),
+            Ready::After(Duration::from_millis(1500)),
+        )
+        .slow(),
+    ];
+    measure::overhead(
+        suite,
+        &format!("{calls} brk/mmap/munmap calls — memtrace trace --pid"),
+        &Workload {
+            binary: suite.compile("alloc_loop")?,
+            args: vec![calls.to_string()],
+        },
+        &modes,
+    )
+}
+
+/// What memtrace trace --json writes first, once attached.
+const JSON_START: &str = "{\"type\":\"start\"";
+
+fn untraced(suite: &Suite) -> Result<String> {
+    // dd bs=1 count=1M: 1M reads and 1M writes, ~0.5 s untraced, so --quick keeps the size.
+    let steps: u64 = 1 << 20;
+    measure::overhead(
+        suite,
+        &format!(
+            "{} syscalls memtrace does not trace (dd bs=1 count={steps}) — memtrace trace system-wide",
+            2 * steps
+        ),
+        &Workload {
+            binary: suite.compile("syscall_storm")?,
+            args: vec![steps.to_string()],
+        },
+        &[
+            Mode::untraced(),
+            Mode::traced(
+                "memtrace trace (system-wide)",
+                suite.memtrace(&["trace", "-o", "/dev/null"]),
+                Ready::StderrLine("memtrace: tracing"),
+            ),
+        ],
+    )
+}
+
+fn storm(suite: &Suite) -> Result<String> {
+    let binary = suite.compile("paced_calls")?;
+    let (rates, seconds): (&[Option<u64>], &str) = if suite.quick {
+        (&[Some(100_000), None], "1")
+    } else {
+        (
+            &[
+                Some(50_000),
+                Some(100_000),
+                Some(200_000),
+                Some(400_000),
+                Some(800_000),
+                None,
+            ],
+            "3",
+        )
+    };
+    let threads = "2";
+    let levels: Vec<(Option<u64>, Workload)> = rates
+        .iter()
+        .map(|&rate| {
+            let workload = Workload {
+                binary: binary.clone(),
+                args: vec![
+                    rate.unwrap_or(0).to_string(),
+                    seconds.into(),
+                    threads.into(),
+                ],
+            };
+            (rate, workload)
+        })
+        .collect();
+    measure::storm(
+        suite,
+        "Event storm — memtrace trace --json --pid -o FILE",
+        &format!(
+            "{threads} threads making mmap+munmap pairs at each target rate for {seconds} s, \
+             one run per rate; records and drops from memtrace's JSON summary (records also count \
+             the few calls made outside the timed loop, for thread stacks); \
+             \"unaccounted\" = calls − records − dropped (must be 0)"
+        ),
+        &Mode::traced(
+            "memtrace trace --json -o FILE",
+            suite.memtrace(&["trace", "--json", "--pid", "{pid}", "-o", "{out}"]),
+            Ready::OutputFileLine(JSON_START),
+        ),
+        &levels,
+    )
+}
+
+fn oom(suite: &Suite) -> Result<String> {
+    let runs = if suite.quick { 5 } else { 15 };
+    let tools = [
+        (
+            "memtrace oom --json (to its start record)".to_owned(),
+            suite.memtrace(&["oom", "--json"]),
+            Ready::StdoutLine(JSON_START),
+        ),
+        (
+            "bpftrace tracepoint:oom:mark_victim (to BEGIN's output)".to_owned(),
+            words(&[
+                "bpftrace",
+                "-e",
+                "BEGIN { printf(\"ready\\n\"); } tracepoint:oom:mark_victim { printf(\"%d\\n\", args->pid); }",
+            ]),
+            Ready::StdoutLine("ready"),
+        ),
+    ];
+    measure::readiness(
+        "OOM readiness — launch to attached",
+        &format!("{runs} launches each, interleaved; milliseconds from exec to the ready signal"),
+        &tools,
+        runs,
+        &suite.dir,
+    )
+}
+
+fn words(words: &[&str]) -> Vec<String> {
+    words.iter().map(|&word| word.to_owned()).collect()
+}
