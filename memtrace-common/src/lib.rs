@@ -40,6 +40,8 @@ pub mod globals {
     pub const SYSCALL_MIN_SIZE: &str = "SYSCALL_MIN_SIZE";
     /// `u32`: memtrace's own process id, never traced (its output would feed its input).
     pub const SELF_TGID: &str = "SELF_TGID";
+    /// `u32`: non-zero to also count per process and syscall in `SYSCALL_PROC_STATS` (`serve`).
+    pub const SYSCALL_PER_PROCESS: &str = "SYSCALL_PER_PROCESS";
     /// [`crate::oom::OomLayout`]: field offsets of `oom:mark_victim` and `printk:console`.
     pub const OOM_LAYOUT: &str = "OOM_LAYOUT";
 }
@@ -66,6 +68,9 @@ pub mod maps {
     pub const SYSCALL_STATS: &str = "SYSCALL_STATS";
     /// Ring buffer of [`crate::syscalls::SyscallRecord`]s.
     pub const SYSCALL_EVENTS: &str = "SYSCALL_EVENTS";
+    /// Per-CPU hash: [`crate::syscalls::ProcSyscallKey`] →
+    /// [`crate::syscalls::ProcSyscallCounts`], filled only with `SYSCALL_PER_PROCESS`.
+    pub const SYSCALL_PROC_STATS: &str = "SYSCALL_PROC_STATS";
     /// Ring buffer of [`crate::oom::OomVictim`] and [`crate::oom::OomText`] records.
     pub const OOM_EVENTS: &str = "OOM_EVENTS";
 }
@@ -85,16 +90,19 @@ pub enum DropSource {
     SyscallRingFull = 3,
     /// An OOM victim or OOM report fragment found the `OOM_EVENTS` ring buffer full.
     OomRingFull = 4,
+    /// A completed syscall's process had no room in `SYSCALL_PROC_STATS` (`serve`).
+    SyscallProcFull = 5,
 }
 
 impl DropSource {
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
     pub const ALL: [DropSource; Self::COUNT as usize] = [
         DropSource::FaultTableFull,
         DropSource::TargetTableFull,
         DropSource::SyscallPendingFull,
         DropSource::SyscallRingFull,
         DropSource::OomRingFull,
+        DropSource::SyscallProcFull,
     ];
 
     /// A stable, machine-friendly name (used in JSON output).
@@ -105,6 +113,7 @@ impl DropSource {
             DropSource::SyscallPendingFull => "syscall_pending_full",
             DropSource::SyscallRingFull => "syscall_ring_full",
             DropSource::OomRingFull => "oom_ring_full",
+            DropSource::SyscallProcFull => "syscall_proc_full",
         }
     }
 }

@@ -116,6 +116,31 @@ pub struct SyscallStats {
     pub brk_growth: i64,
 }
 
+/// Capacity of the per-process statistics table (process × syscall pairs), for `serve`.
+pub const MAX_PROC_SYSCALLS: u32 = 32_768;
+
+/// Key of the per-process statistics (`SYSCALL_PROC_STATS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcSyscallKey {
+    pub tgid: u32,
+    pub nr: u32,
+}
+
+/// One process's counts for one syscall, on one CPU. Bytes are split by direction, so that
+/// counters only ever grow: `up` is mapped / brk growth / mremap growth, `down` is unmapped /
+/// brk shrinkage / mremap shrinkage.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcSyscallCounts {
+    pub calls: u64,
+    pub errors: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+const _: () = assert!(size_of::<ProcSyscallKey>() == 8);
+const _: () = assert!(size_of::<ProcSyscallCounts>() == 32);
 const _: () = assert!(size_of::<PendingCall>() == 64);
 const _: () = assert!(size_of::<SyscallRecord>() == 112);
 const _: () = assert!(size_of::<SyscallStats>() == 64);
@@ -133,4 +158,8 @@ mod pod {
     unsafe impl aya::Pod for super::SyscallRecord {}
     // SAFETY: `repr(C)`, integers only, no padding.
     unsafe impl aya::Pod for super::SyscallStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProcSyscallKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProcSyscallCounts {}
 }

@@ -8,14 +8,15 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{RawTracePointContext, TracePointContext},
 };
 use memtrace_common::{
     DropSource,
     syscalls::{
-        MAX_ARGS, MAX_BREAKS, MAX_PENDING, MAX_SYSCALL_NR, NO_CALL, PendingCall, RECORD_SYSCALL,
-        RING_BYTES, SyscallClass, SyscallInfo, SyscallRecord, SyscallStats, WAKEUP_BYTES, is_error,
+        MAX_ARGS, MAX_BREAKS, MAX_PENDING, MAX_PROC_SYSCALLS, MAX_SYSCALL_NR, NO_CALL, PendingCall,
+        ProcSyscallCounts, ProcSyscallKey, RECORD_SYSCALL, RING_BYTES, SyscallClass, SyscallInfo,
+        SyscallRecord, SyscallStats, WAKEUP_BYTES, is_error,
     },
     targets::FilterMode,
 };
@@ -33,6 +34,10 @@ static CLASSES: Array<u32> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
 
 #[map(name = "SYSCALL_STATS")]
 static STATS: PerCpuArray<SyscallStats> = PerCpuArray::with_max_entries(MAX_SYSCALL_NR, 0);
+
+#[map(name = "SYSCALL_PROC_STATS")]
+static PROC_STATS: PerCpuHashMap<ProcSyscallKey, ProcSyscallCounts> =
+    PerCpuHashMap::with_max_entries(MAX_PROC_SYSCALLS, 0);
 
 #[map(name = "SYSCALL_EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
@@ -57,6 +62,8 @@ static SYSCALL_FAILED_ONLY: Global<u32> = Global::new(0);
 static SYSCALL_MIN_SIZE: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 static SELF_TGID: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static SYSCALL_PER_PROCESS: Global<u32> = Global::new(0);
 
 #[tracepoint]
 pub fn mt_sys_enter(ctx: TracePointContext) -> u32 {
@@ -165,6 +172,9 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     count(&call, class, failed, latency_ns, brk_growth);
+    if SYSCALL_PER_PROCESS.load() != 0 {
+        count_for_process(tgid, &call, class, failed, brk_growth);
+    }
     if SYSCALL_COUNT_ONLY.load() != 0 {
         return Ok(());
     }
@@ -208,6 +218,52 @@ fn size_of_call(class: u32, args: &[u64; MAX_ARGS], brk_growth: i64) -> u64 {
         0
     } else {
         args[1]
+    }
+}
+
+/// The per-process counts `serve` exports: calls, errors and bytes by direction.
+#[inline(always)]
+fn count_for_process(tgid: u32, call: &PendingCall, class: u32, failed: bool, brk_growth: i64) {
+    let key = ProcSyscallKey { tgid, nr: call.nr };
+    let (mut up, mut down) = (0, 0);
+    if !failed {
+        if class == SyscallClass::Mmap as u32 {
+            up = call.args[1];
+        } else if class == SyscallClass::Munmap as u32 {
+            down = call.args[1];
+        } else if class == SyscallClass::Mremap as u32 {
+            let (old, new) = (call.args[1], call.args[2]);
+            if new > old {
+                up = new - old
+            } else {
+                down = old - new
+            }
+        } else if class == SyscallClass::Brk as u32 {
+            if brk_growth > 0 {
+                up = brk_growth as u64
+            } else {
+                down = brk_growth.unsigned_abs()
+            }
+        }
+    }
+    if let Some(counts) = PROC_STATS.get_ptr_mut(key) {
+        // SAFETY: this CPU's own copy; programs do not nest on one CPU here.
+        let counts = unsafe { &mut *counts };
+        counts.calls += 1;
+        counts.errors += u64::from(failed);
+        counts.bytes_up += up;
+        counts.bytes_down += down;
+        return;
+    }
+    let first = ProcSyscallCounts {
+        calls: 1,
+        errors: u64::from(failed),
+        bytes_up: up,
+        bytes_down: down,
+    };
+    // BPF_ANY: if another CPU created the key meanwhile, this writes only this CPU's copy.
+    if PROC_STATS.insert(key, first, u64::from(BPF_ANY)).is_err() {
+        drops::count(DropSource::SyscallProcFull);
     }
 }
 

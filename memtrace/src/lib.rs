@@ -9,6 +9,7 @@ pub mod bpf;
 pub mod cgroup;
 pub mod cli;
 pub mod commands;
+pub mod enrich;
 pub mod error;
 pub mod output;
 pub mod pidfd;

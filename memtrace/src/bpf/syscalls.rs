@@ -6,12 +6,12 @@
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{RawTracePoint, TracePoint},
 };
 use memtrace_common::{
     globals, maps,
-    syscalls::{SyscallClass, SyscallInfo, SyscallStats},
+    syscalls::{ProcSyscallCounts, ProcSyscallKey, SyscallClass, SyscallInfo, SyscallStats},
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -35,6 +35,8 @@ pub struct KernelFilter {
     pub count_only: bool,
     pub failed_only: bool,
     pub min_size: u64,
+    /// Also count per process and syscall (`serve`).
+    pub per_process: bool,
 }
 
 /// Reads the traced syscalls' record layouts from tracefs and sets the programs' globals.
@@ -71,7 +73,8 @@ pub fn configure(
         .u32(globals::SYSCALL_COUNT_ONLY, u32::from(filter.count_only))
         .u32(globals::SYSCALL_FAILED_ONLY, u32::from(filter.failed_only))
         .bytes(globals::SYSCALL_MIN_SIZE, &filter.min_size.to_ne_bytes())
-        .u32(globals::SELF_TGID, std::process::id());
+        .u32(globals::SELF_TGID, std::process::id())
+        .u32(globals::SYSCALL_PER_PROCESS, u32::from(filter.per_process));
     Ok(())
 }
 
@@ -164,6 +167,45 @@ pub fn stats(ebpf: &Ebpf, syscalls: &[Syscall]) -> anyhow::Result<Vec<(Syscall, 
         }
     }
     Ok(rows)
+}
+
+/// The per-process counts (`KernelFilter::per_process`), summed over CPUs: cumulative since each
+/// key was first seen.
+pub fn proc_stats(ebpf: &Ebpf) -> anyhow::Result<Vec<(ProcSyscallKey, ProcSyscallCounts)>> {
+    let map = ebpf
+        .map(maps::SYSCALL_PROC_STATS)
+        .context("the BPF object has no SYSCALL_PROC_STATS map")?;
+    let table: PerCpuHashMap<&MapData, ProcSyscallKey, ProcSyscallCounts> =
+        PerCpuHashMap::try_from(map)?;
+    let mut rows = Vec::new();
+    for entry in table.iter() {
+        let (key, per_cpu) = match entry {
+            Ok(entry) => entry,
+            // Deleted between listing its key and reading it.
+            Err(aya::maps::MapError::KeyNotFound) => continue,
+            Err(err) => return Err(err).context("read SYSCALL_PROC_STATS"),
+        };
+        let sum = per_cpu
+            .iter()
+            .fold(ProcSyscallCounts::default(), |sum, c| ProcSyscallCounts {
+                calls: sum.calls + c.calls,
+                errors: sum.errors + c.errors,
+                bytes_up: sum.bytes_up + c.bytes_up,
+                bytes_down: sum.bytes_down + c.bytes_down,
+            });
+        rows.push((key, sum));
+    }
+    Ok(rows)
+}
+
+/// Deletes an exited process's per-process counts (read for the last time before).
+pub fn forget_process(ebpf: &mut Ebpf, key: &ProcSyscallKey) -> anyhow::Result<()> {
+    let map = ebpf
+        .map_mut(maps::SYSCALL_PROC_STATS)
+        .context("the BPF object has no SYSCALL_PROC_STATS map")?;
+    let mut table: PerCpuHashMap<&mut MapData, ProcSyscallKey, ProcSyscallCounts> =
+        PerCpuHashMap::try_from(map)?;
+    super::deleted(table.remove(key)).context("delete from SYSCALL_PROC_STATS")
 }
 
 /// The ring buffer of completed calls, readable from tokio.

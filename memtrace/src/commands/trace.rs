@@ -83,6 +83,7 @@ impl TryFrom<TraceArgs> for TraceConfig {
                 count_only: args.summary,
                 failed_only: args.failed,
                 min_size: args.min_size.unwrap_or(0),
+                per_process: false,
             },
             json: args.json,
             output: args.output,

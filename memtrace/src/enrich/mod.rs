@@ -1,0 +1,3 @@
+//! Completing what the kernel reported with what `/proc` and cgroupfs know.
+
+pub mod oom;

@@ -1,0 +1,148 @@
+//! OOM kills: from the kernel's victim records and the OOM killer's own report lines, with the
+//! victim's cgroup and that cgroup's figures read from cgroupfs, one complete [`Kill`] each.
+//!
+//! The victim's cgroup comes first from the kernel's own report (`task_memcg=` in the
+//! `oom-kill:` line, printed by the trigger just before the victim is marked: exact, and no race
+//! with the victim's exit), else from `/proc/PID/cgroup` read the moment the record arrives.
+
+use memtrace_common::oom::{OomFields, OomPhase, OomVictim};
+
+use crate::{
+    aggregate::oom::Reports,
+    bpf::{self, oom::OomRecord},
+    cgroup::{self, MemoryHierarchy},
+    output::{
+        Timestamp,
+        oom::{Cgroup, Kill, Trigger, Victim},
+    },
+    procfs,
+};
+
+/// Puts together, for each victim record, the victim, its trigger and its cgroup, from the
+/// kernel's records, its OOM report lines, /proc and cgroupfs.
+pub struct KillResolver {
+    pub hierarchy: Option<MemoryHierarchy>,
+    /// Keep only kills in this cgroup subtree (a path in the memory hierarchy).
+    pub filter: Option<String>,
+    reports: Reports,
+}
+
+impl KillResolver {
+    pub fn new(hierarchy: Option<MemoryHierarchy>, filter: Option<String>) -> KillResolver {
+        KillResolver {
+            hierarchy,
+            filter,
+            reports: Reports::default(),
+        }
+    }
+
+    /// Turns one batch of records into kills, in order. The batch's report fragments are taken
+    /// in first, so a group-kill announcement printed after the first victim still applies.
+    pub fn resolve(&mut self, batch: Vec<OomRecord>) -> Vec<Kill> {
+        for record in &batch {
+            if let OomRecord::Text(fragment) = record {
+                self.reports.add(fragment);
+            }
+        }
+        batch
+            .into_iter()
+            .filter_map(|record| match record {
+                OomRecord::Victim(victim) => Some(self.kill(&victim)),
+                OomRecord::Text(_) => None,
+            })
+            .filter(|kill| match &self.filter {
+                None => true,
+                Some(root) => kill
+                    .cgroup
+                    .path
+                    .as_deref()
+                    .is_some_and(|path| cgroup::is_within(path, root)),
+            })
+            .collect()
+    }
+
+    fn kill(&self, raw: &OomVictim) -> Kill {
+        let report = self.reports.get(raw.seq);
+        let version = self.hierarchy.as_ref().map(|h| h.version);
+        let from_proc =
+            |pid: u32| version.and_then(|version| cgroup::read_proc_cgroup(pid, version));
+        let (path, source) = if let (Some(pid), Some(memcg)) = (report.task_pid, &report.task_memcg)
+            && pid == raw.pid
+        {
+            (Some(memcg.clone()), Some("kernel_report"))
+        } else if let Some(path) = from_proc(raw.pid) {
+            (Some(path), Some("proc"))
+        } else if let Some(group) = &report.group {
+            (Some(group.clone()), Some("group_report"))
+        } else if let Some(domain) = &report.oom_memcg {
+            (Some(domain.clone()), Some("oom_domain"))
+        } else if let Some(path) = from_proc(raw.trigger_tid) {
+            (Some(path), Some("trigger"))
+        } else {
+            (None, None)
+        };
+        let stats = match (&self.hierarchy, &path) {
+            (Some(hierarchy), Some(path)) => hierarchy.stats(path),
+            _ => cgroup::Stats::default(),
+        };
+        let has = |bit: u32| raw.fields & bit != 0;
+        let victim = Victim {
+            pid: raw.pid,
+            comm: has(OomFields::COMM).then(|| bpf::oom::comm(&raw.comm)),
+            uid: has(OomFields::UID).then_some(raw.uid),
+            total_vm_kb: has(OomFields::TOTAL_VM).then_some(raw.total_vm_kb),
+            anon_rss_kb: has(OomFields::ANON_RSS).then_some(raw.anon_rss_kb),
+            file_rss_kb: has(OomFields::FILE_RSS).then_some(raw.file_rss_kb),
+            shmem_rss_kb: has(OomFields::SHMEM_RSS).then_some(raw.shmem_rss_kb),
+            pgtables_kb: has(OomFields::PGTABLES).then_some(raw.pgtables_kb),
+            oom_score_adj: has(OomFields::OOM_SCORE_ADJ).then_some(raw.oom_score_adj),
+        };
+        let victim = Victim {
+            comm: victim.comm.or_else(|| procfs::read_comm(raw.pid, None)),
+            ..victim
+        };
+        let scope = report
+            .is_cgroup_oom()
+            .map(|memcg| if memcg { "cgroup" } else { "system" });
+        Kill {
+            time: time_of(raw.ktime_ns),
+            group_id: raw.seq,
+            victim,
+            trigger: Trigger {
+                pid: raw.trigger_pid,
+                tid: raw.trigger_tid,
+                comm: bpf::oom::comm(&raw.trigger_comm),
+            },
+            cgroup: Cgroup {
+                path,
+                source,
+                hierarchy: version,
+                scope,
+                constraint: report.constraint.clone(),
+                oom_domain: report.oom_memcg.clone(),
+                oom_group: report
+                    .group
+                    .clone()
+                    .filter(|_| raw.phase == OomPhase::MEMBERS || raw.phase == OomPhase::KILLED),
+                limit_bytes: stats.limit,
+                usage_bytes: stats.usage_bytes,
+                oom_kill: stats.oom_kills,
+            },
+        }
+    }
+}
+
+/// Wall-clock time of a CLOCK_MONOTONIC timestamp from `bpf_ktime_get_ns`.
+fn time_of(ktime_ns: u64) -> Timestamp {
+    let now = Timestamp::now();
+    // SAFETY: all-zero is a valid timespec; clock_gettime only writes into it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid clock id and a pointer to a timespec we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return now;
+    }
+    let mono_now = ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9;
+    Timestamp {
+        unix: now.unix - (mono_now - ktime_ns as f64 / 1e9).max(0.0),
+    }
+}
