@@ -443,7 +443,6 @@ format:
                     phase,
                     comm,
                     trigger_comm,
-                    ..OomVictim::default()
                 };
                 prop_assert_eq!(
                     decode(&victim_bytes(&victim)),
