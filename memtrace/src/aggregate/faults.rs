@@ -4,6 +4,12 @@
 //! from it once its process has exited and been read for the last time ("retired"); should the
 //! same key reappear (pid reuse), it is another process: its counter starts again from zero, and
 //! it gets its own totals, never merged with the retired process's.
+//!
+//! The window that remains: the kernel keys counts by pid alone, so a process that exits *and*
+//! whose pid is handed to a new process before memtrace's next reading (one `--interval`) is
+//! counted as one. The kernel hands pids out in increasing order up to `pid_max` before reusing
+//! one, so that takes a full wrap of the pid space within one interval (or a deliberate
+//! `ns_last_pid`, as `tests/reliability.rs` uses with a pause of a few intervals).
 
 use std::{collections::BTreeMap, time::Duration};
 
