@@ -40,7 +40,7 @@ raise no such event and are not seen.";
 /// Counts page faults per process in the kernel and reports them live. Needs root, or the
 /// capabilities CAP_BPF and CAP_PERFMON.
 #[derive(Debug, Parser)]
-#[command(name = "memtrace", version, after_help = EXAMPLES)]
+#[command(name = "memtrace", version, after_help = EXAMPLES, arg_required_else_help = false)]
 pub struct Cli {
     /// Show diagnostics, including the kernel programs' own log (-vv: debug, -vvv: also the loader's)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -118,20 +118,24 @@ pub struct FaultsArgs {
     pub comm: Option<String>,
 
     /// Seconds between reports (fractions allowed)
-    #[arg(short, long, value_name = "SECS", default_value = "1", value_parser = parse_seconds)]
+    #[arg(short, long, value_name = "SECS", default_value = "1", value_parser = parse_seconds,
+          allow_negative_numbers = true)]
     pub interval: Duration,
 
     /// Stop after this many seconds (default: until Ctrl-C, or until every target has exited)
-    #[arg(short, long, value_name = "SECS", value_parser = parse_seconds)]
+    #[arg(short, long, value_name = "SECS", value_parser = parse_seconds,
+          allow_negative_numbers = true)]
     pub duration: Option<Duration>,
 
     /// Count per thread instead of per process
     #[arg(short, long)]
     pub threads: bool,
 
-    /// Rows per interval when tracing the whole system or by name (busiest first)
-    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
-    pub top: u64,
+    /// Rows per interval when tracing the whole system, by name or a command (busiest first;
+    /// default 10). With --pid every target is shown
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..),
+          conflicts_with = "pids")]
+    pub top: Option<u64>,
 
     /// One JSON object per line instead of a table (schema in the README)
     #[arg(long)]
@@ -169,7 +173,7 @@ pub struct TraceArgs {
     #[arg(short, long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
     pub pids: Vec<u32>,
 
-    /// Also trace the processes the targets create from now on (always on with COMMAND)
+    /// Also trace the processes the --pid targets create from now on (always on with COMMAND)
     #[arg(short, long)]
     pub follow: bool,
 
@@ -182,7 +186,7 @@ pub struct TraceArgs {
     pub failed: bool,
 
     /// Show only calls about at least BYTES bytes (length argument, or the brk growth)
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", allow_negative_numbers = true)]
     pub min_size: Option<u64>,
 
     /// Count per syscall in the kernel and print only a summary table at the end
@@ -241,5 +245,20 @@ mod tests {
         assert!(parse(&["memtrace", "faults", "--pid", "0"]).is_err());
         assert!(parse(&["memtrace", "faults", "--pid", "1", "--pid", "2"]).is_ok());
         assert!(parse(&["memtrace", "faults", "--", "ls", "-l"]).is_ok());
+        assert!(parse(&["memtrace", "faults", "--top", "3", "--pid", "1"]).is_err());
+        assert!(parse(&["memtrace", "faults", "--top", "3", "--comm", "x"]).is_ok());
+    }
+
+    #[test]
+    fn negative_numbers_reach_the_value_check() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied()).unwrap_err();
+        for args in [
+            &["memtrace", "faults", "--duration", "-1"][..],
+            &["memtrace", "faults", "--interval", "-0.5"],
+            &["memtrace", "trace", "--min-size", "-5"],
+        ] {
+            let err = parse(args);
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{err}");
+        }
     }
 }

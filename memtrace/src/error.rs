@@ -37,6 +37,14 @@ pub enum Failure {
     NoSuchProcess(u32),
     #[error("this kernel lacks {what}: {hint}")]
     KernelUnsupported { what: String, hint: String },
+    /// The kernel refused to load a program: its verifier rejected it, or it uses something
+    /// this kernel lacks. The verifier log's last lines are shown only with `-v`.
+    #[error("the kernel's verifier rejected {program} ({reason}); run with -v to see its log")]
+    VerifierRejected {
+        program: String,
+        reason: String,
+        log_tail: String,
+    },
     #[error("cannot run `{command}`: {reason}")]
     CommandFailed {
         command: String,
@@ -51,8 +59,47 @@ impl Failure {
             Failure::Usage(_) => exit_code::USAGE,
             Failure::NotPrivileged { .. } => exit_code::NOT_PRIVILEGED,
             Failure::NoSuchProcess(_) => exit_code::NO_SUCH_TARGET,
-            Failure::KernelUnsupported { .. } => exit_code::KERNEL_UNSUPPORTED,
+            Failure::KernelUnsupported { .. } | Failure::VerifierRejected { .. } => {
+                exit_code::KERNEL_UNSUPPORTED
+            }
             Failure::CommandFailed { code, .. } => *code,
         }
+    }
+
+    /// More than fits on the one line: shown under `-v`.
+    pub fn details(&self) -> Option<&str> {
+        match self {
+            Failure::VerifierRejected { log_tail, .. } if !log_tail.is_empty() => Some(log_tail),
+            _ => None,
+        }
+    }
+}
+
+/// The [`Failure`] an error carries, whether it was returned as the error itself, as a cause, or
+/// attached as context (`anyhow::Error::context(failure)`, which `chain()` alone cannot see into).
+pub fn failure_of(err: &anyhow::Error) -> Option<&Failure> {
+    err.downcast_ref::<Failure>().or_else(|| {
+        err.chain()
+            .find_map(|cause| cause.downcast_ref::<Failure>())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_found_as_error_cause_or_context() {
+        let direct = anyhow::Error::new(Failure::NoSuchProcess(7));
+        assert_eq!(failure_of(&direct).map(Failure::exit_code), Some(4));
+        let as_context = anyhow::Error::new(std::io::Error::other("EPERM"))
+            .context(Failure::NotPrivileged {
+                missing: "x".into(),
+            })
+            .context("attach");
+        assert_eq!(failure_of(&as_context).map(Failure::exit_code), Some(3));
+        let as_cause = anyhow::Error::new(Failure::Usage("bad".into())).context("parse");
+        assert_eq!(failure_of(&as_cause).map(Failure::exit_code), Some(2));
+        assert!(failure_of(&anyhow::anyhow!("other")).is_none());
     }
 }

@@ -7,7 +7,8 @@ use clap::Parser as _;
 use memtrace::{
     cli::Cli,
     commands,
-    error::{Failure, exit_code},
+    error::{exit_code, failure_of},
+    output,
 };
 
 fn main() -> ExitCode {
@@ -37,22 +38,22 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(commands::run(cli)) {
         Ok(code) => ExitCode::from(code),
-        Err(err) => {
-            let failure = err
-                .chain()
-                .find_map(|cause| cause.downcast_ref::<Failure>());
-            match failure {
-                Some(failure) => {
-                    eprintln!("memtrace: {failure}");
-                    log::debug!("{err:?}");
-                    ExitCode::from(failure.exit_code())
+        // The reader went away (`memtrace ... | head`): nothing more to say to anyone.
+        Err(err) if output::is_closed(&err) => ExitCode::from(exit_code::OK),
+        Err(err) => match failure_of(&err) {
+            Some(failure) => {
+                eprintln!("memtrace: {failure}");
+                if let Some(details) = failure.details() {
+                    log::info!("{details}");
                 }
-                None => {
-                    eprintln!("memtrace: {err:#}");
-                    ExitCode::from(exit_code::RUNTIME)
-                }
+                log::debug!("{err:?}");
+                ExitCode::from(failure.exit_code())
             }
-        }
+            None => {
+                eprintln!("memtrace: {err:#}");
+                ExitCode::from(exit_code::RUNTIME)
+            }
+        },
     }
 }
 

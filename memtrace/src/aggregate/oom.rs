@@ -182,4 +182,50 @@ mod tests {
         assert_eq!(reports.get(0), Report::default());
         assert!(reports.get(99).constraint.is_some());
     }
+
+    /// Property tests: report text from the kernel is parsed without panicking, whatever it is.
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Text built from the report's own keys, so the parser's every branch is reached.
+        fn report_like() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                Just("oom-kill:".to_owned()),
+                Just("constraint=".to_owned()),
+                Just(",oom_memcg=".to_owned()),
+                Just(",task_memcg=".to_owned()),
+                Just(",task=".to_owned()),
+                Just(",pid=".to_owned()),
+                Just(",".to_owned()),
+                Just("Tasks in ".to_owned()),
+                Just(" are going to be killed".to_owned()),
+                "\\PC{0,8}",
+            ];
+            proptest::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat())
+        }
+
+        proptest! {
+            #[test]
+            fn any_text_parses_without_panicking(line in "\\PC*", structured in report_like()) {
+                for text in [&line, &structured] {
+                    let mut report = Report::default();
+                    parse_oom_line(text, &mut report);
+                    let _ = parse_group_line(text);
+                }
+            }
+
+            #[test]
+            fn any_fragments_are_taken_without_panicking(
+                fragments in proptest::collection::vec((0u64..4, 0u32..4, report_like()), 0..40),
+            ) {
+                let mut reports = Reports::default();
+                for (seq, phase, text) in fragments {
+                    reports.add(&fragment(seq, phase, &text));
+                    let _ = reports.get(seq);
+                }
+            }
+        }
+    }
 }

@@ -367,4 +367,113 @@ format:
             Err(DecodeError::TextTooLong(OOM_TEXT_LEN as u32 + 1))
         );
     }
+
+    /// Property tests: any bytes decode to a record or a typed error, never a panic; whole
+    /// records decode to exactly what was encoded.
+    mod properties {
+        use proptest::{collection::vec, prelude::*};
+
+        use super::*;
+
+        fn text_bytes(text: &OomText) -> Vec<u8> {
+            // SAFETY: reading the bytes of a repr(C) value without padding.
+            unsafe {
+                std::slice::from_raw_parts(
+                    (text as *const OomText).cast::<u8>(),
+                    size_of::<OomText>(),
+                )
+            }
+            .to_vec()
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in vec(any::<u8>(), 0..600)) {
+                let _ = decode(&bytes);
+            }
+
+            #[test]
+            fn arbitrary_bytes_of_a_known_kind_never_panic(
+                kind in prop_oneof![Just(OomRecordKind::Victim as u32), Just(OomRecordKind::Text as u32)],
+                len in 0..600usize,
+                fill in any::<u8>(),
+                text_len in any::<u32>(),
+            ) {
+                let mut bytes = vec![fill; len];
+                for (at, field) in [(0, kind), (4, text_len)] {
+                    if let Some(slot) = bytes.get_mut(at..at + 4) {
+                        slot.copy_from_slice(&field.to_ne_bytes());
+                    }
+                }
+                match decode(&bytes) {
+                    Ok(OomRecord::Victim(_)) => prop_assert_eq!(len, size_of::<OomVictim>()),
+                    Ok(OomRecord::Text(fragment)) => {
+                        prop_assert_eq!(len, size_of::<OomText>());
+                        prop_assert!(fragment.text.len() <= 3 * OOM_TEXT_LEN);
+                    }
+                    Err(DecodeError::TextTooLong(n)) => prop_assert!(n as usize > OOM_TEXT_LEN),
+                    Err(DecodeError::SizeMismatch { len: got, .. }) => prop_assert_eq!(got, len),
+                    Err(DecodeError::NoKind(got)) => prop_assert!(got < 4),
+                    Err(err) => prop_assert!(false, "unexpected {}", err),
+                }
+            }
+
+            #[test]
+            fn victims_round_trip(
+                (fields, seq, ktime_ns, pid, uid) in any::<(u32, u64, u64, u32, u32)>(),
+                rss in any::<[u64; 5]>(),
+                (oom_score_adj, trigger_pid, trigger_tid, phase) in any::<(i32, u32, u32, u32)>(),
+                (comm, trigger_comm) in any::<([u8; COMM_LEN], [u8; COMM_LEN])>(),
+            ) {
+                let victim = OomVictim {
+                    kind: OomRecordKind::Victim as u32,
+                    fields,
+                    seq,
+                    ktime_ns,
+                    pid,
+                    uid,
+                    total_vm_kb: rss[0],
+                    anon_rss_kb: rss[1],
+                    file_rss_kb: rss[2],
+                    shmem_rss_kb: rss[3],
+                    pgtables_kb: rss[4],
+                    oom_score_adj,
+                    trigger_pid,
+                    trigger_tid,
+                    phase,
+                    comm,
+                    trigger_comm,
+                };
+                prop_assert_eq!(
+                    decode(&victim_bytes(&victim)),
+                    Ok(OomRecord::Victim(Box::new(victim)))
+                );
+            }
+
+            #[test]
+            fn text_fragments_round_trip(
+                content in vec(1u8..=255, 0..=OOM_TEXT_LEN),
+                (seq, tid, phase) in any::<(u64, u32, u32)>(),
+            ) {
+                let mut text = OomText {
+                    kind: OomRecordKind::Text as u32,
+                    len: content.len() as u32,
+                    seq,
+                    tid,
+                    phase,
+                    text: [0; OOM_TEXT_LEN],
+                };
+                text.text[..content.len()].copy_from_slice(&content);
+                prop_assert_eq!(
+                    decode(&text_bytes(&text)),
+                    Ok(OomRecord::Text(TextFragment {
+                        seq,
+                        tid,
+                        phase,
+                        text: String::from_utf8_lossy(&content).into_owned(),
+                    }))
+                );
+            }
+        }
+    }
 }

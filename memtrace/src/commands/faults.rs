@@ -37,6 +37,9 @@ use crate::{
     spawn::{self, CommandExit, Spawned},
 };
 
+/// Rows per interval when not every target is shown.
+const DEFAULT_TOP: usize = 10;
+
 /// What to trace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -85,7 +88,9 @@ impl TryFrom<FaultsArgs> for FaultsConfig {
             interval: args.interval,
             duration: args.duration,
             per_thread: args.threads,
-            top: usize::try_from(args.top).unwrap_or(usize::MAX),
+            top: args.top.map_or(DEFAULT_TOP, |top| {
+                usize::try_from(top).unwrap_or(usize::MAX)
+            }),
             json: args.json,
             output: args.output,
         })
@@ -145,6 +150,8 @@ fn shell_words(argv: &[String]) -> String {
 
 pub async fn execute(args: FaultsArgs) -> anyhow::Result<u8> {
     let config = FaultsConfig::try_from(args)?;
+    // Every usage error (exit 2) comes before the privilege check, so it needs no root.
+    let out = output::open(config.output.as_deref())?;
     privileges::require()?;
     // Open every explicit target first: it proves the pid exists, and holds on to *that* process.
     let watched = match &config.target {
@@ -154,7 +161,6 @@ pub async fn execute(args: FaultsArgs) -> anyhow::Result<u8> {
             .collect::<Result<Vec<_>, _>>()?,
         _ => Vec::new(),
     };
-    let out = output::open(config.output.as_deref())?;
     let mut session = Session::start(&config, out, watched)?;
     session.run().await
 }
@@ -284,9 +290,8 @@ impl<'a> Session<'a> {
         // Liveness is judged *before* reading, so a retired key's final count is in this read.
         let exited: Vec<_> = self
             .aggregator
-            .totals()
+            .live_keys()
             .into_iter()
-            .map(|(key, _, _)| key)
             .filter(|key| !key_is_alive(key))
             .collect();
         let samples = self.read_samples()?;

@@ -54,7 +54,7 @@ const FIELD_NAMES: [(u32, &str); 8] = [
 
 pub async fn execute(args: OomArgs) -> anyhow::Result<u8> {
     let config = OomConfig::from(args);
-    privileges::require()?;
+    // Every usage error (exit 2) comes before the privilege check, so it needs no root.
     let hierarchy = cgroup::memory_hierarchy();
     let filter = match (&config.cgroup, &hierarchy) {
         (Some(path), Some(hierarchy)) => Some(hierarchy.resolve(path)?),
@@ -67,6 +67,8 @@ pub async fn execute(args: OomArgs) -> anyhow::Result<u8> {
         }
         (None, _) => None,
     };
+    let out = output::open(config.output.as_deref())?;
+    privileges::require()?;
     let layout = bpf::oom::layout()?;
     if layout.fields == 0 {
         log::warn!(
@@ -74,7 +76,6 @@ pub async fn execute(args: OomArgs) -> anyhow::Result<u8> {
              its other fields are shown as unknown"
         );
     }
-    let out = output::open(config.output.as_deref())?;
 
     let mut globals = Globals::default();
     globals.bytes(globals::OOM_LAYOUT, &layout.to_ne_bytes());

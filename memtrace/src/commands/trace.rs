@@ -65,6 +65,13 @@ impl TryFrom<TraceArgs> for TraceConfig {
 
     fn try_from(args: TraceArgs) -> Result<Self, Failure> {
         let syscalls = syscalls::parse_list(&args.syscalls)?;
+        if args.follow && args.pids.is_empty() && args.command.is_empty() {
+            return Err(Failure::Usage(
+                "-f/--follow follows the children of --pid targets (a COMMAND is always followed; \
+                 without a target every process is traced already)"
+                    .into(),
+            ));
+        }
         let target = if !args.command.is_empty() {
             Target::Command(args.command)
         } else if !args.pids.is_empty() {
@@ -123,6 +130,8 @@ impl TraceConfig {
 
 pub async fn execute(args: TraceArgs) -> anyhow::Result<u8> {
     let config = TraceConfig::try_from(args)?;
+    // Every usage error (exit 2) comes before the privilege check, so it needs no root.
+    let out = output::open(config.output.as_deref())?;
     privileges::require()?;
     let watched = match &config.target {
         Target::Pids(pids) => pids
@@ -131,7 +140,6 @@ pub async fn execute(args: TraceArgs) -> anyhow::Result<u8> {
             .collect::<Result<Vec<_>, _>>()?,
         _ => Vec::new(),
     };
-    let out = output::open(config.output.as_deref())?;
     let mut session = Session::start(&config, out, watched)?;
     session.run().await
 }

@@ -156,4 +156,93 @@ mod tests {
         brk.args[0] = 0;
         assert_eq!(decode(&bytes(&brk)).unwrap().brk_growth(), None);
     }
+
+    /// Property tests: the decoder takes whatever the ring buffer hands it without panicking,
+    /// and a whole record decodes to exactly what was encoded (and renders without panicking).
+    mod properties {
+        use proptest::{collection::vec, prelude::*};
+
+        use super::*;
+        use crate::{output::trace::human_line, syscalls::render};
+
+        fn render_all(call: &Call) {
+            let _ = human_line(call, call.start_ns);
+            let _ = render::json_args(call);
+            let _ = (call.errno(), call.brk_growth());
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in vec(any::<u8>(), 0..256)) {
+                if let Ok(call) = decode(&bytes) {
+                    render_all(&call);
+                }
+            }
+
+            #[test]
+            fn arbitrary_bytes_of_the_right_kind_never_panic(
+                len in 0..2 * size_of::<SyscallRecord>(),
+                fill in any::<u8>(),
+                nr in prop_oneof![any::<u32>(), (0..Syscall::ALL.len()).prop_map(|i| Syscall::ALL[i].nr())],
+            ) {
+                let mut bytes = vec![fill; len];
+                for (at, field) in [(0, RECORD_SYSCALL), (4, nr)] {
+                    if let Some(slot) = bytes.get_mut(at..at + 4) {
+                        slot.copy_from_slice(&field.to_ne_bytes());
+                    }
+                }
+                match decode(&bytes) {
+                    Ok(call) => {
+                        prop_assert_eq!(len, size_of::<SyscallRecord>());
+                        render_all(&call);
+                    }
+                    Err(DecodeError::SizeMismatch { len: got, .. }) => prop_assert_eq!(got, len),
+                    Err(DecodeError::TooShort { len: got }) => prop_assert!(got < 4),
+                    Err(DecodeError::UnknownSyscall(got)) => prop_assert_eq!(got, nr),
+                    Err(err) => prop_assert!(false, "unexpected {}", err),
+                }
+            }
+
+            #[test]
+            fn whole_records_round_trip(
+                which in 0..Syscall::ALL.len(),
+                tgid in any::<u32>(),
+                tid in any::<u32>(),
+                comm in any::<[u8; 16]>(),
+                start_ns in any::<u64>(),
+                latency_ns in any::<u64>(),
+                args in any::<[u64; MAX_ARGS]>(),
+                ret in prop_oneof![any::<i64>(), -4095i64..0],
+                prev_brk in any::<u64>(),
+            ) {
+                let syscall = Syscall::ALL[which];
+                let record = SyscallRecord {
+                    kind: RECORD_SYSCALL,
+                    nr: syscall.nr(),
+                    tgid,
+                    tid,
+                    comm,
+                    start_ns,
+                    latency_ns,
+                    args,
+                    ret,
+                    prev_brk,
+                };
+                let call = decode(&bytes(&record)).unwrap();
+                prop_assert_eq!(&call, &Call {
+                    syscall,
+                    pid: tgid,
+                    tid,
+                    comm: procfs::comm_from_bytes(&comm),
+                    start_ns,
+                    latency_ns,
+                    args,
+                    ret,
+                    prev_brk: (prev_brk != 0).then_some(prev_brk),
+                });
+                prop_assert_eq!(call.errno().is_some(), (-4095..0).contains(&ret));
+                render_all(&call);
+            }
+        }
+    }
 }
