@@ -61,6 +61,67 @@ pub enum Command {
     /// Every OOM kill, live: victim, triggering task and memory cgroup
     #[command(after_help = OOM_EXAMPLES)]
     Oom(OomArgs),
+    /// The node daemon: faults, allocation syscalls and OOM kills as Prometheus metrics
+    #[command(after_help = SERVE_EXAMPLES)]
+    Serve(ServeArgs),
+}
+
+const SERVE_EXAMPLES: &str = "\
+ENDPOINTS:
+  /metrics   Prometheus text format (OpenMetrics): memtrace_page_faults_total,
+             memtrace_alloc_syscalls_total, memtrace_alloc_syscall_errors_total,
+             memtrace_alloc_bytes_total, memtrace_oom_kills_total, memtrace_events_dropped_total,
+             memtrace_bpf_program_run_time_seconds_total, memtrace_bpf_program_runs_total,
+             process_cpu_seconds_total, process_resident_memory_bytes (the daemon's own)
+  /healthz   200 while the kernel counters are being read, 503 otherwise
+
+EXAMPLES:
+  sudo memtrace serve                                  # 127.0.0.1:9633, labels comm and cgroup
+  sudo memtrace serve --listen 0.0.0.0:9633            # reachable from the network (logged)
+  sudo memtrace serve --by cgroup --max-series 500     # one series per cgroup, at most 500
+  sudo memtrace serve --events /var/log/memtrace/oom-kills.jsonl   # OOM kills as JSON lines
+
+SIGTERM or SIGINT stop it (exit 0); SIGHUP reopens the --events file (for log rotation).";
+
+/// Which label identifies a series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
+pub enum SeriesLabel {
+    /// The command name
+    Comm,
+    /// The memory cgroup (path in the memory hierarchy)
+    Cgroup,
+    /// The process id (series of exited processes are removed)
+    Pid,
+}
+
+/// The node daemon: counts page faults, allocation syscalls and OOM kills of the whole machine in
+/// the kernel, and serves them as Prometheus metrics.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to serve /metrics and /healthz on (a non-loopback address is logged)
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9633")]
+    pub listen: std::net::SocketAddr,
+
+    /// Labels of each series, comma-separated
+    #[arg(
+        long,
+        value_name = "LABEL[,LABEL]",
+        value_delimiter = ',',
+        default_value = "comm,cgroup"
+    )]
+    pub by: Vec<SeriesLabel>,
+
+    /// At most this many label sets; further ones are folded into comm="other" (and so on)
+    #[arg(long, value_name = "N", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_series: u64,
+
+    /// Also append each OOM kill as a JSON line to FILE (created mode 0640; `-` for stdout)
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+
+    /// Seconds between readings of the kernel's counters
+    #[arg(short, long, value_name = "SECS", default_value = "1", value_parser = parse_seconds)]
+    pub interval: Duration,
 }
 
 const OOM_EXAMPLES: &str = "\

@@ -23,6 +23,52 @@ pub fn check(effective: u64) -> Result<(), Failure> {
     })
 }
 
+/// Gives up every capability for good, once everything privileged has been done: the programs
+/// are loaded and attached, and what memtrace still reads (its maps through file descriptors it
+/// holds; /proc and cgroupfs files, which are world-readable) needs none. Also sets
+/// no_new_privs, so nothing it could be made to run regains them.
+pub fn drop_all() -> std::io::Result<()> {
+    // SAFETY: prctl with these constant arguments has no memory effects.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // The bounding set first, while CAP_SETPCAP is still held; unknown capabilities fail (EINVAL)
+    // and end the loop.
+    for cap in 0..64 {
+        // SAFETY: as above.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
+            break;
+        }
+    }
+    // Version 3 of the capability ABI: a header and two (64-bit split) data words, all zero.
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let header = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capset reads a valid header and two data structs that outlive the call.
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 pub fn require() -> Result<(), Failure> {
     // If the set cannot be read, let the kernel be the judge at load time.
     procfs::effective_capabilities().map_or(Ok(()), check)

@@ -59,6 +59,32 @@ pub fn read_comm(pid: u32, tid: Option<u32>) -> Option<String> {
     Some(comm.trim_end_matches('\n').to_owned())
 }
 
+/// This process's CPU time (user + system) and resident memory, from `/proc/self/stat`.
+pub fn own_usage() -> io::Result<(f64, u64)> {
+    let text = fs::read_to_string("/proc/self/stat")?;
+    let fields: Vec<&str> = text
+        .get(text.rfind(')').map_or(0, |i| i + 1)..)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    // Fields 14 and 15 (utime, stime) in clock ticks, 24 (rss) in pages; index 0 is field 3.
+    let number = |index: usize| -> io::Result<u64> {
+        fields
+            .get(index)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| io::Error::other("unparsable /proc/self/stat"))
+    };
+    // SAFETY: sysconf has no preconditions.
+    let (ticks, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let cpu = (number(11)? + number(12)?) as f64 / ticks.max(1) as f64;
+    Ok((cpu, number(21)? * page.max(1) as u64))
+}
+
 /// The effective capability set (`CapEff` in `/proc/self/status`) as a bit mask.
 pub fn effective_capabilities() -> io::Result<u64> {
     let status = fs::read_to_string("/proc/self/status")?;

@@ -10,9 +10,15 @@ use crate::shell::{Cmd, workspace_root};
 
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages the privileged tests and benchmarks use: bpftool lists loaded programs,
-/// strace is the reference for syscall tracing.
-const PACKAGES: [(&str, &str); 2] = [("bpftool", "bpftool"), ("strace", "strace")];
+/// Debian packages the privileged tests use, by the binary that shows each is there: bpftool
+/// lists loaded programs, strace is the reference for syscall tracing, Prometheus scrapes the
+/// daemon (and its promtool checks the exposition).
+const PACKAGES: [(&str, &str); 4] = [
+    ("bpftool", "bpftool"),
+    ("strace", "strace"),
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
+];
 
 pub fn run() -> Result<()> {
     ensure_nightly()?;

@@ -16,6 +16,17 @@ impl Cumulative for u64 {
     }
 }
 
+/// Two counters that restart together (a program's run time and run count).
+impl Cumulative for (u64, u64) {
+    fn since(self, earlier: (u64, u64)) -> (u64, u64) {
+        if self.0 < earlier.0 || self.1 < earlier.1 {
+            self
+        } else {
+            (self.0 - earlier.0, self.1 - earlier.1)
+        }
+    }
+}
+
 /// The last cumulative value seen per key.
 #[derive(Debug)]
 pub struct Deltas<K, V> {

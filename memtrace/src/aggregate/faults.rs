@@ -15,6 +15,8 @@ use std::{collections::BTreeMap, time::Duration};
 
 use memtrace_common::faults::FaultKey;
 
+use super::cumulative::Cumulative;
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     pub minor: u64,
@@ -32,7 +34,7 @@ impl Counts {
     }
 
     /// What was counted since `earlier`; a counter that went backwards was restarted.
-    fn since(self, earlier: Counts) -> Counts {
+    pub fn since(self, earlier: Counts) -> Counts {
         if self.minor < earlier.minor || self.major < earlier.major {
             self
         } else {
@@ -41,6 +43,12 @@ impl Counts {
                 major: self.major - earlier.major,
             }
         }
+    }
+}
+
+impl Cumulative for Counts {
+    fn since(self, earlier: Counts) -> Counts {
+        Counts::since(self, earlier)
     }
 }
 

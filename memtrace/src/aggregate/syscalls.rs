@@ -1,8 +1,9 @@
 //! Per-syscall statistics for `trace -c`: the kernel's per-CPU counters combined into one row per
 //! syscall. Pure: no I/O.
 
-use memtrace_common::syscalls::SyscallStats;
+use memtrace_common::syscalls::{ProcSyscallCounts, SyscallStats};
 
+use super::cumulative::Cumulative;
 use crate::syscalls::Syscall;
 
 /// One syscall's totals over the whole trace.
@@ -70,6 +71,25 @@ pub fn grand_total(rows: &[(Syscall, SyscallTotals)]) -> SyscallTotals {
         total.brk_growth += row.brk_growth;
     }
     total
+}
+
+/// Per-process syscall counts (`serve`), restarted together when a process's entry is deleted.
+impl Cumulative for ProcSyscallCounts {
+    fn since(self, earlier: Self) -> Self {
+        if self.calls < earlier.calls
+            || self.errors < earlier.errors
+            || self.bytes_up < earlier.bytes_up
+            || self.bytes_down < earlier.bytes_down
+        {
+            return self;
+        }
+        ProcSyscallCounts {
+            calls: self.calls - earlier.calls,
+            errors: self.errors - earlier.errors,
+            bytes_up: self.bytes_up - earlier.bytes_up,
+            bytes_down: self.bytes_down - earlier.bytes_down,
+        }
+    }
 }
 
 #[cfg(test)]

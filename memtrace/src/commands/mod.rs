@@ -3,6 +3,7 @@
 pub mod faults;
 pub mod lifecycle;
 pub mod oom;
+pub mod serve;
 pub mod trace;
 
 use crate::cli::{Cli, Command};
@@ -12,5 +13,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Faults(args) => faults::execute(args).await,
         Command::Trace(args) => trace::execute(args).await,
         Command::Oom(args) => oom::execute(args).await,
+        Command::Serve(args) => serve::execute(args).await,
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod faults;
 pub mod oom;
+pub mod prometheus;
 pub mod trace;
 
 use std::{
@@ -19,19 +20,24 @@ use crate::error::Failure;
 pub fn open(path: Option<&Path>) -> Result<Box<dyn Write>, Failure> {
     match path {
         None => Ok(Box::new(io::stdout())),
-        Some(path) => {
-            let file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o640)
-                .open(path)
-                .map_err(|err| {
-                    Failure::Usage(format!("cannot write to {}: {err}", path.display()))
-                })?;
-            Ok(Box::new(BufWriter::new(file)))
-        }
+        Some(path) => Ok(Box::new(BufWriter::new(create(path, false)?))),
     }
+}
+
+/// Opens a file to append records to, unbuffered (the daemon's events), created as `open` does.
+pub fn open_append(path: &Path) -> Result<Box<dyn Write>, Failure> {
+    Ok(Box::new(create(path, true)?))
+}
+
+fn create(path: &Path, append: bool) -> Result<std::fs::File, Failure> {
+    OpenOptions::new()
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .create(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(|err| Failure::Usage(format!("cannot write to {}: {err}", path.display())))
 }
 
 /// A moment, as seconds since the epoch (for machines) and local `HH:MM:SS` (for people).

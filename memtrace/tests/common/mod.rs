@@ -19,6 +19,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod cgroup;
+
 /// Returns early from a test that needs root, saying so.
 #[macro_export]
 macro_rules! require_root {

@@ -1,0 +1,443 @@
+//! `memtrace serve` against real components: the kernel's own fault counters and a memory
+//! cgroup's own OOM-kill counter, Debian's Prometheus server scraping the daemon every second and
+//! answering queries, and its `promtool check metrics` on a scrape.
+
+mod common;
+
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{
+    Workload,
+    cgroup::{MIB, TestCgroup},
+    loaded_programs, programs_held_by, still_loaded_after, workload,
+};
+use serde_json::Value;
+
+const RELEASE: Duration = Duration::from_secs(2);
+
+/// A free loopback port (bound and released: good enough for a test).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 GET on loopback: (status, body).
+fn http_get(port: u16, path: &str, accept: Option<&str>) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{accept}Connection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+/// A running `memtrace serve`, killed if a test fails.
+struct Daemon {
+    child: Child,
+    port: u16,
+}
+
+impl Daemon {
+    fn start(extra: &[&str]) -> Daemon {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let child = common::memtrace()
+            .args(["serve", "--listen", &listen, "--interval", "0.2"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start memtrace serve");
+        let daemon = Daemon { child, port };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while http_get(port, "/healthz", None).is_none_or(|(status, _)| status != 200) {
+            assert!(
+                Instant::now() < deadline,
+                "memtrace serve never became healthy"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        daemon
+    }
+
+    fn metrics(&self) -> String {
+        http_get(self.port, "/metrics", None).expect("scrape").1
+    }
+
+    /// The summed value of every sample of `name` carrying all of `labels`.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        sum_samples(&self.metrics(), name, labels)
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+
+    /// SIGTERM, then its exit status.
+    fn stop(mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "memtrace serve ignored SIGTERM");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn sum_samples(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// A Prometheus server on loopback scraping one target every second, removed on drop.
+struct Prometheus {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    fn start(target_port: u16) -> Option<Prometheus> {
+        if Command::new("prometheus")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            return None;
+        }
+        let port = free_port();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("prometheus-{port}"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("prometheus.yml");
+        fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  \
+                 - job_name: memtrace\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus");
+        Some(Prometheus { child, port, dir })
+    }
+
+    /// The value of an instant query with one result, if it has one yet.
+    fn query(&self, expr: &str) -> Option<f64> {
+        let encoded: String = expr
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (status, body) = http_get(self.port, &format!("/api/v1/query?query={encoded}"), None)?;
+        if status != 200 {
+            return None;
+        }
+        let reply: Value = serde_json::from_str(&body).ok()?;
+        reply["data"]["result"][0]["value"][1]
+            .as_str()?
+            .parse()
+            .ok()
+    }
+
+    /// Waits until `expr` evaluates to `expected` (Prometheus scrapes every second).
+    fn wait_for(&self, expr: &str, expected: f64) -> Option<f64> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = None;
+        while Instant::now() < deadline {
+            last = self.query(expr);
+            if last == Some(expected) {
+                break;
+            }
+            thread::sleep(Duration::from_millis(250));
+        }
+        last
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A copy of a workload under a name no other process has, so its series is its own.
+fn uniquely_named(name: &str, tag: &str) -> PathBuf {
+    let copy = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{tag}{}", std::process::id() % 100_000));
+    fs::copy(workload(name), &copy).unwrap();
+    copy
+}
+
+#[test]
+fn prometheus_sees_the_kernels_fault_count_and_the_cgroups_oom_kill() {
+    require_root!();
+    let events = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-oom-events.jsonl");
+    let _ = fs::remove_file(&events);
+    let daemon = Daemon::start(&["--events", events.to_str().unwrap()]);
+    let Some(prometheus) = Prometheus::start(daemon.port) else {
+        eprintln!("SKIPPED: prometheus is not installed (cargo xtask setup installs it)");
+        return;
+    };
+
+    // A known fault workload, under a name of its own.
+    let binary = uniquely_named("touch_pages", "mtsrv");
+    let comm = binary.file_name().unwrap().to_str().unwrap().to_owned();
+    let mut work = Workload::start(&binary, &["20000", "1"]);
+    work.go();
+    let (kernel_minor, kernel_major) = common::proc_faults(work.pid());
+    work.finish();
+
+    // The daemon reads the exited process a last time on its next tick.
+    let labels = [("comm", comm.as_str()), ("kind", "minor")];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut minor = 0.0;
+    while Instant::now() < deadline {
+        minor = daemon.value("memtrace_page_faults_total", &labels);
+        if minor >= kernel_minor as f64 - 8.0 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    // The kernel also counts the faults execve takes through get_user_pages (a couple), which
+    // raise no perf event; the daemon also counts the few taken after /proc was read, at exit.
+    assert!(
+        minor >= kernel_minor as f64 - 8.0 && minor <= kernel_minor as f64 + 64.0,
+        "memtrace {minor} minor faults for {comm}, the kernel {kernel_minor}"
+    );
+    assert!(kernel_minor >= 20_000 && kernel_major == 0);
+    let expr = format!("sum(memtrace_page_faults_total{{comm=\"{comm}\",kind=\"minor\"}})");
+    assert_eq!(
+        prometheus.wait_for(&expr, minor),
+        Some(minor),
+        "Prometheus's view of {expr}"
+    );
+
+    // A real, contained OOM kill.
+    let cgroup = TestCgroup::v1("serve", 32 * MIB);
+    let mut hog = cgroup.spawn(&workload("oom_alloc"), &["hog", "64"]);
+    let status = hog.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    assert_eq!(cgroup.oom_kills(), 1, "the cgroup's own oom_kill counter");
+    let expr = format!(
+        "sum(memtrace_oom_kills_total{{cgroup=\"{}\"}})",
+        cgroup.path
+    );
+    assert_eq!(
+        prometheus.wait_for(&expr, 1.0),
+        Some(1.0),
+        "Prometheus's view of {expr}"
+    );
+    let lines = fs::read_to_string(&events).unwrap();
+    let kills: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(kills.len(), 1, "{lines}");
+    assert_eq!(kills[0]["victim"]["pid"], hog.id());
+    assert_eq!(kills[0]["cgroup"]["path"], cgroup.path.as_str());
+
+    // The exposition passes Prometheus's own linter.
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(daemon.metrics().as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let ids = programs_held_by(daemon.child.id());
+    assert!(!ids.is_empty());
+    assert!(
+        daemon.stop().success(),
+        "SIGTERM must end the daemon with exit 0"
+    );
+    assert_eq!(still_loaded_after(&ids, RELEASE), vec![]);
+}
+
+#[test]
+fn openmetrics_for_scrapers_that_ask_and_classic_text_otherwise() {
+    require_root!();
+    let daemon = Daemon::start(&[]);
+    let (_, openmetrics) = http_get(
+        daemon.port,
+        "/metrics",
+        Some("application/openmetrics-text; version=1.0.0"),
+    )
+    .unwrap();
+    assert!(openmetrics.trim_end().ends_with("# EOF"), "{openmetrics}");
+    assert!(openmetrics.contains("# TYPE memtrace_page_faults counter"));
+    let classic = daemon.metrics();
+    assert!(
+        !classic.contains("# EOF") && classic.contains("# TYPE memtrace_page_faults_total counter")
+    );
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn sighup_reopens_the_events_file() {
+    require_root!();
+    let events = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-rotate.jsonl");
+    let rotated = events.with_extension("jsonl.1");
+    let _ = fs::remove_file(&events);
+    let daemon = Daemon::start(&["--events", events.to_str().unwrap()]);
+    assert!(events.exists());
+    fs::rename(&events, &rotated).unwrap();
+    daemon.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !events.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reopen {}",
+            events.display()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        fs::metadata(&events).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+    assert!(daemon.stop().success());
+    let _ = fs::remove_file(&events);
+    let _ = fs::remove_file(&rotated);
+}
+
+#[test]
+fn series_are_capped_and_memory_stays_flat_under_process_churn() {
+    require_root!();
+    let daemon = Daemon::start(&["--by", "pid", "--max-series", "50"]);
+    let churn = workload("churn");
+    let rss = |daemon: &Daemon| daemon.value("process_resident_memory_bytes", &[]);
+    let run_batch = || {
+        let status = Command::new(&churn).args(["3000", "4"]).status().unwrap();
+        assert!(status.success());
+    };
+    run_batch();
+    thread::sleep(Duration::from_millis(600));
+    let after_first = rss(&daemon);
+    for _ in 0..3 {
+        run_batch();
+    }
+    // Two ticks later every exited process has been read a last time and dropped.
+    thread::sleep(Duration::from_millis(600));
+    let metrics = daemon.metrics();
+    let after_all = sum_samples(&metrics, "process_resident_memory_bytes", &[]);
+    let tracked = sum_samples(&metrics, "memtrace_tracked_processes", &[]);
+    let series = sum_samples(&metrics, "memtrace_series", &[]);
+    assert!(
+        series <= 50.0,
+        "{series} label sets in use, with --max-series 50"
+    );
+    assert!(
+        metrics.contains("pid=\"other\""),
+        "12000 processes with --max-series 50 must fold into pid=\"other\""
+    );
+    assert!(
+        tracked < 500.0,
+        "{tracked} processes still tracked after the churn ended"
+    );
+    assert!(
+        after_all - after_first < 4.0 * MIB as f64,
+        "the daemon grew from {after_first} to {after_all} bytes over 9000 more processes"
+    );
+    let names: Vec<String> = loaded_programs().into_iter().map(|(_, n)| n).collect();
+    assert!(names.iter().any(|n| n == "mt_fault_minor"));
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_bad_listen_address_is_exit_2() {
+    // Taken by this test, so binding it fails as it would for a user.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let in_use = taken.local_addr().unwrap().to_string();
+    for address in [
+        "nowhere",
+        "127.0.0.1:99999",
+        "127.0.0.1:-1",
+        in_use.as_str(),
+    ] {
+        let out = common::run_memtrace(&["serve", "--listen", address]);
+        assert_eq!(out.status.code(), Some(2), "{address}: {out:?}");
+        // Ours is one line; clap's (a malformed address) is its standard three.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.contains("listen") && first.contains(address),
+            "{address}: {stderr}"
+        );
+    }
+}
