@@ -177,15 +177,7 @@ impl Prometheus {
 
     /// The value of an instant query with one result, if it has one yet.
     fn query(&self, expr: &str) -> Option<f64> {
-        let encoded: String = expr
-            .bytes()
-            .map(|b| match b {
-                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
+        let encoded = query_string(expr);
         let (status, body) = http_get(self.port, &format!("/api/v1/query?query={encoded}"), None)?;
         if status != 200 {
             return None;
@@ -218,6 +210,40 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Percent-encodes a query-string value.
+fn query_string(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Every `expr` of the Grafana dashboard shipped in `deploy/grafana/`.
+fn dashboard_queries() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/memtrace.json");
+    let dashboard: Value = serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap();
+    let queries: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().unwrap().iter())
+        .map(|target| target["expr"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(queries.len() >= 8, "{queries:?}");
+    queries
+}
+
+/// The metric names in a PromQL expression (ours all start `memtrace_` or `process_`).
+fn metric_names(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("memtrace_") || word.starts_with("process_"))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A copy of a workload under a name no other process has, so its series is its own.
@@ -298,6 +324,39 @@ fn prometheus_sees_the_kernels_fault_count_and_the_cgroups_oom_kill() {
     assert_eq!(kills.len(), 1, "{lines}");
     assert_eq!(kills[0]["victim"]["pid"], hog.id());
     assert_eq!(kills[0]["cgroup"]["path"], cgroup.path.as_str());
+
+    // Every query of the Grafana dashboard is valid PromQL, and names only metrics the daemon
+    // exports.
+    let exported: Vec<String> = daemon
+        .metrics()
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    for expr in dashboard_queries() {
+        for name in metric_names(&expr) {
+            assert!(
+                exported.contains(&name),
+                "the dashboard queries {name}, which is not exported"
+            );
+        }
+        let concrete = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$instance", ".*")
+            .replace("$job", ".*");
+        let encoded = query_string(&concrete);
+        let (status, body) = http_get(
+            prometheus.port,
+            &format!("/api/v1/query?query={encoded}"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            status, 200,
+            "Prometheus rejected the dashboard query {concrete}: {body}"
+        );
+    }
 
     // The exposition passes Prometheus's own linter.
     let mut promtool = Command::new("promtool")
@@ -440,4 +499,57 @@ fn a_bad_listen_address_is_exit_2() {
             "{address}: {stderr}"
         );
     }
+}
+
+#[test]
+fn a_soak_of_process_churn_keeps_counters_equal_to_the_kernels() {
+    require_root!();
+    let daemon = Daemon::start(&["--by", "comm"]);
+    let churn = uniquely_named("churn", "mtsoak");
+    let comm = churn.file_name().unwrap().to_str().unwrap().to_owned();
+    let mut kernel = 0u64;
+    let mut execs = 0u64;
+    for _ in 0..4 {
+        #[expect(
+            clippy::zombie_processes,
+            reason = "reaped by wait4 below, for its rusage"
+        )]
+        let child = Command::new(&churn)
+            .args(["3000", "4"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The kernel's own count for the whole tree, exit included: wait4's rusage.
+        let mut status = 0;
+        // SAFETY: all-zero is a valid rusage; wait4 fills it for our own child.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: our child's pid and valid out-pointers.
+        let reaped = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+        assert!(reaped > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        kernel += usage.ru_minflt as u64;
+        execs += 1;
+    }
+    // Every process of the 4 trees has exited; two ticks later each was read a last time.
+    let labels = [("comm", comm.as_str()), ("kind", "minor")];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut counted = 0.0;
+    while Instant::now() < deadline {
+        counted = daemon.value("memtrace_page_faults_total", &labels);
+        if counted >= kernel as f64 - 8.0 * execs as f64 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    // The kernel's count also holds the couple of faults each execve takes through
+    // get_user_pages, which no perf event reports; nothing else may differ.
+    assert!(
+        counted <= kernel as f64 && counted >= kernel as f64 - 8.0 * execs as f64,
+        "memtrace {counted} minor faults over 12,004 processes, the kernel's rusage {kernel}"
+    );
+    let tracked = daemon.value("memtrace_tracked_processes", &[]);
+    assert!(
+        tracked < 500.0,
+        "{tracked} processes still tracked: kernel tables must not grow"
+    );
+    assert!(daemon.stop().success());
 }

@@ -454,3 +454,34 @@ fn unprivileged_is_refused_before_touching_the_kernel() {
     assert!(stderr.contains("needs root"), "{stderr}");
     let _ = memtrace;
 }
+
+#[test]
+fn a_storm_bigger_than_the_ring_buffer_loses_nothing_silently() {
+    require_root!();
+    // 200,000 records of 112 bytes: almost three times the 8 MiB ring buffer.
+    let calls = 200_000u64;
+    let mut work = common::Workload::start(&workload("map_loop"), &[&(calls / 2).to_string()]);
+    let pid = work.pid().to_string();
+    let tracer = common::Tracer::start(&["trace", "--pid", &pid, "-e", "mmap,munmap"]);
+    // A stopped reader: the kernel fills the ring, then can only count what it cannot keep.
+    tracer.signal(libc::SIGSTOP);
+    work.go();
+    tracer.signal(libc::SIGCONT);
+    let (records, status) = tracer.interrupt();
+    work.finish();
+    assert!(status.success(), "{status}");
+    let summary = summary(&records);
+    let received = summary["records"].as_u64().unwrap();
+    let dropped = summary["dropped"]["syscall_ring_full"].as_u64().unwrap();
+    let printed = records.iter().filter(|r| r["type"] == "syscall").count() as u64;
+    assert!(
+        dropped > 0,
+        "the storm should overflow the ring buffer (received {received})"
+    );
+    assert_eq!(printed, received, "every record received is printed");
+    assert_eq!(
+        received + dropped,
+        calls,
+        "received + dropped must be exactly the calls made"
+    );
+}

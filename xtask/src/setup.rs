@@ -20,11 +20,44 @@ const PACKAGES: [(&str, &str); 4] = [
     ("promtool", "prometheus"),
 ];
 
+/// The Kubernetes schema validator the deployment test uses (schemas bundled: works offline).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
 pub fn run() -> Result<()> {
     ensure_nightly()?;
     ensure_rust_src()?;
     ensure_bpf_linker()?;
-    ensure_packages(&PACKAGES)
+    ensure_packages(&PACKAGES)?;
+    ensure_kubernetes_validate()
+}
+
+/// Installs kubernetes-validate from PyPI into `.tools/python` (tests find it there).
+fn ensure_kubernetes_validate() -> Result<()> {
+    let target = workspace_root().join(".tools/python");
+    if target.join("kubernetes_validate").is_dir() {
+        return Ok(());
+    }
+    if !Cmd::new("python3")
+        .args(["-m", "pip", "--version"])
+        .succeeds()
+    {
+        eprintln!(
+            "xtask: no python3 pip, so no kubernetes-validate; the deployment test will skip it"
+        );
+        return Ok(());
+    }
+    Cmd::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--target",
+        ])
+        .args([&target])
+        .args([KUBERNETES_VALIDATE])
+        .run()
 }
 
 fn ensure_nightly() -> Result<()> {
@@ -126,7 +159,7 @@ pub fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
         return Ok(());
     }
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc_geteuid() } != 0 {
+    if unsafe { libc::geteuid() } != 0 {
         eprintln!(
             "xtask: not root, so not installing {}; tests that need them will skip",
             missing.join(", ")
@@ -146,11 +179,6 @@ pub fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
             .run()?;
     }
     Ok(())
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }
 
 /// Lints the kernel programs for the target they are built for.

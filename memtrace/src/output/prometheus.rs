@@ -229,9 +229,14 @@ impl Metrics {
         add(&self.faults, labels, "kind", "major", major);
     }
 
+    /// A syscall's error counter exists (at 0) as soon as its call counter does, so that error
+    /// ratios have both sides.
     pub fn add_syscalls(&self, labels: &Labels, syscall: &'static str, calls: u64, errors: u64) {
-        add(&self.syscalls, labels, "syscall", syscall, calls);
-        add(&self.syscall_errors, labels, "syscall", syscall, errors);
+        if calls > 0 {
+            let labels = with(labels, "syscall", syscall);
+            self.syscalls.get_or_create(&labels).inc_by(calls);
+            self.syscall_errors.get_or_create(&labels).inc_by(errors);
+        }
     }
 
     pub fn add_bytes(&self, labels: &Labels, op: &'static str, bytes: u64) {
@@ -242,8 +247,10 @@ impl Metrics {
         self.oom_kills.get_or_create(labels).inc();
     }
 
+    /// Drop counters exist from the start, at 0, so that an alert on them never meets a gap.
     pub fn add_dropped(&self, source: &'static str, n: u64) {
-        add(&self.dropped, &Labels::new(), "source", source, n);
+        let labels = vec![("source", source.to_owned())];
+        self.dropped.get_or_create(&labels).inc_by(n);
     }
 
     pub fn add_program_run(&self, program: &str, seconds: f64, runs: u64) {

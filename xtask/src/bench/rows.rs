@@ -24,8 +24,8 @@ pub enum Row {
     Storm,
     /// Launch-to-ready time of `oom`, versus bpftrace
     Oom,
-    // TODO(serve): a daemon-footprint row (RSS and CPU time of `memtrace serve` itself, idle
-    // and while the faults row runs) once `memtrace serve` exists.
+    /// `memtrace serve`: its own CPU and RSS idle, and the fault workload's cost while it runs
+    Daemon,
 }
 
 impl Row {
@@ -36,6 +36,7 @@ impl Row {
             Row::Untraced => untraced(suite),
             Row::Storm => storm(suite),
             Row::Oom => oom(suite),
+            Row::Daemon => daemon(suite),
         }
     }
 }
@@ -309,4 +310,87 @@ fn oom(suite: &Suite) -> Result<String> {
 
 fn words(words: &[&str]) -> Vec<String> {
     words.iter().map(|&word| word.to_owned()).collect()
+}
+
+/// The daemon's footprint: the fault workload with `serve` running (interleaved with untraced
+/// runs, as every row), then the daemon alone, idle, for a while: its CPU share and RSS.
+fn daemon(suite: &Suite) -> Result<String> {
+    let faults: u64 = if suite.quick { 200_000 } else { 1_000_000 };
+    let listen = format!("--listen=127.0.0.1:{}", free_port()?);
+    let serve = suite.memtrace(&["serve", &listen]);
+    let under_load = measure::overhead(
+        suite,
+        &format!("{faults} minor faults, 1 thread — memtrace serve running (system-wide)"),
+        &Workload {
+            binary: suite.compile("fault_loop")?,
+            args: vec![faults.to_string(), "1".into()],
+        },
+        &[
+            Mode::untraced(),
+            Mode::traced(
+                "memtrace serve",
+                serve.clone(),
+                Ready::StderrLine("memtrace: serving"),
+            ),
+        ],
+    )?;
+    let idle_for = Duration::from_secs(if suite.quick { 10 } else { 60 });
+    let idle = idle_footprint(&serve, idle_for)?;
+    Ok(format!("{under_load}\n{idle}"))
+}
+
+/// Starts the daemon, lets it settle, and measures its CPU time and RSS over `window`.
+fn idle_footprint(serve: &[String], window: Duration) -> Result<String> {
+    let mut daemon = std::process::Command::new(&serve[0])
+        .args(&serve[1..])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let pid = daemon.id();
+    std::thread::sleep(Duration::from_secs(2));
+    let (cpu_before, rss_before) = usage(pid)?;
+    std::thread::sleep(window);
+    let (cpu_after, rss_after) = usage(pid)?;
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    daemon.wait()?;
+    let share = (cpu_after - cpu_before) / window.as_secs_f64() * 100.0;
+    let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+    Ok(format!(
+        "### memtrace serve, idle\n\nOver {} s with nothing to scrape it: **{share:.2} % of one core**; \
+         RSS {:.1} MiB at the start of the window, {:.1} MiB at its end.\n",
+        window.as_secs(),
+        mib(rss_before),
+        mib(rss_after)
+    ))
+}
+
+/// A process's CPU time (user + system, seconds) and resident memory (bytes), from /proc.
+fn usage(pid: u32) -> Result<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat[stat.rfind(')').map_or(0, |i| i + 1)..]
+        .split_whitespace()
+        .collect();
+    let field = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat"))
+    };
+    // utime and stime (fields 14, 15) in clock ticks, rss (24) in pages; index 0 is field 3.
+    // SAFETY: sysconf has no preconditions.
+    let (ticks, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let cpu = (field(11)? + field(12)?) as f64 / ticks.max(1) as f64;
+    Ok((cpu, field(21)? * page.max(1) as u64))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

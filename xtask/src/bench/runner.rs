@@ -265,7 +265,7 @@ impl Drop for Attached {
 pub fn stop(mut tracer: Child) -> Result<()> {
     let pid = i32::try_from(tracer.id()).context("pid out of range")?;
     // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
-    unsafe { libc_kill(pid, SIGINT) };
+    unsafe { libc::kill(pid, libc::SIGINT) };
     let deadline = Instant::now() + TRACER_TIMEOUT;
     while tracer.try_wait()?.is_none() {
         if Instant::now() > deadline {
@@ -276,13 +276,6 @@ pub fn stop(mut tracer: Child) -> Result<()> {
         thread::sleep(Duration::from_millis(10));
     }
     Ok(())
-}
-
-const SIGINT: i32 = 2;
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, signal: i32) -> i32;
 }
 
 #[cfg(test)]

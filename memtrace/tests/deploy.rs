@@ -1,0 +1,108 @@
+//! The deployment files checked with the tools that know their formats: `systemd-analyze` for the
+//! unit (valid, and hardened: its own exposure score), kubernetes-validate for the DaemonSet
+//! (the Kubernetes API schema, strictly: no unknown field). The Grafana dashboard's queries are
+//! checked against a real Prometheus in `serve.rs`.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_keeps_least_privilege() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: no systemd-analyze on this machine");
+        return;
+    }
+    let unit = fs::read_to_string(repo("deploy/systemd/memtrace.service")).unwrap();
+    for line in [
+        "CapabilityBoundingSet=CAP_BPF CAP_PERFMON",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ExecStart=/usr/local/bin/memtrace serve --listen 127.0.0.1:9633",
+    ] {
+        assert!(
+            unit.lines().any(|l| l.starts_with(line)),
+            "the unit lacks {line:?}"
+        );
+    }
+    // verify wants the binary to exist: check a copy that runs the one just built.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("unit");
+    fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("memtrace.service");
+    fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/memtrace", env!("CARGO_BIN_EXE_memtrace")),
+    )
+    .unwrap();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "systemd-analyze verify: {verify:?}"
+    );
+    let security = Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&security.stdout);
+    let exposure: f64 = text
+        .lines()
+        .find_map(|l| l.split("exposure level for memtrace.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure score in: {text}"));
+    // systemd rates 0-10; under 5 is "OK" or better.
+    assert!(exposure < 5.0, "exposure {exposure}:\n{text}");
+}
+
+#[test]
+fn the_daemonset_matches_the_kubernetes_schema_strictly() {
+    let tools = repo(".tools/python");
+    if !tools.join("kubernetes_validate").is_dir() {
+        eprintln!(
+            "SKIPPED: kubernetes-validate is not in .tools/python (cargo xtask setup installs it)"
+        );
+        return;
+    }
+    let manifest = repo("deploy/kubernetes/daemonset.yaml");
+    for version in ["1.30.0", "1.33.0"] {
+        let out = Command::new("python3")
+            .args(["-m", "kubernetes_validate", "--strict", "-k", version])
+            .arg(&manifest)
+            .env("PYTHONPATH", &tools)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && !text.contains("ERROR"),
+            "Kubernetes {version}: {text}"
+        );
+        assert_eq!(
+            text.matches("passed").count(),
+            2,
+            "namespace and daemonset: {text}"
+        );
+    }
+    let manifest = fs::read_to_string(&manifest).unwrap();
+    assert!(manifest.contains("privileged: false") && manifest.contains("drop: [\"ALL\"]"));
+    assert!(
+        manifest.contains("hostPID: true") && manifest.contains("prometheus.io/scrape: \"true\"")
+    );
+}
