@@ -123,7 +123,7 @@ impl FaultsConfig {
             Target::Comm(name) => ("comm", format!("processes named {name}")),
             Target::Command(argv) => (
                 "command",
-                format!("`{}` and its descendants", shell_words(argv)),
+                format!("`{}` and its descendants", lifecycle::shell_words(argv)),
             ),
         }
     }
@@ -134,31 +134,13 @@ impl FaultsConfig {
     }
 }
 
-/// A command line as a shell user would type it: words with spaces or quotes are quoted.
-fn shell_words(argv: &[String]) -> String {
-    let quote = |word: &String| {
-        if word.is_empty()
-            || word.contains(|c: char| c.is_whitespace() || "'\"\\$`&|;<>()*?".contains(c))
-        {
-            format!("'{}'", word.replace('\'', r"'\''"))
-        } else {
-            word.clone()
-        }
-    };
-    argv.iter().map(quote).collect::<Vec<_>>().join(" ")
-}
-
 pub async fn execute(args: FaultsArgs) -> anyhow::Result<u8> {
     let config = FaultsConfig::try_from(args)?;
     // Every usage error (exit 2) comes before the privilege check, so it needs no root.
     let out = output::open(config.output.as_deref())?;
     privileges::require()?;
-    // Open every explicit target first: it proves the pid exists, and holds on to *that* process.
     let watched = match &config.target {
-        Target::Pids(pids) => pids
-            .iter()
-            .map(|&pid| PidFd::open(pid).map_err(|_| Failure::NoSuchProcess(pid)))
-            .collect::<Result<Vec<_>, _>>()?,
+        Target::Pids(pids) => lifecycle::watch(pids)?,
         _ => Vec::new(),
     };
     let mut session = Session::start(&config, out, watched)?;
@@ -403,18 +385,5 @@ fn warn_about_drops(dropped: &[(memtrace_common::DropSource, u64)]) {
         if n > 0 {
             log::warn!("{n} events not counted so far: {}", source.name());
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn command_lines_are_shown_quoted() {
-        let argv: Vec<String> = ["sh", "-c", "true & wait", "it's"]
-            .map(String::from)
-            .to_vec();
-        assert_eq!(shell_words(&argv), r"sh -c 'true & wait' 'it'\''s'");
     }
 }

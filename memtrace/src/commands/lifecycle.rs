@@ -6,6 +6,7 @@ use std::{future::pending, time::Duration};
 use anyhow::Context as _;
 
 use crate::{
+    error::Failure,
     pidfd::PidFd,
     spawn::{CommandExit, Spawned},
 };
@@ -33,6 +34,28 @@ impl End {
             End::OutputClosed => "output_closed",
         }
     }
+}
+
+/// Opens every explicit target: it proves each pid exists, and holds on to *that* process
+/// (a pidfd, unlike a pid, cannot come to mean another process).
+pub fn watch(pids: &[u32]) -> Result<Vec<PidFd>, Failure> {
+    pids.iter()
+        .map(|&pid| PidFd::open(pid).map_err(|_| Failure::NoSuchProcess(pid)))
+        .collect()
+}
+
+/// A command line as a shell user would type it: words with spaces or quotes are quoted.
+pub fn shell_words(argv: &[String]) -> String {
+    let quote = |word: &String| {
+        if word.is_empty()
+            || word.contains(|c: char| c.is_whitespace() || "'\"\\$`&|;<>()*?".contains(c))
+        {
+            format!("'{}'", word.replace('\'', r"'\''"))
+        } else {
+            word.clone()
+        }
+    };
+    argv.iter().map(quote).collect::<Vec<_>>().join(" ")
 }
 
 /// Resolves when every explicit target, or the spawned command, has exited; never otherwise.
@@ -71,4 +94,17 @@ pub async fn finish_command(
         return Ok(None);
     }
     Ok(Some(command.reap().context("reap the command")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines_are_shown_quoted() {
+        let argv: Vec<String> = ["sh", "-c", "true & wait", "it's"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(shell_words(&argv), r"sh -c 'true & wait' 'it'\''s'");
+    }
 }

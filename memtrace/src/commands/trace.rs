@@ -122,7 +122,7 @@ impl TraceConfig {
             }
             Target::Command(argv) => (
                 "command",
-                format!("`{}` and its descendants", argv.join(" ")),
+                format!("`{}` and its descendants", lifecycle::shell_words(argv)),
             ),
         }
     }
@@ -134,10 +134,7 @@ pub async fn execute(args: TraceArgs) -> anyhow::Result<u8> {
     let out = output::open(config.output.as_deref())?;
     privileges::require()?;
     let watched = match &config.target {
-        Target::Pids(pids) => pids
-            .iter()
-            .map(|&pid| PidFd::open(pid).map_err(|_| Failure::NoSuchProcess(pid)))
-            .collect::<Result<Vec<_>, _>>()?,
+        Target::Pids(pids) => lifecycle::watch(pids)?,
         _ => Vec::new(),
     };
     let mut session = Session::start(&config, out, watched)?;

@@ -138,9 +138,7 @@ impl FaultsOutput {
     }
 
     fn json_line(&mut self, value: &impl Serialize) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, value)?;
-        self.out.write_all(b"\n")?;
-        self.out.flush()
+        super::json_line(&mut self.out, value)
     }
 
     pub fn start(&mut self, start: &Start) -> io::Result<()> {

@@ -40,6 +40,13 @@ fn create(path: &Path, append: bool) -> Result<std::fs::File, Failure> {
         .map_err(|err| Failure::Usage(format!("cannot write to {}: {err}", path.display())))
 }
 
+/// Writes one JSON object and a newline, and flushes: each record is out as soon as it exists.
+pub fn json_line(out: &mut dyn Write, value: &impl serde::Serialize) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
 /// A moment, as seconds since the epoch (for machines) and local `HH:MM:SS` (for people).
 #[derive(Clone, Copy, Debug)]
 pub struct Timestamp {
