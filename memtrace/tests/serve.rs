@@ -272,7 +272,7 @@ fn prometheus_sees_the_kernels_fault_count_and_the_cgroups_oom_kill() {
     require_root!();
     let events = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-oom-events.jsonl");
     let _ = fs::remove_file(&events);
-    let daemon = Daemon::start(&["--events", events.to_str().unwrap()]);
+    let daemon = Daemon::start(&["--events", events.to_str().unwrap(), "--bpf-stats"]);
     let Some(prometheus) = Prometheus::start(daemon.port) else {
         eprintln!("SKIPPED: prometheus is not installed (cargo xtask setup installs it)");
         return;

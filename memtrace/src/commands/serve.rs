@@ -61,6 +61,7 @@ pub struct ServeConfig {
     pub max_series: usize,
     pub events: Option<PathBuf>,
     pub interval: Duration,
+    pub bpf_stats: bool,
 }
 
 impl From<ServeArgs> for ServeConfig {
@@ -74,6 +75,7 @@ impl From<ServeArgs> for ServeConfig {
             max_series: usize::try_from(args.max_series).unwrap_or(usize::MAX),
             events: args.events,
             interval: args.interval,
+            bpf_stats: args.bpf_stats,
         }
     }
 }
@@ -94,10 +96,14 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<u8> {
     }
     privileges::require()?;
 
-    // Kernel BPF statistics are on while this descriptor is open (needs CAP_SYS_ADMIN).
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-        .map_err(|err| log::warn!("no BPF run-time statistics: {err}"))
-        .ok();
+    // The kernel's BPF statistics are on while this descriptor is open (needs CAP_SYS_ADMIN).
+    let stats = config
+        .bpf_stats
+        .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime))
+        .transpose()
+        .map_err(|err| Failure::NotPrivileged {
+            missing: format!("CAP_SYS_ADMIN, to switch on the kernel's BPF statistics ({err})"),
+        })?;
     let mut ebpf = load()?;
     let oom_events = OomEvents::open(&mut ebpf)?;
     if let Err(err) = privileges::drop_all() {
@@ -130,6 +136,7 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<u8> {
         syscalls: Deltas::default(),
         dropped: Deltas::default(),
         programs: Deltas::default(),
+        program_stats: stats.is_some(),
         cpu_seconds: 0.0,
     };
     let mut kills = KillResolver::new(cgroup::memory_hierarchy(), None);
@@ -240,6 +247,8 @@ struct Daemon {
     syscalls: Deltas<ProcSyscallKey, ProcSyscallCounts>,
     dropped: Deltas<&'static str, u64>,
     programs: Deltas<String, (u64, u64)>,
+    /// Whether the kernel's BPF statistics are on (`--bpf-stats`): else there is nothing to read.
+    program_stats: bool,
     cpu_seconds: f64,
 }
 
@@ -275,11 +284,14 @@ impl Daemon {
             let delta = self.dropped.update(source.name(), n);
             self.metrics.add_dropped(source.name(), delta);
         }
-        let infos: Vec<(String, ProgramInfo)> = self
-            .ebpf
-            .programs()
-            .filter_map(|(name, program)| Some((name.to_owned(), program.info().ok()?)))
-            .collect();
+        let infos: Vec<(String, ProgramInfo)> = if self.program_stats {
+            self.ebpf
+                .programs()
+                .filter_map(|(name, program)| Some((name.to_owned(), program.info().ok()?)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         for (name, info) in infos {
             self.add_program(name, &info);
         }

@@ -318,6 +318,7 @@ fn daemon(suite: &Suite) -> Result<String> {
     let faults: u64 = if suite.quick { 200_000 } else { 1_000_000 };
     let listen = format!("--listen=127.0.0.1:{}", free_port()?);
     let serve = suite.memtrace(&["serve", &listen]);
+    let serve_stats = suite.memtrace(&["serve", "--bpf-stats", &listen]);
     let under_load = measure::overhead(
         suite,
         &format!("{faults} minor faults, 1 thread — memtrace serve running (system-wide)"),
@@ -332,9 +333,15 @@ fn daemon(suite: &Suite) -> Result<String> {
                 serve.clone(),
                 Ready::StderrLine("memtrace: serving"),
             ),
+            // The kernel's BPF statistics add clock reads to every program run.
+            Mode::traced(
+                "memtrace serve --bpf-stats",
+                serve_stats,
+                Ready::StderrLine("memtrace: serving"),
+            ),
         ],
     )?;
-    let idle_for = Duration::from_secs(if suite.quick { 10 } else { 60 });
+    let idle_for = Duration::from_secs(if suite.quick { 5 } else { 60 });
     let idle = idle_footprint(&serve, idle_for)?;
     Ok(format!("{under_load}\n{idle}"))
 }
