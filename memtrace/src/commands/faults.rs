@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::Ebpf;
-use memtrace_common::{COMM_LEN, faults::FaultKey, globals, targets::TargetFlags};
+use memtrace_common::{COMM_LEN, DropSource, faults::FaultKey, globals, targets::TargetFlags};
 use tokio::{
     signal::unix::{SignalKind, signal},
     time::{MissedTickBehavior, interval_at, sleep},
@@ -295,7 +295,7 @@ impl<'a> Session<'a> {
                 row
             })
             .collect();
-        let dropped = bpf::faults::drops(&self.ebpf)?;
+        let dropped = fault_losses(&self.ebpf)?;
         self.out
             .interval(Timestamp::now(), elapsed.as_secs_f64(), &rows, &dropped)
             .context("write the report")?;
@@ -356,7 +356,7 @@ impl<'a> Session<'a> {
                 major: counts.major,
             })
             .collect();
-        let dropped = bpf::faults::drops(&self.ebpf)?;
+        let dropped = fault_losses(&self.ebpf)?;
         Ok(Summary {
             time: Timestamp::now(),
             duration_s: self.started.elapsed().as_secs_f64(),
@@ -380,10 +380,23 @@ fn key_is_alive(key: &FaultKey) -> bool {
     }
 }
 
-fn warn_about_drops(dropped: &[(memtrace_common::DropSource, u64)]) {
+fn warn_about_drops(dropped: &[(DropSource, u64)]) {
     for &(source, n) in dropped {
         if n > 0 {
             log::warn!("{n} events not counted so far: {}", source.name());
         }
     }
+}
+
+/// What the kernel side failed to record that bears on fault counts.
+fn fault_losses(ebpf: &Ebpf) -> anyhow::Result<Vec<(DropSource, u64)>> {
+    Ok(bpf::faults::drops(ebpf)?
+        .into_iter()
+        .filter(|&(source, _)| {
+            matches!(
+                source,
+                DropSource::FaultTableFull | DropSource::TargetTableFull
+            )
+        })
+        .collect())
 }
