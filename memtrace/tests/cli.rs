@@ -9,10 +9,10 @@ use std::{
     fs,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Output, Stdio},
 };
 
-use common::{is_root, memtrace, run_memtrace, unused_pid};
+use common::{run_memtrace, unused_pid};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli");
@@ -54,15 +54,7 @@ fn assert_clap_usage(out: &Output, needle: &str) {
 /// memtrace without any capability, even when the test runs as root: an empty bounding set
 /// leaves uid 0 with no capability after exec (and no CAP_DAC_OVERRIDE either).
 fn unprivileged(args: &[&str]) -> Output {
-    let mut command = if is_root() {
-        let mut c = Command::new("setpriv");
-        c.args(["--inh-caps=-all", "--bounding-set=-all", "--"])
-            .arg(env!("CARGO_BIN_EXE_memtrace"));
-        c
-    } else {
-        memtrace()
-    };
-    command
+    common::memtrace_without_capabilities()
         .args(args)
         .stdin(Stdio::null())
         .output()

@@ -250,22 +250,10 @@ fn no_such_pid_is_a_clear_error() {
 
 #[test]
 fn unprivileged_is_a_clear_error() {
-    // As root, drop to nobody (setpriv clears the capabilities); otherwise we already are.
-    let out = if common::is_root() {
-        std::process::Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--inh-caps=-all",
-            ])
-            .arg(env!("CARGO_BIN_EXE_memtrace"))
-            .args(["faults", "--duration", "1"])
-            .output()
-            .expect("setpriv (util-linux)")
-    } else {
-        run_memtrace(&["faults", "--duration", "1"])
-    };
+    let out = common::memtrace_without_capabilities()
+        .args(["faults", "--duration", "1"])
+        .output()
+        .expect("run memtrace");
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");

@@ -291,21 +291,10 @@ fn no_such_cgroup_is_a_clear_error() {
 
 #[test]
 fn unprivileged_is_a_clear_error() {
-    let out = if common::is_root() {
-        Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--inh-caps=-all",
-            ])
-            .arg(env!("CARGO_BIN_EXE_memtrace"))
-            .arg("oom")
-            .output()
-            .expect("setpriv (util-linux)")
-    } else {
-        run_memtrace(&["oom"])
-    };
+    let out = common::memtrace_without_capabilities()
+        .arg("oom")
+        .output()
+        .expect("run memtrace");
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Tracer, Workload, is_root, memtrace, run_memtrace, summary, workload};
+use common::{Tracer, Workload, memtrace, run_memtrace, summary, workload};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reliability");
@@ -51,14 +51,7 @@ fn report_files_are_created_0640_whatever_the_umask() {
         let _ = fs::remove_file(&path);
         // Without capabilities memtrace stops with exit 3 right after opening its report, which
         // is enough here and needs no root; with root, capabilities are dropped the same way.
-        let mut command = if is_root() {
-            let mut c = Command::new("setpriv");
-            c.args(["--inh-caps=-all", "--bounding-set=-all", "--"])
-                .arg(env!("CARGO_BIN_EXE_memtrace"));
-            c
-        } else {
-            memtrace()
-        };
+        let mut command = common::memtrace_without_capabilities();
         command.args([subcommand, "-o"]).arg(&path);
         // SAFETY: umask is async-signal-safe and touches only the child.
         unsafe {

@@ -438,17 +438,10 @@ fn bad_input_is_one_clear_line_and_an_exit_code() {
 #[test]
 fn unprivileged_is_refused_before_touching_the_kernel() {
     require_root!();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(env!("CARGO_BIN_EXE_memtrace"))
+    let out = common::memtrace_without_capabilities()
         .args(["trace", "--", "true"])
         .output()
-        .expect("setpriv (util-linux)");
+        .expect("run memtrace");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("needs root"), "{stderr}");

@@ -44,6 +44,21 @@ pub fn memtrace() -> Command {
     Command::new(env!("CARGO_BIN_EXE_memtrace"))
 }
 
+/// memtrace with no capability at all: as root, through setpriv (util-linux), which leaves uid 0
+/// but clears the inheritable and bounding sets, so nothing survives the exec; unprivileged, as
+/// is. Either way memtrace lacks CAP_BPF and CAP_PERFMON (and CAP_DAC_OVERRIDE).
+pub fn memtrace_without_capabilities() -> Command {
+    if is_root() {
+        let mut command = Command::new("setpriv");
+        command
+            .args(["--inh-caps=-all", "--bounding-set=-all", "--"])
+            .arg(env!("CARGO_BIN_EXE_memtrace"));
+        command
+    } else {
+        memtrace()
+    }
+}
+
 /// Runs memtrace to completion and returns its output.
 pub fn run_memtrace(args: &[&str]) -> Output {
     memtrace()
