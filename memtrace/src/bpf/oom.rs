@@ -9,7 +9,7 @@ use aya::{
     programs::TracePoint,
 };
 use memtrace_common::{
-    COMM_LEN, DropSource, maps,
+    DropSource, maps,
     oom::{OOM_TEXT_LEN, OomFields, OomLayout, OomRecordKind, OomText, OomVictim},
 };
 use thiserror::Error;
@@ -226,13 +226,10 @@ pub fn drops(ebpf: &Ebpf) -> anyhow::Result<u64> {
         .sum())
 }
 
-/// A kernel command name as text (helper for callers holding raw records).
-pub fn comm(bytes: &[u8; COMM_LEN]) -> String {
-    crate::procfs::comm_from_bytes(bytes)
-}
-
 #[cfg(test)]
 mod tests {
+    use memtrace_common::COMM_LEN;
+
     use super::*;
     use crate::tracefs::parse_format;
 

@@ -4,6 +4,7 @@
 //! interval read the counting table, turn it into rates, print → at the end, a summary.
 
 use std::{
+    collections::HashSet,
     future::{Future, pending},
     io,
     path::PathBuf,
@@ -301,10 +302,8 @@ impl<'a> Session<'a> {
             .context("write the report")?;
         warn_about_drops(&dropped);
 
-        for key in exited
-            .into_iter()
-            .filter(|key| samples.iter().any(|(k, _)| k == key))
-        {
+        let read: HashSet<FaultKey> = samples.iter().map(|(key, _)| *key).collect();
+        for key in exited.into_iter().filter(|key| read.contains(key)) {
             bpf::faults::remove(&mut self.ebpf, &key)?;
             if !procfs::is_alive(key.tgid) {
                 // Forgotten entirely, so that a new process reusing the pid is not taken for it.

@@ -127,10 +127,12 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<u8> {
         config.listen
     );
 
+    // Read once (it parses /proc/self/mounts): the daemon labels by it, OOM kills resolve by it.
+    let hierarchy = cgroup::memory_hierarchy();
     let mut daemon = Daemon {
         ebpf,
         metrics,
-        hierarchy: cgroup::memory_hierarchy(),
+        hierarchy: hierarchy.clone(),
         processes: HashMap::new(),
         faults: Deltas::default(),
         syscalls: Deltas::default(),
@@ -139,7 +141,7 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<u8> {
         program_stats: stats.is_some(),
         cpu_seconds: 0.0,
     };
-    let mut kills = KillResolver::new(cgroup::memory_hierarchy(), None);
+    let mut kills = KillResolver::new(hierarchy, None);
     let mut run = Run {
         oom_events,
         events,

@@ -9,7 +9,7 @@ use memtrace_common::oom::{OomFields, OomPhase, OomVictim};
 
 use crate::{
     aggregate::oom::Reports,
-    bpf::{self, oom::OomRecord},
+    bpf::oom::OomRecord,
     cgroup::{self, MemoryHierarchy},
     output::{
         Timestamp,
@@ -88,7 +88,7 @@ impl KillResolver {
         let has = |bit: u32| raw.fields & bit != 0;
         let victim = Victim {
             pid: raw.pid,
-            comm: has(OomFields::COMM).then(|| bpf::oom::comm(&raw.comm)),
+            comm: has(OomFields::COMM).then(|| procfs::comm_from_bytes(&raw.comm)),
             uid: has(OomFields::UID).then_some(raw.uid),
             total_vm_kb: has(OomFields::TOTAL_VM).then_some(raw.total_vm_kb),
             anon_rss_kb: has(OomFields::ANON_RSS).then_some(raw.anon_rss_kb),
@@ -111,7 +111,7 @@ impl KillResolver {
             trigger: Trigger {
                 pid: raw.trigger_pid,
                 tid: raw.trigger_tid,
-                comm: bpf::oom::comm(&raw.trigger_comm),
+                comm: procfs::comm_from_bytes(&raw.trigger_comm),
             },
             cgroup: Cgroup {
                 path,
