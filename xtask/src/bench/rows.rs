@@ -89,6 +89,15 @@ fn fault_modes(suite: &Suite, memtrace_args: &[&str]) -> Vec<Mode> {
             Ready::After(Duration::from_millis(500)),
         ),
         Mode::traced(
+            "floor: bpftrace, empty program on software:minor-faults:1",
+            words(&[
+                "bpftrace",
+                "-e",
+                "BEGIN { printf(\"ready\\n\"); } software:minor-faults:1 { }",
+            ]),
+            Ready::StdoutLine("ready"),
+        ),
+        Mode::traced(
             "bpftrace software:minor-faults:1 count",
             words(&[
                 "bpftrace",
@@ -119,6 +128,33 @@ fn fault_modes(suite: &Suite, memtrace_args: &[&str]) -> Vec<Mode> {
 
 /// The allocation syscalls `alloc_loop` makes, as the peers name them.
 const ALLOC_SYSCALLS: &str = "brk,mmap,munmap";
+
+/// The syscalls `memtrace trace` traces by default.
+const DEFAULT_SYSCALLS: &str = "brk,mmap,munmap,mremap,mprotect,madvise";
+
+/// The floor any tracer of `syscalls` on their tracepoints pays: bpftrace with empty programs
+/// on each one's `sys_enter_*` and `sys_exit_*` (the pairing memtrace needs for latency).
+fn empty_syscall_programs(syscalls: &str) -> Mode {
+    let probes = syscalls
+        .split(',')
+        .flat_map(|name| {
+            [
+                format!("tracepoint:syscalls:sys_enter_{name}"),
+                format!("tracepoint:syscalls:sys_exit_{name}"),
+            ]
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    Mode::traced(
+        "floor: bpftrace, empty programs on sys_enter_*/sys_exit_*",
+        words(&[
+            "bpftrace",
+            "-e",
+            &format!("BEGIN {{ printf(\"ready\\n\"); }} {probes} {{ }}"),
+        ]),
+        Ready::StdoutLine("ready"),
+    )
+}
 
 fn trace(suite: &Suite) -> Result<String> {
     // 810k calls take ~1.8 s untraced here; strace then takes over a minute, so --quick is
@@ -152,6 +188,7 @@ fn trace(suite: &Suite) -> Result<String> {
             suite.memtrace(&["trace", "-c", "--pid", "{pid}", "-o", "/dev/null"]),
             Ready::StderrLine("memtrace: tracing"),
         ),
+        empty_syscall_programs(ALLOC_SYSCALLS),
         Mode::traced(
             "bpftrace printf per call (stdout drained)",
             words(&["bpftrace", "-e", &bpftrace_printf]),
@@ -227,6 +264,7 @@ fn untraced(suite: &Suite) -> Result<String> {
                 suite.memtrace(&["trace", "-o", "/dev/null"]),
                 Ready::StderrLine("memtrace: tracing"),
             ),
+            empty_syscall_programs(DEFAULT_SYSCALLS),
         ],
     )
 }
