@@ -32,6 +32,10 @@ pub mod globals {
     pub const SYSCALL_ARGS_OFFSET: &str = "SYSCALL_ARGS_OFFSET";
     /// `u32`: byte offset of `ret` in `syscalls:sys_exit_*` records.
     pub const SYSCALL_RET_OFFSET: &str = "SYSCALL_RET_OFFSET";
+    /// `u32`: non-zero when the three offsets above are the standard ones
+    /// ([`crate::syscalls::STANDARD_NR_OFFSET`], ...): fields are then loaded straight from the
+    /// record rather than copied with a helper.
+    pub const SYSCALL_DIRECT_READS: &str = "SYSCALL_DIRECT_READS";
     /// `u32`: non-zero to count calls per syscall only, sending no record per call (`-c`).
     pub const SYSCALL_COUNT_ONLY: &str = "SYSCALL_COUNT_ONLY";
     /// `u32`: non-zero to keep only failed calls (`--failed`).

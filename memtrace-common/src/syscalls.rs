@@ -24,28 +24,32 @@ pub const MAX_ARGS: usize = 6;
 /// The `kind` tag of a [`SyscallRecord`], first in every ring-buffer record.
 pub const RECORD_SYSCALL: u32 = 1;
 
-/// A `SYSCALL_CLASSES` entry: the syscall's [`SyscallClass`] in the low byte, its number of
-/// arguments above it (the entry program reads exactly those, so a record's unused argument slots
-/// are zero rather than whatever the trace buffer held). 0 means not traced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SyscallInfo(pub u32);
+/// The entry program for syscalls of each number of arguments (index): each loads exactly its
+/// syscalls' arguments, so a record's unused argument slots are zero. One program cannot serve
+/// them all: the kernel refuses to attach a program that may load past the end of a tracepoint's
+/// record, and a syscall's record ends after its own arguments.
+pub const ENTRY_PROGRAMS: [&str; MAX_ARGS + 1] = [
+    "mt_sys_enter0",
+    "mt_sys_enter1",
+    "mt_sys_enter2",
+    "mt_sys_enter3",
+    "mt_sys_enter4",
+    "mt_sys_enter5",
+    "mt_sys_enter6",
+];
 
-impl SyscallInfo {
-    pub const fn new(class: SyscallClass, arity: u32) -> SyscallInfo {
-        SyscallInfo(class as u32 | (arity << 8))
-    }
+/// Where the fields of `syscalls:sys_enter_*` / `sys_exit_*` records sit on mainline kernels:
+/// `__syscall_nr` after the 8-byte common header, then the arguments (or `ret`) from the next
+/// 8-byte boundary. The programs load fields at these offsets straight from the record, which
+/// the verifier allows only at constant offsets; on a kernel whose layout differs (some patched
+/// kernels grow the common header) they copy each field from the offset its tracefs `format`
+/// gives instead, a helper call each.
+pub const STANDARD_NR_OFFSET: u32 = 8;
+pub const STANDARD_ARGS_OFFSET: u32 = 16;
+pub const STANDARD_RET_OFFSET: u32 = 16;
 
-    pub const fn class(self) -> u32 {
-        self.0 & 0xff
-    }
-
-    pub const fn arity(self) -> u32 {
-        self.0 >> 8
-    }
-}
-
-/// How the kernel treats a syscall number: the class part of its `SYSCALL_CLASSES` entry, set by
-/// userspace (which knows this architecture's numbers); 0 means not traced.
+/// How the kernel treats a syscall number: its `SYSCALL_CLASSES` entry, set by userspace (which
+/// knows this architecture's numbers); 0 means not traced.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyscallClass {

@@ -1,7 +1,8 @@
 //! Allocation syscalls (brk, mmap, munmap, ...): entry and exit paired in the kernel, per thread,
 //! so one record per completed call crosses to userspace, already filtered by target, outcome and
-//! size. The same programs are attached to each traced syscall's `syscalls:sys_enter_*` and
-//! `sys_exit_*` tracepoints; a syscall memtrace does not trace never runs them.
+//! size. The same programs are attached to each traced syscall's `syscalls:sys_enter_*` (one
+//! per number of arguments) and `sys_exit_*` tracepoints; a syscall memtrace does not trace never
+//! runs them.
 
 use aya_ebpf::{
     Global,
@@ -15,8 +16,9 @@ use memtrace_common::{
     DropSource,
     syscalls::{
         MAX_ARGS, MAX_BREAKS, MAX_PENDING, MAX_PROC_SYSCALLS, MAX_SYSCALL_NR, NO_CALL, PendingCall,
-        ProcSyscallCounts, ProcSyscallKey, RECORD_SYSCALL, RING_BYTES, SyscallClass, SyscallInfo,
-        SyscallRecord, SyscallStats, WAKEUP_BYTES, is_error,
+        ProcSyscallCounts, ProcSyscallKey, RECORD_SYSCALL, RING_BYTES, STANDARD_ARGS_OFFSET,
+        STANDARD_NR_OFFSET, STANDARD_RET_OFFSET, SyscallClass, SyscallRecord, SyscallStats,
+        WAKEUP_BYTES, is_error,
     },
     targets::FilterMode,
 };
@@ -47,12 +49,16 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 //   field:int __syscall_nr;    offset:8;  size:4; signed:1;
 //   field:unsigned long addr;  offset:16; size:8; signed:0;   (then len at 24, prot at 32, ...)
 //   field:long ret;            offset:16; size:8; signed:1;
+// That is the standard layout, and then SYSCALL_DIRECT_READS is set: the verifier prunes the
+// path not taken, so the programs either load fields at constant offsets or copy them.
 #[unsafe(no_mangle)]
-static SYSCALL_NR_OFFSET: Global<u32> = Global::new(8);
+static SYSCALL_NR_OFFSET: Global<u32> = Global::new(STANDARD_NR_OFFSET);
 #[unsafe(no_mangle)]
-static SYSCALL_ARGS_OFFSET: Global<u32> = Global::new(16);
+static SYSCALL_ARGS_OFFSET: Global<u32> = Global::new(STANDARD_ARGS_OFFSET);
 #[unsafe(no_mangle)]
-static SYSCALL_RET_OFFSET: Global<u32> = Global::new(16);
+static SYSCALL_RET_OFFSET: Global<u32> = Global::new(STANDARD_RET_OFFSET);
+#[unsafe(no_mangle)]
+static SYSCALL_DIRECT_READS: Global<u32> = Global::new(0);
 
 #[unsafe(no_mangle)]
 static SYSCALL_COUNT_ONLY: Global<u32> = Global::new(0);
@@ -65,12 +71,27 @@ static SELF_TGID: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static SYSCALL_PER_PROCESS: Global<u32> = Global::new(0);
 
-#[tracepoint]
-pub fn mt_sys_enter(ctx: TracePointContext) -> u32 {
-    match try_enter(&ctx) {
-        Ok(()) | Err(_) => 0,
-    }
+/// Entry programs, one per number of arguments (`memtrace_common::syscalls::ENTRY_PROGRAMS`).
+macro_rules! entry_programs {
+    ($($name:ident: $arity:literal),* $(,)?) => {$(
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            match try_enter::<$arity>(&ctx) {
+                Ok(()) | Err(_) => 0,
+            }
+        }
+    )*};
 }
+
+entry_programs!(
+    mt_sys_enter0: 0,
+    mt_sys_enter1: 1,
+    mt_sys_enter2: 2,
+    mt_sys_enter3: 3,
+    mt_sys_enter4: 4,
+    mt_sys_enter5: 5,
+    mt_sys_enter6: 6,
+);
 
 #[tracepoint]
 pub fn mt_sys_exit(ctx: TracePointContext) -> u32 {
@@ -79,21 +100,12 @@ pub fn mt_sys_exit(ctx: TracePointContext) -> u32 {
     }
 }
 
-fn try_enter(ctx: &TracePointContext) -> Result<(), i64> {
+/// Entry of a traced syscall with `ARITY` arguments.
+#[inline(always)]
+fn try_enter<const ARITY: usize>(ctx: &TracePointContext) -> Result<(), i64> {
     let (tgid, tid) = targets::current_ids();
-    let nr: i32 = record::read(ctx, SYSCALL_NR_OFFSET.load())?;
-    let Some(&info) = CLASSES.get(nr as u32) else {
-        return Ok(());
-    };
-    // One copy for all six argument slots; past the syscall's own arguments they are not its
-    // fields (the record may end there), so those are zeroed.
-    let mut args: [u64; MAX_ARGS] = record::read(ctx, SYSCALL_ARGS_OFFSET.load())?;
-    let arity = SyscallInfo(info).arity();
-    for (i, arg) in args.iter_mut().enumerate() {
-        if i as u32 >= arity {
-            *arg = 0;
-        }
-    }
+    let nr: i32 = field::<i32, { STANDARD_NR_OFFSET as usize }>(ctx, &SYSCALL_NR_OFFSET)?;
+    let args = arguments::<ARITY>(ctx)?;
     let mut call = PendingCall {
         start_ns: 0,
         nr: nr as u32,
@@ -147,22 +159,28 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     unsafe { (*entry).nr = NO_CALL };
     // SAFETY: no preconditions.
     let latency_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(call.start_ns);
-    let ret: i64 = record::read(ctx, SYSCALL_RET_OFFSET.load())?;
+    let ret: i64 = field::<i64, { STANDARD_RET_OFFSET as usize }>(ctx, &SYSCALL_RET_OFFSET)?;
     let failed = is_error(ret);
-    let class = match CLASSES.get(call.nr) {
-        Some(&info) => SyscallInfo(info).class(),
-        None => return Ok(()),
+    let Some(&class) = CLASSES.get(call.nr) else {
+        return Ok(());
     };
 
     let mut prev_brk = 0;
     let mut brk_growth = 0i64;
     if class == SyscallClass::Brk as u32 {
-        if let Some(prev) = BREAKS.get_ptr(tgid) {
-            // SAFETY: a value pointer from a successful lookup, read at once.
-            prev_brk = unsafe { *prev };
+        // brk returns the new break, or the unchanged one when it fails. Updated in place when
+        // known: an LRU map's update takes a lock and a free node, several times the lookup.
+        if let Some(prev) = BREAKS.get_ptr_mut(tgid) {
+            // SAFETY: a value pointer from a successful lookup. Two threads of one process
+            // ending brk calls at once may race here, as their updates would; the process's
+            // next brk sets it right.
+            unsafe {
+                prev_brk = *prev;
+                *prev = ret as u64;
+            }
+        } else {
+            let _ = BREAKS.insert(tgid, ret as u64, u64::from(BPF_ANY));
         }
-        // brk returns the new break, or the unchanged one when it fails.
-        let _ = BREAKS.insert(tgid, ret as u64, u64::from(BPF_ANY));
         if prev_brk != 0 && call.args[0] != 0 {
             brk_growth = (ret as u64).wrapping_sub(prev_brk) as i64;
         }
@@ -204,6 +222,54 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     };
     slot.submit(u64::from(wakeup));
     Ok(())
+}
+
+/// The call's `ARITY` arguments, the other slots zero: each loaded at its standard offset when
+/// the kernel uses the standard layout (one load apiece: the verifier allows context loads only
+/// at constant offsets, so no loop and no block copy), else copied as one block.
+#[inline(always)]
+fn arguments<const ARITY: usize>(ctx: &TracePointContext) -> Result<[u64; MAX_ARGS], i64> {
+    const FIRST: usize = STANDARD_ARGS_OFFSET as usize;
+    let mut args = [0u64; MAX_ARGS];
+    if ARITY == 0 {
+        return Ok(args);
+    }
+    if SYSCALL_DIRECT_READS.load() == 0 {
+        let own: [u64; ARITY] = record::read(ctx, SYSCALL_ARGS_OFFSET.load())?;
+        args[..ARITY].copy_from_slice(&own);
+        return Ok(args);
+    }
+    args[0] = record::load::<u64, FIRST>(ctx);
+    if ARITY > 1 {
+        args[1] = record::load::<u64, { FIRST + 8 }>(ctx);
+    }
+    if ARITY > 2 {
+        args[2] = record::load::<u64, { FIRST + 16 }>(ctx);
+    }
+    if ARITY > 3 {
+        args[3] = record::load::<u64, { FIRST + 24 }>(ctx);
+    }
+    if ARITY > 4 {
+        args[4] = record::load::<u64, { FIRST + 32 }>(ctx);
+    }
+    if ARITY > 5 {
+        args[5] = record::load::<u64, { FIRST + 40 }>(ctx);
+    }
+    Ok(args)
+}
+
+/// A field of the record: loaded at its standard offset when the kernel uses the standard
+/// layout, else copied from `offset` (from tracefs).
+#[inline(always)]
+fn field<T: Copy, const STANDARD_OFFSET: usize>(
+    ctx: &TracePointContext,
+    offset: &Global<u32>,
+) -> Result<T, i64> {
+    if SYSCALL_DIRECT_READS.load() != 0 {
+        Ok(record::load::<T, STANDARD_OFFSET>(ctx))
+    } else {
+        record::read(ctx, offset.load())
+    }
 }
 
 /// The bytes a call is about, for `--min-size`: its length argument, the larger of mremap's two

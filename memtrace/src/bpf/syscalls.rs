@@ -1,7 +1,7 @@
-//! The allocation-syscall programs: one entry and one exit program, attached to the
-//! `syscalls:sys_enter_*` / `sys_exit_*` tracepoints of each traced syscall (and of no other, so
-//! untraced syscalls never run a memtrace program); the ring buffer of completed calls; and the
-//! per-syscall statistics the kernel keeps for `-c`.
+//! The allocation-syscall programs: entry programs (one per number of arguments) and one exit
+//! program, attached to the `syscalls:sys_enter_*` / `sys_exit_*` tracepoints of each traced
+//! syscall (and of no other, so untraced syscalls never run a memtrace program); the ring buffer
+//! of completed calls; and the per-syscall statistics the kernel keeps for `-c`.
 
 use anyhow::Context as _;
 use aya::{
@@ -11,7 +11,10 @@ use aya::{
 };
 use memtrace_common::{
     globals, maps,
-    syscalls::{ProcSyscallCounts, ProcSyscallKey, SyscallClass, SyscallInfo, SyscallStats},
+    syscalls::{
+        ENTRY_PROGRAMS, ProcSyscallCounts, ProcSyscallKey, STANDARD_ARGS_OFFSET,
+        STANDARD_NR_OFFSET, STANDARD_RET_OFFSET, SyscallClass, SyscallStats,
+    },
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -64,10 +67,23 @@ pub fn configure(
         }
     }
     if let Some((nr, args, ret)) = layout {
+        let standard = (nr, args, ret)
+            == (
+                STANDARD_NR_OFFSET,
+                STANDARD_ARGS_OFFSET,
+                STANDARD_RET_OFFSET,
+            );
+        if !standard {
+            log::info!(
+                "syscall records at offsets {:?}, not the standard ones: fields are copied",
+                (nr, args, ret)
+            );
+        }
         globals
             .u32(globals::SYSCALL_NR_OFFSET, nr)
             .u32(globals::SYSCALL_ARGS_OFFSET, args)
-            .u32(globals::SYSCALL_RET_OFFSET, ret);
+            .u32(globals::SYSCALL_RET_OFFSET, ret)
+            .u32(globals::SYSCALL_DIRECT_READS, u32::from(standard));
     }
     globals
         .u32(globals::SYSCALL_COUNT_ONLY, u32::from(filter.count_only))
@@ -113,8 +129,8 @@ fn layout_of(syscall: Syscall) -> Result<(u32, u32, u32), Failure> {
     Ok((nr, first, ret))
 }
 
-/// Marks the traced syscalls in the kernel, then loads both programs and attaches them to each
-/// traced syscall's entry and exit tracepoints.
+/// Marks the traced syscalls in the kernel, then loads the programs they need and attaches them
+/// to each traced syscall's entry and exit tracepoints.
 pub fn attach(ebpf: &mut Ebpf, syscalls: &[Syscall]) -> anyhow::Result<()> {
     {
         let map = ebpf
@@ -123,9 +139,8 @@ pub fn attach(ebpf: &mut Ebpf, syscalls: &[Syscall]) -> anyhow::Result<()> {
         let mut classes: Array<&mut MapData, u32> = Array::try_from(map)?;
         for &syscall in syscalls {
             debug_assert_ne!(syscall.class(), SyscallClass::Untraced);
-            let info = SyscallInfo::new(syscall.class(), syscall.arg_names().len() as u32);
             classes
-                .set(syscall.nr(), info.0, 0)
+                .set(syscall.nr(), syscall.class() as u32, 0)
                 .with_context(|| format!("mark {} as traced", syscall.name()))?;
         }
     }
@@ -136,18 +151,23 @@ pub fn attach(ebpf: &mut Ebpf, syscalls: &[Syscall]) -> anyhow::Result<()> {
     thread_exit
         .attach("sched_process_exit")
         .map_err(|err| kernel_refusal(err, "attach the raw tracepoint sched_process_exit"))?;
-    for (program, side) in [("mt_sys_enter", "enter"), ("mt_sys_exit", "exit")] {
-        let tracepoint: &mut TracePoint = program_mut(ebpf, program)?;
-        tracepoint
-            .load()
-            .map_err(|err| kernel_refusal(err, &format!("load {program}")))?;
-        for &syscall in syscalls {
-            let name = format!("sys_{side}_{}", syscall.name());
-            tracepoint
-                .attach(CATEGORY, &name)
-                .map_err(|err| kernel_refusal(err, &format!("attach {CATEGORY}:{name}")))?;
-        }
+    for &syscall in syscalls {
+        let entry = ENTRY_PROGRAMS[syscall.arg_names().len()];
+        attach_one(ebpf, entry, &format!("sys_enter_{}", syscall.name()))?;
+        attach_one(ebpf, "mt_sys_exit", &format!("sys_exit_{}", syscall.name()))?;
     }
+    Ok(())
+}
+
+/// Attaches `program` to `syscalls:tracepoint`, loading it first if no tracepoint has it yet.
+fn attach_one(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> anyhow::Result<()> {
+    let hook: &mut TracePoint = program_mut(ebpf, program)?;
+    if hook.fd().is_err() {
+        hook.load()
+            .map_err(|err| kernel_refusal(err, &format!("load {program}")))?;
+    }
+    hook.attach(CATEGORY, tracepoint)
+        .map_err(|err| kernel_refusal(err, &format!("attach {CATEGORY}:{tracepoint}")))?;
     Ok(())
 }
 
