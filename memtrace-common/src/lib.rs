@@ -36,6 +36,10 @@ pub mod globals {
     /// ([`crate::syscalls::STANDARD_NR_OFFSET`], ...): fields are then loaded straight from the
     /// record rather than copied with a helper.
     pub const SYSCALL_DIRECT_READS: &str = "SYSCALL_DIRECT_READS";
+    /// `u32`: byte offset of `pid` in the `task:task_rename` record (from its tracefs format).
+    pub const RENAME_PID_OFFSET: &str = "RENAME_PID_OFFSET";
+    /// `u32`: byte offset of `newcomm` in the `task:task_rename` record.
+    pub const RENAME_COMM_OFFSET: &str = "RENAME_COMM_OFFSET";
     /// `u32`: non-zero to count calls per syscall only, sending no record per call (`-c`).
     pub const SYSCALL_COUNT_ONLY: &str = "SYSCALL_COUNT_ONLY";
     /// `u32`: non-zero to keep only failed calls (`--failed`).

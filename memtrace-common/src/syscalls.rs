@@ -13,10 +13,11 @@ pub const MAX_BREAKS: u32 = 8_192;
 /// Size of the ring buffer carrying [`SyscallRecord`]s (a power of two pages).
 pub const RING_BYTES: u32 = 8 << 20;
 
-/// Unread bytes in the ring above which the kernel wakes userspace at once; below, userspace
-/// finds the records on its next short timer tick, so that a burst costs one wake-up, not one
-/// per call.
-pub const WAKEUP_BYTES: u64 = 256 << 10;
+/// Records a CPU writes between two wake-ups of userspace (~256 KiB of them); between, userspace
+/// finds them on its next short timer tick, so that a burst costs one wake-up, not one per call.
+/// Counted per CPU rather than asking the ring how full it is: that reads the position userspace
+/// writes, a cache line bounced between CPUs on every call.
+pub const WAKEUP_RECORDS: u32 = (256 << 10) / size_of::<SyscallRecord>() as u32;
 
 /// Arguments a syscall can have.
 pub const MAX_ARGS: usize = 6;
@@ -67,7 +68,7 @@ pub enum SyscallClass {
 /// `PendingCall::nr` of a thread's slot between calls: its last call has been reported.
 pub const NO_CALL: u32 = u32::MAX;
 
-/// The syscall entry, kept per thread until its exit.
+/// A traced thread's slot: its syscall entry, kept until the exit, and its name.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PendingCall {
@@ -76,6 +77,10 @@ pub struct PendingCall {
     pub nr: u32,
     pub _pad: u32,
     pub args: [u64; MAX_ARGS],
+    /// The thread's command name: read when the slot is made, rewritten when the thread is
+    /// renamed (`exec`, `prctl(PR_SET_NAME)`, a write to its `comm` file), so that no call
+    /// pays for reading it.
+    pub comm: [u8; crate::COMM_LEN],
 }
 
 /// One completed call, as it crosses to userspace.
@@ -90,7 +95,7 @@ pub struct SyscallRecord {
     pub tgid: u32,
     /// Thread id.
     pub tid: u32,
-    /// The task's command name at exit, NUL-padded.
+    /// The thread's command name, NUL-padded (see [`PendingCall::comm`]).
     pub comm: [u8; crate::COMM_LEN],
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at entry.
     pub start_ns: u64,
@@ -145,7 +150,7 @@ pub struct ProcSyscallCounts {
 
 const _: () = assert!(size_of::<ProcSyscallKey>() == 8);
 const _: () = assert!(size_of::<ProcSyscallCounts>() == 32);
-const _: () = assert!(size_of::<PendingCall>() == 64);
+const _: () = assert!(size_of::<PendingCall>() == 80);
 const _: () = assert!(size_of::<SyscallRecord>() == 112);
 const _: () = assert!(size_of::<SyscallStats>() == 64);
 

@@ -6,19 +6,19 @@
 
 use aya_ebpf::{
     Global,
-    bindings::{BPF_ANY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_ANY, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
     macros::{map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{RawTracePointContext, TracePointContext},
 };
 use memtrace_common::{
-    DropSource,
+    COMM_LEN, DropSource,
     syscalls::{
         MAX_ARGS, MAX_BREAKS, MAX_PENDING, MAX_PROC_SYSCALLS, MAX_SYSCALL_NR, NO_CALL, PendingCall,
         ProcSyscallCounts, ProcSyscallKey, RECORD_SYSCALL, RING_BYTES, STANDARD_ARGS_OFFSET,
         STANDARD_NR_OFFSET, STANDARD_RET_OFFSET, SyscallClass, SyscallRecord, SyscallStats,
-        WAKEUP_BYTES, is_error,
+        WAKEUP_RECORDS, is_error,
     },
     targets::FilterMode,
 };
@@ -44,6 +44,10 @@ static PROC_STATS: PerCpuHashMap<ProcSyscallKey, ProcSyscallCounts> =
 #[map(name = "SYSCALL_EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
+/// Records this CPU has written since it last woke userspace.
+#[map(name = "SYSCALL_UNSIGNALLED")]
+static UNSIGNALLED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 // Offsets into the `syscalls:sys_enter_*` / `sys_exit_*` records, read by userspace from each
 // traced syscall's tracefs `format` at start-up. On 6.18 (sys_enter_mmap, sys_exit_mmap):
 //   field:int __syscall_nr;    offset:8;  size:4; signed:1;
@@ -59,6 +63,14 @@ static SYSCALL_ARGS_OFFSET: Global<u32> = Global::new(STANDARD_ARGS_OFFSET);
 static SYSCALL_RET_OFFSET: Global<u32> = Global::new(STANDARD_RET_OFFSET);
 #[unsafe(no_mangle)]
 static SYSCALL_DIRECT_READS: Global<u32> = Global::new(0);
+
+// Offsets into the `task:task_rename` record, from its tracefs `format`. On 6.18:
+//   field:pid_t pid;          offset:8;  size:4;  signed:1;
+//   field:char newcomm[16];   offset:28; size:16; signed:0;
+#[unsafe(no_mangle)]
+static RENAME_PID_OFFSET: Global<u32> = Global::new(8);
+#[unsafe(no_mangle)]
+static RENAME_COMM_OFFSET: Global<u32> = Global::new(28);
 
 #[unsafe(no_mangle)]
 static SYSCALL_COUNT_ONLY: Global<u32> = Global::new(0);
@@ -106,12 +118,6 @@ fn try_enter<const ARITY: usize>(ctx: &TracePointContext) -> Result<(), i64> {
     let (tgid, tid) = targets::current_ids();
     let nr: i32 = field::<i32, { STANDARD_NR_OFFSET as usize }>(ctx, &SYSCALL_NR_OFFSET)?;
     let args = arguments::<ARITY>(ctx)?;
-    let mut call = PendingCall {
-        start_ns: 0,
-        nr: nr as u32,
-        _pad: 0,
-        args,
-    };
 
     // A thread keeps its slot between calls: only targets get one, so a thread that has one is
     // a target (by name, it may have been renamed since: check again), and reusing it in place
@@ -119,20 +125,50 @@ fn try_enter<const ARITY: usize>(ctx: &TracePointContext) -> Result<(), i64> {
     if let Some(slot) = PENDING.get_ptr_mut(tid)
         && targets::filter_mode() != FilterMode::Comm as u32
     {
-        // SAFETY: no preconditions.
-        call.start_ns = unsafe { bpf_ktime_get_ns() };
-        // SAFETY: this thread's own slot: only this thread writes it, between its own calls.
-        unsafe { *slot = call };
+        // SAFETY: this thread's own slot: only this thread writes these fields, between its own
+        // calls (a rename writes only the name). No preconditions for the clock.
+        unsafe {
+            (*slot).args = args;
+            (*slot).nr = nr as u32;
+            (*slot).start_ns = bpf_ktime_get_ns();
+        }
         return Ok(());
     }
     if tgid == SELF_TGID.load() || !targets::is_counted(tgid) {
         return Ok(());
     }
-    // SAFETY: no preconditions.
-    call.start_ns = unsafe { bpf_ktime_get_ns() };
+    let call = PendingCall {
+        comm: bpf_get_current_comm().unwrap_or_default(),
+        args,
+        nr: nr as u32,
+        _pad: 0,
+        // SAFETY: no preconditions.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+    };
     if PENDING.insert(tid, call, u64::from(BPF_ANY)).is_err() {
         drops::count(DropSource::SyscallPendingFull);
     }
+    Ok(())
+}
+
+/// Keeps a traced thread's name current: `task_rename` fires when a task's name changes, by
+/// `exec` or otherwise, and names the task by thread id (it may not be the current one).
+#[tracepoint]
+pub fn mt_sys_rename(ctx: TracePointContext) -> u32 {
+    match try_rename(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+fn try_rename(ctx: &TracePointContext) -> Result<(), i64> {
+    let tid: i32 = record::read(ctx, RENAME_PID_OFFSET.load())?;
+    let Some(slot) = PENDING.get_ptr_mut(tid as u32) else {
+        return Ok(());
+    };
+    let comm: [u8; COMM_LEN] = record::read(ctx, RENAME_COMM_OFFSET.load())?;
+    // SAFETY: a value pointer from a successful lookup; only the name is written, which the
+    // thread's own programs only read (a call ending meanwhile may see either name).
+    unsafe { (*slot).comm = comm };
     Ok(())
 }
 
@@ -206,21 +242,14 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         nr: call.nr,
         tgid,
         tid,
-        comm: bpf_get_current_comm().unwrap_or_default(),
+        comm: call.comm,
         start_ns: call.start_ns,
         latency_ns,
         args: call.args,
         ret,
         prev_brk,
     });
-    // Wake the reader only when a good amount is waiting: it also polls on a short timer, so a
-    // burst of calls costs one wake-up rather than one each.
-    let wakeup = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
-    slot.submit(u64::from(wakeup));
+    slot.submit(u64::from(wakeup_flag()));
     Ok(())
 }
 
@@ -270,6 +299,24 @@ fn field<T: Copy, const STANDARD_OFFSET: usize>(
     } else {
         record::read(ctx, offset.load())
     }
+}
+
+/// Wakes the reader only once every [`WAKEUP_RECORDS`] records of this CPU: it also polls on a
+/// short timer, so a burst of calls costs one wake-up rather than one each.
+#[inline(always)]
+fn wakeup_flag() -> u32 {
+    let Some(unsignalled) = UNSIGNALLED.get_ptr_mut(0) else {
+        return BPF_RB_FORCE_WAKEUP;
+    };
+    // SAFETY: this CPU's own counter; programs do not nest on one CPU here.
+    unsafe {
+        *unsignalled += 1;
+        if *unsignalled < WAKEUP_RECORDS {
+            return BPF_RB_NO_WAKEUP;
+        }
+        *unsignalled = 0;
+    }
+    BPF_RB_FORCE_WAKEUP
 }
 
 /// The bytes a call is about, for `--min-size`: its length argument, the larger of mremap's two

@@ -294,6 +294,43 @@ fn json_records_and_kernel_counts_agree_and_nothing_is_lost() {
 }
 
 #[test]
+fn each_call_carries_the_name_its_thread_had_then() {
+    require_root!();
+    let binary = workload("renames");
+    let (records, code) = json_run(&[
+        "trace",
+        "--json",
+        "-e",
+        "mmap",
+        "--",
+        binary.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0);
+    let page = 4096;
+    // The workload's own calls, told apart by their lengths (see renames.c).
+    let named: BTreeMap<u64, (String, u64)> = records
+        .iter()
+        .filter(|r| r["type"] == "syscall" && r["args"]["addr"] == 0)
+        .filter_map(|r| {
+            let pages = r["args"]["len"].as_u64()? / page;
+            let comm = r["comm"].as_str()?.to_owned();
+            Some((pages, (comm, r["tid"].as_u64()?)))
+        })
+        .filter(|(pages, _)| [3, 5, 7, 11].contains(pages))
+        .collect();
+    let comm = |pages: u64| named.get(&pages).map(|(comm, _)| comm.as_str());
+    assert_eq!(comm(3), Some("renames"), "{named:?}");
+    // prctl(PR_SET_NAME) by the thread itself.
+    assert_eq!(comm(5), Some("renamed-main"), "{named:?}");
+    // A new thread starts with its creator's name.
+    assert_eq!(comm(7), Some("renamed-main"), "{named:?}");
+    // Renamed by another thread, through /proc.
+    assert_eq!(comm(11), Some("from-outside"), "{named:?}");
+    assert_eq!(named[&7].1, named[&11].1, "the same thread: {named:?}");
+    assert_ne!(named[&5].1, named[&7].1, "two threads: {named:?}");
+}
+
+#[test]
 fn summary_only_counts_match_strace_per_syscall() {
     require_root!();
     let binary = workload("mixed_alloc");

@@ -10,7 +10,7 @@ use aya::{
     programs::{RawTracePoint, TracePoint},
 };
 use memtrace_common::{
-    globals, maps,
+    COMM_LEN, globals, maps,
     syscalls::{
         ENTRY_PROGRAMS, ProcSyscallCounts, ProcSyscallKey, STANDARD_ARGS_OFFSET,
         STANDARD_NR_OFFSET, STANDARD_RET_OFFSET, SyscallClass, SyscallStats,
@@ -30,6 +30,9 @@ use crate::{
 };
 
 const CATEGORY: &str = "syscalls";
+
+/// Fires when a task's name changes: traced threads' names are kept in their slots.
+const RENAME: (&str, &str) = ("task", "task_rename");
 
 /// What the kernel side keeps of each completed call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -85,7 +88,13 @@ pub fn configure(
             .u32(globals::SYSCALL_RET_OFFSET, ret)
             .u32(globals::SYSCALL_DIRECT_READS, u32::from(standard));
     }
+    let rename = Format::read(RENAME.0, RENAME.1)?;
     globals
+        .u32(globals::RENAME_PID_OFFSET, rename.offset("pid", 4)?)
+        .u32(
+            globals::RENAME_COMM_OFFSET,
+            rename.offset("newcomm", COMM_LEN as u32)?,
+        )
         .u32(globals::SYSCALL_COUNT_ONLY, u32::from(filter.count_only))
         .u32(globals::SYSCALL_FAILED_ONLY, u32::from(filter.failed_only))
         .bytes(globals::SYSCALL_MIN_SIZE, &filter.min_size.to_ne_bytes())
@@ -151,6 +160,16 @@ pub fn attach(ebpf: &mut Ebpf, syscalls: &[Syscall]) -> anyhow::Result<()> {
     thread_exit
         .attach("sched_process_exit")
         .map_err(|err| kernel_refusal(err, "attach the raw tracepoint sched_process_exit"))?;
+    let rename: &mut TracePoint = program_mut(ebpf, "mt_sys_rename")?;
+    rename
+        .load()
+        .map_err(|err| kernel_refusal(err, "load mt_sys_rename"))?;
+    rename.attach(RENAME.0, RENAME.1).map_err(|err| {
+        kernel_refusal(
+            err,
+            &format!("attach the tracepoint {}:{}", RENAME.0, RENAME.1),
+        )
+    })?;
     for &syscall in syscalls {
         let entry = ENTRY_PROGRAMS[syscall.arg_names().len()];
         attach_one(ebpf, entry, &format!("sys_enter_{}", syscall.name()))?;
