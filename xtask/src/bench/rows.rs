@@ -8,7 +8,7 @@ use clap::ValueEnum;
 
 use super::{
     Suite, measure,
-    runner::{Mode, Ready, Workload},
+    runner::{self, Mode, Ready, Workload},
 };
 
 /// A row of the suite, as named by `--only`.
@@ -386,7 +386,8 @@ fn daemon(suite: &Suite) -> Result<String> {
 
 /// Starts the daemon, lets it settle, and measures its CPU time and RSS over `window`.
 fn idle_footprint(serve: &[String], window: Duration) -> Result<String> {
-    let mut daemon = std::process::Command::new(&serve[0])
+    let mut daemon = std::process::Command::new(&serve[0]);
+    let mut daemon = runner::dies_with_bench(&mut daemon, libc::SIGTERM)
         .args(&serve[1..])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -4,7 +4,8 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader, Read, Write},
+    io::{self, BufRead, BufReader, Read, Write},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -101,7 +102,8 @@ pub fn run_once(
     scratch: &Path,
     companion: Option<(&[String], Ready)>,
 ) -> Result<Run> {
-    let mut work = Command::new(&workload.binary)
+    let mut work = Command::new(&workload.binary);
+    let mut work = dies_with_bench(&mut work, libc::SIGKILL)
         .args(&workload.args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -166,7 +168,9 @@ pub fn parse_elapsed(line: &str) -> Option<(f64, Option<u64>)> {
 /// Starts a tracer and returns once it is attached (by `ready`'s signal).
 pub fn start(argv: &[String], ready: Ready, out: &Path) -> Result<Child> {
     let program = argv.first().context("empty tracer command")?;
-    let mut child = Command::new(program)
+    let mut child = Command::new(program);
+    // SIGINT: a tracer left behind detaches as on Ctrl-C.
+    let mut child = dies_with_bench(&mut child, libc::SIGINT)
         .args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -208,6 +212,27 @@ pub fn start(argv: &[String], ready: Ready, out: &Path) -> Result<Child> {
         return Err(err);
     }
     Ok(child)
+}
+
+/// Has the kernel send the child `signal` when the bench dies, however it dies (SIGTERM, SIGKILL,
+/// a panic), so no workload or tracer outlives the run that started it. Children must be spawned
+/// from the main thread: the signal follows the death of the spawning thread.
+pub fn dies_with_bench(command: &mut Command, signal: libc::c_int) -> &mut Command {
+    let bench = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec and only makes
+    // async-signal-safe system calls.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            // The bench may have died before the request was made.
+            if libc::getppid() != bench as libc::pid_t {
+                libc::raise(signal);
+            }
+            Ok(())
+        })
+    }
 }
 
 /// Reads lines until one starts with `prefix`, then keeps draining on another thread so the
