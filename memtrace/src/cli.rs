@@ -167,6 +167,11 @@ pub struct OomArgs {
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 
+    /// Stop after this many seconds (default: until Ctrl-C, or --count kills)
+    #[arg(short, long, value_name = "SECS", value_parser = parse_seconds,
+          allow_negative_numbers = true)]
+    pub duration: Option<Duration>,
+
     /// Exit after N kills
     #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
@@ -230,6 +235,7 @@ EXAMPLES:
   sudo memtrace trace -e mmap,munmap --min-size 1048576 --pid 4242
   sudo memtrace trace --failed -- ./myprog         # only calls that failed
   sudo memtrace trace -c -- make -j2               # per-syscall counts, latencies and bytes
+  sudo memtrace trace -c --duration 30             # the same for the whole system, for 30 s
   sudo memtrace trace --json -o calls.jsonl -- ./myprog";
 
 /// Allocation syscalls call by call, paired and filtered in the kernel.
@@ -268,6 +274,11 @@ pub struct TraceArgs {
     /// Write the report to FILE instead of standard output
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+
+    /// Stop after this many seconds (default: until Ctrl-C, or until every target has exited)
+    #[arg(short, long, value_name = "SECS", value_parser = parse_seconds,
+          allow_negative_numbers = true)]
+    pub duration: Option<Duration>,
 
     /// Start COMMAND and trace it with all its descendants; memtrace exits with its status
     #[arg(last = true, value_name = "COMMAND", conflicts_with = "pids")]

@@ -259,6 +259,26 @@ fn ctrl_c_and_sigterm_exit_0_leaving_nothing_loaded() {
 }
 
 #[test]
+fn duration_ends_with_a_summary_and_exit_0() {
+    require_root!();
+    let started = Instant::now();
+    let out = run_memtrace(&["oom", "--json", "--duration", "0.5"]);
+    let took = started.elapsed();
+    assert!(out.status.success(), "{out:?}");
+    let records: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(records.last().unwrap()["type"], "summary");
+    assert_eq!(records.last().unwrap()["reason"], "duration");
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+}
+
+#[test]
 fn ready_within_100_ms_of_launch() {
     require_root!();
     // Best of 5: the figure is the program's, not the scheduler's on a busy machine.

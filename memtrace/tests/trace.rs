@@ -427,6 +427,28 @@ fn a_pid_that_exits_mid_trace_ends_with_a_summary() {
 }
 
 #[test]
+fn duration_ends_with_the_summary() {
+    require_root!();
+    let mut work = Workload::start(&workload("touch_pages"), &["100", "1"]);
+    let pid = work.pid().to_string();
+    let started = std::time::Instant::now();
+    let (records, code) = json_run(&["trace", "--json", "--pid", &pid, "--duration", "0.5"]);
+    let took = started.elapsed();
+    work.go();
+    work.finish();
+    assert_eq!(code, 0);
+    assert_eq!(summary(&records)["reason"], "duration");
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    // System-wide and counting only, too.
+    let (records, code) = json_run(&["trace", "-c", "--json", "--duration", "0.3"]);
+    assert_eq!(code, 0);
+    assert_eq!(summary(&records)["reason"], "duration");
+}
+
+#[test]
 fn nothing_stays_loaded_after_ctrl_c() {
     require_root!();
     let mut work = Workload::start(&workload("touch_pages"), &["100", "1"]);

@@ -5,22 +5,17 @@
 
 use std::{
     collections::HashSet,
-    future::{Future, pending},
     io,
     path::PathBuf,
-    pin::Pin,
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 use aya::Ebpf;
 use memtrace_common::{COMM_LEN, DropSource, faults::FaultKey, globals, targets::TargetFlags};
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    time::{MissedTickBehavior, interval_at, sleep},
-};
+use tokio::time::{MissedTickBehavior, interval_at};
 
-use super::lifecycle::{self, End, all_exited};
+use super::lifecycle::{self, End, Endings};
 use crate::{
     aggregate::faults::{Counts, FaultAggregator, Row, busiest},
     bpf::{
@@ -220,21 +215,15 @@ impl<'a> Session<'a> {
     }
 
     async fn run(&mut self) -> anyhow::Result<u8> {
-        let mut sigint = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
-        let mut sigterm = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+        let mut endings = Endings::install(self.config.duration)?;
         let mut ticker = interval_at(
             (self.started + self.config.interval).into(),
             self.config.interval,
         );
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut deadline: Pin<Box<dyn Future<Output = ()>>> = match self.config.duration {
-            Some(duration) => Box::pin(sleep(duration)),
-            None => Box::pin(pending()),
-        };
         let mut last = self.started;
 
         let end = loop {
-            let targets_gone = all_exited(&self.watched, self.command.as_ref());
             tokio::select! {
                 _ = ticker.tick() => {
                     let now = Instant::now();
@@ -244,10 +233,7 @@ impl<'a> Session<'a> {
                         Err(err) => return Err(err),
                     }
                 }
-                _ = sigint.recv() => break End::Signal(libc::SIGINT),
-                _ = sigterm.recv() => break End::Signal(libc::SIGTERM),
-                _ = &mut deadline => break End::Duration,
-                end = targets_gone => break end,
+                end = endings.next(&self.watched, self.command.as_ref()) => break end,
             }
         };
 

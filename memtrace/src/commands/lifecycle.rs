@@ -1,9 +1,13 @@
-//! How a tracing session ends, shared by the subcommands: why it ended, waiting for the targets
-//! to exit, and reaping a spawned command (forwarding a signal first).
+//! How a tracing session ends, shared by the subcommands: what ends it (a signal, `--duration`,
+//! the targets exiting), why it ended, and reaping a spawned command (forwarding a signal first).
 
-use std::{future::pending, time::Duration};
+use std::{future::pending, pin::Pin, time::Duration};
 
 use anyhow::Context as _;
+use tokio::{
+    signal::unix::{Signal, SignalKind, signal},
+    time::{Sleep, sleep},
+};
 
 use crate::{
     error::Failure,
@@ -36,6 +40,42 @@ impl End {
     }
 }
 
+/// What ends a session from outside its own work: SIGINT (Ctrl-C), SIGTERM, the end of
+/// `--duration`, and its targets exiting.
+pub struct Endings {
+    sigint: Signal,
+    sigterm: Signal,
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl Endings {
+    /// Catches SIGINT and SIGTERM from now on; `duration` runs from now too.
+    pub fn install(duration: Option<Duration>) -> anyhow::Result<Endings> {
+        Ok(Endings {
+            sigint: signal(SignalKind::interrupt()).context("install the SIGINT handler")?,
+            sigterm: signal(SignalKind::terminate()).context("install the SIGTERM handler")?,
+            deadline: duration.map(|duration| Box::pin(sleep(duration))),
+        })
+    }
+
+    /// The first ending, when it comes: never, for a session with no duration and no target
+    /// that can exit, but a signal. Safe to drop unfinished (e.g. in `select!`) and call again.
+    pub async fn next(&mut self, watched: &[PidFd], command: Option<&Spawned>) -> End {
+        let deadline = async {
+            match self.deadline.as_mut() {
+                Some(deadline) => deadline.await,
+                None => pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.sigint.recv() => End::Signal(libc::SIGINT),
+            _ = self.sigterm.recv() => End::Signal(libc::SIGTERM),
+            () = deadline => End::Duration,
+            end = all_exited(watched, command) => end,
+        }
+    }
+}
+
 /// Opens every explicit target: it proves each pid exists, and holds on to *that* process
 /// (a pidfd, unlike a pid, cannot come to mean another process).
 pub fn watch(pids: &[u32]) -> Result<Vec<PidFd>, Failure> {
@@ -59,7 +99,7 @@ pub fn shell_words(argv: &[String]) -> String {
 }
 
 /// Resolves when every explicit target, or the spawned command, has exited; never otherwise.
-pub async fn all_exited(watched: &[PidFd], command: Option<&Spawned>) -> End {
+async fn all_exited(watched: &[PidFd], command: Option<&Spawned>) -> End {
     if let Some(command) = command {
         let _ = command.pidfd.exited().await;
         return End::CommandExited;

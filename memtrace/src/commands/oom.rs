@@ -2,12 +2,12 @@
 //! victim the kernel marks, put together victim, trigger and cgroup (`enrich::oom`), and print it
 //! at once.
 
-use std::{io, path::PathBuf};
+use std::{io, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use memtrace_common::{globals, oom::OomFields};
-use tokio::signal::unix::{SignalKind, signal};
 
+use super::lifecycle::Endings;
 use crate::{
     bpf::{self, Globals, oom::OomEvents},
     cgroup,
@@ -27,6 +27,7 @@ pub struct OomConfig {
     pub cgroup: Option<PathBuf>,
     pub json: bool,
     pub output: Option<PathBuf>,
+    pub duration: Option<Duration>,
     pub count: Option<u64>,
 }
 
@@ -36,6 +37,7 @@ impl From<OomArgs> for OomConfig {
             cgroup: args.cgroup,
             json: args.json,
             output: args.output,
+            duration: args.duration,
             count: args.count,
         }
     }
@@ -108,16 +110,14 @@ pub async fn execute(args: OomArgs) -> anyhow::Result<u8> {
 
     let mut resolver = KillResolver::new(hierarchy, filter);
     let mut kills = 0u64;
-    let mut sigint = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+    let mut endings = Endings::install(config.duration)?;
     let reason = 'run: loop {
         if config.count.is_some_and(|count| kills >= count) {
             break "count";
         }
         let batch = tokio::select! {
             batch = events.next_batch() => batch?,
-            _ = sigint.recv() => break "signal",
-            _ = sigterm.recv() => break "signal",
+            end = endings.next(&[], None) => break end.reason(),
         };
         for kill in resolver.resolve(batch) {
             if config.count.is_some_and(|count| kills >= count) {

@@ -10,12 +10,9 @@ use std::{io, path::PathBuf, time::Duration, time::Instant};
 use anyhow::Context as _;
 use aya::Ebpf;
 use memtrace_common::{DropSource, targets::TargetFlags};
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    time::{MissedTickBehavior, interval},
-};
+use tokio::time::{MissedTickBehavior, interval};
 
-use super::lifecycle::{self, End, all_exited};
+use super::lifecycle::{self, End, Endings};
 use crate::{
     bpf::{
         self, Globals,
@@ -58,6 +55,7 @@ pub struct TraceConfig {
     pub filter: KernelFilter,
     pub json: bool,
     pub output: Option<PathBuf>,
+    pub duration: Option<Duration>,
 }
 
 impl TryFrom<TraceArgs> for TraceConfig {
@@ -94,6 +92,7 @@ impl TryFrom<TraceArgs> for TraceConfig {
             },
             json: args.json,
             output: args.output,
+            duration: args.duration,
         })
     }
 }
@@ -221,15 +220,13 @@ impl<'a> Session<'a> {
     }
 
     async fn run(&mut self) -> anyhow::Result<u8> {
-        let mut sigint = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
-        let mut sigterm = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+        let mut endings = Endings::install(self.config.duration)?;
         let mut poll = interval(POLL);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut drop_check = interval(DROP_CHECK);
         drop_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
         let end = loop {
-            let targets_gone = all_exited(&self.watched, self.command.as_ref());
             let backlog = async {
                 match self.records.as_mut() {
                     Some(records) => records.backlog().await,
@@ -240,9 +237,7 @@ impl<'a> Session<'a> {
                 ready = backlog => { ready?; true }
                 _ = poll.tick() => true,
                 _ = drop_check.tick() => { self.warn_about_drops()?; false }
-                _ = sigint.recv() => break End::Signal(libc::SIGINT),
-                _ = sigterm.recv() => break End::Signal(libc::SIGTERM),
-                end = targets_gone => break end,
+                end = endings.next(&self.watched, self.command.as_ref()) => break end,
             };
             if drain {
                 match self.drain() {
