@@ -3,6 +3,14 @@
 /// Default capacity of the fault table (processes, or threads with `--threads`).
 pub const MAX_FAULT_KEYS: u32 = 16_384;
 
+/// Up to this many explicit `--pid` targets (counted per process, not followed) are counted in
+/// fixed slots rather than the hash table: their pids sit in one array entry, and a fault costs
+/// a few compares and an array slot instead of a hash lookup (~50 ns less per fault here).
+pub const MAX_FIXED_TARGETS: usize = 8;
+
+/// The `FAULT_FIXED_PIDS` entry: slot `i` counts the process `pids[i]`; 0 is a free slot.
+pub type FixedPids = [u32; MAX_FIXED_TARGETS];
+
 /// Which process (and, when counting per thread, which thread) a count belongs to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -21,6 +21,9 @@ pub mod globals {
     pub const FILTER_COMM: &str = "FILTER_COMM";
     /// `u32`: non-zero to count faults per thread rather than per process.
     pub const PER_THREAD: &str = "PER_THREAD";
+    /// `u32`: non-zero to count the targets in `FAULT_FIXED_PIDS`' slots only (see
+    /// [`crate::faults::MAX_FIXED_TARGETS`]).
+    pub const FIXED_TARGETS: &str = "FIXED_TARGETS";
     /// `u32`: byte offset of `pid` in the `task:task_newtask` record (from its tracefs format).
     pub const NEWTASK_PID_OFFSET: &str = "NEWTASK_PID_OFFSET";
     /// `u32`: byte offset of `clone_flags` in the `task:task_newtask` record.
@@ -58,6 +61,10 @@ pub mod globals {
 pub mod maps {
     /// Per-CPU hash: [`crate::faults::FaultKey`] → [`crate::faults::FaultCounts`].
     pub const FAULT_COUNTS: &str = "FAULT_COUNTS";
+    /// Array of one [`crate::faults::FixedPids`]: the targets counted in fixed slots.
+    pub const FAULT_FIXED_PIDS: &str = "FAULT_FIXED_PIDS";
+    /// Per-CPU array: slot → [`crate::faults::FaultCounts`] of the process in that slot.
+    pub const FAULT_FIXED_COUNTS: &str = "FAULT_FIXED_COUNTS";
     /// Hash: process id → [`crate::targets::TargetFlags`] bits.
     pub const TARGETS: &str = "TARGETS";
     /// Hash: process id → command name (`[u8; COMM_LEN]`), set at a process's first counted

@@ -7,12 +7,12 @@ use aya_ebpf::{
     Global,
     bindings::{BPF_ANY, BPF_NOEXIST},
     macros::{map, perf_event},
-    maps::PerCpuHashMap,
+    maps::{Array, PerCpuArray, PerCpuHashMap},
     programs::PerfEventContext,
 };
 use memtrace_common::{
     DropSource,
-    faults::{FaultCounts, FaultKey, MAX_FAULT_KEYS},
+    faults::{FaultCounts, FaultKey, FixedPids, MAX_FAULT_KEYS, MAX_FIXED_TARGETS},
     targets::FilterMode,
 };
 
@@ -22,8 +22,18 @@ use crate::{comms, drops, targets};
 static FAULT_COUNTS: PerCpuHashMap<FaultKey, FaultCounts> =
     PerCpuHashMap::with_max_entries(MAX_FAULT_KEYS, 0);
 
+#[map(name = "FAULT_FIXED_PIDS")]
+static FIXED_PIDS: Array<FixedPids> = Array::with_max_entries(1, 0);
+
+#[map(name = "FAULT_FIXED_COUNTS")]
+static FIXED_COUNTS: PerCpuArray<FaultCounts> =
+    PerCpuArray::with_max_entries(MAX_FIXED_TARGETS as u32, 0);
+
 #[unsafe(no_mangle)]
 static PER_THREAD: Global<u32> = Global::new(0);
+
+#[unsafe(no_mangle)]
+static FIXED_TARGETS: Global<u32> = Global::new(0);
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -47,6 +57,10 @@ pub fn mt_fault_major(_ctx: PerfEventContext) -> u32 {
 #[inline(always)]
 fn count(kind: Kind) {
     let (tgid, tid) = targets::current_ids();
+    if FIXED_TARGETS.load() != 0 {
+        count_fixed(tgid, kind);
+        return;
+    }
     let per_thread = PER_THREAD.load() != 0;
     if targets::filter_mode() == FilterMode::Targets as u32 && !per_thread {
         // Targets are registered in the counting table itself (see `register`), so this one
@@ -75,6 +89,23 @@ fn count(kind: Kind) {
     // BPF_ANY: if another CPU created the key meanwhile, this writes only this CPU's copy.
     if FAULT_COUNTS.insert(key, first, u64::from(BPF_ANY)).is_err() {
         drops::count(DropSource::FaultTableFull);
+    }
+}
+
+/// A few explicit targets: found among the fixed slots' pids (one array entry, read in place)
+/// and counted in their slot, with no hash lookup.
+#[inline(always)]
+fn count_fixed(tgid: u32, kind: Kind) {
+    let Some(pids) = FIXED_PIDS.get(0) else {
+        return;
+    };
+    for (slot, &pid) in pids.iter().enumerate() {
+        if pid == tgid && pid != 0 {
+            if let Some(counts) = FIXED_COUNTS.get_ptr_mut(slot as u32) {
+                increment(counts, kind);
+            }
+            return;
+        }
     }
 }
 

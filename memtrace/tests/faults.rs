@@ -376,3 +376,34 @@ fn two_instances_at_once_each_count_exactly() {
         .sum();
     assert_eq!(per_thread, kernel);
 }
+
+#[test]
+fn more_targets_than_fixed_slots_are_counted_exactly_too() {
+    require_root!();
+    // One more than the fixed slots, so the targets go through the kernel's hash table.
+    let targets = memtrace_common::faults::MAX_FIXED_TARGETS + 1;
+    let mut works: Vec<Workload> = (0..targets)
+        .map(|_| Workload::start(&workload("touch_pages"), &["2000", "1"]))
+        .collect();
+    let pids: Vec<String> = works.iter().map(|w| w.pid().to_string()).collect();
+    let mut flags = vec!["faults", "--interval", "0.2"];
+    for pid in &pids {
+        flags.extend(["--pid", pid]);
+    }
+    let tracer = Tracer::start(&flags);
+    let before: Vec<(u64, u64)> = works.iter().map(|w| proc_faults(w.pid())).collect();
+    for work in &mut works {
+        work.go();
+    }
+    let after: Vec<(u64, u64)> = works.iter().map(|w| proc_faults(w.pid())).collect();
+    let (records, status) = tracer.interrupt();
+    assert!(status.success(), "memtrace exited with {status}");
+    let summary = summary(&records);
+    for (i, work) in works.into_iter().enumerate() {
+        let kernel = (after[i].0 - before[i].0, after[i].1 - before[i].1);
+        assert_eq!(totals_of(summary, work.pid()), kernel, "target {i}");
+        assert!(kernel.0 >= 2000, "target {i}: {kernel:?}");
+        work.finish();
+    }
+    assert_eq!(summary["dropped"]["fault_table_full"], 0);
+}

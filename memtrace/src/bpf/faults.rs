@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{
         RawTracePoint,
         perf_event::{PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
@@ -13,7 +13,7 @@ use aya::{
 };
 use memtrace_common::{
     COMM_LEN, DropSource,
-    faults::{FaultCounts, FaultKey},
+    faults::{FaultCounts, FaultKey, FixedPids, MAX_FIXED_TARGETS},
     maps,
 };
 
@@ -54,13 +54,13 @@ pub fn attach(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads the whole counting table, summing each key over CPUs.
+/// Reads the whole counting table and the fixed slots in use, summing each key over CPUs.
 pub fn read(ebpf: &Ebpf) -> anyhow::Result<Vec<(FaultKey, Counts)>> {
+    let mut samples = read_fixed(ebpf)?;
     let map = ebpf
         .map(maps::FAULT_COUNTS)
         .context("the BPF object has no FAULT_COUNTS map")?;
     let table: PerCpuHashMap<&MapData, FaultKey, FaultCounts> = PerCpuHashMap::try_from(map)?;
-    let mut samples = Vec::new();
     for entry in table.iter() {
         let (key, per_cpu) = match entry {
             Ok(entry) => entry,
@@ -68,13 +68,68 @@ pub fn read(ebpf: &Ebpf) -> anyhow::Result<Vec<(FaultKey, Counts)>> {
             Err(aya::maps::MapError::KeyNotFound) => continue,
             Err(err) => return Err(err).context("read FAULT_COUNTS"),
         };
-        let counts = per_cpu.iter().fold(Counts::default(), |sum, value| Counts {
-            minor: sum.minor + value.minor,
-            major: sum.major + value.major,
-        });
-        samples.push((key, counts));
+        samples.push((key, sum_over_cpus(&per_cpu)));
     }
     Ok(samples)
+}
+
+fn sum_over_cpus(per_cpu: &PerCpuValues<FaultCounts>) -> Counts {
+    per_cpu.iter().fold(Counts::default(), |sum, value| Counts {
+        minor: sum.minor + value.minor,
+        major: sum.major + value.major,
+    })
+}
+
+fn fixed_pids(ebpf: &Ebpf) -> anyhow::Result<FixedPids> {
+    let map = ebpf
+        .map(maps::FAULT_FIXED_PIDS)
+        .context("the BPF object has no FAULT_FIXED_PIDS map")?;
+    let array: Array<&MapData, FixedPids> = Array::try_from(map)?;
+    array.get(&0, 0).context("read FAULT_FIXED_PIDS")
+}
+
+fn set_fixed_pids(ebpf: &mut Ebpf, pids: FixedPids) -> anyhow::Result<()> {
+    let map = ebpf
+        .map_mut(maps::FAULT_FIXED_PIDS)
+        .context("the BPF object has no FAULT_FIXED_PIDS map")?;
+    let mut array: Array<&mut MapData, FixedPids> = Array::try_from(map)?;
+    array.set(0, pids, 0).context("write FAULT_FIXED_PIDS")
+}
+
+/// The processes counted in fixed slots, with their counts.
+fn read_fixed(ebpf: &Ebpf) -> anyhow::Result<Vec<(FaultKey, Counts)>> {
+    let pids = fixed_pids(ebpf)?;
+    if pids.iter().all(|&pid| pid == 0) {
+        return Ok(Vec::new());
+    }
+    let map = ebpf
+        .map(maps::FAULT_FIXED_COUNTS)
+        .context("the BPF object has no FAULT_FIXED_COUNTS map")?;
+    let slots: PerCpuArray<&MapData, FaultCounts> = PerCpuArray::try_from(map)?;
+    let mut samples = Vec::new();
+    for (slot, &pid) in pids.iter().enumerate().filter(|&(_, &pid)| pid != 0) {
+        let per_cpu = slots
+            .get(&(slot as u32), 0)
+            .context("read FAULT_FIXED_COUNTS")?;
+        samples.push((FaultKey { tgid: pid, tid: 0 }, sum_over_cpus(&per_cpu)));
+    }
+    Ok(samples)
+}
+
+/// Gives each target a fixed slot (for at most [`MAX_FIXED_TARGETS`], counted per process, in
+/// `FIXED_TARGETS` mode) and records its name.
+pub fn fix_targets(ebpf: &mut Ebpf, targets: &[(u32, String)]) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        targets.len() <= MAX_FIXED_TARGETS,
+        "{} targets for {MAX_FIXED_TARGETS} fixed slots",
+        targets.len()
+    );
+    let mut pids = FixedPids::default();
+    for (slot, (pid, comm)) in targets.iter().enumerate() {
+        pids[slot] = *pid;
+        remember_comm(ebpf, *pid, comm)?;
+    }
+    set_fixed_pids(ebpf, pids)
 }
 
 fn comms(ebpf: &mut Ebpf) -> anyhow::Result<HashMap<&mut MapData, u32, [u8; COMM_LEN]>> {
@@ -110,6 +165,11 @@ pub fn register(ebpf: &mut Ebpf, pid: u32, comm: &str) -> anyhow::Result<()> {
     table
         .insert(FaultKey { tgid: pid, tid: 0 }, zeros, 0)
         .with_context(|| format!("register process {pid} for counting"))?;
+    remember_comm(ebpf, pid, comm)
+}
+
+/// Records a target's name, kept current at `exec` by the kernel.
+fn remember_comm(ebpf: &mut Ebpf, pid: u32, comm: &str) -> anyhow::Result<()> {
     let mut name = [0u8; COMM_LEN];
     let len = comm.len().min(COMM_LEN - 1);
     name[..len].copy_from_slice(&comm.as_bytes()[..len]);
@@ -118,8 +178,16 @@ pub fn register(ebpf: &mut Ebpf, pid: u32, comm: &str) -> anyhow::Result<()> {
         .context("record the target's name")
 }
 
-/// Deletes a retired key, so the table does not fill with exited processes.
+/// Deletes a retired key, so the table does not fill with exited processes; a fixed slot is
+/// freed instead, so that a process reusing the pid is not counted in it.
 pub fn remove(ebpf: &mut Ebpf, key: &FaultKey) -> anyhow::Result<()> {
+    let mut pids = fixed_pids(ebpf)?;
+    if key.tid == 0
+        && let Some(slot) = pids.iter_mut().find(|pid| **pid == key.tgid)
+    {
+        *slot = 0;
+        return set_fixed_pids(ebpf, pids);
+    }
     let map = ebpf
         .map_mut(maps::FAULT_COUNTS)
         .context("the BPF object has no FAULT_COUNTS map")?;

@@ -12,7 +12,12 @@ use std::{
 
 use anyhow::Context as _;
 use aya::Ebpf;
-use memtrace_common::{COMM_LEN, DropSource, faults::FaultKey, globals, targets::TargetFlags};
+use memtrace_common::{
+    COMM_LEN, DropSource,
+    faults::{FaultKey, MAX_FIXED_TARGETS},
+    globals,
+    targets::TargetFlags,
+};
 use tokio::time::{MissedTickBehavior, interval_at};
 
 use super::lifecycle::{self, End, Endings};
@@ -124,6 +129,13 @@ impl FaultsConfig {
         }
     }
 
+    /// Whether the targets are few and fixed enough to be counted in fixed slots, the kernel's
+    /// fastest path (see [`MAX_FIXED_TARGETS`]).
+    fn fixed_slots(&self) -> bool {
+        matches!(&self.target, Target::Pids(pids) if pids.len() <= MAX_FIXED_TARGETS)
+            && !self.per_thread
+    }
+
     /// Whether each interval shows every target, rather than only the busiest few.
     fn shows_every_target(&self) -> bool {
         matches!(self.target, Target::Pids(_))
@@ -163,7 +175,9 @@ impl<'a> Session<'a> {
         let filter = config.filter();
         let mut globals = Globals::default();
         filter.configure(&mut globals)?;
-        globals.u32(globals::PER_THREAD, u32::from(config.per_thread));
+        globals
+            .u32(globals::PER_THREAD, u32::from(config.per_thread))
+            .u32(globals::FIXED_TARGETS, u32::from(config.fixed_slots()));
 
         let mut ebpf = bpf::load(&globals)?;
         bpf::forward_kernel_logs(&mut ebpf);
@@ -173,12 +187,22 @@ impl<'a> Session<'a> {
         }
 
         let mut aggregator = FaultAggregator::default();
-        for pidfd in &watched {
-            let pid = pidfd.pid();
-            let comm = procfs::read_comm(pid, None).unwrap_or_default();
+        let named: Vec<(u32, String)> = watched
+            .iter()
+            .map(|pidfd| {
+                let pid = pidfd.pid();
+                (pid, procfs::read_comm(pid, None).unwrap_or_default())
+            })
+            .collect();
+        if config.fixed_slots() {
+            bpf::faults::fix_targets(&mut ebpf, &named)?;
+        }
+        for (pid, comm) in named {
             targets::insert(&mut ebpf, pid, TargetFlags::COUNT)?;
             if !config.per_thread {
-                bpf::faults::register(&mut ebpf, pid, &comm)?;
+                if !config.fixed_slots() {
+                    bpf::faults::register(&mut ebpf, pid, &comm)?;
+                }
                 aggregator.track(FaultKey { tgid: pid, tid: 0 }, comm);
             }
         }
