@@ -6,47 +6,36 @@ use memtrace_common::syscalls::{ProcSyscallCounts, SyscallStats};
 use super::cumulative::Cumulative;
 use crate::syscalls::Syscall;
 
-/// One syscall's totals over the whole trace.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SyscallTotals {
-    pub calls: u64,
-    pub errors: u64,
-    pub total_ns: u64,
-    pub min_ns: u64,
-    pub max_ns: u64,
-    pub mapped: u64,
-    pub unmapped: u64,
-    pub brk_growth: i64,
+/// Combines per-CPU statistics (or several syscalls' totals) into one: counts, times and bytes
+/// add up, min and max are over all. `None` when there were no calls.
+pub fn combine<'a>(parts: impl IntoIterator<Item = &'a SyscallStats>) -> Option<SyscallStats> {
+    parts
+        .into_iter()
+        .filter(|part| part.calls > 0)
+        .fold(None, |sum: Option<SyscallStats>, part| {
+            let Some(sum) = sum else {
+                return Some(*part);
+            };
+            Some(SyscallStats {
+                calls: sum.calls + part.calls,
+                errors: sum.errors + part.errors,
+                total_ns: sum.total_ns + part.total_ns,
+                min_ns: sum.min_ns.min(part.min_ns),
+                max_ns: sum.max_ns.max(part.max_ns),
+                mapped: sum.mapped + part.mapped,
+                unmapped: sum.unmapped + part.unmapped,
+                brk_growth: sum.brk_growth + part.brk_growth,
+            })
+        })
 }
 
-impl SyscallTotals {
-    /// Combines the per-CPU copies; `None` when the syscall was never called.
-    pub fn combine(per_cpu: &[SyscallStats]) -> Option<SyscallTotals> {
-        let mut totals: Option<SyscallTotals> = None;
-        for cpu in per_cpu.iter().filter(|cpu| cpu.calls > 0) {
-            let sum = totals.get_or_insert(SyscallTotals {
-                min_ns: cpu.min_ns,
-                ..SyscallTotals::default()
-            });
-            sum.calls += cpu.calls;
-            sum.errors += cpu.errors;
-            sum.total_ns += cpu.total_ns;
-            sum.min_ns = sum.min_ns.min(cpu.min_ns);
-            sum.max_ns = sum.max_ns.max(cpu.max_ns);
-            sum.mapped += cpu.mapped;
-            sum.unmapped += cpu.unmapped;
-            sum.brk_growth += cpu.brk_growth;
-        }
-        totals
-    }
-
-    pub fn avg_ns(&self) -> u64 {
-        self.total_ns.checked_div(self.calls).unwrap_or(0)
-    }
+/// Mean latency, 0 with no calls.
+pub fn avg_ns(stats: &SyscallStats) -> u64 {
+    stats.total_ns.checked_div(stats.calls).unwrap_or(0)
 }
 
 /// Rows sorted like `strace -c`: most total time first, then by name.
-pub fn by_time(mut rows: Vec<(Syscall, SyscallTotals)>) -> Vec<(Syscall, SyscallTotals)> {
+pub fn by_time(mut rows: Vec<(Syscall, SyscallStats)>) -> Vec<(Syscall, SyscallStats)> {
     rows.sort_by(|a, b| {
         b.1.total_ns
             .cmp(&a.1.total_ns)
@@ -56,21 +45,8 @@ pub fn by_time(mut rows: Vec<(Syscall, SyscallTotals)>) -> Vec<(Syscall, Syscall
 }
 
 /// The sum of all rows (min and max over all).
-pub fn grand_total(rows: &[(Syscall, SyscallTotals)]) -> SyscallTotals {
-    let mut total = SyscallTotals {
-        min_ns: rows.iter().map(|r| r.1.min_ns).min().unwrap_or(0),
-        ..SyscallTotals::default()
-    };
-    for (_, row) in rows {
-        total.calls += row.calls;
-        total.errors += row.errors;
-        total.total_ns += row.total_ns;
-        total.max_ns = total.max_ns.max(row.max_ns);
-        total.mapped += row.mapped;
-        total.unmapped += row.unmapped;
-        total.brk_growth += row.brk_growth;
-    }
-    total
+pub fn grand_total(rows: &[(Syscall, SyscallStats)]) -> SyscallStats {
+    combine(rows.iter().map(|(_, row)| row)).unwrap_or_default()
 }
 
 /// Per-process syscall counts (`serve`), restarted together when a process's entry is deleted.
@@ -111,33 +87,33 @@ mod tests {
 
     #[test]
     fn per_cpu_copies_combine() {
-        let t = SyscallTotals::combine(&[
+        let t = combine(&[
             cpu(2, 1, 300, 100, 200),
             SyscallStats::default(),
             cpu(1, 0, 50, 50, 50),
         ])
         .unwrap();
         assert_eq!((t.calls, t.errors, t.total_ns), (3, 1, 350));
-        assert_eq!((t.min_ns, t.max_ns, t.avg_ns()), (50, 200, 116));
+        assert_eq!((t.min_ns, t.max_ns, avg_ns(&t)), (50, 200, 116));
         assert_eq!((t.mapped, t.brk_growth), (3 * 4096, -3));
     }
 
     #[test]
     fn an_unused_syscall_has_no_row() {
-        assert_eq!(SyscallTotals::combine(&[SyscallStats::default(); 4]), None);
-        assert_eq!(SyscallTotals::default().avg_ns(), 0);
+        assert_eq!(combine(&[SyscallStats::default(); 4]), None);
+        assert_eq!(avg_ns(&SyscallStats::default()), 0);
     }
 
     #[test]
     fn rows_sort_by_time_and_total() {
-        let a = SyscallTotals {
+        let a = SyscallStats {
             calls: 1,
             total_ns: 10,
             min_ns: 10,
             max_ns: 10,
             ..Default::default()
         };
-        let b = SyscallTotals {
+        let b = SyscallStats {
             calls: 2,
             total_ns: 30,
             min_ns: 5,

@@ -20,7 +20,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{Globals, kernel_refusal, program_mut};
 use crate::{
-    aggregate::syscalls::SyscallTotals,
+    aggregate::syscalls,
     error::Failure,
     syscalls::{
         Syscall,
@@ -191,7 +191,7 @@ fn attach_one(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> anyhow::Resul
 }
 
 /// The kernel's per-syscall statistics, for the syscalls called at least once.
-pub fn stats(ebpf: &Ebpf, syscalls: &[Syscall]) -> anyhow::Result<Vec<(Syscall, SyscallTotals)>> {
+pub fn stats(ebpf: &Ebpf, syscalls: &[Syscall]) -> anyhow::Result<Vec<(Syscall, SyscallStats)>> {
     let map = ebpf
         .map(maps::SYSCALL_STATS)
         .context("the BPF object has no SYSCALL_STATS map")?;
@@ -201,7 +201,7 @@ pub fn stats(ebpf: &Ebpf, syscalls: &[Syscall]) -> anyhow::Result<Vec<(Syscall, 
         let per_cpu = array
             .get(&syscall.nr(), 0)
             .with_context(|| format!("read the statistics of {}", syscall.name()))?;
-        if let Some(totals) = SyscallTotals::combine(&per_cpu) {
+        if let Some(totals) = syscalls::combine(per_cpu.iter()) {
             rows.push((syscall, totals));
         }
     }

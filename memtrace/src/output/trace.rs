@@ -4,13 +4,13 @@
 
 use std::io::{self, BufWriter, Write};
 
-use memtrace_common::DropSource;
+use memtrace_common::{DropSource, syscalls::SyscallStats};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{Timestamp, round_secs};
 use crate::{
-    aggregate::syscalls::{SyscallTotals, grand_total},
+    aggregate::syscalls::{avg_ns, grand_total},
     spawn::CommandExit,
     syscalls::{
         Syscall,
@@ -37,7 +37,7 @@ pub struct Summary {
     /// Records the kernel sent that could not be decoded.
     pub undecodable: u64,
     /// Per-syscall statistics, counted in the kernel.
-    pub syscalls: Vec<(Syscall, SyscallTotals)>,
+    pub syscalls: Vec<(Syscall, SyscallStats)>,
     pub dropped: Vec<(DropSource, u64)>,
     pub command: Option<(u32, CommandExit)>,
 }
@@ -235,7 +235,7 @@ impl TraceOutput {
                     errors: t.errors,
                     total_ns: t.total_ns,
                     min_ns: t.min_ns,
-                    avg_ns: t.avg_ns(),
+                    avg_ns: avg_ns(t),
                     max_ns: t.max_ns,
                     mapped_bytes: t.mapped,
                     unmapped_bytes: t.unmapped,
@@ -283,7 +283,7 @@ impl TraceOutput {
         Ok(())
     }
 
-    fn table(&mut self, rows: &[(Syscall, SyscallTotals)]) -> io::Result<()> {
+    fn table(&mut self, rows: &[(Syscall, SyscallStats)]) -> io::Result<()> {
         writeln!(
             self.out,
             "{:<10} {:>9} {:>7} {:>10} {:>9} {:>9} {:>9} {:>14} {:>14} {:>12}",
@@ -312,7 +312,7 @@ impl TraceOutput {
                 t.errors,
                 latency(t.total_ns),
                 latency(t.min_ns),
-                latency(t.avg_ns()),
+                latency(avg_ns(t)),
                 latency(t.max_ns),
                 t.mapped,
                 t.unmapped,
