@@ -279,27 +279,6 @@ fn duration_ends_with_a_summary_and_exit_0() {
 }
 
 #[test]
-fn ready_within_100_ms_of_launch() {
-    require_root!();
-    // Best of 5: the figure is the program's, not the scheduler's on a busy machine.
-    let best = (0..5)
-        .map(|_| {
-            let started = Instant::now();
-            let tracer = Tracer::start(&["oom"]);
-            let elapsed = started.elapsed();
-            drop(tracer);
-            elapsed
-        })
-        .min()
-        .unwrap();
-    eprintln!("memtrace oom: start record {best:?} after launch");
-    // The 100 ms promise is the release build's (measured here: 47-63 ms); an unoptimised
-    // debug build parses the BPF object about three times slower (~150 ms).
-    let bound = if cfg!(debug_assertions) { 500 } else { 100 };
-    assert!(best < Duration::from_millis(bound), "{best:?}");
-}
-
-#[test]
 fn no_such_cgroup_is_a_clear_error() {
     require_root!();
     let out = run_memtrace(&["oom", "--cgroup", "/memtrace-no-such-cgroup"]);
