@@ -256,10 +256,11 @@ impl FaultsOutput {
             "\nSummary: {:.1} s, {} {} ({})",
             summary.duration_s,
             summary.totals.len(),
-            if self.per_thread {
-                "threads"
-            } else {
-                "processes"
+            match (self.per_thread, summary.totals.len()) {
+                (true, 1) => "thread",
+                (true, _) => "threads",
+                (false, 1) => "process",
+                (false, _) => "processes",
             },
             summary.reason.replace('_', " ")
         )?;
