@@ -34,7 +34,7 @@ use prometheus_client::registry::Registry;
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
-    time::{MissedTickBehavior, interval},
+    time::{Instant, MissedTickBehavior, interval_at},
 };
 
 use crate::{
@@ -115,17 +115,7 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<u8> {
         config.max_series,
         Syscall::DEFAULT.iter().map(|s| s.name()).collect(),
     );
-    let health = Arc::new(AtomicU64::new(now_ms()));
-    let server = tokio::spawn(serve_http(
-        listener,
-        metrics.registry(),
-        Arc::clone(&health),
-        config.interval,
-    ));
-    eprintln!(
-        "memtrace: serving metrics on http://{}/metrics (SIGTERM to stop)",
-        config.listen
-    );
+    let registry = metrics.registry();
 
     // Read once (it parses /proc/self/mounts): the daemon labels by it, OOM kills resolve by it.
     let hierarchy = cgroup::memory_hierarchy();
@@ -141,13 +131,27 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<u8> {
         program_stats: stats.is_some(),
         cpu_seconds: 0.0,
     };
+    // A first reading before the first scrape: no scrape sees the series missing.
+    daemon.tick()?;
+    let health = Arc::new(AtomicU64::new(now_ms()));
+    let server = tokio::spawn(serve_http(
+        listener,
+        registry,
+        Arc::clone(&health),
+        config.interval,
+    ));
+    eprintln!(
+        "memtrace: serving metrics on http://{}/metrics (SIGTERM to stop)",
+        config.listen
+    );
     let mut kills = KillResolver::new(hierarchy, None);
     let mut run = Run {
         oom_events,
         events,
         events_path: config.events.clone(),
     };
-    let mut ticker = interval(config.interval);
+    // The first reading was taken above.
+    let mut ticker = interval_at(Instant::now() + config.interval, config.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut sigint = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
