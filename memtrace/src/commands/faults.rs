@@ -20,7 +20,7 @@ use memtrace_common::{
 };
 use tokio::time::{MissedTickBehavior, interval_at};
 
-use super::lifecycle::{self, End, Endings};
+use super::lifecycle::{self, CommandOutcome, End, Endings, Watched};
 use crate::{
     aggregate::faults::{Counts, FaultAggregator, Row, busiest},
     bpf::{
@@ -28,14 +28,13 @@ use crate::{
         targets::{self, Filter},
     },
     cli::FaultsArgs,
-    error::{Failure, exit_code},
+    error::Failure,
     output::{
         self, Timestamp,
         faults::{FaultsOutput, Start, Summary, Total},
     },
     pidfd::PidFd,
-    privileges, procfs,
-    spawn::{self, CommandExit, Spawned},
+    privileges, procfs, spawn,
 };
 
 /// Rows per interval when not every target is shown.
@@ -161,8 +160,7 @@ struct Session<'a> {
     ebpf: Ebpf,
     out: FaultsOutput,
     aggregator: FaultAggregator,
-    watched: Vec<PidFd>,
-    command: Option<Spawned>,
+    watched: Watched,
     started: Instant,
 }
 
@@ -212,11 +210,11 @@ impl<'a> Session<'a> {
         };
 
         let (mode, description) = config.describe();
-        let pids: Vec<u32> = watched
-            .iter()
-            .map(PidFd::pid)
-            .chain(command.as_ref().map(Spawned::pid))
-            .collect();
+        let watched = Watched {
+            pidfds: watched,
+            command,
+        };
+        let pids = watched.pids();
         let mut out = FaultsOutput::new(out, config.json, config.per_thread);
         out.start(&Start {
             mode,
@@ -233,7 +231,6 @@ impl<'a> Session<'a> {
             out,
             aggregator,
             watched,
-            command,
             started: Instant::now(),
         })
     }
@@ -257,25 +254,22 @@ impl<'a> Session<'a> {
                         Err(err) => return Err(err),
                     }
                 }
-                end = endings.next(&self.watched, self.command.as_ref()) => break end,
+                end = endings.next(&self.watched) => break end,
             }
         };
 
-        let command_exit = self.finish_command(end).await?;
+        let command = self.watched.finish_command(end).await?;
         // A last reading, complete for every target that has exited.
         let samples = self.read_samples()?;
         self.aggregator.update(&samples, Duration::ZERO);
         self.refresh_comms(samples.iter().map(|(key, _)| *key));
-        let summary = self.summary(end, command_exit)?;
+        let summary = self.summary(end, command)?;
         if let Err(err) = self.out.summary(&summary)
             && err.kind() != io::ErrorKind::BrokenPipe
         {
             return Err(err).context("write the summary");
         }
-        Ok(match (self.command.as_ref(), command_exit) {
-            (Some(_), Some(exit)) => exit.code,
-            _ => exit_code::OK,
-        })
+        Ok(lifecycle::exit_status(command))
     }
 
     /// Reads the counting table, prints one interval, and retires exited processes.
@@ -348,11 +342,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    async fn finish_command(&self, end: End) -> anyhow::Result<Option<CommandExit>> {
-        lifecycle::finish_command(self.command.as_ref(), end).await
-    }
-
-    fn summary(&self, end: End, command_exit: Option<CommandExit>) -> anyhow::Result<Summary> {
+    fn summary(&self, end: End, command: Option<CommandOutcome>) -> anyhow::Result<Summary> {
         let totals: Vec<Total> = self
             .aggregator
             .totals()
@@ -372,11 +362,7 @@ impl<'a> Session<'a> {
             reason: end.reason(),
             totals,
             dropped,
-            command: self
-                .command
-                .as_ref()
-                .zip(command_exit)
-                .map(|(c, e)| (c.pid(), e)),
+            command,
         })
     }
 }

@@ -1,5 +1,6 @@
-//! How a tracing session ends, shared by the subcommands: what ends it (a signal, `--duration`,
-//! the targets exiting), why it ended, and reaping a spawned command (forwarding a signal first).
+//! How a tracing session ends, shared by the subcommands: the processes it watches, what ends
+//! the session (a signal, `--duration`, the targets exiting), why it ended, and reaping a spawned
+//! command (forwarding a signal first).
 
 use std::{future::pending, pin::Pin, time::Duration};
 
@@ -10,7 +11,7 @@ use tokio::{
 };
 
 use crate::{
-    error::Failure,
+    error::{Failure, exit_code},
     pidfd::PidFd,
     spawn::{CommandExit, Spawned},
 };
@@ -60,7 +61,7 @@ impl Endings {
 
     /// The first ending, when it comes: never, for a session with no duration and no target
     /// that can exit, but a signal. Safe to drop unfinished (e.g. in `select!`) and call again.
-    pub async fn next(&mut self, watched: &[PidFd], command: Option<&Spawned>) -> End {
+    pub async fn next(&mut self, watched: &Watched) -> End {
         let deadline = async {
             match self.deadline.as_mut() {
                 Some(deadline) => deadline.await,
@@ -71,7 +72,7 @@ impl Endings {
             _ = self.sigint.recv() => End::Signal(libc::SIGINT),
             _ = self.sigterm.recv() => End::Signal(libc::SIGTERM),
             () = deadline => End::Duration,
-            end = all_exited(watched, command) => end,
+            end = watched.all_exited() => end,
         }
     }
 }
@@ -98,42 +99,69 @@ pub fn shell_words(argv: &[String]) -> String {
     argv.iter().map(quote).collect::<Vec<_>>().join(" ")
 }
 
-/// Resolves when every explicit target, or the spawned command, has exited; never otherwise.
-async fn all_exited(watched: &[PidFd], command: Option<&Spawned>) -> End {
-    if let Some(command) = command {
-        let _ = command.pidfd.exited().await;
-        return End::CommandExited;
-    }
-    if watched.is_empty() {
-        return pending().await;
-    }
-    for pidfd in watched {
-        let _ = pidfd.exited().await;
-    }
-    End::TargetsExited
+/// What a session watches for exit: its explicit target processes (held by pidfd) or the
+/// command it spawned. With neither (system-wide, by name), targets never end the session.
+#[derive(Default)]
+pub struct Watched {
+    pub pidfds: Vec<PidFd>,
+    pub command: Option<Spawned>,
 }
 
-/// Reaps the spawned command; on a signal, forwards it first and gives it time to exit.
-pub async fn finish_command(
-    command: Option<&Spawned>,
-    end: End,
-) -> anyhow::Result<Option<CommandExit>> {
-    let Some(command) = command else {
-        return Ok(None);
-    };
-    if let End::Signal(signal) = end {
-        let _ = command.pidfd.signal(signal);
-        if tokio::time::timeout(COMMAND_GRACE, command.pidfd.exited())
-            .await
-            .is_err()
-        {
-            log::warn!("command (pid {}) still running; leaving it", command.pid());
+/// How the spawned command ended: its pid and exit.
+pub type CommandOutcome = (u32, CommandExit);
+
+impl Watched {
+    /// Every target's pid, as the start record lists them.
+    pub fn pids(&self) -> Vec<u32> {
+        self.pidfds
+            .iter()
+            .map(PidFd::pid)
+            .chain(self.command.as_ref().map(Spawned::pid))
+            .collect()
+    }
+
+    /// Resolves when every explicit target, or the spawned command, has exited; never
+    /// otherwise.
+    async fn all_exited(&self) -> End {
+        if let Some(command) = &self.command {
+            let _ = command.pidfd.exited().await;
+            return End::CommandExited;
+        }
+        if self.pidfds.is_empty() {
+            return pending().await;
+        }
+        for pidfd in &self.pidfds {
+            let _ = pidfd.exited().await;
+        }
+        End::TargetsExited
+    }
+
+    /// Reaps the spawned command; on a signal, forwards it first and gives it time to exit.
+    /// `None` without a command, or if it is left running.
+    pub async fn finish_command(&self, end: End) -> anyhow::Result<Option<CommandOutcome>> {
+        let Some(command) = &self.command else {
+            return Ok(None);
+        };
+        if let End::Signal(signal) = end {
+            let _ = command.pidfd.signal(signal);
+            if tokio::time::timeout(COMMAND_GRACE, command.pidfd.exited())
+                .await
+                .is_err()
+            {
+                log::warn!("command (pid {}) still running; leaving it", command.pid());
+                return Ok(None);
+            }
+        } else if end != End::CommandExited {
             return Ok(None);
         }
-    } else if end != End::CommandExited {
-        return Ok(None);
+        let exit = command.reap().context("reap the command")?;
+        Ok(Some((command.pid(), exit)))
     }
-    Ok(Some(command.reap().context("reap the command")?))
+}
+
+/// memtrace's exit status: the command's, when it ran one to its end, else success.
+pub fn exit_status(command: Option<CommandOutcome>) -> u8 {
+    command.map_or(exit_code::OK, |(_, exit)| exit.code)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::{io, path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use memtrace_common::{globals, oom::OomFields};
 
-use super::lifecycle::Endings;
+use super::lifecycle::{Endings, Watched};
 use crate::{
     bpf::{self, Globals, oom::OomEvents},
     cgroup,
@@ -111,13 +111,15 @@ pub async fn execute(args: OomArgs) -> anyhow::Result<u8> {
     let mut resolver = KillResolver::new(hierarchy, filter);
     let mut kills = 0u64;
     let mut endings = Endings::install(config.duration)?;
+    // No targets: only a signal, --duration or --count ends it.
+    let nothing = Watched::default();
     let reason = 'run: loop {
         if config.count.is_some_and(|count| kills >= count) {
             break "count";
         }
         let batch = tokio::select! {
             batch = events.next_batch() => batch?,
-            end = endings.next(&[], None) => break end.reason(),
+            end = endings.next(&nothing) => break end.reason(),
         };
         for kill in resolver.resolve(batch) {
             if config.count.is_some_and(|count| kills >= count) {

@@ -12,7 +12,7 @@ use aya::Ebpf;
 use memtrace_common::{DropSource, targets::TargetFlags};
 use tokio::time::{MissedTickBehavior, interval};
 
-use super::lifecycle::{self, End, Endings};
+use super::lifecycle::{self, End, Endings, Watched};
 use crate::{
     bpf::{
         self, Globals,
@@ -20,14 +20,13 @@ use crate::{
         targets::{self, Filter},
     },
     cli::TraceArgs,
-    error::{Failure, exit_code},
+    error::Failure,
     output::{
         self,
         trace::{self as out, Start, Summary, TraceOutput, WallClock},
     },
     pidfd::PidFd,
-    privileges,
-    spawn::{self, Spawned},
+    privileges, spawn,
     syscalls::{self, Syscall},
 };
 
@@ -146,8 +145,7 @@ struct Session<'a> {
     ebpf: Ebpf,
     records: Option<Records>,
     out: TraceOutput,
-    watched: Vec<PidFd>,
-    command: Option<Spawned>,
+    watched: Watched,
     started: Instant,
     received: u64,
     undecodable: u64,
@@ -190,11 +188,11 @@ impl<'a> Session<'a> {
         };
 
         let (mode, description) = config.describe();
-        let pids: Vec<u32> = watched
-            .iter()
-            .map(PidFd::pid)
-            .chain(command.as_ref().map(Spawned::pid))
-            .collect();
+        let watched = Watched {
+            pidfds: watched,
+            command,
+        };
+        let pids = watched.pids();
         let mut out =
             TraceOutput::new(out, config.json, config.filter.count_only, WallClock::now());
         out.start(&Start {
@@ -211,7 +209,6 @@ impl<'a> Session<'a> {
             records,
             out,
             watched,
-            command,
             started: Instant::now(),
             received: 0,
             undecodable: 0,
@@ -237,7 +234,7 @@ impl<'a> Session<'a> {
                 ready = backlog => { ready?; true }
                 _ = poll.tick() => true,
                 _ = drop_check.tick() => { self.warn_about_drops()?; false }
-                end = endings.next(&self.watched, self.command.as_ref()) => break end,
+                end = endings.next(&self.watched) => break end,
             };
             if drain {
                 match self.drain() {
@@ -248,7 +245,7 @@ impl<'a> Session<'a> {
             }
         };
 
-        let command_exit = lifecycle::finish_command(self.command.as_ref(), end).await?;
+        let command = self.watched.finish_command(end).await?;
         // Every call the targets completed is in the ring by now: take the rest.
         if end != End::OutputClosed {
             loop {
@@ -270,21 +267,14 @@ impl<'a> Session<'a> {
                 .into_iter()
                 .filter(|&(source, _)| out::is_syscall_loss(source))
                 .collect(),
-            command: self
-                .command
-                .as_ref()
-                .zip(command_exit)
-                .map(|(c, e)| (c.pid(), e)),
+            command,
         };
         if let Err(err) = self.out.summary(&summary)
             && err.kind() != io::ErrorKind::BrokenPipe
         {
             return Err(err).context("write the summary");
         }
-        Ok(match (self.command.as_ref(), command_exit) {
-            (Some(_), Some(exit)) => exit.code,
-            _ => exit_code::OK,
-        })
+        Ok(lifecycle::exit_status(command))
     }
 
     /// Writes the waiting calls (up to one batch), then flushes; returns how many were read.
