@@ -88,13 +88,16 @@ pub fn configure(
             .u32(globals::SYSCALL_RET_OFFSET, ret)
             .u32(globals::SYSCALL_DIRECT_READS, u32::from(standard));
     }
-    let rename = Format::read(RENAME.0, RENAME.1)?;
+    if !filter.count_only {
+        let rename = Format::read(RENAME.0, RENAME.1)?;
+        globals
+            .u32(globals::RENAME_PID_OFFSET, rename.offset("pid", 4)?)
+            .u32(
+                globals::RENAME_COMM_OFFSET,
+                rename.offset("newcomm", COMM_LEN as u32)?,
+            );
+    }
     globals
-        .u32(globals::RENAME_PID_OFFSET, rename.offset("pid", 4)?)
-        .u32(
-            globals::RENAME_COMM_OFFSET,
-            rename.offset("newcomm", COMM_LEN as u32)?,
-        )
         .u32(globals::SYSCALL_COUNT_ONLY, u32::from(filter.count_only))
         .u32(globals::SYSCALL_FAILED_ONLY, u32::from(filter.failed_only))
         .bytes(globals::SYSCALL_MIN_SIZE, &filter.min_size.to_ne_bytes())
@@ -139,8 +142,9 @@ fn layout_of(syscall: Syscall) -> Result<(u32, u32, u32), Failure> {
 }
 
 /// Marks the traced syscalls in the kernel, then loads the programs they need and attaches them
-/// to each traced syscall's entry and exit tracepoints.
-pub fn attach(ebpf: &mut Ebpf, syscalls: &[Syscall]) -> anyhow::Result<()> {
+/// to each traced syscall's entry and exit tracepoints; with records to send (not
+/// `count_only`), also the hook that keeps the threads' names current for them.
+pub fn attach(ebpf: &mut Ebpf, syscalls: &[Syscall], filter: KernelFilter) -> anyhow::Result<()> {
     {
         let map = ebpf
             .map_mut(maps::SYSCALL_CLASSES)
@@ -160,16 +164,18 @@ pub fn attach(ebpf: &mut Ebpf, syscalls: &[Syscall]) -> anyhow::Result<()> {
     thread_exit
         .attach("sched_process_exit")
         .map_err(|err| kernel_refusal(err, "attach the raw tracepoint sched_process_exit"))?;
-    let rename: &mut TracePoint = program_mut(ebpf, "mt_sys_rename")?;
-    rename
-        .load()
-        .map_err(|err| kernel_refusal(err, "load mt_sys_rename"))?;
-    rename.attach(RENAME.0, RENAME.1).map_err(|err| {
-        kernel_refusal(
-            err,
-            &format!("attach the tracepoint {}:{}", RENAME.0, RENAME.1),
-        )
-    })?;
+    if !filter.count_only {
+        let rename: &mut TracePoint = program_mut(ebpf, "mt_sys_rename")?;
+        rename
+            .load()
+            .map_err(|err| kernel_refusal(err, "load mt_sys_rename"))?;
+        rename.attach(RENAME.0, RENAME.1).map_err(|err| {
+            kernel_refusal(
+                err,
+                &format!("attach the tracepoint {}:{}", RENAME.0, RENAME.1),
+            )
+        })?;
+    }
     for &syscall in syscalls {
         let entry = ENTRY_PROGRAMS[syscall.arg_names().len()];
         attach_one(ebpf, entry, &format!("sys_enter_{}", syscall.name()))?;

@@ -201,7 +201,7 @@ fn load() -> anyhow::Result<Ebpf> {
     let mut ebpf = bpf::load(&globals)?;
     bpf::forward_kernel_logs(&mut ebpf);
     bpf::faults::attach(&mut ebpf)?;
-    bpf::syscalls::attach(&mut ebpf, &Syscall::DEFAULT)?;
+    bpf::syscalls::attach(&mut ebpf, &Syscall::DEFAULT, filter)?;
     bpf::oom::attach(&mut ebpf).context("attach oom:mark_victim and printk:console")?;
     Ok(ebpf)
 }

@@ -181,7 +181,7 @@ impl<'a> Session<'a> {
         } else {
             Some(Records::open(&mut ebpf)?)
         };
-        bpf::syscalls::attach(&mut ebpf, &config.syscalls)?;
+        bpf::syscalls::attach(&mut ebpf, &config.syscalls, config.filter)?;
         let command = match &config.target {
             Target::Command(argv) => Some(spawn::spawn_as_target(&mut ebpf, argv)?),
             _ => None,
