@@ -13,6 +13,17 @@ pub mod targets;
 /// Size in bytes of a kernel task command name (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
 
+/// The kernel objects, one per hook family, each with only its own maps: a command loads the
+/// ones it uses and creates no other map (`memtrace/build.rs` embeds them by these names).
+pub mod objects {
+    /// Page faults: the fault events' programs, the counting table, exec and fork hooks.
+    pub const FAULTS: &str = "faults";
+    /// Allocation syscalls: entry/exit programs, calls in progress, records, statistics.
+    pub const SYSCALLS: &str = "syscalls";
+    /// OOM kills: `oom:mark_victim` and the kernel's OOM report.
+    pub const OOM: &str = "oom";
+}
+
 /// Names of the global variables userspace sets before load (`EbpfLoader::override_global`).
 pub mod globals {
     /// `u32`: a [`crate::targets::FilterMode`] value.
@@ -21,9 +32,6 @@ pub mod globals {
     pub const FILTER_COMM: &str = "FILTER_COMM";
     /// `u32`: non-zero to count faults per thread rather than per process.
     pub const PER_THREAD: &str = "PER_THREAD";
-    /// `u32`: non-zero to count the targets in `FAULT_FIXED_PIDS`' slots only (see
-    /// [`crate::faults::MAX_FIXED_TARGETS`]).
-    pub const FIXED_TARGETS: &str = "FIXED_TARGETS";
     /// `u32`: byte offset of `pid` in the `task:task_newtask` record (from its tracefs format).
     pub const NEWTASK_PID_OFFSET: &str = "NEWTASK_PID_OFFSET";
     /// `u32`: byte offset of `clone_flags` in the `task:task_newtask` record.
@@ -53,41 +61,41 @@ pub mod globals {
     pub const SELF_TGID: &str = "SELF_TGID";
     /// `u32`: non-zero to also count per process and syscall in `SYSCALL_PROC_STATS` (`serve`).
     pub const SYSCALL_PER_PROCESS: &str = "SYSCALL_PER_PROCESS";
-    /// [`crate::oom::OomLayout`]: field offsets of `oom:mark_victim` and `printk:console`.
+    /// [`crate::oom::OomLayout`]: field offsets of `oom:mark_victim`.
     pub const OOM_LAYOUT: &str = "OOM_LAYOUT";
 }
 
 /// Names of the maps userspace reads and writes.
 pub mod maps {
-    /// Per-CPU hash: [`crate::faults::FaultKey`] → [`crate::faults::FaultCounts`].
+    /// Hash: [`crate::faults::FaultKey`] → [`crate::faults::FaultCounts`] (the `faults` object).
     pub const FAULT_COUNTS: &str = "FAULT_COUNTS";
-    /// Array of one [`crate::faults::FixedPids`]: the targets counted in fixed slots.
-    pub const FAULT_FIXED_PIDS: &str = "FAULT_FIXED_PIDS";
-    /// Per-CPU array: slot → [`crate::faults::FaultCounts`] of the process in that slot.
-    pub const FAULT_FIXED_COUNTS: &str = "FAULT_FIXED_COUNTS";
-    /// Hash: process id → [`crate::targets::TargetFlags`] bits.
+    /// Hash: process id → [`crate::targets::TargetFlags`] bits (`faults` and `syscalls`).
     pub const TARGETS: &str = "TARGETS";
-    /// Hash: process id → command name (`[u8; COMM_LEN]`), set at a process's first counted
-    /// event and refreshed at `exec`: the name of a process that exited before userspace read
-    /// `/proc/PID/comm`.
-    pub const COMMS: &str = "COMMS";
-    /// Per-CPU array indexed by [`crate::DropSource`]: events the kernel side could not record.
+    /// Per-CPU array indexed by [`crate::DropSource`]: events the kernel side could not record
+    /// (every object has its own).
     pub const DROPS: &str = "DROPS";
     /// Hash: thread id → [`crate::syscalls::PendingCall`], the traced calls in progress.
     pub const SYSCALL_PENDING: &str = "SYSCALL_PENDING";
     /// LRU hash: process id → its program break after its last `brk`.
     pub const SYSCALL_BREAKS: &str = "SYSCALL_BREAKS";
-    /// Array indexed by syscall number: its [`crate::syscalls::SyscallClass`].
+    /// Array indexed by syscall number: its class and statistics slot
+    /// ([`crate::syscalls::class_entry`]).
     pub const SYSCALL_CLASSES: &str = "SYSCALL_CLASSES";
-    /// Per-CPU array indexed by syscall number: [`crate::syscalls::SyscallStats`].
+    /// Per-CPU array indexed by statistics slot: [`crate::syscalls::SyscallStats`].
     pub const SYSCALL_STATS: &str = "SYSCALL_STATS";
     /// Ring buffer of [`crate::syscalls::SyscallRecord`]s.
     pub const SYSCALL_EVENTS: &str = "SYSCALL_EVENTS";
-    /// Per-CPU hash: [`crate::syscalls::ProcSyscallKey`] →
-    /// [`crate::syscalls::ProcSyscallCounts`], filled only with `SYSCALL_PER_PROCESS`.
+    /// Hash: [`crate::syscalls::ProcSyscallKey`] → [`crate::syscalls::ProcSyscallCounts`],
+    /// filled only with `SYSCALL_PER_PROCESS`.
     pub const SYSCALL_PROC_STATS: &str = "SYSCALL_PROC_STATS";
+    /// Per-CPU array of one `u32`: records a CPU wrote since it last woke userspace.
+    pub const SYSCALL_UNSIGNALLED: &str = "SYSCALL_UNSIGNALLED";
     /// Ring buffer of [`crate::oom::OomVictim`] and [`crate::oom::OomText`] records.
     pub const OOM_EVENTS: &str = "OOM_EVENTS";
+    /// LRU hash: thread running the OOM killer → where it is in its report.
+    pub const OOM_STATE: &str = "OOM_STATE";
+    /// Array of one `u64`: the last OOM invocation number handed out.
+    pub const OOM_SEQ: &str = "OOM_SEQ";
 }
 
 /// Why the kernel side failed to record something. Each has its own slot in [`maps::DROPS`], so
@@ -95,7 +103,7 @@ pub mod maps {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropSource {
-    /// A fault was seen but its process had no room in `FAULT_COUNTS`.
+    /// A fault was seen but its process (or thread) had no room in `FAULT_COUNTS`.
     FaultTableFull = 0,
     /// A child of a followed process was created but had no room in `TARGETS`.
     TargetTableFull = 1,

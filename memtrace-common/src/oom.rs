@@ -1,4 +1,4 @@
-//! OOM kills: the records the `oom:mark_victim` and `printk:console` programs send through the
+//! OOM kills: the records the `oom:mark_victim` and `console` programs send through the
 //! `OOM_EVENTS` ring buffer, and the tracepoint layout userspace hands the programs at load time.
 //!
 //! Every record starts with a `u32` kind tag ([`OomRecordKind`]), so userspace can tell them apart
@@ -55,8 +55,8 @@ impl OomPhase {
     pub const MEMBERS: u32 = 4;
 }
 
-/// Byte offsets of the fields in the `oom:mark_victim` and `printk:console` records, read from
-/// their tracefs `format` files at start-up. An absent field has its bit clear in `fields`.
+/// Byte offsets of the fields in the `oom:mark_victim` record, read from its tracefs `format`
+/// file at start-up. An absent field has its bit clear in `fields`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OomLayout {
@@ -72,9 +72,6 @@ pub struct OomLayout {
     pub uid: u32,
     pub pgtables: u32,
     pub oom_score_adj: u32,
-    /// `msg` of `printk:console`, a `__data_loc char[]`.
-    pub console_msg: u32,
-    pub _pad: u32,
 }
 
 impl OomLayout {
@@ -91,8 +88,6 @@ impl OomLayout {
             self.uid,
             self.pgtables,
             self.oom_score_adj,
-            self.console_msg,
-            self._pad,
         ];
         let mut bytes = [0; size_of::<OomLayout>()];
         for (chunk, word) in bytes.chunks_exact_mut(4).zip(words) {
@@ -147,7 +142,7 @@ pub struct OomText {
     pub text: [u8; OOM_TEXT_LEN],
 }
 
-const _: () = assert!(size_of::<OomLayout>() == 48);
+const _: () = assert!(size_of::<OomLayout>() == 40);
 const _: () = assert!(size_of::<OomVictim>() == 120);
 const _: () = assert!(size_of::<OomText>() == 24 + OOM_TEXT_LEN);
 

@@ -1,17 +1,29 @@
 //! Allocation syscalls: the record one completed call sends to userspace, the per-syscall
 //! statistics counted in the kernel for `-c`, and the limits both sides agree on.
 
-/// Syscall numbers index the statistics array; every traced one is below this.
+/// Syscall numbers index the class array; every traced one is below this.
 pub const MAX_SYSCALL_NR: u32 = 512;
 
-/// Default capacity of the table of calls in progress (threads inside a traced syscall).
+/// Syscalls traced at once, at most: each has its own slot in the per-CPU statistics array,
+/// which is sized by them rather than by syscall numbers (a per-CPU array grows with the CPU
+/// count: 512 numbers would be 6 MiB at 192 CPUs, 16 slots are 192 KiB).
+pub const MAX_TRACED: u32 = 16;
+
+/// Default capacity of the table of traced threads (each keeps a slot for its calls in
+/// progress while it lives): the whole system's threads.
 pub const MAX_PENDING: u32 = 16_384;
+
+/// The same with explicit targets (and what they fork): their threads only.
+pub const MAX_PENDING_TARGETED: u32 = 4_096;
 
 /// Default capacity of the table of each process's last known program break.
 pub const MAX_BREAKS: u32 = 8_192;
 
 /// Size of the ring buffer carrying [`SyscallRecord`]s (a power of two pages).
 pub const RING_BYTES: u32 = 8 << 20;
+
+/// The ring's size when no record is sent (`-c`, `serve`): the kernel's minimum, one page.
+pub const IDLE_RING_BYTES: u32 = 4096;
 
 /// Records a CPU writes between two wake-ups of userspace (~256 KiB of them); between, userspace
 /// finds them on its next short timer tick, so that a burst costs one wake-up, not one per call.
@@ -49,8 +61,9 @@ pub const STANDARD_NR_OFFSET: u32 = 8;
 pub const STANDARD_ARGS_OFFSET: u32 = 16;
 pub const STANDARD_RET_OFFSET: u32 = 16;
 
-/// How the kernel treats a syscall number: its `SYSCALL_CLASSES` entry, set by userspace (which
-/// knows this architecture's numbers); 0 means not traced.
+/// How the kernel treats a syscall number: the low byte of its `SYSCALL_CLASSES` entry, set by
+/// userspace (which knows this architecture's numbers); 0 means not traced. The next byte is the
+/// syscall's statistics slot ([`class_entry`]).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyscallClass {
@@ -63,6 +76,21 @@ pub enum SyscallClass {
     Munmap = 4,
     Mremap = 5,
     Brk = 6,
+}
+
+/// The `SYSCALL_CLASSES` entry of a traced syscall: its class and its statistics slot.
+pub const fn class_entry(class: SyscallClass, slot: u32) -> u32 {
+    class as u32 | (slot << 8)
+}
+
+/// The class (as its `u32` value) of a `SYSCALL_CLASSES` entry.
+pub const fn class_of(entry: u32) -> u32 {
+    entry & 0xff
+}
+
+/// The statistics slot of a `SYSCALL_CLASSES` entry.
+pub const fn slot_of(entry: u32) -> u32 {
+    entry >> 8
 }
 
 /// `PendingCall::nr` of a thread's slot between calls: its last call has been reported.
@@ -107,7 +135,8 @@ pub struct SyscallRecord {
     pub prev_brk: u64,
 }
 
-/// Per-syscall totals of completed calls (per CPU; userspace combines them).
+/// Per-syscall totals of completed calls (per CPU; userspace combines them). Per CPU because
+/// every traced call updates them (min and max need no atomics there), and the array is small.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyscallStats {
@@ -136,9 +165,10 @@ pub struct ProcSyscallKey {
     pub nr: u32,
 }
 
-/// One process's counts for one syscall, on one CPU. Bytes are split by direction, so that
-/// counters only ever grow: `up` is mapped / brk growth / mremap growth, `down` is unmapped /
-/// brk shrinkage / mremap shrinkage.
+/// One process's counts for one syscall, shared by every CPU and incremented atomically (a
+/// per-CPU table of 32,768 keys would be 200 MB at 192 CPUs). Bytes are split by direction, so
+/// that counters only ever grow: `up` is mapped / brk growth / mremap growth, `down` is unmapped
+/// / brk shrinkage / mremap shrinkage.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcSyscallCounts {

@@ -1,4 +1,5 @@
-//! Per-CPU counters of everything the kernel side failed to record, so no loss is silent.
+//! Per-CPU counters of everything the kernel side failed to record, so no loss is silent. Each
+//! object has its own; userspace reads the sources that object can lose.
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use memtrace_common::DropSource;

@@ -1,6 +1,6 @@
-//! OOM kills. `oom:mark_victim` fires once per victim, in the task running the OOM killer (the
-//! trigger); `printk:console` gives the kernel's own report, printed by that same task just
-//! before: `oom-kill:constraint=...,oom_memcg=...,task_memcg=...` names the OOM domain and the
+//! The `oom` object: OOM kills. `oom:mark_victim` fires once per victim, in the task running the
+//! OOM killer (the trigger); the `console` raw tracepoint gives the kernel's own report, printed
+//! by that same task just before: `oom-kill:constraint=...,oom_memcg=...,task_memcg=...` names the OOM domain and the
 //! victim's memory cgroup exactly, with no race against the victim's exit, and `Tasks in CGROUP
 //! are going to be killed due to memory.oom.group set` announces a group kill.
 //!
@@ -8,27 +8,30 @@
 //! `oom-kill:` line (or at a victim marked without one, when the report is rate-limited); the
 //! members of a group kill, marked by the same trigger right after the announcement, share it.
 //! OOM invocations are serialised by the kernel's `oom_lock`, so the counter needs no atomics.
+#![no_std]
+#![no_main]
+
+mod drops;
+mod runtime;
 
 use aya_ebpf::{
     EbpfContext as _, Global,
     bindings::BPF_ANY,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes,
-        generated::bpf_ktime_get_ns,
+        generated::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     },
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{Array, LruHashMap, RingBuf},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use memtrace_common::{
     COMM_LEN, DropSource,
     oom::{
-        MAX_OOM_FRAGMENTS, MAX_OOM_TASKS, OOM_RING_BYTES, OomFields, OomLayout, OomPhase,
-        OomRecordKind, OomText, OomVictim,
+        MAX_OOM_FRAGMENTS, MAX_OOM_TASKS, OOM_RING_BYTES, OOM_TEXT_LEN, OomFields, OomLayout,
+        OomPhase, OomRecordKind, OomText, OomVictim,
     },
 };
-
-use crate::drops;
 
 #[map(name = "OOM_EVENTS")]
 static OOM_EVENTS: RingBuf = RingBuf::with_byte_size(OOM_RING_BYTES, 0);
@@ -52,8 +55,6 @@ static OOM_SEQ: Array<u64> = Array::with_max_entries(1, 0);
 //     field:uid_t uid;                    offset:48; size:4; signed:0;
 //     field:unsigned long pgtables;       offset:56; size:8; signed:0;
 //     field:short oom_score_adj;          offset:64; size:2; signed:1;
-//   printk:console
-//     field:__data_loc char[] msg;        offset:8;  size:4; signed:0;
 #[unsafe(no_mangle)]
 static OOM_LAYOUT: Global<OomLayout> = Global::new(OomLayout {
     fields: 0,
@@ -66,8 +67,6 @@ static OOM_LAYOUT: Global<OomLayout> = Global::new(OomLayout {
     uid: 0,
     pgtables: 0,
     oom_score_adj: 0,
-    console_msg: 8,
-    _pad: 0,
 });
 
 /// Group members are marked in one tight loop; a victim marked later than this after the
@@ -214,27 +213,35 @@ fn next_seq() -> u64 {
     }
 }
 
-/// Every kernel log fragment passes here; only those of an OOM report are sent on.
-#[tracepoint]
-pub fn mt_oom_console(ctx: TracePointContext) -> u32 {
+/// Every kernel log fragment passes here; only those of an OOM report are sent on. A raw
+/// tracepoint: its arguments are the text and its length (`TP_PROTO(const char *text, size_t
+/// len)`), with no record to format, and it detaches at once (a classic tracepoint's perf event
+/// costs two RCU grace periods to release).
+#[raw_tracepoint(tracepoint = "console")]
+pub fn mt_oom_console(ctx: RawTracePointContext) -> i32 {
     match try_oom_console(&ctx) {
         Ok(()) | Err(_) => 0,
     }
 }
 
-fn try_oom_console(ctx: &TracePointContext) -> Result<(), i64> {
-    let layout = OOM_LAYOUT.load();
-    // SAFETY: offset from the tracepoint's own format, read by a bounds-checked helper.
-    let loc: u32 = unsafe { ctx.read_at(layout.console_msg as usize)? };
-    // SAFETY: a `__data_loc` offset points inside this record.
-    let src = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
+fn try_oom_console(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let text: *const u8 = ctx.arg(0);
+    let len: u64 = ctx.arg(1);
     let mut prefix = [0u8; 16];
-    // SAFETY: `src` is a kernel address; the helper stops at the buffer's end.
-    let prefix = unsafe { bpf_probe_read_kernel_str_bytes(src, &mut prefix)? };
+    let prefix_len = if len < prefix.len() as u64 {
+        len
+    } else {
+        prefix.len() as u64
+    };
+    // SAFETY: `text` is the kernel's message, `len` bytes long; the helper copies at most
+    // `prefix_len` (within the buffer) and fails cleanly on a bad address.
+    read_kernel(&mut prefix, text, prefix_len)?;
+    let starts_with =
+        |pattern: &[u8]| prefix_len >= pattern.len() as u64 && prefix.starts_with(pattern);
     let tid = bpf_get_current_pid_tgid() as u32;
     let now = ktime_ns();
 
-    let state = if prefix.starts_with(LINE_PREFIX) {
+    let state = if starts_with(LINE_PREFIX) {
         State {
             seq: next_seq(),
             last_ns: now,
@@ -247,7 +254,7 @@ fn try_oom_console(ctx: &TracePointContext) -> Result<(), i64> {
         };
         // SAFETY: a value pointer from a successful lookup, read at once.
         let mut state = unsafe { *state };
-        if state.phase == OomPhase::KILLED && prefix.starts_with(GROUP_PREFIX) {
+        if state.phase == OomPhase::KILLED && starts_with(GROUP_PREFIX) {
             state.phase = OomPhase::GROUP;
             state.fragments = 0;
         } else if state.phase != OomPhase::LINE && state.phase != OomPhase::GROUP {
@@ -269,19 +276,32 @@ fn try_oom_console(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     };
     let record = entry.as_mut_ptr();
+    let len = if len < OOM_TEXT_LEN as u64 {
+        len
+    } else {
+        OOM_TEXT_LEN as u64
+    };
     // SAFETY: `record` points to the reserved, writable entry, owned until submit/discard.
-    let len = unsafe {
+    unsafe {
         (*record).kind = OomRecordKind::Text as u32;
         (*record).seq = state.seq;
         (*record).tid = tid;
         (*record).phase = state.phase;
-        match bpf_probe_read_kernel_str_bytes(src, &mut (*record).text) {
-            Ok(text) => text.len() as u32,
+        (*record).len = match read_kernel(&mut (*record).text, text, len) {
+            Ok(()) => len as u32,
             Err(_) => 0,
-        }
-    };
-    // SAFETY: as above.
-    unsafe { (*record).len = len };
+        };
+    }
     entry.submit(0);
     Ok(())
+}
+
+/// Copies `len` bytes (at most the buffer's size) of kernel memory at `src` into `dst`.
+#[inline(always)]
+fn read_kernel<const N: usize>(dst: &mut [u8; N], src: *const u8, len: u64) -> Result<(), i64> {
+    let len = if len > N as u64 { N as u32 } else { len as u32 };
+    // SAFETY: `dst` holds N >= len bytes; the helper reads kernel memory and fails cleanly on a
+    // bad address.
+    let rc = unsafe { bpf_probe_read_kernel(dst.as_mut_ptr().cast(), len, src.cast()) };
+    if rc == 0 { Ok(()) } else { Err(rc) }
 }

@@ -5,6 +5,9 @@
 //! time (from the tracepoint's tracefs `format`) need [`read`], a `bpf_probe_read_kernel` copy:
 //! a helper call each (tens of ns here), so read neighbouring fields as one block.
 
+// Shared by the objects, each of which uses a part of it (`expect` would not hold for all).
+#![allow(dead_code, reason = "each kernel object uses a part of these readers")]
+
 use core::ptr;
 
 use aya_ebpf::{EbpfContext as _, helpers::bpf_probe_read_kernel, programs::TracePointContext};

@@ -1,29 +1,40 @@
-//! Allocation syscalls (brk, mmap, munmap, ...): entry and exit paired in the kernel, per thread,
-//! so one record per completed call crosses to userspace, already filtered by target, outcome and
-//! size. The same programs are attached to each traced syscall's `syscalls:sys_enter_*` (one
-//! per number of arguments) and `sys_exit_*` tracepoints; a syscall memtrace does not trace never
-//! runs them.
+//! The `syscalls` object: allocation syscalls (brk, mmap, munmap, ...), entry and exit paired in
+//! the kernel, per thread, so one record per completed call crosses to userspace, already
+//! filtered by target, outcome and size. The same programs are attached to each traced
+//! syscall's `syscalls:sys_enter_*` (one per number of arguments) and `sys_exit_*` tracepoints;
+//! a syscall memtrace does not trace never runs them.
+#![no_std]
+#![no_main]
+// The atomic add is written in BPF assembly (see `atomic`).
+#![feature(asm_experimental_arch)]
+
+mod atomic;
+mod drops;
+mod record;
+mod runtime;
+mod targets;
 
 use aya_ebpf::{
     Global,
-    bindings::{BPF_ANY, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{RawTracePointContext, TracePointContext},
 };
 use memtrace_common::{
     COMM_LEN, DropSource,
     syscalls::{
-        MAX_ARGS, MAX_BREAKS, MAX_PENDING, MAX_PROC_SYSCALLS, MAX_SYSCALL_NR, NO_CALL, PendingCall,
-        ProcSyscallCounts, ProcSyscallKey, RECORD_SYSCALL, RING_BYTES, STANDARD_ARGS_OFFSET,
-        STANDARD_NR_OFFSET, STANDARD_RET_OFFSET, SyscallClass, SyscallRecord, SyscallStats,
-        WAKEUP_RECORDS, is_error,
+        MAX_ARGS, MAX_BREAKS, MAX_PENDING, MAX_PROC_SYSCALLS, MAX_SYSCALL_NR, MAX_TRACED, NO_CALL,
+        PendingCall, ProcSyscallCounts, ProcSyscallKey, RECORD_SYSCALL, RING_BYTES,
+        STANDARD_ARGS_OFFSET, STANDARD_NR_OFFSET, STANDARD_RET_OFFSET, SyscallClass, SyscallRecord,
+        SyscallStats, WAKEUP_RECORDS, class_of, is_error, slot_of,
     },
     targets::FilterMode,
 };
 
-use crate::{drops, record, targets};
+// Every table is sized by userspace before load, by what the command does (`-c` sends no
+// record, only `serve` counts per process, ...); the sizes here are the defaults.
 
 #[map(name = "SYSCALL_PENDING")]
 static PENDING: HashMap<u32, PendingCall> = HashMap::with_max_entries(MAX_PENDING, 0);
@@ -35,11 +46,12 @@ static BREAKS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_BREAKS, 0
 static CLASSES: Array<u32> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
 
 #[map(name = "SYSCALL_STATS")]
-static STATS: PerCpuArray<SyscallStats> = PerCpuArray::with_max_entries(MAX_SYSCALL_NR, 0);
+static STATS: PerCpuArray<SyscallStats> = PerCpuArray::with_max_entries(MAX_TRACED, 0);
 
+/// Shared by every CPU (counts are added atomically), so its size does not grow with them.
 #[map(name = "SYSCALL_PROC_STATS")]
-static PROC_STATS: PerCpuHashMap<ProcSyscallKey, ProcSyscallCounts> =
-    PerCpuHashMap::with_max_entries(MAX_PROC_SYSCALLS, 0);
+static PROC_STATS: HashMap<ProcSyscallKey, ProcSyscallCounts> =
+    HashMap::with_max_entries(MAX_PROC_SYSCALLS, 0);
 
 #[map(name = "SYSCALL_EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
@@ -197,9 +209,10 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let latency_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(call.start_ns);
     let ret: i64 = field::<i64, { STANDARD_RET_OFFSET as usize }>(ctx, &SYSCALL_RET_OFFSET)?;
     let failed = is_error(ret);
-    let Some(&class) = CLASSES.get(call.nr) else {
+    let Some(&entry) = CLASSES.get(call.nr) else {
         return Ok(());
     };
+    let class = class_of(entry);
 
     let mut prev_brk = 0;
     let mut brk_growth = 0i64;
@@ -225,7 +238,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     if (SYSCALL_FAILED_ONLY.load() != 0 && !failed) || size < SYSCALL_MIN_SIZE.load() {
         return Ok(());
     }
-    count(&call, class, failed, latency_ns, brk_growth);
+    count(&call, entry, failed, latency_ns, brk_growth);
     if SYSCALL_PER_PROCESS.load() != 0 {
         count_for_process(tgid, &call, class, failed, brk_growth);
     }
@@ -360,12 +373,7 @@ fn count_for_process(tgid: u32, call: &PendingCall, class: u32, failed: bool, br
         }
     }
     if let Some(counts) = PROC_STATS.get_ptr_mut(key) {
-        // SAFETY: this CPU's own copy; programs do not nest on one CPU here.
-        let counts = unsafe { &mut *counts };
-        counts.calls += 1;
-        counts.errors += u64::from(failed);
-        counts.bytes_up += up;
-        counts.bytes_down += down;
+        add_for_process(counts, failed, up, down);
         return;
     }
     let first = ProcSyscallCounts {
@@ -374,15 +382,41 @@ fn count_for_process(tgid: u32, call: &PendingCall, class: u32, failed: bool, br
         bytes_up: up,
         bytes_down: down,
     };
-    // BPF_ANY: if another CPU created the key meanwhile, this writes only this CPU's copy.
-    if PROC_STATS.insert(key, first, u64::from(BPF_ANY)).is_err() {
-        drops::count(DropSource::SyscallProcFull);
+    if PROC_STATS
+        .insert(key, first, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
+        return;
+    }
+    // Another CPU created the key meanwhile, or the table is full.
+    match PROC_STATS.get_ptr_mut(key) {
+        Some(counts) => add_for_process(counts, failed, up, down),
+        None => drops::count(DropSource::SyscallProcFull),
     }
 }
 
 #[inline(always)]
-fn count(call: &PendingCall, class: u32, failed: bool, latency_ns: u64, brk_growth: i64) {
-    let Some(stats) = STATS.get_ptr_mut(call.nr) else {
+fn add_for_process(counts: *mut ProcSyscallCounts, failed: bool, up: u64, down: u64) {
+    // SAFETY: a value pointer from a successful lookup; its counters are only ever changed
+    // through atomic adds, here and on other CPUs. Zero adds are skipped: an atomic costs.
+    unsafe {
+        atomic::add(&raw mut (*counts).calls, 1);
+        if failed {
+            atomic::add(&raw mut (*counts).errors, 1);
+        }
+        if up != 0 {
+            atomic::add(&raw mut (*counts).bytes_up, up);
+        }
+        if down != 0 {
+            atomic::add(&raw mut (*counts).bytes_down, down);
+        }
+    }
+}
+
+#[inline(always)]
+fn count(call: &PendingCall, entry: u32, failed: bool, latency_ns: u64, brk_growth: i64) {
+    let class = class_of(entry);
+    let Some(stats) = STATS.get_ptr_mut(slot_of(entry)) else {
         return;
     };
     // SAFETY: this CPU's own slot; programs do not nest on one CPU here, so no race.
@@ -413,4 +447,10 @@ fn count(call: &PendingCall, class: u32, failed: bool, latency_ns: u64, brk_grow
     } else if class == SyscallClass::Brk as u32 {
         stats.brk_growth += brk_growth;
     }
+}
+
+/// Nothing to prepare for a new target: its threads get their slots at their first call.
+#[inline(always)]
+pub fn on_new_target(_tgid: u32) -> bool {
+    true
 }

@@ -1,6 +1,8 @@
 //! Which tasks are counted: everything, an explicit set of processes (and, when followed, every
 //! process they fork), or tasks by command name. The set lives in the kernel so that filtering
-//! costs one hash lookup and no event for an untraced task ever leaves the kernel.
+//! costs one hash lookup and no event for an untraced task ever leaves the kernel. Shared by the
+//! objects that filter by target; each says what a new target needs through
+//! `crate::on_new_target`.
 
 use aya_ebpf::{
     Global,
@@ -16,8 +18,9 @@ use memtrace_common::{
     targets::{CLONE_THREAD, FilterMode, MAX_TARGETS, TargetFlags},
 };
 
-use crate::{drops, faults};
+use crate::{drops, record};
 
+/// Sized by userspace: one entry when nothing is filtered by target.
 #[map(name = "TARGETS")]
 static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TARGETS, 0);
 
@@ -85,20 +88,18 @@ fn try_newtask(ctx: &TracePointContext) -> Result<(), i64> {
     if flags_of(parent) & TargetFlags::FOLLOW == 0 {
         return Ok(());
     }
-    // SAFETY: offsets come from the tracepoint's own format; reads are bounds-checked helpers.
-    let clone_flags: u64 = unsafe { ctx.read_at(NEWTASK_FLAGS_OFFSET.load() as usize)? };
+    let clone_flags: u64 = record::read(ctx, NEWTASK_FLAGS_OFFSET.load())?;
     if clone_flags & CLONE_THREAD != 0 {
         return Ok(());
     }
-    // SAFETY: as above.
-    let child: i32 = unsafe { ctx.read_at(NEWTASK_PID_OFFSET.load() as usize)? };
+    let child: i32 = record::read(ctx, NEWTASK_PID_OFFSET.load())?;
     let flags = TargetFlags::COUNT | TargetFlags::FOLLOW;
     if TARGETS
         .insert(child as u32, flags, u64::from(BPF_NOEXIST))
         .is_err()
     {
         drops::count(DropSource::TargetTableFull);
-    } else if faults::register(child as u32) {
+    } else if crate::on_new_target(child as u32) {
         debug!(ctx, "following child {} of {}", child, parent);
     }
     Ok(())

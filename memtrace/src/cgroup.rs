@@ -19,6 +19,32 @@ pub enum Version {
     V2,
 }
 
+impl Version {
+    /// The file holding a cgroup's memory limit (bytes; v2 also `max`).
+    pub fn limit_file(self) -> &'static str {
+        match self {
+            Version::V1 => "memory.limit_in_bytes",
+            Version::V2 => "memory.max",
+        }
+    }
+
+    /// The file holding a cgroup's memory usage, in bytes.
+    pub fn usage_file(self) -> &'static str {
+        match self {
+            Version::V1 => "memory.usage_in_bytes",
+            Version::V2 => "memory.current",
+        }
+    }
+
+    /// The flat-keyed file whose `oom_kill` line counts the cgroup's OOM kills.
+    pub fn events_file(self) -> &'static str {
+        match self {
+            Version::V1 => "memory.oom_control",
+            Version::V2 => "memory.events",
+        }
+    }
+}
+
 /// Where the memory controller's hierarchy is mounted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemoryHierarchy {
@@ -158,19 +184,11 @@ impl MemoryHierarchy {
     pub fn stats(&self, cgroup: &str) -> Stats {
         let dir = self.dir(cgroup);
         let read = |name: &str| fs::read_to_string(dir.join(name)).ok();
-        let (limit, usage, events, key) = match self.version {
-            Version::V1 => (
-                "memory.limit_in_bytes",
-                "memory.usage_in_bytes",
-                "memory.oom_control",
-                "oom_kill",
-            ),
-            Version::V2 => ("memory.max", "memory.current", "memory.events", "oom_kill"),
-        };
+        let version = self.version;
         Stats {
-            limit: read(limit).and_then(|t| parse_limit(&t)),
-            usage_bytes: read(usage).and_then(|t| t.trim().parse().ok()),
-            oom_kills: read(events).and_then(|t| parse_keyed(&t, key)),
+            limit: read(version.limit_file()).and_then(|t| parse_limit(&t)),
+            usage_bytes: read(version.usage_file()).and_then(|t| t.trim().parse().ok()),
+            oom_kills: read(version.events_file()).and_then(|t| parse_keyed(&t, "oom_kill")),
         }
     }
 
@@ -275,6 +293,98 @@ cgroup /sys/fs/cgroup/cpu cgroup rw,cpu,cpuacct 0 0
         assert_eq!(parse_keyed(events, "oom_kill"), Some(2));
         assert_eq!(parse_keyed(events, "oom"), Some(2));
         assert_eq!(parse_keyed("", "oom_kill"), None);
+    }
+
+    /// A directory tree laid out as cgroupfs lays out a v2 hierarchy (plain files here).
+    struct Tree(PathBuf);
+
+    impl Tree {
+        fn new(name: &str) -> Tree {
+            let root =
+                std::env::temp_dir().join(format!("memtrace-cgroup-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&root);
+            fs::create_dir_all(&root).unwrap();
+            Tree(root)
+        }
+
+        fn file(&self, path: &str, text: &str) {
+            let path = self.0.join(path);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, text).unwrap();
+        }
+    }
+
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_v2_tree_is_found_and_read() {
+        let tree = Tree::new("v2");
+        tree.file(
+            "cgroup.controllers",
+            "cpuset cpu io memory hugetlb pids rdma misc\n",
+        );
+        tree.file("system.slice/db.service/memory.max", "50331648\n");
+        tree.file("system.slice/db.service/memory.current", "50200576\n");
+        tree.file(
+            "system.slice/db.service/memory.events",
+            "low 0\nhigh 0\nmax 97\noom 2\noom_kill 2\noom_group_kill 0\n",
+        );
+        tree.file("user.slice/memory.max", "max\n");
+        let mounts = format!("cgroup2 {} cgroup2 rw,nosuid 0 0\n", tree.0.display());
+        let hierarchy = pick_memory_hierarchy(&parse_mounts(&mounts), |dir| {
+            fs::read_to_string(dir.join("cgroup.controllers")).ok()
+        })
+        .expect("a v2 hierarchy with memory");
+        assert_eq!(hierarchy.version, Version::V2);
+        assert_eq!(
+            hierarchy.stats("/system.slice/db.service"),
+            Stats {
+                limit: Some(Limit::Bytes(50_331_648)),
+                usage_bytes: Some(50_200_576),
+                oom_kills: Some(2),
+            }
+        );
+        assert_eq!(hierarchy.stats("/user.slice").limit, Some(Limit::Unlimited));
+        assert_eq!(hierarchy.stats("/gone"), Stats::default());
+        // --cgroup as a path in the hierarchy or as a directory under the mount.
+        assert_eq!(
+            hierarchy
+                .resolve(Path::new("/system.slice/db.service/"))
+                .unwrap(),
+            "/system.slice/db.service"
+        );
+        assert_eq!(
+            hierarchy.resolve(&tree.0.join("system.slice")).unwrap(),
+            "/system.slice"
+        );
+        assert!(hierarchy.resolve(Path::new("/nope")).is_err());
+    }
+
+    #[test]
+    fn a_v1_tree_is_read_with_its_own_files() {
+        let tree = Tree::new("v1");
+        tree.file("oomexp/memory.limit_in_bytes", "33554432\n");
+        tree.file("oomexp/memory.usage_in_bytes", "33550336\n");
+        tree.file(
+            "oomexp/memory.oom_control",
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+        );
+        let hierarchy = MemoryHierarchy {
+            mount: tree.0.clone(),
+            version: Version::V1,
+        };
+        assert_eq!(
+            hierarchy.stats("/oomexp"),
+            Stats {
+                limit: Some(Limit::Bytes(33_554_432)),
+                usage_bytes: Some(33_550_336),
+                oom_kills: Some(1),
+            }
+        );
     }
 
     #[test]

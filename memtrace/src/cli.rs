@@ -124,6 +124,12 @@ pub struct ServeArgs {
     #[arg(short, long, value_name = "SECS", default_value = "1", value_parser = parse_seconds)]
     pub interval: Duration,
 
+    /// Capacity of the kernel's per-process tables: processes for faults (default 16384), and
+    /// twice as many (process, syscall) pairs. Counts beyond them are counted as dropped
+    /// (fault_table_full, syscall_proc_full)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_processes: Option<u32>,
+
     /// Export the kernel's run time and run count of memtrace's BPF programs. Switching the
     /// kernel's BPF statistics on adds two clock reads to every BPF program run on the machine
     /// (about 25 % more cost per page fault here), so it is off by default; needs CAP_SYS_ADMIN
@@ -218,6 +224,12 @@ pub struct FaultsArgs {
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 
+    /// Capacity of the kernel's counting table, in processes (threads with --threads; default
+    /// 16384). Faults of processes beyond it are counted as dropped (fault_table_full). Not used
+    /// with --pid, whose processes perf's own counters count
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_processes: Option<u32>,
+
     /// Start COMMAND and trace it with all its descendants; memtrace exits with its status
     #[arg(last = true, value_name = "COMMAND", conflicts_with_all = ["pids", "comm"])]
     pub command: Vec<String>,
@@ -279,6 +291,11 @@ pub struct TraceArgs {
     #[arg(short, long, value_name = "SECS", value_parser = parse_seconds,
           allow_negative_numbers = true)]
     pub duration: Option<Duration>,
+
+    /// Capacity of the kernel's table of traced threads (default 16384 system-wide, 4096 with
+    /// targets). Calls of threads beyond it are counted as lost (syscall_pending_full)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_threads: Option<u32>,
 
     /// Start COMMAND and trace it with all its descendants; memtrace exits with its status
     #[arg(last = true, value_name = "COMMAND", conflicts_with = "pids")]

@@ -47,6 +47,23 @@ fn find() -> Option<PathBuf> {
         .find(|dir| dir.join("events").is_dir())
 }
 
+/// The id of a tracepoint: the `config` of a perf event on it.
+pub fn event_id(category: &str, name: &str) -> Result<u64, Failure> {
+    let path = ensure_mounted()?
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("id");
+    let text = fs::read_to_string(&path).map_err(|err| Failure::KernelUnsupported {
+        what: format!("the tracepoint {category}:{name}"),
+        hint: format!("reading {}: {err}", path.display()),
+    })?;
+    text.trim().parse().map_err(|_| Failure::KernelUnsupported {
+        what: format!("the tracepoint {category}:{name}"),
+        hint: format!("{} holds no id: {text:?}", path.display()),
+    })
+}
+
 /// One field of a tracepoint record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Field {

@@ -378,12 +378,13 @@ fn two_instances_at_once_each_count_exactly() {
 }
 
 #[test]
-fn more_targets_than_fixed_slots_are_counted_exactly_too() {
+fn explicit_targets_are_counted_by_perf_counters_with_no_program_loaded() {
     require_root!();
-    // One more than the fixed slots, so the targets go through the kernel's hash table.
-    let targets = memtrace_common::faults::MAX_FIXED_TARGETS + 1;
+    // Several targets, each counted whole by perf's own counting events: nothing of memtrace's
+    // runs on any fault, so it holds no BPF program at all.
+    let targets = 9;
     let mut works: Vec<Workload> = (0..targets)
-        .map(|_| Workload::start(&workload("touch_pages"), &["2000", "1"]))
+        .map(|_| Workload::start(&workload("touch_pages"), &["2000", "2"]))
         .collect();
     let pids: Vec<String> = works.iter().map(|w| w.pid().to_string()).collect();
     let mut flags = vec!["faults", "--interval", "0.2"];
@@ -391,6 +392,11 @@ fn more_targets_than_fixed_slots_are_counted_exactly_too() {
         flags.extend(["--pid", pid]);
     }
     let tracer = Tracer::start(&flags);
+    assert_eq!(
+        tracer.programs(),
+        vec![],
+        "faults --pid loaded BPF programs"
+    );
     let before: Vec<(u64, u64)> = works.iter().map(|w| proc_faults(w.pid())).collect();
     for work in &mut works {
         work.go();
@@ -406,4 +412,32 @@ fn more_targets_than_fixed_slots_are_counted_exactly_too() {
         work.finish();
     }
     assert_eq!(summary["dropped"]["fault_table_full"], 0);
+}
+
+#[test]
+fn a_targets_total_is_its_own_not_its_childrens() {
+    require_root!();
+    // The counters follow the target's new threads but not the processes it forks: like
+    // /proc/PID/stat, its total leaves out a child that faults far more than it does.
+    let (parent_pages, child_pages) = (2_000, 20_000);
+    workload("touch_pages"); // the child it starts
+    let mut work = Workload::start(
+        &workload("fork_touch"),
+        &[&parent_pages.to_string(), &child_pages.to_string()],
+    );
+    let pid = work.pid().to_string();
+    let tracer = Tracer::start(&["faults", "--pid", &pid, "--interval", "0.2"]);
+    let before = proc_faults(work.pid());
+    work.go();
+    let after = proc_faults(work.pid());
+    let (records, status) = tracer.interrupt();
+    let work_pid = work.pid();
+    work.finish();
+    assert!(status.success());
+    let counted = totals_of(summary(&records), work_pid);
+    assert_eq!(counted, (after.0 - before.0, after.1 - before.1));
+    assert!(
+        counted.0 >= parent_pages && counted.0 < child_pages,
+        "{counted:?}: the parent's own {parent_pages} pages, not the child's {child_pages}"
+    );
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use memtrace_common::oom::OomPhase;
 
-use crate::bpf::oom::TextFragment;
+use crate::model::oom::TextFragment;
 
 /// What the kernel's report says about one OOM invocation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -1,56 +1,176 @@
-//! Loading memtrace's kernel programs, embedded in this binary, with their configuration set as
-//! globals before load; and turning the kernel's refusals into errors a user can act on.
+//! memtrace's kernel objects, embedded in this binary: loading one with its configuration set
+//! before load (globals the verifier sees as constants, table sizes chosen by the command),
+//! attaching its programs, reading its maps; and turning the kernel's refusals into errors a user
+//! can act on.
 //!
-//! Only the programs a command attaches are ever loaded into the kernel. Every program, link and
-//! map is owned by file descriptors of this process, never pinned: whatever way memtrace ends,
-//! even SIGKILL, the kernel releases them with the process.
+//! Each hook family is its own object (`memtrace_common::objects`), so a command creates only
+//! the maps of the families it uses, and only the programs it attaches are ever loaded into the
+//! kernel. Every program, link and map is owned by file descriptors of this process, never
+//! pinned: whatever way memtrace ends, even SIGKILL, the kernel releases them with the process.
 
+pub mod drops;
 pub mod faults;
 pub mod oom;
+pub mod release;
 pub mod syscalls;
 pub mod targets;
+pub mod tracepoints;
 
 use std::{error::Error as StdError, io};
 
 use anyhow::Context as _;
 use aya::{Ebpf, EbpfLoader};
 use log::LevelFilter;
+use memtrace_common::objects;
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::error::Failure;
 
-/// The kernel programs, built by `build.rs` from the `memtrace-ebpf` crate.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
+/// One of the kernel objects `build.rs` builds from the `memtrace-ebpf` crate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Object {
+    Faults,
+    Syscalls,
+    Oom,
+}
 
-/// Values for the programs' global variables, set before load so the verifier sees constants.
+impl Object {
+    pub fn name(self) -> &'static str {
+        match self {
+            Object::Faults => objects::FAULTS,
+            Object::Syscalls => objects::SYSCALLS,
+            Object::Oom => objects::OOM,
+        }
+    }
+
+    fn bytes(self) -> &'static [u8] {
+        match self {
+            Object::Faults => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/faults")),
+            Object::Syscalls => {
+                aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/syscalls"))
+            }
+            Object::Oom => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oom")),
+        }
+    }
+}
+
+/// What a command sets before an object is loaded: values of its globals (constants to the
+/// verifier, so a disabled feature's code is pruned) and the sizes of its tables.
 #[derive(Default)]
-pub struct Globals(Vec<(&'static str, Vec<u8>)>);
+pub struct Config {
+    globals: Vec<(&'static str, Vec<u8>)>,
+    sizes: Vec<(&'static str, u32)>,
+}
 
-impl Globals {
+impl Config {
     pub fn u32(&mut self, name: &'static str, value: u32) -> &mut Self {
-        self.0.push((name, value.to_ne_bytes().to_vec()));
-        self
+        self.bytes(name, &value.to_ne_bytes())
     }
 
     pub fn bytes(&mut self, name: &'static str, value: &[u8]) -> &mut Self {
-        self.0.push((name, value.to_vec()));
+        self.globals.push((name, value.to_vec()));
+        self
+    }
+
+    /// Sets a map's capacity (entries; bytes for a ring buffer). A table the command does not
+    /// use gets the smallest size the kernel accepts: 1 entry, or one page of ring.
+    pub fn size(&mut self, map: &'static str, entries: u32) -> &mut Self {
+        self.sizes.push((map, entries));
         self
     }
 }
 
-/// Parses the embedded object and creates its maps, with `globals` applied.
-pub fn load(globals: &Globals) -> anyhow::Result<Ebpf> {
+/// A loaded object and the classic tracepoints it attached. Its other attachments (raw
+/// tracepoints, perf events) belong to the object itself and detach at once when it is dropped.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub tracepoints: tracepoints::Tracepoints,
+}
+
+impl Loaded {
+    /// Detaches every program and releases everything, without waiting on the kernel's slow
+    /// release of tracepoint events unless `how` says so (`tracepoints`).
+    pub fn release(self, how: tracepoints::Release) {
+        let Loaded { ebpf, tracepoints } = self;
+        tracepoints.release(how);
+        drop(ebpf);
+    }
+}
+
+/// Smallest ring buffer the kernel accepts: one page.
+pub const MIN_RING_BYTES: u32 = 4096;
+
+/// Parses one embedded object and creates its maps, with `config` applied.
+pub fn load(object: Object, config: &Config) -> anyhow::Result<Ebpf> {
+    let started = std::time::Instant::now();
     let level = kernel_log_level();
-    let mut loader = EbpfLoader::new();
-    // Absent when no program logs; kernel-side logging stays off unless `-v` or RUST_LOG asks.
+    let mut loader = loader_without_kernel_btf();
+    // Absent when no program logs. The programs log only at debug level: below it (unless
+    // `-vv` or RUST_LOG asks) they send nothing, and their ring buffer is as small as the kernel
+    // allows.
     loader.override_global("AYA_LOG_LEVEL", &level, false);
-    for (name, bytes) in &globals.0 {
+    if level < KERNEL_LOG_DEBUG {
+        loader.map_max_entries("AYA_LOGS", MIN_RING_BYTES);
+    }
+    for (name, bytes) in &config.globals {
         loader.override_global(name, bytes.as_slice(), true);
     }
-    loader
-        .load(OBJECT)
-        .map_err(|err| kernel_refusal(err, "load memtrace's BPF object"))
+    for &(map, entries) in &config.sizes {
+        loader.map_max_entries(map, entries);
+    }
+    let ebpf = loader
+        .load(object.bytes())
+        .map_err(|err| kernel_refusal(err, &format!("load memtrace's {} object", object.name())))?;
+    log::debug!(
+        "created the {} object's maps in {:.1} ms",
+        object.name(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(ebpf)
 }
+
+/// A loader that relocates nothing against the kernel's BTF, which memtrace's programs do not
+/// need, and that has not parsed it either.
+///
+/// `EbpfLoader::new()` (aya 0.14) always parses `/sys/kernel/btf/vmlinux` (5.5 MB), which took
+/// ~50 ms of a fresh process here: most of `memtrace oom`'s start-up. It has no constructor
+/// without that parse, so for that one call the limit on open files is lowered to the lowest
+/// free descriptor: opening the file fails at once (EMFILE), the loader is created without
+/// BTF, and the limit is restored. Nothing else runs meanwhile (memtrace has no other thread
+/// while it loads). Should the trick not apply, the parse merely happens.
+fn loader_without_kernel_btf() -> EbpfLoader<'static> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointers to an rlimit we own; F_DUPFD on stdin's number only asks for the
+    // lowest free descriptor, which is closed at once.
+    let lowered = unsafe {
+        let lowest_free = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 0);
+        if lowest_free >= 0 {
+            libc::close(lowest_free);
+        }
+        lowest_free >= 0
+            && libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+            && libc::setrlimit(
+                libc::RLIMIT_NOFILE,
+                &libc::rlimit {
+                    rlim_cur: lowest_free as libc::rlim_t,
+                    rlim_max: limit.rlim_max,
+                },
+            ) == 0
+    };
+    let mut loader = EbpfLoader::new();
+    if lowered {
+        // SAFETY: as above; restores what getrlimit read.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    }
+    loader.btf(None);
+    loader
+}
+
+/// aya-log's level of debug messages, the only ones memtrace's kernel programs write.
+const KERNEL_LOG_DEBUG: u8 = 4;
 
 /// The aya-log level the kernel programs format messages at: 0 (none) unless the userspace
 /// logger would show them.
@@ -210,6 +330,28 @@ pub fn deleted(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps:
         }
         other => other,
     }
+}
+
+/// One of the object's maps, typed (`HashMap<&MapData, K, V>`, `PerCpuArray<...>`, ...).
+pub fn map<'a, T>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<T>
+where
+    T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .map(name)
+        .with_context(|| format!("the BPF object has no {name} map"))?;
+    T::try_from(map).with_context(|| format!("the {name} map"))
+}
+
+/// One of the object's maps, typed, for writing.
+pub fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<T>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .map_mut(name)
+        .with_context(|| format!("the BPF object has no {name} map"))?;
+    T::try_from(map).with_context(|| format!("the {name} map"))
 }
 
 /// Looks up a program by name, failing with the name if the object lacks it.

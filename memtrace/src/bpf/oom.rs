@@ -1,23 +1,25 @@
-//! The OOM-kill programs: `oom:mark_victim` (one record per victim) and `printk:console` (the
-//! kernel's own OOM report, for the victim's cgroup and the OOM's scope), their layout read from
-//! tracefs, and the decoding of the records they send through the `OOM_EVENTS` ring buffer.
+//! The `oom` object: `oom:mark_victim` (one record per victim; a classic tracepoint, since its
+//! record carries what the kernel computed of the victim's memory) and the `console` raw
+//! tracepoint (the kernel's own OOM report, for the victim's cgroup and the OOM's scope), the
+//! victim layout read from tracefs, and the ring buffer of what they send.
 
 use anyhow::Context as _;
 use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
-    programs::TracePoint,
+    programs::RawTracePoint,
 };
 use memtrace_common::{
-    DropSource, maps,
-    oom::{OOM_TEXT_LEN, OomFields, OomLayout, OomRecordKind, OomText, OomVictim},
+    DropSource, globals, maps,
+    oom::{OomFields, OomLayout},
 };
-use thiserror::Error;
 use tokio::io::{Interest, unix::AsyncFd};
 
-use super::{kernel_refusal, program_mut};
+use super::{Config, Loaded, Object, kernel_refusal, program_mut, tracepoints::Tracepoints};
 use crate::{
+    decode,
     error::Failure,
+    model::oom::OomRecord,
     tracefs::{Field, Format},
 };
 
@@ -33,16 +35,16 @@ const OPTIONAL_FIELDS: [(&str, u32, u32); 8] = [
     ("oom_score_adj", OomFields::OOM_SCORE_ADJ, 2),
 ];
 
-/// Reads the layout of both tracepoints from tracefs.
+/// What the `oom` object can lose.
+pub const LOSSES: [DropSource; 1] = [DropSource::OomRingFull];
+
+/// Reads the layout of `oom:mark_victim` from tracefs.
 pub fn layout() -> Result<OomLayout, Failure> {
     let victim = Format::read("oom", "mark_victim")?;
-    let console = Format::read("printk", "console")?;
-    let mut layout = layout_of(victim.fields()).map_err(|detail| Failure::KernelUnsupported {
+    layout_of(victim.fields()).map_err(|detail| Failure::KernelUnsupported {
         what: "the expected layout of oom:mark_victim".into(),
         hint: detail,
-    })?;
-    layout.console_msg = console.offset("msg", 4)?;
-    Ok(layout)
+    })
 }
 
 /// The `mark_victim` layout from its fields: `pid` must be there; every other field is used when
@@ -82,100 +84,22 @@ pub fn layout_of(fields: &[Field]) -> Result<OomLayout, String> {
     Ok(layout)
 }
 
-/// A `__data_loc` field: the low 16 bits are the data's offset in the record, the high 16 its
-/// length (with the terminating NUL, for strings). Returns (offset, length).
-pub fn data_loc(value: u32) -> (usize, usize) {
-    ((value & 0xffff) as usize, (value >> 16) as usize)
-}
-
-/// Loads both programs and attaches them to their tracepoints.
-pub fn attach(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    for (name, category, event) in [
-        ("mt_oom_console", "printk", "console"),
-        ("mt_oom_victim", "oom", "mark_victim"),
-    ] {
-        let program: &mut TracePoint = program_mut(ebpf, name)?;
-        program
-            .load()
-            .map_err(|err| kernel_refusal(err, &format!("load {name}")))?;
-        program
-            .attach(category, event)
-            .map_err(|err| kernel_refusal(err, &format!("attach {category}:{event}")))?;
-    }
-    Ok(())
-}
-
-/// What the kernel sent: a victim, or a fragment of its OOM report.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum OomRecord {
-    Victim(Box<OomVictim>),
-    Text(TextFragment),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TextFragment {
-    pub seq: u64,
-    pub tid: u32,
-    pub phase: u32,
-    pub text: String,
-}
-
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum DecodeError {
-    #[error("record of {0} bytes is too short for its kind tag")]
-    NoKind(usize),
-    #[error("record of kind {kind} has {len} bytes, expected {expected}")]
-    SizeMismatch {
-        kind: u32,
-        len: usize,
-        expected: usize,
-    },
-    #[error("unknown record kind {0}")]
-    UnknownKind(u32),
-    #[error("text fragment claims {0} bytes, more than it can hold")]
-    TextTooLong(u32),
-}
-
-/// Decodes one ring-buffer record, checking its length against its kind.
-pub fn decode(bytes: &[u8]) -> Result<OomRecord, DecodeError> {
-    let kind = bytes
-        .first_chunk::<4>()
-        .map(|b| u32::from_ne_bytes(*b))
-        .ok_or(DecodeError::NoKind(bytes.len()))?;
-    let expect = |expected: usize| {
-        if bytes.len() == expected {
-            Ok(())
-        } else {
-            Err(DecodeError::SizeMismatch {
-                kind,
-                len: bytes.len(),
-                expected,
-            })
-        }
-    };
-    if kind == OomRecordKind::Victim as u32 {
-        expect(size_of::<OomVictim>())?;
-        // SAFETY: the length is exactly the struct's; it is `repr(C)` plain old data (any bytes
-        // are a valid value), and `read_unaligned` needs no alignment.
-        let victim = unsafe { bytes.as_ptr().cast::<OomVictim>().read_unaligned() };
-        Ok(OomRecord::Victim(Box::new(victim)))
-    } else if kind == OomRecordKind::Text as u32 {
-        expect(size_of::<OomText>())?;
-        // SAFETY: as above.
-        let text = unsafe { bytes.as_ptr().cast::<OomText>().read_unaligned() };
-        let len = text.len as usize;
-        if len > OOM_TEXT_LEN {
-            return Err(DecodeError::TextTooLong(text.len));
-        }
-        Ok(OomRecord::Text(TextFragment {
-            seq: text.seq,
-            tid: text.tid,
-            phase: text.phase,
-            text: crate::procfs::comm_from_bytes(&text.text[..len]),
-        }))
-    } else {
-        Err(DecodeError::UnknownKind(kind))
-    }
+/// Loads the `oom` object with `layout` and attaches both programs.
+pub fn load(layout: &OomLayout) -> anyhow::Result<Loaded> {
+    let mut config = Config::default();
+    config.bytes(globals::OOM_LAYOUT, &layout.to_ne_bytes());
+    let mut ebpf = super::load(Object::Oom, &config)?;
+    super::forward_kernel_logs(&mut ebpf);
+    let console: &mut RawTracePoint = program_mut(&mut ebpf, "mt_oom_console")?;
+    console
+        .load()
+        .map_err(|err| kernel_refusal(err, "load mt_oom_console"))?;
+    console
+        .attach("console")
+        .map_err(|err| kernel_refusal(err, "attach the raw tracepoint console"))?;
+    let mut tracepoints = Tracepoints::default();
+    tracepoints.attach(&mut ebpf, "mt_oom_victim", "oom", "mark_victim")?;
+    Ok(Loaded { ebpf, tracepoints })
 }
 
 /// The ring buffer, awaited through tokio.
@@ -197,14 +121,14 @@ impl OomEvents {
     }
 
     /// Waits until records are available, then decodes every one of them. Malformed records
-    /// are reported and skipped.
+    /// are reported and skipped. Cancel-safe: nothing is taken from the ring before it returns.
     pub async fn next_batch(&mut self) -> anyhow::Result<Vec<OomRecord>> {
         loop {
             let mut ready = self.ring.readable_mut().await.context("poll OOM_EVENTS")?;
             let ring = ready.get_inner_mut();
             let mut batch = Vec::new();
             while let Some(item) = ring.next() {
-                match decode(&item) {
+                match decode::oom::record(&item) {
                     Ok(record) => batch.push(record),
                     Err(err) => log::warn!("skipping a malformed OOM record: {err}"),
                 }
@@ -219,17 +143,14 @@ impl OomEvents {
 
 /// OOM records the kernel side could not send (the ring buffer was full).
 pub fn drops(ebpf: &Ebpf) -> anyhow::Result<u64> {
-    Ok(super::faults::drops(ebpf)?
+    Ok(super::drops::read(ebpf, &LOSSES)?
         .into_iter()
-        .filter(|&(source, _)| source == DropSource::OomRingFull)
         .map(|(_, n)| n)
         .sum())
 }
 
 #[cfg(test)]
 mod tests {
-    use memtrace_common::COMM_LEN;
-
     use super::*;
     use crate::tracefs::parse_format;
 
@@ -289,188 +210,5 @@ format:
         assert_eq!(layout.fields, 0);
         assert_eq!(layout.pid, 8);
         assert!(layout_of(&[]).is_err());
-    }
-
-    #[test]
-    fn data_loc_splits_offset_and_length() {
-        assert_eq!(data_loc(0x0010_0048), (0x48, 0x10));
-        assert_eq!(data_loc(0), (0, 0));
-    }
-
-    fn victim_bytes(victim: &OomVictim) -> Vec<u8> {
-        // SAFETY: reading the bytes of a repr(C) value without padding.
-        unsafe {
-            std::slice::from_raw_parts(
-                (victim as *const OomVictim).cast::<u8>(),
-                size_of::<OomVictim>(),
-            )
-        }
-        .to_vec()
-    }
-
-    #[test]
-    fn victims_decode_and_lengths_are_checked() {
-        let mut comm = [0; COMM_LEN];
-        comm[..3].copy_from_slice(b"hog");
-        let victim = OomVictim {
-            kind: OomRecordKind::Victim as u32,
-            pid: 42,
-            anon_rss_kb: 32512,
-            comm,
-            ..OomVictim::default()
-        };
-        let bytes = victim_bytes(&victim);
-        assert_eq!(decode(&bytes), Ok(OomRecord::Victim(Box::new(victim))));
-        assert_eq!(
-            decode(&bytes[..100]),
-            Err(DecodeError::SizeMismatch {
-                kind: 1,
-                len: 100,
-                expected: size_of::<OomVictim>()
-            })
-        );
-        assert_eq!(decode(&[1, 0]), Err(DecodeError::NoKind(2)));
-        assert_eq!(decode(&[9, 0, 0, 0]), Err(DecodeError::UnknownKind(9)));
-    }
-
-    #[test]
-    fn text_fragments_decode_within_their_length() {
-        let mut text = OomText {
-            kind: OomRecordKind::Text as u32,
-            len: 5,
-            seq: 7,
-            tid: 3,
-            phase: 1,
-            text: [0; OOM_TEXT_LEN],
-        };
-        text.text[..9].copy_from_slice(b"/oomexp\0x");
-        // SAFETY: reading the bytes of a repr(C) value without padding.
-        let bytes = unsafe {
-            std::slice::from_raw_parts((&text as *const OomText).cast::<u8>(), size_of::<OomText>())
-        }
-        .to_vec();
-        let Ok(OomRecord::Text(fragment)) = decode(&bytes) else {
-            panic!("not a text record");
-        };
-        assert_eq!(fragment.text, "/oome");
-        assert_eq!((fragment.seq, fragment.tid, fragment.phase), (7, 3, 1));
-        text.len = OOM_TEXT_LEN as u32 + 1;
-        // SAFETY: as above.
-        let bytes = unsafe {
-            std::slice::from_raw_parts((&text as *const OomText).cast::<u8>(), size_of::<OomText>())
-        };
-        assert_eq!(
-            decode(bytes),
-            Err(DecodeError::TextTooLong(OOM_TEXT_LEN as u32 + 1))
-        );
-    }
-
-    /// Property tests: any bytes decode to a record or a typed error, never a panic; whole
-    /// records decode to exactly what was encoded.
-    mod properties {
-        use proptest::{collection::vec, prelude::*};
-
-        use super::*;
-
-        fn text_bytes(text: &OomText) -> Vec<u8> {
-            // SAFETY: reading the bytes of a repr(C) value without padding.
-            unsafe {
-                std::slice::from_raw_parts(
-                    (text as *const OomText).cast::<u8>(),
-                    size_of::<OomText>(),
-                )
-            }
-            .to_vec()
-        }
-
-        proptest! {
-            #[test]
-            fn arbitrary_bytes_never_panic(bytes in vec(any::<u8>(), 0..600)) {
-                let _ = decode(&bytes);
-            }
-
-            #[test]
-            fn arbitrary_bytes_of_a_known_kind_never_panic(
-                kind in prop_oneof![Just(OomRecordKind::Victim as u32), Just(OomRecordKind::Text as u32)],
-                len in 0..600usize,
-                fill in any::<u8>(),
-                text_len in any::<u32>(),
-            ) {
-                let mut bytes = vec![fill; len];
-                for (at, field) in [(0, kind), (4, text_len)] {
-                    if let Some(slot) = bytes.get_mut(at..at + 4) {
-                        slot.copy_from_slice(&field.to_ne_bytes());
-                    }
-                }
-                match decode(&bytes) {
-                    Ok(OomRecord::Victim(_)) => prop_assert_eq!(len, size_of::<OomVictim>()),
-                    Ok(OomRecord::Text(fragment)) => {
-                        prop_assert_eq!(len, size_of::<OomText>());
-                        prop_assert!(fragment.text.len() <= 3 * OOM_TEXT_LEN);
-                    }
-                    Err(DecodeError::TextTooLong(n)) => prop_assert!(n as usize > OOM_TEXT_LEN),
-                    Err(DecodeError::SizeMismatch { len: got, .. }) => prop_assert_eq!(got, len),
-                    Err(DecodeError::NoKind(got)) => prop_assert!(got < 4),
-                    Err(err) => prop_assert!(false, "unexpected {}", err),
-                }
-            }
-
-            #[test]
-            fn victims_round_trip(
-                (fields, seq, ktime_ns, pid, uid) in any::<(u32, u64, u64, u32, u32)>(),
-                rss in any::<[u64; 5]>(),
-                (oom_score_adj, trigger_pid, trigger_tid, phase) in any::<(i32, u32, u32, u32)>(),
-                (comm, trigger_comm) in any::<([u8; COMM_LEN], [u8; COMM_LEN])>(),
-            ) {
-                let victim = OomVictim {
-                    kind: OomRecordKind::Victim as u32,
-                    fields,
-                    seq,
-                    ktime_ns,
-                    pid,
-                    uid,
-                    total_vm_kb: rss[0],
-                    anon_rss_kb: rss[1],
-                    file_rss_kb: rss[2],
-                    shmem_rss_kb: rss[3],
-                    pgtables_kb: rss[4],
-                    oom_score_adj,
-                    trigger_pid,
-                    trigger_tid,
-                    phase,
-                    comm,
-                    trigger_comm,
-                };
-                prop_assert_eq!(
-                    decode(&victim_bytes(&victim)),
-                    Ok(OomRecord::Victim(Box::new(victim)))
-                );
-            }
-
-            #[test]
-            fn text_fragments_round_trip(
-                content in vec(1u8..=255, 0..=OOM_TEXT_LEN),
-                (seq, tid, phase) in any::<(u64, u32, u32)>(),
-            ) {
-                let mut text = OomText {
-                    kind: OomRecordKind::Text as u32,
-                    len: content.len() as u32,
-                    seq,
-                    tid,
-                    phase,
-                    text: [0; OOM_TEXT_LEN],
-                };
-                text.text[..content.len()].copy_from_slice(&content);
-                prop_assert_eq!(
-                    decode(&text_bytes(&text)),
-                    Ok(OomRecord::Text(TextFragment {
-                        seq,
-                        tid,
-                        phase,
-                        text: String::from_utf8_lossy(&content).into_owned(),
-                    }))
-                );
-            }
-        }
     }
 }

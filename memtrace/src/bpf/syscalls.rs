@@ -1,31 +1,34 @@
-//! The allocation-syscall programs: entry programs (one per number of arguments) and one exit
-//! program, attached to the `syscalls:sys_enter_*` / `sys_exit_*` tracepoints of each traced
-//! syscall (and of no other, so untraced syscalls never run a memtrace program); the ring buffer
-//! of completed calls; and the per-syscall statistics the kernel keeps for `-c`.
+//! The `syscalls` object: entry programs (one per number of arguments) and one exit program,
+//! attached to the `syscalls:sys_enter_*` / `sys_exit_*` tracepoints of each traced syscall (and
+//! of no other, so untraced syscalls never run a memtrace program); the ring buffer of completed
+//! calls; and the statistics the kernel keeps per syscall (`-c`) and per process (`serve`).
 
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::RawTracePoint,
 };
 use memtrace_common::{
-    COMM_LEN, globals, maps,
+    COMM_LEN, DropSource, globals, maps,
     syscalls::{
-        ENTRY_PROGRAMS, ProcSyscallCounts, ProcSyscallKey, STANDARD_ARGS_OFFSET,
-        STANDARD_NR_OFFSET, STANDARD_RET_OFFSET, SyscallClass, SyscallStats,
+        ENTRY_PROGRAMS, MAX_TRACED, ProcSyscallCounts, ProcSyscallKey, RING_BYTES,
+        STANDARD_ARGS_OFFSET, STANDARD_NR_OFFSET, STANDARD_RET_OFFSET, SyscallClass, SyscallStats,
+        class_entry,
     },
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
-use super::{Globals, kernel_refusal, program_mut};
+use super::{
+    Config, Loaded, MIN_RING_BYTES, Object, kernel_refusal, program_mut,
+    targets::{self, Filter},
+    tracepoints::Tracepoints,
+};
 use crate::{
     aggregate::syscalls,
+    decode::{self, DecodeError},
     error::Failure,
-    syscalls::{
-        Syscall,
-        record::{self, Call, DecodeError},
-    },
+    syscalls::{Call, Syscall},
     tracefs::Format,
 };
 
@@ -33,6 +36,17 @@ const CATEGORY: &str = "syscalls";
 
 /// Fires when a task's name changes: traced threads' names are kept in their slots.
 const RENAME: (&str, &str) = ("task", "task_rename");
+
+/// What the `syscalls` object can lose: a call's slot, its record, or a followed child (a
+/// missed child is a missed target).
+pub const LOSSES: [DropSource; 3] = [
+    DropSource::SyscallPendingFull,
+    DropSource::SyscallRingFull,
+    DropSource::TargetTableFull,
+];
+
+/// What it can lose besides, counting per process (`serve`).
+pub const PROCESS_LOSS: DropSource = DropSource::SyscallProcFull;
 
 /// What the kernel side keeps of each completed call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -45,9 +59,59 @@ pub struct KernelFilter {
     pub per_process: bool,
 }
 
+/// How the object is set up.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub syscalls: Vec<Syscall>,
+    pub kernel: KernelFilter,
+    pub targets: Filter,
+    /// Capacity of the table of traced threads.
+    pub max_threads: u32,
+    /// Capacity of the per-process table, in (process, syscall) pairs, when counting per
+    /// process.
+    pub max_process_keys: u32,
+}
+
+/// Loads the object, sized for what `options` asks, and attaches its programs to each traced
+/// syscall (with the hooks that free exited threads' slots, keep their names current, and
+/// follow forks, as needed).
+pub fn load(options: &Options) -> anyhow::Result<Loaded> {
+    assert!(options.syscalls.len() <= MAX_TRACED as usize);
+    let mut config = Config::default();
+    options.targets.configure(&mut config)?;
+    configure(&mut config, &options.syscalls, options.kernel)?;
+    let filter = options.kernel;
+    config
+        .size(maps::SYSCALL_PENDING, options.max_threads)
+        .size(
+            maps::SYSCALL_EVENTS,
+            if filter.count_only {
+                MIN_RING_BYTES
+            } else {
+                RING_BYTES
+            },
+        )
+        .size(
+            maps::SYSCALL_PROC_STATS,
+            if filter.per_process {
+                options.max_process_keys
+            } else {
+                1
+            },
+        );
+    let mut ebpf = super::load(Object::Syscalls, &config)?;
+    super::forward_kernel_logs(&mut ebpf);
+    let mut tracepoints = Tracepoints::default();
+    if options.targets == (Filter::Targets { follow_forks: true }) {
+        targets::attach_fork_follower(&mut ebpf, &mut tracepoints)?;
+    }
+    attach(&mut ebpf, &mut tracepoints, &options.syscalls, filter)?;
+    Ok(Loaded { ebpf, tracepoints })
+}
+
 /// Reads the traced syscalls' record layouts from tracefs and sets the programs' globals.
-pub fn configure(
-    globals: &mut Globals,
+fn configure(
+    config: &mut Config,
     syscalls: &[Syscall],
     filter: KernelFilter,
 ) -> Result<(), Failure> {
@@ -82,7 +146,7 @@ pub fn configure(
                 (nr, args, ret)
             );
         }
-        globals
+        config
             .u32(globals::SYSCALL_NR_OFFSET, nr)
             .u32(globals::SYSCALL_ARGS_OFFSET, args)
             .u32(globals::SYSCALL_RET_OFFSET, ret)
@@ -90,14 +154,14 @@ pub fn configure(
     }
     if !filter.count_only {
         let rename = Format::read(RENAME.0, RENAME.1)?;
-        globals
+        config
             .u32(globals::RENAME_PID_OFFSET, rename.offset("pid", 4)?)
             .u32(
                 globals::RENAME_COMM_OFFSET,
                 rename.offset("newcomm", COMM_LEN as u32)?,
             );
     }
-    globals
+    config
         .u32(globals::SYSCALL_COUNT_ONLY, u32::from(filter.count_only))
         .u32(globals::SYSCALL_FAILED_ONLY, u32::from(filter.failed_only))
         .bytes(globals::SYSCALL_MIN_SIZE, &filter.min_size.to_ne_bytes())
@@ -141,19 +205,21 @@ fn layout_of(syscall: Syscall) -> Result<(u32, u32, u32), Failure> {
     Ok((nr, first, ret))
 }
 
-/// Marks the traced syscalls in the kernel, then loads the programs they need and attaches them
-/// to each traced syscall's entry and exit tracepoints; with records to send (not
-/// `count_only`), also the hook that keeps the threads' names current for them.
-pub fn attach(ebpf: &mut Ebpf, syscalls: &[Syscall], filter: KernelFilter) -> anyhow::Result<()> {
+/// Marks the traced syscalls in the kernel (class and statistics slot), then loads the programs
+/// they need and attaches them to each traced syscall's entry and exit tracepoints; with
+/// records to send (not `count_only`), also the hook that keeps the threads' names current.
+fn attach(
+    ebpf: &mut Ebpf,
+    tracepoints: &mut Tracepoints,
+    syscalls: &[Syscall],
+    filter: KernelFilter,
+) -> anyhow::Result<()> {
     {
-        let map = ebpf
-            .map_mut(maps::SYSCALL_CLASSES)
-            .context("the BPF object has no SYSCALL_CLASSES map")?;
-        let mut classes: Array<&mut MapData, u32> = Array::try_from(map)?;
-        for &syscall in syscalls {
+        let mut classes: Array<&mut MapData, u32> = super::map_mut(ebpf, maps::SYSCALL_CLASSES)?;
+        for (slot, &syscall) in syscalls.iter().enumerate() {
             debug_assert_ne!(syscall.class(), SyscallClass::Untraced);
             classes
-                .set(syscall.nr(), syscall.class() as u32, 0)
+                .set(syscall.nr(), class_entry(syscall.class(), slot as u32), 0)
                 .with_context(|| format!("mark {} as traced", syscall.name()))?;
         }
     }
@@ -165,47 +231,25 @@ pub fn attach(ebpf: &mut Ebpf, syscalls: &[Syscall], filter: KernelFilter) -> an
         .attach("sched_process_exit")
         .map_err(|err| kernel_refusal(err, "attach the raw tracepoint sched_process_exit"))?;
     if !filter.count_only {
-        let rename: &mut TracePoint = program_mut(ebpf, "mt_sys_rename")?;
-        rename
-            .load()
-            .map_err(|err| kernel_refusal(err, "load mt_sys_rename"))?;
-        rename.attach(RENAME.0, RENAME.1).map_err(|err| {
-            kernel_refusal(
-                err,
-                &format!("attach the tracepoint {}:{}", RENAME.0, RENAME.1),
-            )
-        })?;
+        tracepoints.attach(ebpf, "mt_sys_rename", RENAME.0, RENAME.1)?;
     }
     for &syscall in syscalls {
         let entry = ENTRY_PROGRAMS[syscall.arg_names().len()];
-        attach_one(ebpf, entry, &format!("sys_enter_{}", syscall.name()))?;
-        attach_one(ebpf, "mt_sys_exit", &format!("sys_exit_{}", syscall.name()))?;
+        let name = syscall.name();
+        tracepoints.attach(ebpf, entry, CATEGORY, &format!("sys_enter_{name}"))?;
+        tracepoints.attach(ebpf, "mt_sys_exit", CATEGORY, &format!("sys_exit_{name}"))?;
     }
     Ok(())
 }
 
-/// Attaches `program` to `syscalls:tracepoint`, loading it first if no tracepoint has it yet.
-fn attach_one(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> anyhow::Result<()> {
-    let hook: &mut TracePoint = program_mut(ebpf, program)?;
-    if hook.fd().is_err() {
-        hook.load()
-            .map_err(|err| kernel_refusal(err, &format!("load {program}")))?;
-    }
-    hook.attach(CATEGORY, tracepoint)
-        .map_err(|err| kernel_refusal(err, &format!("attach {CATEGORY}:{tracepoint}")))?;
-    Ok(())
-}
-
-/// The kernel's per-syscall statistics, for the syscalls called at least once.
+/// The kernel's per-syscall statistics, for the syscalls called at least once. `syscalls` is
+/// the traced set, in the order `load` gave them their slots.
 pub fn stats(ebpf: &Ebpf, syscalls: &[Syscall]) -> anyhow::Result<Vec<(Syscall, SyscallStats)>> {
-    let map = ebpf
-        .map(maps::SYSCALL_STATS)
-        .context("the BPF object has no SYSCALL_STATS map")?;
-    let array: PerCpuArray<&MapData, SyscallStats> = PerCpuArray::try_from(map)?;
+    let array: PerCpuArray<&MapData, SyscallStats> = super::map(ebpf, maps::SYSCALL_STATS)?;
     let mut rows = Vec::new();
-    for &syscall in syscalls {
+    for (slot, &syscall) in syscalls.iter().enumerate() {
         let per_cpu = array
-            .get(&syscall.nr(), 0)
+            .get(&(slot as u32), 0)
             .with_context(|| format!("read the statistics of {}", syscall.name()))?;
         if let Some(totals) = syscalls::combine(per_cpu.iter()) {
             rows.push((syscall, totals));
@@ -214,43 +258,39 @@ pub fn stats(ebpf: &Ebpf, syscalls: &[Syscall]) -> anyhow::Result<Vec<(Syscall, 
     Ok(rows)
 }
 
-/// The per-process counts (`KernelFilter::per_process`), summed over CPUs: cumulative since each
-/// key was first seen.
+/// The per-process counts (`KernelFilter::per_process`): cumulative since each key was first
+/// seen.
 pub fn proc_stats(ebpf: &Ebpf) -> anyhow::Result<Vec<(ProcSyscallKey, ProcSyscallCounts)>> {
-    let map = ebpf
-        .map(maps::SYSCALL_PROC_STATS)
-        .context("the BPF object has no SYSCALL_PROC_STATS map")?;
-    let table: PerCpuHashMap<&MapData, ProcSyscallKey, ProcSyscallCounts> =
-        PerCpuHashMap::try_from(map)?;
+    let table: HashMap<&MapData, ProcSyscallKey, ProcSyscallCounts> =
+        super::map(ebpf, maps::SYSCALL_PROC_STATS)?;
     let mut rows = Vec::new();
     for entry in table.iter() {
-        let (key, per_cpu) = match entry {
-            Ok(entry) => entry,
+        match entry {
+            Ok(row) => rows.push(row),
             // Deleted between listing its key and reading it.
             Err(aya::maps::MapError::KeyNotFound) => continue,
-            Err(err) => return Err(err).context("read SYSCALL_PROC_STATS"),
-        };
-        let sum = per_cpu
-            .iter()
-            .fold(ProcSyscallCounts::default(), |sum, c| ProcSyscallCounts {
-                calls: sum.calls + c.calls,
-                errors: sum.errors + c.errors,
-                bytes_up: sum.bytes_up + c.bytes_up,
-                bytes_down: sum.bytes_down + c.bytes_down,
-            });
-        rows.push((key, sum));
+            Err(err) => return Err(anyhow::Error::new(err).context("read SYSCALL_PROC_STATS")),
+        }
     }
     Ok(rows)
 }
 
 /// Deletes an exited process's per-process counts (read for the last time before).
 pub fn forget_process(ebpf: &mut Ebpf, key: &ProcSyscallKey) -> anyhow::Result<()> {
-    let map = ebpf
-        .map_mut(maps::SYSCALL_PROC_STATS)
-        .context("the BPF object has no SYSCALL_PROC_STATS map")?;
-    let mut table: PerCpuHashMap<&mut MapData, ProcSyscallKey, ProcSyscallCounts> =
-        PerCpuHashMap::try_from(map)?;
-    super::deleted(table.remove(key)).context("delete from SYSCALL_PROC_STATS")
+    let mut table: HashMap<&mut MapData, ProcSyscallKey, ProcSyscallCounts> =
+        super::map_mut(ebpf, maps::SYSCALL_PROC_STATS)?;
+    super::deleted(table.remove(key))
+        .map_err(|err| anyhow::Error::new(err).context("delete from SYSCALL_PROC_STATS"))
+}
+
+/// Events the object could not record, per source ([`LOSSES`], and [`PROCESS_LOSS`] when
+/// counting per process).
+pub fn drops(ebpf: &Ebpf, per_process: bool) -> anyhow::Result<Vec<(DropSource, u64)>> {
+    let mut sources = LOSSES.to_vec();
+    if per_process {
+        sources.push(PROCESS_LOSS);
+    }
+    super::drops::read(ebpf, &sources)
 }
 
 /// The ring buffer of completed calls, readable from tokio.
@@ -291,7 +331,7 @@ impl Records {
         let mut n = 0;
         while n < max {
             let Some(item) = ring.next() else { break };
-            each(record::decode(&item));
+            each(decode::syscalls::call(&item));
             n += 1;
         }
         n

@@ -1,17 +1,18 @@
-//! The in-kernel target set: which processes the programs count, and following the processes
-//! they fork (`task:task_newtask`).
+//! The in-kernel target set of an object that filters by target (`faults`, `syscalls`): which
+//! processes its programs count, and following the processes they fork (`task:task_newtask`).
 
 use anyhow::Context as _;
 use aya::{
     Ebpf,
     maps::{HashMap, MapData},
-    programs::TracePoint,
 };
-use memtrace_common::{COMM_LEN, globals, maps, targets::FilterMode};
+use memtrace_common::{
+    COMM_LEN, globals, maps,
+    targets::{FilterMode, MAX_TARGETS},
+};
 
+use super::{Config, tracepoints::Tracepoints};
 use crate::{error::Failure, tracefs};
-
-use super::{Globals, kernel_refusal, program_mut};
 
 const NEWTASK: (&str, &str) = ("task", "task_newtask");
 
@@ -27,22 +28,28 @@ pub enum Filter {
 }
 
 impl Filter {
-    /// Sets the filter's globals, reading the fork hook's layout from tracefs if it is needed.
-    pub fn configure(&self, globals: &mut Globals) -> Result<(), Failure> {
+    /// Sets the filter's globals and sizes the target table (one entry when it is not used),
+    /// reading the fork hook's layout from tracefs if it is needed.
+    pub fn configure(&self, config: &mut Config) -> Result<(), Failure> {
         match self {
             Filter::All => {
-                globals.u32(globals::FILTER_MODE, FilterMode::All as u32);
+                config
+                    .u32(globals::FILTER_MODE, FilterMode::All as u32)
+                    .size(maps::TARGETS, 1);
             }
             Filter::Comm(comm) => {
-                globals
+                config
                     .u32(globals::FILTER_MODE, FilterMode::Comm as u32)
-                    .bytes(globals::FILTER_COMM, comm);
+                    .bytes(globals::FILTER_COMM, comm)
+                    .size(maps::TARGETS, 1);
             }
             Filter::Targets { follow_forks } => {
-                globals.u32(globals::FILTER_MODE, FilterMode::Targets as u32);
+                config
+                    .u32(globals::FILTER_MODE, FilterMode::Targets as u32)
+                    .size(maps::TARGETS, MAX_TARGETS);
                 if *follow_forks {
                     let format = tracefs::Format::read(NEWTASK.0, NEWTASK.1)?;
-                    globals
+                    config
                         .u32(globals::NEWTASK_PID_OFFSET, format.offset("pid", 4)?)
                         .u32(
                             globals::NEWTASK_FLAGS_OFFSET,
@@ -56,37 +63,38 @@ impl Filter {
 }
 
 /// Attaches the fork follower, so that children of followed processes become targets.
-pub fn attach_fork_follower(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    let program: &mut TracePoint = program_mut(ebpf, "mt_newtask")?;
-    program
-        .load()
-        .map_err(|err| kernel_refusal(err, "load the fork follower"))?;
-    program
-        .attach(NEWTASK.0, NEWTASK.1)
-        .map_err(|err| kernel_refusal(err, "attach task:task_newtask"))?;
-    Ok(())
+pub fn attach_fork_follower(ebpf: &mut Ebpf, tracepoints: &mut Tracepoints) -> anyhow::Result<()> {
+    tracepoints.attach(ebpf, "mt_newtask", NEWTASK.0, NEWTASK.1)
+}
+
+/// The target table of a loaded object: what a session registers its targets in, and how a
+/// spawned command becomes a target at birth.
+pub trait TargetTable {
+    /// Adds (or updates) a target with [`memtrace_common::targets::TargetFlags`] bits.
+    fn insert(&mut self, pid: u32, flags: u32) -> anyhow::Result<()>;
+    /// Removes a target; one never registered, or already gone, is no target either way.
+    fn remove(&mut self, pid: u32) -> anyhow::Result<()>;
+    /// Whether the table holds this process.
+    fn contains(&mut self, pid: u32) -> anyhow::Result<bool>;
+}
+
+impl TargetTable for Ebpf {
+    fn insert(&mut self, pid: u32, flags: u32) -> anyhow::Result<()> {
+        table(self)?
+            .insert(pid, flags, 0)
+            .with_context(|| format!("register process {pid} as a target"))
+    }
+
+    fn remove(&mut self, pid: u32) -> anyhow::Result<()> {
+        super::deleted(table(self)?.remove(&pid))
+            .with_context(|| format!("unregister target {pid}"))
+    }
+
+    fn contains(&mut self, pid: u32) -> anyhow::Result<bool> {
+        Ok(table(self)?.get(&pid, 0).is_ok())
+    }
 }
 
 fn table(ebpf: &mut Ebpf) -> anyhow::Result<HashMap<&mut MapData, u32, u32>> {
-    let map = ebpf
-        .map_mut(maps::TARGETS)
-        .context("the BPF object has no TARGETS map")?;
-    HashMap::try_from(map).context("TARGETS map")
-}
-
-/// Adds (or updates) a target with [`memtrace_common::targets::TargetFlags`] bits.
-pub fn insert(ebpf: &mut Ebpf, pid: u32, flags: u32) -> anyhow::Result<()> {
-    table(ebpf)?
-        .insert(pid, flags, 0)
-        .with_context(|| format!("register process {pid} as a target"))
-}
-
-pub fn remove(ebpf: &mut Ebpf, pid: u32) -> anyhow::Result<()> {
-    // Never registered, or already gone: either way it is no longer a target.
-    super::deleted(table(ebpf)?.remove(&pid)).with_context(|| format!("unregister target {pid}"))
-}
-
-/// Whether the table holds this process.
-pub fn contains(ebpf: &mut Ebpf, pid: u32) -> anyhow::Result<bool> {
-    Ok(table(ebpf)?.get(&pid, 0).is_ok())
+    super::map_mut(ebpf, maps::TARGETS)
 }

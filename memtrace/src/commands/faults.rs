@@ -1,53 +1,45 @@
 //! `memtrace faults`: per-process minor/major page-fault rates, counted in the kernel.
 //!
-//! Flow: flags → [`FaultsConfig`] → globals → load and attach → register targets → every
-//! interval read the counting table, turn it into rates, print → at the end, a summary.
+//! Explicit `--pid` targets are counted with perf's own counting events (`counters`): no program
+//! runs on any fault. The whole system, `--comm`, `-- COMMAND` and `--threads` are counted by
+//! the `faults` object's programs (`bpf::faults`). Either way, each interval reads the counts,
+//! turns them into rates, writes the rows and retires exited processes; the end is a summary.
 
 use std::{
     collections::HashSet,
-    io,
     path::PathBuf,
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
-use aya::Ebpf;
 use memtrace_common::{
     COMM_LEN, DropSource,
-    faults::{FaultKey, MAX_FIXED_TARGETS},
-    globals,
+    faults::{FaultKey, MAX_FAULT_KEYS},
     targets::TargetFlags,
 };
-use tokio::time::{MissedTickBehavior, interval_at};
+use tokio::time::{Interval, MissedTickBehavior, interval_at};
 
-use super::lifecycle::{self, CommandOutcome, End, Endings, Watched};
 use crate::{
     aggregate::faults::{Counts, FaultAggregator, Row, busiest},
     bpf::{
-        self, Globals,
-        targets::{self, Filter},
+        self, Loaded,
+        faults::{LOSSES, Options, Sample},
+        targets::{Filter, TargetTable},
+        tracepoints::Release,
     },
     cli::FaultsArgs,
+    counters::{self, OpenError, ProcessCounters},
     error::Failure,
     output::{
-        self, Timestamp,
-        faults::{FaultsOutput, Start, Summary, Total},
+        Format, Sink, Timestamp,
+        faults::{Command, Interval as IntervalRecord, Rate, Start, Summary, Total, Totals},
     },
-    pidfd::PidFd,
-    privileges, procfs, spawn,
+    procfs,
+    session::{End, Ending, Job, Session, Target},
 };
 
 /// Rows per interval when not every target is shown.
 const DEFAULT_TOP: usize = 10;
-
-/// What to trace.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    System,
-    Pids(Vec<u32>),
-    Comm(String),
-    Command(Vec<String>),
-}
 
 /// Validated `faults` flags.
 #[derive(Clone, Debug)]
@@ -57,8 +49,10 @@ pub struct FaultsConfig {
     pub duration: Option<Duration>,
     pub per_thread: bool,
     pub top: usize,
-    pub json: bool,
+    pub format: Format,
     pub output: Option<PathBuf>,
+    /// Capacity of the kernel's counting table.
+    pub max_processes: u32,
 }
 
 impl TryFrom<FaultsArgs> for FaultsConfig {
@@ -91,8 +85,9 @@ impl TryFrom<FaultsArgs> for FaultsConfig {
             top: args.top.map_or(DEFAULT_TOP, |top| {
                 usize::try_from(top).unwrap_or(usize::MAX)
             }),
-            json: args.json,
+            format: Format::json(args.json),
             output: args.output,
+            max_processes: args.max_processes.unwrap_or(MAX_FAULT_KEYS),
         })
     }
 }
@@ -113,26 +108,10 @@ impl FaultsConfig {
         }
     }
 
-    fn describe(&self) -> (&'static str, String) {
-        match &self.target {
-            Target::System => ("system", "all processes".into()),
-            Target::Pids(pids) => {
-                let list: Vec<String> = pids.iter().map(u32::to_string).collect();
-                ("pids", format!("PID {}", list.join(", ")))
-            }
-            Target::Comm(name) => ("comm", format!("processes named {name}")),
-            Target::Command(argv) => (
-                "command",
-                format!("`{}` and its descendants", lifecycle::shell_words(argv)),
-            ),
-        }
-    }
-
-    /// Whether the targets are few and fixed enough to be counted in fixed slots, the kernel's
-    /// fastest path (see [`MAX_FIXED_TARGETS`]).
-    fn fixed_slots(&self) -> bool {
-        matches!(&self.target, Target::Pids(pids) if pids.len() <= MAX_FIXED_TARGETS)
-            && !self.per_thread
+    /// Whether the targets are counted by perf's counting events rather than a program per
+    /// fault: explicit processes, each counted as a whole.
+    fn counts_with_perf(&self) -> bool {
+        matches!(self.target, Target::Pids(_)) && !self.per_thread
     }
 
     /// Whether each interval shows every target, rather than only the busiest few.
@@ -143,152 +122,177 @@ impl FaultsConfig {
 
 pub async fn execute(args: FaultsArgs) -> anyhow::Result<u8> {
     let config = FaultsConfig::try_from(args)?;
-    // Every usage error (exit 2) comes before the privilege check, so it needs no root.
-    let out = output::open(config.output.as_deref())?;
-    privileges::require()?;
-    let watched = match &config.target {
-        Target::Pids(pids) => lifecycle::watch(pids)?,
-        _ => Vec::new(),
-    };
-    let mut session = Session::start(&config, out, watched)?;
-    session.run().await
+    let mut session = Session::open(
+        config.output.as_deref(),
+        config.format,
+        &config.target,
+        config.duration,
+    )?;
+    let job = Faults::start(&config, &mut session)?;
+    session.run(job).await
 }
 
-/// One tracing session: the loaded programs, what they are watching, and the report so far.
-struct Session<'a> {
+/// Where the counts come from.
+enum Source {
+    /// Perf counting events on explicit processes.
+    Counters(Vec<ProcessCounters>),
+    /// The `faults` object's counting table.
+    Kernel(Loaded),
+}
+
+/// The `faults` job: a reading every interval.
+struct Faults<'a> {
     config: &'a FaultsConfig,
-    ebpf: Ebpf,
-    out: FaultsOutput,
+    source: Source,
     aggregator: FaultAggregator,
-    watched: Watched,
-    started: Instant,
+    ticker: Interval,
+    last: Instant,
 }
 
-impl<'a> Session<'a> {
-    fn start(
-        config: &'a FaultsConfig,
-        out: Box<dyn io::Write>,
-        watched: Vec<PidFd>,
-    ) -> anyhow::Result<Self> {
-        let filter = config.filter();
-        let mut globals = Globals::default();
-        filter.configure(&mut globals)?;
-        globals
-            .u32(globals::PER_THREAD, u32::from(config.per_thread))
-            .u32(globals::FIXED_TARGETS, u32::from(config.fixed_slots()));
-
-        let mut ebpf = bpf::load(&globals)?;
-        bpf::forward_kernel_logs(&mut ebpf);
-        bpf::faults::attach(&mut ebpf)?;
-        if filter == (Filter::Targets { follow_forks: true }) {
-            bpf::targets::attach_fork_follower(&mut ebpf)?;
+impl<'a> Faults<'a> {
+    /// Sets up counting (targets registered, the command started), and writes the start.
+    fn start(config: &'a FaultsConfig, session: &mut Session) -> anyhow::Result<Faults<'a>> {
+        let pids = session.watched().pids();
+        let mut source = match count_with_perf(config, &pids)? {
+            Some(counters) => Source::Counters(counters),
+            None => {
+                let mut loaded = bpf::faults::load(&Options {
+                    filter: config.filter(),
+                    per_thread: config.per_thread,
+                    max_keys: config.max_processes,
+                })?;
+                for &pid in &pids {
+                    loaded.ebpf.insert(pid, TargetFlags::COUNT)?;
+                }
+                Source::Kernel(loaded)
+            }
+        };
+        if let (Target::Command(argv), Source::Kernel(loaded)) = (&config.target, &mut source) {
+            session.spawn(argv, &mut loaded.ebpf)?;
         }
 
         let mut aggregator = FaultAggregator::default();
-        let named: Vec<(u32, String)> = watched
-            .iter()
-            .map(|pidfd| {
-                let pid = pidfd.pid();
-                (pid, procfs::read_comm(pid, None).unwrap_or_default())
-            })
-            .collect();
-        if config.fixed_slots() {
-            bpf::faults::fix_targets(&mut ebpf, &named)?;
-        }
-        for (pid, comm) in named {
-            targets::insert(&mut ebpf, pid, TargetFlags::COUNT)?;
-            if !config.per_thread {
-                if !config.fixed_slots() {
-                    bpf::faults::register(&mut ebpf, pid, &comm)?;
-                }
+        if !config.per_thread {
+            for &pid in &pids {
+                let comm = procfs::read_comm(pid, None).unwrap_or_default();
                 aggregator.track(FaultKey { tgid: pid, tid: 0 }, comm);
             }
         }
-        let command = match &config.target {
-            Target::Command(argv) => Some(spawn::spawn_as_target(&mut ebpf, argv)?),
-            _ => None,
-        };
+        let (mode, description) = config.target.describe();
+        let pids = session.watched().pids();
+        session
+            .sink()
+            .emit(&Start {
+                mode,
+                description: &description,
+                pids: &pids,
+                interval_s: config.interval.as_secs_f64(),
+                per_thread: config.per_thread,
+            })
+            .context("write the report")?;
 
-        let (mode, description) = config.describe();
-        let watched = Watched {
-            pidfds: watched,
-            command,
-        };
-        let pids = watched.pids();
-        let mut out = FaultsOutput::new(out, config.json, config.per_thread);
-        out.start(&Start {
-            mode,
-            description: &description,
-            pids: &pids,
-            interval_s: config.interval.as_secs_f64(),
-            per_thread: config.per_thread,
-        })
-        .context("write the report")?;
-
-        Ok(Session {
-            config,
-            ebpf,
-            out,
-            aggregator,
-            watched,
-            started: Instant::now(),
-        })
-    }
-
-    async fn run(&mut self) -> anyhow::Result<u8> {
-        let mut endings = Endings::install(self.config.duration)?;
-        let mut ticker = interval_at(
-            (self.started + self.config.interval).into(),
-            self.config.interval,
-        );
+        let now = Instant::now();
+        let mut ticker = interval_at((now + config.interval).into(), config.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut last = self.started;
-
-        let end = loop {
-            tokio::select! {
-                _ = ticker.tick() => {
-                    let now = Instant::now();
-                    match self.report_interval(now - last) {
-                        Ok(()) => last = now,
-                        Err(err) if output::is_closed(&err) => break End::OutputClosed,
-                        Err(err) => return Err(err),
-                    }
-                }
-                end = endings.next(&self.watched) => break end,
-            }
-        };
-
-        let command = self.watched.finish_command(end).await?;
-        // A last reading, complete for every target that has exited.
-        let samples = self.read_samples()?;
-        self.aggregator.update(&samples, Duration::ZERO);
-        self.refresh_comms(samples.iter().map(|(key, _)| *key));
-        let summary = self.summary(end, command)?;
-        if let Err(err) = self.out.summary(&summary)
-            && err.kind() != io::ErrorKind::BrokenPipe
-        {
-            return Err(err).context("write the summary");
-        }
-        Ok(lifecycle::exit_status(command))
+        Ok(Faults {
+            config,
+            source,
+            aggregator,
+            ticker,
+            last: now,
+        })
     }
 
-    /// Reads the counting table, prints one interval, and retires exited processes.
-    fn report_interval(&mut self, elapsed: Duration) -> anyhow::Result<()> {
+    /// One reading of every count.
+    fn read(&self) -> anyhow::Result<Vec<Sample>> {
+        match &self.source {
+            Source::Counters(counters) => counters
+                .iter()
+                .map(|process| {
+                    Ok(Sample {
+                        key: FaultKey {
+                            tgid: process.pid(),
+                            tid: 0,
+                        },
+                        counts: process.read().with_context(|| {
+                            format!("read the fault counters of process {}", process.pid())
+                        })?,
+                        comm: String::new(),
+                    })
+                })
+                .collect(),
+            Source::Kernel(loaded) => bpf::faults::read(&loaded.ebpf),
+        }
+    }
+
+    /// What could not be counted so far (nothing, with perf's counters).
+    fn drops(&self) -> anyhow::Result<Vec<(DropSource, u64)>> {
+        match &self.source {
+            Source::Counters(_) => Ok(LOSSES.iter().map(|&source| (source, 0)).collect()),
+            Source::Kernel(loaded) => bpf::faults::drops(&loaded.ebpf),
+        }
+    }
+
+    /// Takes a reading into the aggregator; returns every live key's row, and the samples.
+    fn take_reading(&mut self, elapsed: Duration) -> anyhow::Result<(Vec<Row>, Vec<Sample>)> {
+        let samples = self.read()?;
+        for sample in &samples {
+            if self.aggregator.comm(&sample.key).is_none() {
+                refresh_comm(&mut self.aggregator, self.config.per_thread, sample);
+            }
+        }
+        let counts: Vec<(FaultKey, Counts)> = samples.iter().map(|s| (s.key, s.counts)).collect();
+        let rows = self.aggregator.update(&counts, elapsed);
+        Ok((rows, samples))
+    }
+
+    /// Forgets a process (thread) that has exited and was read for the last time.
+    fn retire(&mut self, key: FaultKey) -> anyhow::Result<()> {
+        match &mut self.source {
+            Source::Counters(counters) => counters.retain(|process| process.pid() != key.tgid),
+            Source::Kernel(loaded) => {
+                bpf::faults::remove(&mut loaded.ebpf, &key)?;
+                if !procfs::is_alive(key.tgid) {
+                    // Unregistered, so that a new process reusing the pid is not taken for it.
+                    loaded.ebpf.remove(key.tgid)?;
+                }
+            }
+        }
+        self.aggregator.retire(key);
+        Ok(())
+    }
+}
+
+impl Job for Faults<'_> {
+    type Work = ();
+
+    async fn next(&mut self) -> anyhow::Result<()> {
+        self.ticker.tick().await;
+        Ok(())
+    }
+
+    /// One interval: a reading, its rows, and exited processes retired.
+    fn work(&mut self, (): (), sink: &mut Sink) -> anyhow::Result<Option<End>> {
+        let now = Instant::now();
+        let elapsed = now - self.last;
         // Liveness is judged *before* reading, so a retired key's final count is in this read.
-        let exited: Vec<_> = self
+        let exited: Vec<FaultKey> = self
             .aggregator
             .live_keys()
             .into_iter()
             .filter(|key| !key_is_alive(key))
             .collect();
-        let samples = self.read_samples()?;
-        let rows = self.aggregator.update(&samples, elapsed);
+        let (rows, samples) = self.take_reading(elapsed)?;
         let rows = if self.config.shows_every_target() {
             rows
         } else {
             busiest(rows, self.config.top)
         };
-        self.refresh_comms(rows.iter().map(|row| row.key));
+        // Names change at `exec`: the rows shown get theirs read again.
+        let shown: HashSet<FaultKey> = rows.iter().map(|row| row.key).collect();
+        for sample in samples.iter().filter(|s| shown.contains(&s.key)) {
+            refresh_comm(&mut self.aggregator, self.config.per_thread, sample);
+        }
         let rows: Vec<Row> = rows
             .into_iter()
             .map(|mut row| {
@@ -300,50 +304,33 @@ impl<'a> Session<'a> {
                 row
             })
             .collect();
-        let dropped = fault_losses(&self.ebpf)?;
-        self.out
-            .interval(Timestamp::now(), elapsed.as_secs_f64(), &rows, &dropped)
-            .context("write the report")?;
+        let dropped = self.drops()?;
+        sink.emit(&IntervalRecord {
+            timestamp: Timestamp::now(),
+            interval_s: elapsed.as_secs_f64(),
+            processes: rows
+                .iter()
+                .map(|row| Rate::of(row, self.config.per_thread))
+                .collect(),
+            dropped: &dropped,
+        })?;
+        sink.flush()?;
         warn_about_drops(&dropped);
-
-        let read: HashSet<FaultKey> = samples.iter().map(|(key, _)| *key).collect();
+        self.last = now;
+        let read: HashSet<FaultKey> = samples.iter().map(|sample| sample.key).collect();
         for key in exited.into_iter().filter(|key| read.contains(key)) {
-            bpf::faults::remove(&mut self.ebpf, &key)?;
-            if !procfs::is_alive(key.tgid) {
-                // Forgotten entirely, so that a new process reusing the pid is not taken for it.
-                bpf::faults::forget_comm(&mut self.ebpf, key.tgid)?;
-                targets::remove(&mut self.ebpf, key.tgid)?;
-            }
-            self.aggregator.retire(key);
+            self.retire(key)?;
         }
-        Ok(())
+        Ok(None)
     }
 
-    fn read_samples(&mut self) -> anyhow::Result<Vec<(FaultKey, Counts)>> {
-        let samples = bpf::faults::read(&self.ebpf)?;
-        for (key, _) in &samples {
-            if self.aggregator.comm(key).is_none() {
-                self.refresh_comms(std::iter::once(*key));
-            }
+    fn finish(&mut self, ending: &Ending, sink: &mut Sink) -> anyhow::Result<()> {
+        // A last reading, complete for every target that has exited, with final names.
+        let (_, samples) = self.take_reading(Duration::ZERO)?;
+        for sample in &samples {
+            refresh_comm(&mut self.aggregator, self.config.per_thread, sample);
         }
-        Ok(samples)
-    }
-
-    /// Re-reads names (they change at `exec`): from /proc while the process lives, else the
-    /// name the kernel recorded at its last `exec`.
-    fn refresh_comms(&mut self, keys: impl Iterator<Item = FaultKey>) {
-        for key in keys {
-            let tid = self.config.per_thread.then_some(key.tid);
-            let comm = procfs::read_comm(key.tgid, tid)
-                .or_else(|| bpf::faults::kernel_comm(&mut self.ebpf, key.tgid));
-            if let Some(comm) = comm {
-                self.aggregator.set_comm(key, comm);
-            }
-        }
-    }
-
-    fn summary(&self, end: End, command: Option<CommandOutcome>) -> anyhow::Result<Summary> {
-        let totals: Vec<Total> = self
+        let processes: Vec<Total> = self
             .aggregator
             .totals()
             .into_iter()
@@ -355,15 +342,68 @@ impl<'a> Session<'a> {
                 major: counts.major,
             })
             .collect();
-        let dropped = fault_losses(&self.ebpf)?;
-        Ok(Summary {
-            time: Timestamp::now(),
-            duration_s: self.started.elapsed().as_secs_f64(),
-            reason: end.reason(),
-            totals,
-            dropped,
-            command,
-        })
+        let total = processes
+            .iter()
+            .fold(Totals { minor: 0, major: 0 }, |t, p| Totals {
+                minor: t.minor + p.minor,
+                major: t.major + p.major,
+            });
+        let dropped = self.drops()?;
+        sink.emit(&Summary {
+            timestamp: Timestamp::now(),
+            duration_s: ending.duration.as_secs_f64(),
+            reason: ending.end.reason(),
+            processes,
+            total,
+            dropped: &dropped,
+            command: ending.command.map(Command::of),
+            per_thread: self.config.per_thread,
+        })?;
+        Ok(())
+    }
+
+    fn release(self) {
+        if let Source::Kernel(loaded) = self.source {
+            loaded.release(Release::Background);
+        }
+    }
+}
+
+/// Perf's counting events for explicit processes counted whole; `None` when the programs must
+/// count instead (other targets, per thread, or a kernel before 5.13).
+fn count_with_perf(
+    config: &FaultsConfig,
+    pids: &[u32],
+) -> anyhow::Result<Option<Vec<ProcessCounters>>> {
+    if !config.counts_with_perf() {
+        return Ok(None);
+    }
+    counters::raise_open_files_limit();
+    let mut counters = Vec::with_capacity(pids.len());
+    for &pid in pids {
+        match ProcessCounters::open(pid) {
+            Ok(process) => counters.push(process),
+            Err(OpenError::NoInheritThread) => {
+                log::info!(
+                    "{}: counting with a program per fault",
+                    OpenError::NoInheritThread
+                );
+                return Ok(None);
+            }
+            Err(err) => return Err(err.explained()),
+        }
+    }
+    Ok(Some(counters))
+}
+
+/// A key's current name: from /proc while it lives, else the one the kernel recorded at its
+/// last `exec`.
+fn refresh_comm(aggregator: &mut FaultAggregator, per_thread: bool, sample: &Sample) {
+    let tid = per_thread.then_some(sample.key.tid);
+    let comm = procfs::read_comm(sample.key.tgid, tid)
+        .or_else(|| Some(sample.comm.clone()).filter(|comm| !comm.is_empty()));
+    if let Some(comm) = comm {
+        aggregator.set_comm(sample.key, comm);
     }
 }
 
@@ -378,20 +418,11 @@ fn key_is_alive(key: &FaultKey) -> bool {
 fn warn_about_drops(dropped: &[(DropSource, u64)]) {
     for &(source, n) in dropped {
         if n > 0 {
-            log::warn!("{n} events not counted so far: {}", source.name());
+            let hint = match source {
+                DropSource::FaultTableFull => "; raise the table with --max-processes",
+                _ => "",
+            };
+            log::warn!("{n} events not counted so far: {}{hint}", source.name());
         }
     }
-}
-
-/// What the kernel side failed to record that bears on fault counts.
-fn fault_losses(ebpf: &Ebpf) -> anyhow::Result<Vec<(DropSource, u64)>> {
-    Ok(bpf::faults::drops(ebpf)?
-        .into_iter()
-        .filter(|&(source, _)| {
-            matches!(
-                source,
-                DropSource::FaultTableFull | DropSource::TargetTableFull
-            )
-        })
-        .collect())
 }

@@ -1,7 +1,7 @@
-//! One module per subcommand, each with an `execute` that returns the process exit code.
+//! One module per subcommand, each with an `execute` that returns the process exit code: it
+//! validates its flags, opens the session (`crate::session`), and runs its job in it.
 
 pub mod faults;
-pub mod lifecycle;
 pub mod oom;
 pub mod serve;
 pub mod trace;

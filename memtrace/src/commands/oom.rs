@@ -1,31 +1,31 @@
-//! `memtrace oom`: read the tracepoint layouts → load and attach the OOM programs → for every
-//! victim the kernel marks, put together victim, trigger and cgroup (`enrich::oom`), and print it
-//! at once.
+//! `memtrace oom`: the layout of `oom:mark_victim` read from tracefs → the `oom` object loaded
+//! and attached → for every victim the kernel marks, victim, trigger and cgroup put together
+//! (`enrich::oom`) and written at once.
 
-use std::{io, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use memtrace_common::{globals, oom::OomFields};
+use memtrace_common::oom::OomFields;
 
-use super::lifecycle::{Endings, Watched};
 use crate::{
-    bpf::{self, Globals, oom::OomEvents},
+    bpf::{self, Loaded, oom::OomEvents, tracepoints::Release},
     cgroup,
     cli::OomArgs,
     enrich::oom::KillResolver,
-    error::{Failure, exit_code},
+    error::Failure,
+    model::oom::OomRecord,
     output::{
-        self,
-        oom::{OomOutput, Start},
+        Format, Sink, Timestamp,
+        oom::{Dropped, Start, Summary},
     },
-    privileges,
+    session::{End, Ending, Job, Session, Target},
 };
 
 /// Validated `oom` flags.
 #[derive(Clone, Debug)]
 pub struct OomConfig {
     pub cgroup: Option<PathBuf>,
-    pub json: bool,
+    pub format: Format,
     pub output: Option<PathBuf>,
     pub duration: Option<Duration>,
     pub count: Option<u64>,
@@ -35,7 +35,7 @@ impl From<OomArgs> for OomConfig {
     fn from(args: OomArgs) -> OomConfig {
         OomConfig {
             cgroup: args.cgroup,
-            json: args.json,
+            format: Format::json(args.json),
             output: args.output,
             duration: args.duration,
             count: args.count,
@@ -56,7 +56,7 @@ const FIELD_NAMES: [(u32, &str); 8] = [
 
 pub async fn execute(args: OomArgs) -> anyhow::Result<u8> {
     let config = OomConfig::from(args);
-    // Every usage error (exit 2) comes before the privilege check, so it needs no root.
+    // A bad --cgroup is a usage error (exit 2), found before anything needs privileges.
     let hierarchy = cgroup::memory_hierarchy();
     let filter = match (&config.cgroup, &hierarchy) {
         (Some(path), Some(hierarchy)) => Some(hierarchy.resolve(path)?),
@@ -69,8 +69,12 @@ pub async fn execute(args: OomArgs) -> anyhow::Result<u8> {
         }
         (None, _) => None,
     };
-    let out = output::open(config.output.as_deref())?;
-    privileges::require()?;
+    let mut session = Session::open(
+        config.output.as_deref(),
+        config.format,
+        &Target::System,
+        config.duration,
+    )?;
     let layout = bpf::oom::layout()?;
     if layout.fields == 0 {
         log::warn!(
@@ -78,15 +82,9 @@ pub async fn execute(args: OomArgs) -> anyhow::Result<u8> {
              its other fields are shown as unknown"
         );
     }
+    let mut loaded = bpf::oom::load(&layout).context("attach oom:mark_victim and console")?;
+    let events = OomEvents::open(&mut loaded.ebpf)?;
 
-    let mut globals = Globals::default();
-    globals.bytes(globals::OOM_LAYOUT, &layout.to_ne_bytes());
-    let mut ebpf = bpf::load(&globals)?;
-    bpf::forward_kernel_logs(&mut ebpf);
-    bpf::oom::attach(&mut ebpf).context("attach oom:mark_victim and printk:console")?;
-    let mut events = OomEvents::open(&mut ebpf)?;
-
-    let mut out = OomOutput::new(out, config.json);
     let fields: Vec<&str> = std::iter::once("pid")
         .chain(
             FIELD_NAMES
@@ -98,48 +96,77 @@ pub async fn execute(args: OomArgs) -> anyhow::Result<u8> {
     let mount = hierarchy
         .as_ref()
         .map(|h| h.mount.to_string_lossy().into_owned());
-    out.start(&Start {
-        cgroup_filter: filter.as_deref(),
-        hierarchy: hierarchy
-            .as_ref()
-            .zip(mount.as_deref())
-            .map(|(h, m)| (h.version, m)),
-        victim_fields: &fields,
-    })
-    .context("write the report")?;
+    session
+        .sink()
+        .emit(&Start {
+            cgroup_filter: filter.as_deref(),
+            hierarchy: hierarchy.as_ref().map(|h| h.version),
+            hierarchy_mount: mount.as_deref(),
+            victim_fields: &fields,
+        })
+        .context("write the report")?;
+    let job = Oom {
+        count: config.count,
+        loaded,
+        events,
+        resolver: KillResolver::new(hierarchy, filter),
+        kills: 0,
+    };
+    session.run(job).await
+}
 
-    let mut resolver = KillResolver::new(hierarchy, filter);
-    let mut kills = 0u64;
-    let mut endings = Endings::install(config.duration)?;
-    // No targets: only a signal, --duration or --count ends it.
-    let nothing = Watched::default();
-    let reason = 'run: loop {
-        if config.count.is_some_and(|count| kills >= count) {
-            break "count";
-        }
-        let batch = tokio::select! {
-            batch = events.next_batch() => batch?,
-            end = endings.next(&nothing) => break end.reason(),
-        };
-        for kill in resolver.resolve(batch) {
-            if config.count.is_some_and(|count| kills >= count) {
+/// The `oom` job: writes each kill as the kernel reports it.
+struct Oom {
+    count: Option<u64>,
+    loaded: Loaded,
+    events: OomEvents,
+    resolver: KillResolver,
+    kills: u64,
+}
+
+impl Oom {
+    fn done(&self) -> bool {
+        self.count.is_some_and(|count| self.kills >= count)
+    }
+}
+
+impl Job for Oom {
+    type Work = Vec<OomRecord>;
+
+    async fn next(&mut self) -> anyhow::Result<Vec<OomRecord>> {
+        self.events.next_batch().await
+    }
+
+    fn work(&mut self, batch: Vec<OomRecord>, sink: &mut Sink) -> anyhow::Result<Option<End>> {
+        for kill in self.resolver.resolve(batch) {
+            if self.done() {
                 break;
             }
-            match out.kill(&kill) {
-                Ok(()) => kills += 1,
-                Err(err) if err.kind() == io::ErrorKind::BrokenPipe => break 'run "output_closed",
-                Err(err) => return Err(err).context("write the report"),
-            }
+            sink.emit(&kill)?;
+            sink.flush()?;
+            self.kills += 1;
         }
-    };
-    let dropped = bpf::oom::drops(&ebpf)?;
-    if dropped > 0 {
-        log::warn!("{dropped} OOM records were lost: the ring buffer was full");
+        Ok(self.done().then_some(End::Count))
     }
-    if let Err(err) = out.summary(reason, kills, dropped)
-        && err.kind() != io::ErrorKind::BrokenPipe
-    {
-        return Err(err).context("write the summary");
+
+    fn finish(&mut self, ending: &Ending, sink: &mut Sink) -> anyhow::Result<()> {
+        let dropped = bpf::oom::drops(&self.loaded.ebpf)?;
+        if dropped > 0 {
+            log::warn!("{dropped} OOM records were lost: the ring buffer was full");
+        }
+        sink.emit(&Summary {
+            timestamp: Timestamp::now(),
+            reason: ending.end.reason(),
+            kills: self.kills,
+            dropped: Dropped {
+                oom_ring_full: dropped,
+            },
+        })?;
+        Ok(())
     }
-    Ok(exit_code::OK)
+
+    fn release(self) {
+        drop(self.events);
+        self.loaded.release(Release::Background);
+    }
 }

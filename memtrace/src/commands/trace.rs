@@ -1,32 +1,35 @@
 //! `memtrace trace`: strace-like tracing of the allocation syscalls, paired and filtered in the
 //! kernel.
 //!
-//! Flow: flags → [`TraceConfig`] → globals (record layouts from tracefs, filters) → load and
-//! attach → register targets (or spawn the command) → drain the ring buffer into lines or JSON
-//! until the targets exit or a signal → the kernel's per-syscall statistics as the summary.
+//! Flow: flags → [`TraceConfig`] → the `syscalls` object loaded (record layouts from tracefs,
+//! filters, tables sized by the flags) and attached → targets registered (or the command
+//! spawned) → the ring buffer drained into lines or JSON until the session ends → the kernel's
+//! per-syscall statistics as the summary.
 
-use std::{io, path::PathBuf, time::Duration, time::Instant};
+use std::{io, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use aya::Ebpf;
-use memtrace_common::{DropSource, targets::TargetFlags};
-use tokio::time::{MissedTickBehavior, interval};
+use memtrace_common::{
+    DropSource,
+    syscalls::{MAX_PENDING, MAX_PENDING_TARGETED},
+    targets::TargetFlags,
+};
+use tokio::time::{Interval, MissedTickBehavior, interval};
 
-use super::lifecycle::{self, End, Endings, Watched};
 use crate::{
     bpf::{
-        self, Globals,
-        syscalls::{KernelFilter, Records},
-        targets::{self, Filter},
+        self, Loaded,
+        syscalls::{KernelFilter, Options, Records},
+        targets::{Filter, TargetTable},
+        tracepoints::Release,
     },
     cli::TraceArgs,
     error::Failure,
     output::{
-        self,
-        trace::{self as out, Start, Summary, TraceOutput, WallClock},
+        Format, Sink,
+        trace::{CallRecord, Start, Summary, WallClock},
     },
-    pidfd::PidFd,
-    privileges, spawn,
+    session::{End, Ending, Job, Session, Target},
     syscalls::{self, Syscall},
 };
 
@@ -37,14 +40,6 @@ const DROP_CHECK: Duration = Duration::from_secs(1);
 /// Records handled before the loop looks at signals and timers again.
 const BATCH: usize = 65_536;
 
-/// What to trace.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    System,
-    Pids(Vec<u32>),
-    Command(Vec<String>),
-}
-
 /// Validated `trace` flags.
 #[derive(Clone, Debug)]
 pub struct TraceConfig {
@@ -52,9 +47,11 @@ pub struct TraceConfig {
     pub follow: bool,
     pub syscalls: Vec<Syscall>,
     pub filter: KernelFilter,
-    pub json: bool,
+    pub format: Format,
     pub output: Option<PathBuf>,
     pub duration: Option<Duration>,
+    /// Capacity of the kernel's table of traced threads.
+    pub max_threads: u32,
 }
 
 impl TryFrom<TraceArgs> for TraceConfig {
@@ -79,6 +76,10 @@ impl TryFrom<TraceArgs> for TraceConfig {
         } else {
             Target::System
         };
+        let default_threads = match target {
+            Target::System => MAX_PENDING,
+            _ => MAX_PENDING_TARGETED,
+        };
         Ok(TraceConfig {
             follow: args.follow || matches!(target, Target::Command(_)),
             target,
@@ -89,9 +90,10 @@ impl TryFrom<TraceArgs> for TraceConfig {
                 min_size: args.min_size.unwrap_or(0),
                 per_process: false,
             },
-            json: args.json,
+            format: Format::json(args.json),
             output: args.output,
             duration: args.duration,
+            max_threads: args.max_threads.unwrap_or(default_threads),
         })
     }
 }
@@ -107,189 +109,119 @@ impl TraceConfig {
     }
 
     fn describe(&self) -> (&'static str, String) {
-        match &self.target {
-            Target::System => ("system", "all processes".into()),
-            Target::Pids(pids) => {
-                let list: Vec<String> = pids.iter().map(u32::to_string).collect();
-                let follow = if self.follow {
-                    " and their children"
-                } else {
-                    ""
-                };
-                ("pids", format!("PID {}{follow}", list.join(", ")))
-            }
-            Target::Command(argv) => (
-                "command",
-                format!("`{}` and its descendants", lifecycle::shell_words(argv)),
+        let (mode, description) = self.target.describe();
+        let follow = matches!(self.target, Target::Pids(_)) && self.follow;
+        (
+            mode,
+            format!(
+                "{description}{}",
+                if follow { " and their children" } else { "" }
             ),
-        }
+        )
     }
 }
 
 pub async fn execute(args: TraceArgs) -> anyhow::Result<u8> {
     let config = TraceConfig::try_from(args)?;
-    // Every usage error (exit 2) comes before the privilege check, so it needs no root.
-    let out = output::open(config.output.as_deref())?;
-    privileges::require()?;
-    let watched = match &config.target {
-        Target::Pids(pids) => lifecycle::watch(pids)?,
-        _ => Vec::new(),
-    };
-    let mut session = Session::start(&config, out, watched)?;
-    session.run().await
+    let mut session = Session::open(
+        config.output.as_deref(),
+        config.format,
+        &config.target,
+        config.duration,
+    )?;
+    let job = Trace::start(&config, &mut session)?;
+    session.run(job).await
 }
 
-/// One tracing session: the loaded programs, the targets, and the report so far.
-struct Session<'a> {
+/// The `trace` job: drains the calls the kernel completed.
+struct Trace<'a> {
     config: &'a TraceConfig,
-    ebpf: Ebpf,
+    loaded: Loaded,
+    /// `None` with `-c`: no record crosses.
     records: Option<Records>,
-    out: TraceOutput,
-    watched: Watched,
-    started: Instant,
+    clock: WallClock,
+    poll: Interval,
+    drop_check: Interval,
     received: u64,
     undecodable: u64,
     lost_warned: u64,
 }
 
-impl<'a> Session<'a> {
-    fn start(
-        config: &'a TraceConfig,
-        out: Box<dyn io::Write>,
-        watched: Vec<PidFd>,
-    ) -> anyhow::Result<Self> {
-        let filter = config.filter();
-        let mut globals = Globals::default();
-        filter.configure(&mut globals)?;
-        bpf::syscalls::configure(&mut globals, &config.syscalls, config.filter)?;
+/// What wakes the job.
+enum Wake {
+    Records,
+    DropCheck,
+}
 
-        let mut ebpf = bpf::load(&globals)?;
-        bpf::forward_kernel_logs(&mut ebpf);
-        if config.follow {
-            targets::attach_fork_follower(&mut ebpf)?;
-        }
+impl<'a> Trace<'a> {
+    fn start(config: &'a TraceConfig, session: &mut Session) -> anyhow::Result<Trace<'a>> {
+        let mut loaded = bpf::syscalls::load(&Options {
+            syscalls: config.syscalls.clone(),
+            kernel: config.filter,
+            targets: config.filter(),
+            max_threads: config.max_threads,
+            max_process_keys: 1,
+        })?;
         let flags = if config.follow {
             TargetFlags::COUNT | TargetFlags::FOLLOW
         } else {
             TargetFlags::COUNT
         };
-        for pidfd in &watched {
-            targets::insert(&mut ebpf, pidfd.pid(), flags)?;
+        for pid in session.watched().pids() {
+            loaded.ebpf.insert(pid, flags)?;
         }
         let records = if config.filter.count_only {
             None
         } else {
-            Some(Records::open(&mut ebpf)?)
+            Some(Records::open(&mut loaded.ebpf)?)
         };
-        bpf::syscalls::attach(&mut ebpf, &config.syscalls, config.filter)?;
-        let command = match &config.target {
-            Target::Command(argv) => Some(spawn::spawn_as_target(&mut ebpf, argv)?),
-            _ => None,
-        };
-
+        if let Target::Command(argv) = &config.target {
+            session.spawn(argv, &mut loaded.ebpf)?;
+        }
         let (mode, description) = config.describe();
-        let watched = Watched {
-            pidfds: watched,
-            command,
-        };
-        let pids = watched.pids();
-        let mut out =
-            TraceOutput::new(out, config.json, config.filter.count_only, WallClock::now());
-        out.start(&Start {
-            mode,
-            description: &description,
-            pids: &pids,
-            syscalls: &config.syscalls,
-        })
-        .context("write the report")?;
-
-        Ok(Session {
+        let pids = session.watched().pids();
+        session
+            .sink()
+            .emit(&Start {
+                mode,
+                description: &description,
+                pids: &pids,
+                syscalls: &config.syscalls,
+            })
+            .context("write the report")?;
+        let mut poll = interval(POLL);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut drop_check = interval(DROP_CHECK);
+        drop_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Ok(Trace {
             config,
-            ebpf,
+            loaded,
             records,
-            out,
-            watched,
-            started: Instant::now(),
+            clock: WallClock::now(),
+            poll,
+            drop_check,
             received: 0,
             undecodable: 0,
             lost_warned: 0,
         })
     }
 
-    async fn run(&mut self) -> anyhow::Result<u8> {
-        let mut endings = Endings::install(self.config.duration)?;
-        let mut poll = interval(POLL);
-        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut drop_check = interval(DROP_CHECK);
-        drop_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
-
-        let end = loop {
-            let backlog = async {
-                match self.records.as_mut() {
-                    Some(records) => records.backlog().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let drain = tokio::select! {
-                ready = backlog => { ready?; true }
-                _ = poll.tick() => true,
-                _ = drop_check.tick() => { self.warn_about_drops()?; false }
-                end = endings.next(&self.watched) => break end,
-            };
-            if drain {
-                match self.drain() {
-                    Ok(_) => {}
-                    Err(err) if err.kind() == io::ErrorKind::BrokenPipe => break End::OutputClosed,
-                    Err(err) => return Err(err).context("write the report"),
-                }
-            }
-        };
-
-        let command = self.watched.finish_command(end).await?;
-        // Every call the targets completed is in the ring by now: take the rest.
-        if end != End::OutputClosed {
-            loop {
-                match self.drain() {
-                    Ok(BATCH) => continue,
-                    Ok(_) => break,
-                    Err(err) if err.kind() == io::ErrorKind::BrokenPipe => break,
-                    Err(err) => return Err(err).context("write the report"),
-                }
-            }
-        }
-        let summary = Summary {
-            duration_s: self.started.elapsed().as_secs_f64(),
-            reason: end.reason(),
-            records: self.received,
-            undecodable: self.undecodable,
-            syscalls: bpf::syscalls::stats(&self.ebpf, &self.config.syscalls)?,
-            dropped: bpf::faults::drops(&self.ebpf)?
-                .into_iter()
-                .filter(|&(source, _)| out::is_syscall_loss(source))
-                .collect(),
-            command,
-        };
-        if let Err(err) = self.out.summary(&summary)
-            && err.kind() != io::ErrorKind::BrokenPipe
-        {
-            return Err(err).context("write the summary");
-        }
-        Ok(lifecycle::exit_status(command))
-    }
-
     /// Writes the waiting calls (up to one batch), then flushes; returns how many were read.
-    fn drain(&mut self) -> io::Result<usize> {
+    fn drain(&mut self, sink: &mut Sink) -> io::Result<usize> {
         let Some(records) = self.records.as_mut() else {
             return Ok(0);
         };
         let mut result = Ok(());
-        let (out, received, undecodable) =
-            (&mut self.out, &mut self.received, &mut self.undecodable);
+        let (clock, received, undecodable) =
+            (self.clock, &mut self.received, &mut self.undecodable);
         let n = records.drain(BATCH, |record| match record {
             Ok(call) => {
                 *received += 1;
                 if result.is_ok() {
-                    result = out.call(&call);
+                    result = sink.emit(&CallRecord {
+                        ts_ns: clock.unix_ns(call.start_ns),
+                        call: &call,
+                    });
                 }
             }
             Err(err) => {
@@ -298,16 +230,16 @@ impl<'a> Session<'a> {
             }
         });
         result?;
-        out.flush()?;
+        sink.flush()?;
         Ok(n)
     }
 
+    fn drops(&self) -> anyhow::Result<Vec<(DropSource, u64)>> {
+        bpf::syscalls::drops(&self.loaded.ebpf, false)
+    }
+
     fn warn_about_drops(&mut self) -> anyhow::Result<()> {
-        let lost: u64 = bpf::faults::drops(&self.ebpf)?
-            .into_iter()
-            .filter(|&(source, _)| is_loss(source))
-            .map(|(_, n)| n)
-            .sum();
+        let lost: u64 = self.drops()?.iter().map(|&(_, n)| n).sum();
         if lost > self.lost_warned {
             log::warn!("{lost} syscall records lost so far (the reader fell behind)");
             self.lost_warned = lost;
@@ -316,6 +248,55 @@ impl<'a> Session<'a> {
     }
 }
 
-fn is_loss(source: DropSource) -> bool {
-    out::is_syscall_loss(source)
+impl Job for Trace<'_> {
+    type Work = Wake;
+
+    async fn next(&mut self) -> anyhow::Result<Wake> {
+        let backlog = async {
+            match self.records.as_mut() {
+                Some(records) => records.backlog().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ready = backlog => { ready?; Ok(Wake::Records) }
+            _ = self.poll.tick() => Ok(Wake::Records),
+            _ = self.drop_check.tick() => Ok(Wake::DropCheck),
+        }
+    }
+
+    fn work(&mut self, wake: Wake, sink: &mut Sink) -> anyhow::Result<Option<End>> {
+        match wake {
+            Wake::Records => {
+                self.drain(sink).context("write the report")?;
+            }
+            Wake::DropCheck => self.warn_about_drops()?,
+        }
+        Ok(None)
+    }
+
+    fn finish(&mut self, ending: &Ending, sink: &mut Sink) -> anyhow::Result<()> {
+        // Every call the targets completed is in the ring by now: take the rest.
+        if ending.end != End::OutputClosed {
+            while self.drain(sink).context("write the report")? == BATCH {}
+        }
+        let stats = bpf::syscalls::stats(&self.loaded.ebpf, &self.config.syscalls)?;
+        let dropped = self.drops()?;
+        sink.emit(&Summary {
+            duration_s: ending.duration.as_secs_f64(),
+            reason: ending.end.reason(),
+            records: self.received,
+            undecodable: self.undecodable,
+            syscalls: &stats,
+            dropped: &dropped,
+            command: ending.command,
+            table: self.config.filter.count_only,
+        })?;
+        Ok(())
+    }
+
+    fn release(self) {
+        drop(self.records);
+        self.loaded.release(Release::Background);
+    }
 }

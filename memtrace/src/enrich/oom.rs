@@ -9,12 +9,9 @@ use memtrace_common::oom::{OomFields, OomPhase, OomVictim};
 
 use crate::{
     aggregate::oom::Reports,
-    bpf::oom::OomRecord,
     cgroup::{self, MemoryHierarchy},
-    output::{
-        Timestamp,
-        oom::{Cgroup, Kill, Trigger, Victim},
-    },
+    model::oom::{Cgroup, Kill, OomRecord, Trigger, Victim},
+    output::Timestamp,
     procfs,
 };
 

@@ -1,15 +1,19 @@
-//! Rendering `memtrace faults` reports: a table for people, JSON lines for machines. The JSON
-//! schema is documented in the README; every record has a `"type"`.
+//! The records of a `memtrace faults` report: a start, one interval per `--interval`, a summary.
+//! JSON schema in the README.
 
 use std::io::{self, Write};
 
 use memtrace_common::DropSource;
 use serde::Serialize;
 
-use super::{Timestamp, round_secs};
-use crate::{aggregate::faults::Row, spawn::CommandExit};
+use super::{Record, Timestamp, drops_json, seconds, unix_seconds};
+use crate::{aggregate::faults::Row, session::CommandOutcome};
+
+/// Summary rows the human table shows before saying how many more there are.
+const SUMMARY_ROWS: usize = 50;
 
 /// What the report is about, told once at the start.
+#[derive(Serialize)]
 pub struct Start<'a> {
     /// `"system"`, `"pids"`, `"comm"` or `"command"`.
     pub mode: &'static str,
@@ -19,295 +23,240 @@ pub struct Start<'a> {
     pub per_thread: bool,
 }
 
-/// One process's totals in the final summary.
+impl Record for Start<'_> {
+    const TYPE: &'static str = "start";
+
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        eprintln!(
+            "memtrace: counting page faults of {} (Ctrl-C to stop)",
+            self.description
+        );
+        writeln!(
+            out,
+            "{:<8} {:>8}{} {:<16} {:>10} {:>10} {:>12} {:>10}",
+            "TIME",
+            "PID",
+            tid_column(self.per_thread.then_some("TID")),
+            "COMM",
+            "MINOR/s",
+            "MAJOR/s",
+            "MINOR",
+            "MAJOR"
+        )
+    }
+}
+
+/// One process (thread) in one interval.
+#[derive(Serialize)]
+pub struct Rate<'a> {
+    pub pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tid: Option<u32>,
+    pub comm: &'a str,
+    #[serde(serialize_with = "seconds")]
+    pub minor_per_s: f64,
+    #[serde(serialize_with = "seconds")]
+    pub major_per_s: f64,
+    /// Totals since tracing began.
+    pub minor: u64,
+    pub major: u64,
+}
+
+impl<'a> Rate<'a> {
+    pub fn of(row: &'a Row, per_thread: bool) -> Rate<'a> {
+        Rate {
+            pid: row.key.tgid,
+            tid: per_thread.then_some(row.key.tid),
+            comm: &row.comm,
+            minor_per_s: row.minor_per_s,
+            major_per_s: row.major_per_s,
+            minor: row.total.minor,
+            major: row.total.major,
+        }
+    }
+}
+
+/// One interval: the rows to show, and what the kernel could not count so far.
+#[derive(Serialize)]
+pub struct Interval<'a> {
+    #[serde(serialize_with = "unix_seconds")]
+    pub timestamp: Timestamp,
+    #[serde(serialize_with = "seconds")]
+    pub interval_s: f64,
+    pub processes: Vec<Rate<'a>>,
+    #[serde(serialize_with = "drops_json")]
+    pub dropped: &'a [(DropSource, u64)],
+}
+
+impl Record for Interval<'_> {
+    const TYPE: &'static str = "interval";
+
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        let hms = self.timestamp.local_hms();
+        for rate in &self.processes {
+            writeln!(
+                out,
+                "{hms:<8} {:>8}{} {:<16} {:>10.1} {:>10.1} {:>12} {:>10}",
+                rate.pid,
+                tid_column(rate.tid),
+                rate.comm,
+                rate.minor_per_s,
+                rate.major_per_s,
+                rate.minor,
+                rate.major
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// One process's (thread's) totals in the summary.
+#[derive(Serialize)]
 pub struct Total {
     pub pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tid: Option<u32>,
     pub comm: String,
     pub minor: u64,
     pub major: u64,
 }
 
-pub struct Summary {
-    pub time: Timestamp,
+#[derive(Serialize)]
+pub struct Totals {
+    pub minor: u64,
+    pub major: u64,
+}
+
+/// The spawned command, with the kernel's own count for it and its reaped descendants (`wait4`
+/// rusage), as a cross-check.
+#[derive(Serialize)]
+pub struct Command {
+    pub pid: u32,
+    pub exit_code: u8,
+    pub kernel_minor: u64,
+    pub kernel_major: u64,
+}
+
+impl Command {
+    pub fn of((pid, exit): CommandOutcome) -> Command {
+        Command {
+            pid,
+            exit_code: exit.code,
+            kernel_minor: exit.minor_faults,
+            kernel_major: exit.major_faults,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Summary<'a> {
+    #[serde(serialize_with = "unix_seconds")]
+    pub timestamp: Timestamp,
+    #[serde(serialize_with = "seconds")]
     pub duration_s: f64,
-    /// Why tracing ended: `"signal"`, `"duration"`, `"targets_exited"`, `"command_exited"`,
-    /// `"output_closed"`.
+    /// Why tracing ended ([`crate::session::End::reason`]).
     pub reason: &'static str,
-    pub totals: Vec<Total>,
-    pub dropped: Vec<(DropSource, u64)>,
-    pub command: Option<(u32, CommandExit)>,
-}
-
-pub struct FaultsOutput {
-    out: Box<dyn Write>,
-    json: bool,
-    per_thread: bool,
-    /// Rows the human summary shows before saying how many more there are.
-    summary_rows: usize,
-}
-
-#[derive(Serialize)]
-struct JsonStart<'a> {
-    r#type: &'static str,
-    mode: &'static str,
-    description: &'a str,
-    pids: &'a [u32],
-    interval_s: f64,
-    per_thread: bool,
-}
-
-#[derive(Serialize)]
-struct JsonRate<'a> {
-    pid: u32,
+    /// Busiest first.
+    pub processes: Vec<Total>,
+    pub total: Totals,
+    #[serde(serialize_with = "drops_json")]
+    pub dropped: &'a [(DropSource, u64)],
     #[serde(skip_serializing_if = "Option::is_none")]
-    tid: Option<u32>,
-    comm: &'a str,
-    minor_per_s: f64,
-    major_per_s: f64,
-    minor: u64,
-    major: u64,
+    pub command: Option<Command>,
+    #[serde(skip)]
+    pub per_thread: bool,
 }
 
-#[derive(Serialize)]
-struct JsonInterval<'a> {
-    r#type: &'static str,
-    timestamp: f64,
-    interval_s: f64,
-    processes: Vec<JsonRate<'a>>,
-    dropped: serde_json::Map<String, serde_json::Value>,
-}
+impl Record for Summary<'_> {
+    const TYPE: &'static str = "summary";
 
-#[derive(Serialize)]
-struct JsonTotal<'a> {
-    pid: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tid: Option<u32>,
-    comm: &'a str,
-    minor: u64,
-    major: u64,
-}
-
-#[derive(Serialize)]
-struct JsonCommand {
-    pid: u32,
-    exit_code: u8,
-    /// The kernel's own count for the command and its reaped descendants (`wait4` rusage).
-    kernel_minor: u64,
-    kernel_major: u64,
-}
-
-#[derive(Serialize)]
-struct JsonSummary<'a> {
-    r#type: &'static str,
-    timestamp: f64,
-    duration_s: f64,
-    reason: &'static str,
-    processes: Vec<JsonTotal<'a>>,
-    total: JsonTotals,
-    dropped: serde_json::Map<String, serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    command: Option<JsonCommand>,
-}
-
-#[derive(Serialize)]
-struct JsonTotals {
-    minor: u64,
-    major: u64,
-}
-
-fn dropped_json(dropped: &[(DropSource, u64)]) -> serde_json::Map<String, serde_json::Value> {
-    dropped
-        .iter()
-        .map(|&(source, n)| (source.name().to_owned(), n.into()))
-        .collect()
-}
-
-fn tid_of(row_tid: u32, per_thread: bool) -> Option<u32> {
-    per_thread.then_some(row_tid)
-}
-
-impl FaultsOutput {
-    pub fn new(out: Box<dyn Write>, json: bool, per_thread: bool) -> FaultsOutput {
-        FaultsOutput {
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        let count = self.processes.len();
+        let noun = match (self.per_thread, count) {
+            (true, 1) => "thread",
+            (true, _) => "threads",
+            (false, 1) => "process",
+            (false, _) => "processes",
+        };
+        writeln!(
             out,
-            json,
-            per_thread,
-            summary_rows: 50,
-        }
-    }
-
-    fn json_line(&mut self, value: &impl Serialize) -> io::Result<()> {
-        super::json_line(&mut self.out, value)
-    }
-
-    pub fn start(&mut self, start: &Start) -> io::Result<()> {
-        if self.json {
-            return self.json_line(&JsonStart {
-                r#type: "start",
-                mode: start.mode,
-                description: start.description,
-                pids: start.pids,
-                interval_s: start.interval_s,
-                per_thread: start.per_thread,
-            });
-        }
-        eprintln!(
-            "memtrace: counting page faults of {} (Ctrl-C to stop)",
-            start.description
-        );
-        let tid = if self.per_thread {
-            format!(" {:>8}", "TID")
-        } else {
-            String::new()
-        };
-        writeln!(
-            self.out,
-            "{:<8} {:>8}{tid} {:<16} {:>10} {:>10} {:>12} {:>10}",
-            "TIME", "PID", "COMM", "MINOR/s", "MAJOR/s", "MINOR", "MAJOR"
+            "\nSummary: {:.1} s, {count} {noun} ({})",
+            self.duration_s,
+            self.reason.replace('_', " ")
         )?;
-        self.out.flush()
-    }
-
-    pub fn interval(
-        &mut self,
-        time: Timestamp,
-        interval_s: f64,
-        rows: &[Row],
-        dropped: &[(DropSource, u64)],
-    ) -> io::Result<()> {
-        if self.json {
-            let processes = rows
-                .iter()
-                .map(|row| JsonRate {
-                    pid: row.key.tgid,
-                    tid: tid_of(row.key.tid, self.per_thread),
-                    comm: &row.comm,
-                    minor_per_s: round_secs(row.minor_per_s),
-                    major_per_s: round_secs(row.major_per_s),
-                    minor: row.total.minor,
-                    major: row.total.major,
-                })
-                .collect();
-            return self.json_line(&JsonInterval {
-                r#type: "interval",
-                timestamp: round_secs(time.unix),
-                interval_s: round_secs(interval_s),
-                processes,
-                dropped: dropped_json(dropped),
-            });
-        }
-        let hms = time.local_hms();
-        for row in rows {
-            let tid = if self.per_thread {
-                format!(" {:>8}", row.key.tid)
-            } else {
-                String::new()
-            };
-            writeln!(
-                self.out,
-                "{hms:<8} {:>8}{tid} {:<16} {:>10.1} {:>10.1} {:>12} {:>10}",
-                row.key.tgid,
-                row.comm,
-                row.minor_per_s,
-                row.major_per_s,
-                row.total.minor,
-                row.total.major
-            )?;
-        }
-        self.out.flush()
-    }
-
-    pub fn summary(&mut self, summary: &Summary) -> io::Result<()> {
-        let (minor, major) = summary.totals.iter().fold((0, 0), |(minor, major), t| {
-            (minor + t.minor, major + t.major)
-        });
-        if self.json {
-            let processes = summary
-                .totals
-                .iter()
-                .map(|t| JsonTotal {
-                    pid: t.pid,
-                    tid: t.tid,
-                    comm: &t.comm,
-                    minor: t.minor,
-                    major: t.major,
-                })
-                .collect();
-            return self.json_line(&JsonSummary {
-                r#type: "summary",
-                timestamp: round_secs(summary.time.unix),
-                duration_s: round_secs(summary.duration_s),
-                reason: summary.reason,
-                processes,
-                total: JsonTotals { minor, major },
-                dropped: dropped_json(&summary.dropped),
-                command: summary.command.map(|(pid, exit)| JsonCommand {
-                    pid,
-                    exit_code: exit.code,
-                    kernel_minor: exit.minor_faults,
-                    kernel_major: exit.major_faults,
-                }),
-            });
-        }
-        let w = &mut self.out;
+        let tid_header = tid_column(self.per_thread.then_some("TID"));
         writeln!(
-            w,
-            "\nSummary: {:.1} s, {} {} ({})",
-            summary.duration_s,
-            summary.totals.len(),
-            match (self.per_thread, summary.totals.len()) {
-                (true, 1) => "thread",
-                (true, _) => "threads",
-                (false, 1) => "process",
-                (false, _) => "processes",
-            },
-            summary.reason.replace('_', " ")
-        )?;
-        let tid = if self.per_thread {
-            format!(" {:>8}", "TID")
-        } else {
-            String::new()
-        };
-        writeln!(
-            w,
-            "{:>8}{tid} {:<16} {:>12} {:>10}",
+            out,
+            "{:>8}{tid_header} {:<16} {:>12} {:>10}",
             "PID", "COMM", "MINOR", "MAJOR"
         )?;
-        for t in summary.totals.iter().take(self.summary_rows) {
-            let tid = t.tid.map(|tid| format!(" {tid:>8}")).unwrap_or_default();
+        for t in self.processes.iter().take(SUMMARY_ROWS) {
             writeln!(
-                w,
-                "{:>8}{tid} {:<16} {:>12} {:>10}",
-                t.pid, t.comm, t.minor, t.major
+                out,
+                "{:>8}{} {:<16} {:>12} {:>10}",
+                t.pid,
+                tid_column(t.tid),
+                t.comm,
+                t.minor,
+                t.major
             )?;
         }
-        if summary.totals.len() > self.summary_rows {
+        if count > SUMMARY_ROWS {
             writeln!(
-                w,
+                out,
                 "  ... and {} more (--json lists all)",
-                summary.totals.len() - self.summary_rows
+                count - SUMMARY_ROWS
             )?;
         }
         let pad = if self.per_thread { 9 } else { 0 };
         writeln!(
-            w,
-            "{:>8}{:pad$} {:<16} {minor:>12} {major:>10}",
-            "total", "", ""
+            out,
+            "{:>8}{:pad$} {:<16} {:>12} {:>10}",
+            "total", "", "", self.total.minor, self.total.major
         )?;
-        if let Some((pid, exit)) = summary.command {
+        if let Some(command) = &self.command {
             writeln!(
-                w,
-                "command (pid {pid}) exited with status {}; the kernel's own count for it and its \
+                out,
+                "command (pid {}) exited with status {}; the kernel's own count for it and its \
                  reaped children: {} minor, {} major",
-                exit.code, exit.minor_faults, exit.major_faults
+                command.pid, command.exit_code, command.kernel_minor, command.kernel_major
             )?;
         }
-        for &(source, n) in &summary.dropped {
+        for &(source, n) in self.dropped {
             if n > 0 {
-                writeln!(w, "dropped: {n} ({})", source.name())?;
+                writeln!(out, "dropped: {n} ({})", source.name())?;
             }
         }
-        w.flush()
+        Ok(())
+    }
+}
+
+/// The `TID` column, present only when counting per thread.
+fn tid_column(tid: Option<impl std::fmt::Display>) -> String {
+    tid.map(|tid| format!(" {tid:>8}")).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use memtrace_common::faults::FaultKey;
+
+    use super::*;
+    use crate::{aggregate::faults::Counts, output::round_secs};
+
+    #[test]
+    fn rates_round_to_microseconds_in_json_and_tid_only_per_thread() {
+        let row = Row {
+            key: FaultKey { tgid: 7, tid: 8 },
+            comm: "x".into(),
+            minor_per_s: 1.0 / 3.0,
+            major_per_s: 0.0,
+            delta: Counts::default(),
+            total: Counts { minor: 5, major: 1 },
+        };
+        let json = serde_json::to_value(Rate::of(&row, false)).unwrap();
+        assert_eq!(json["minor_per_s"], round_secs(1.0 / 3.0));
+        assert!(json.get("tid").is_none());
+        let json = serde_json::to_value(Rate::of(&row, true)).unwrap();
+        assert_eq!(json["tid"], 8);
     }
 }

@@ -1,4 +1,6 @@
-//! Where and how reports are written: human tables or JSON lines, to stdout or a file.
+//! Where and how reports are written. A command's report is a sequence of [`Record`]s (a start,
+//! intervals or calls or kills, a summary) written to a [`Sink`] in one [`Format`]: human tables
+//! and lines, or JSON lines. The modules below define each command's records.
 
 pub mod faults;
 pub mod oom;
@@ -13,20 +15,101 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use serde::Serialize;
+
 use crate::error::Failure;
 
-/// Opens the report destination. Files are created readable by owner and group only, since
-/// reports name other users' processes.
-pub fn open(path: Option<&Path>) -> Result<Box<dyn Write>, Failure> {
-    match path {
-        None => Ok(Box::new(io::stdout())),
-        Some(path) => Ok(Box::new(BufWriter::new(create(path, false)?))),
+/// How a report is written. The attribution work adds folded stacks and flame graphs here, and
+/// a live view belongs here too: each a way to write the same records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Tables and lines for people.
+    Human,
+    /// One JSON object per line, each with its `"type"` first (schemas in the README).
+    Json,
+}
+
+impl Format {
+    pub fn json(json: bool) -> Format {
+        if json { Format::Json } else { Format::Human }
     }
 }
 
-/// Opens a file to append records to, unbuffered (the daemon's events), created as `open` does.
-pub fn open_append(path: &Path) -> Result<Box<dyn Write>, Failure> {
-    Ok(Box::new(create(path, true)?))
+/// One thing a report says. Its JSON form is its `Serialize` (the sink puts `"type": TYPE`
+/// first), its human form [`Record::human`]; neither knows where it is written.
+pub trait Record: Serialize {
+    /// The JSON `"type"`.
+    const TYPE: &'static str;
+
+    /// Writes the record for people. What is not the report itself (a banner, a closing line)
+    /// goes to stderr, so that the report can be piped.
+    fn human(&self, out: &mut dyn Write) -> io::Result<()>;
+}
+
+/// Where a report goes, in its format. Buffered: a command flushes when what it wrote must be
+/// seen at once (each interval, each kill, each batch of calls).
+pub struct Sink {
+    format: Format,
+    out: BufWriter<Box<dyn Write>>,
+}
+
+/// A record with its type, as one JSON line has it.
+#[derive(Serialize)]
+struct Tagged<'a, R> {
+    r#type: &'static str,
+    #[serde(flatten)]
+    record: &'a R,
+}
+
+impl Sink {
+    /// Opens the destination: stdout, or a file created readable by owner and group only,
+    /// since reports name other users' processes. A path that cannot be written is a usage
+    /// error, found before anything needs privileges.
+    pub fn open(path: Option<&Path>, format: Format) -> Result<Sink, Failure> {
+        let out: Box<dyn Write> = match path {
+            None => Box::new(io::stdout()),
+            Some(path) => Box::new(create(path, false)?),
+        };
+        Ok(Sink::new(out, format))
+    }
+
+    /// Appends to a file (the daemon's events), created as `open` does, or to stdout for `-`.
+    pub fn append(path: &Path, format: Format) -> Result<Sink, Failure> {
+        if path.as_os_str() == "-" {
+            return Sink::open(None, format);
+        }
+        Ok(Sink::new(Box::new(create(path, true)?), format))
+    }
+
+    pub fn new(out: Box<dyn Write>, format: Format) -> Sink {
+        Sink {
+            format,
+            out: BufWriter::with_capacity(256 << 10, out),
+        }
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Writes one record (buffered).
+    pub fn emit<R: Record>(&mut self, record: &R) -> io::Result<()> {
+        match self.format {
+            Format::Human => record.human(&mut self.out),
+            Format::Json => {
+                let tagged = Tagged {
+                    r#type: R::TYPE,
+                    record,
+                };
+                serde_json::to_writer(&mut self.out, &tagged)?;
+                self.out.write_all(b"\n")
+            }
+        }
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
 }
 
 fn create(path: &Path, append: bool) -> Result<std::fs::File, Failure> {
@@ -38,13 +121,6 @@ fn create(path: &Path, append: bool) -> Result<std::fs::File, Failure> {
         .mode(0o640)
         .open(path)
         .map_err(|err| Failure::Usage(format!("cannot write to {}: {err}", path.display())))
-}
-
-/// Writes one JSON object and a newline, and flushes: each record is out as soon as it exists.
-pub fn json_line(out: &mut dyn Write, value: &impl serde::Serialize) -> io::Result<()> {
-    serde_json::to_writer(&mut *out, value)?;
-    out.write_all(b"\n")?;
-    out.flush()
 }
 
 /// A moment, as seconds since the epoch (for machines) and local `HH:MM:SS` (for people).
@@ -75,9 +151,32 @@ impl Timestamp {
     }
 }
 
+/// A timestamp as JSON has it: Unix seconds, to the microsecond.
+pub fn unix_seconds<S: serde::Serializer>(time: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(round_secs(time.unix))
+}
+
+/// Seconds as JSON has them: to the microsecond.
+pub fn seconds<S: serde::Serializer>(secs: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(round_secs(*secs))
+}
+
 /// Rounds seconds to microseconds for JSON, so figures stay readable.
 pub fn round_secs(secs: f64) -> f64 {
     (secs * 1e6).round() / 1e6
+}
+
+/// Drop counts as JSON has them: `{"source": count, ...}`.
+pub fn drops_json<S: serde::Serializer>(
+    dropped: &[(memtrace_common::DropSource, u64)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(dropped.len()))?;
+    for (source, n) in dropped {
+        map.serialize_entry(source.name(), n)?;
+    }
+    map.end()
 }
 
 /// Whether writing failed because the reader went away (`memtrace ... | head`).
@@ -85,4 +184,64 @@ pub fn is_closed(err: &anyhow::Error) -> bool {
     err.chain()
         .filter_map(|cause| cause.downcast_ref::<io::Error>())
         .any(|err| err.kind() == io::ErrorKind::BrokenPipe)
+}
+
+/// A sink whose output tests read back.
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct Captured(std::rc::Rc<std::cell::RefCell<Vec<u8>>>);
+
+#[cfg(test)]
+impl Captured {
+    pub(crate) fn sink(format: Format) -> (Sink, Captured) {
+        let captured = Captured::default();
+        (Sink::new(Box::new(captured.clone()), format), captured)
+    }
+
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8(self.0.borrow().clone()).expect("UTF-8 output")
+    }
+}
+
+#[cfg(test)]
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.borrow_mut().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Example {
+        n: u32,
+    }
+
+    impl Record for Example {
+        const TYPE: &'static str = "example";
+
+        fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+            writeln!(out, "n is {}", self.n)
+        }
+    }
+
+    fn written(format: Format) -> String {
+        let (mut sink, captured) = Captured::sink(format);
+        sink.emit(&Example { n: 7 }).unwrap();
+        sink.flush().unwrap();
+        captured.text()
+    }
+
+    #[test]
+    fn one_record_two_forms() {
+        assert_eq!(written(Format::Human), "n is 7\n");
+        assert_eq!(written(Format::Json), "{\"type\":\"example\",\"n\":7}\n");
+    }
 }

@@ -1,184 +1,77 @@
-//! Rendering `memtrace oom`: one line per victim for people, one JSON object per victim for
-//! machines (schema in the README). Every record is flushed at once: a kill appears as it happens.
+//! The records of a `memtrace oom` report (and of `serve --events`): a start, one per victim,
+//! a summary. Every kill is flushed at once: it appears as it happens.
 
 use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::{Timestamp, round_secs};
-use crate::cgroup::{Limit, Version};
-
-/// The victim, as `oom:mark_victim` reported it; `None` for what this kernel does not report.
-#[derive(Clone, Debug, Serialize)]
-pub struct Victim {
-    pub pid: u32,
-    pub comm: Option<String>,
-    pub uid: Option<u32>,
-    pub total_vm_kb: Option<u64>,
-    pub anon_rss_kb: Option<u64>,
-    pub file_rss_kb: Option<u64>,
-    pub shmem_rss_kb: Option<u64>,
-    pub pgtables_kb: Option<u64>,
-    pub oom_score_adj: Option<i32>,
-}
-
-/// The task that ran the OOM killer.
-#[derive(Clone, Debug, Serialize)]
-pub struct Trigger {
-    pub pid: u32,
-    pub tid: u32,
-    pub comm: String,
-}
-
-/// The victim's memory cgroup and the OOM's scope.
-#[derive(Clone, Debug, Serialize)]
-pub struct Cgroup {
-    /// The victim's memory cgroup, as a path in the memory hierarchy.
-    pub path: Option<String>,
-    /// Where `path` came from: `kernel_report`, `proc`, `group_report`, `oom_domain`, `trigger`.
-    pub source: Option<&'static str>,
-    pub hierarchy: Option<Version>,
-    /// `cgroup` (a cgroup's limit was hit) or `system` (the whole machine, or a cpuset/policy).
-    pub scope: Option<&'static str>,
-    /// The kernel's constraint, e.g. `CONSTRAINT_MEMCG`.
-    pub constraint: Option<String>,
-    /// The cgroup whose limit was hit, for a cgroup OOM.
-    pub oom_domain: Option<String>,
-    /// The cgroup of a `memory.oom.group` kill this victim was part of.
-    pub oom_group: Option<String>,
-    #[serde(serialize_with = "limit_json")]
-    pub limit_bytes: Option<Limit>,
-    pub usage_bytes: Option<u64>,
-    pub oom_kill: Option<u64>,
-}
-
-fn limit_json<S: serde::Serializer>(limit: &Option<Limit>, s: S) -> Result<S::Ok, S::Error> {
-    match limit {
-        Some(Limit::Bytes(bytes)) => s.serialize_u64(*bytes),
-        Some(Limit::Unlimited) => s.serialize_str("max"),
-        None => s.serialize_none(),
-    }
-}
-
-/// One victim of one OOM kill.
-#[derive(Clone, Debug)]
-pub struct Kill {
-    pub time: Timestamp,
-    /// Shared by every victim of one OOM invocation (one group kill).
-    pub group_id: u64,
-    pub victim: Victim,
-    pub trigger: Trigger,
-    pub cgroup: Cgroup,
-}
-
-#[derive(Serialize)]
-struct JsonKill<'a> {
-    r#type: &'static str,
-    timestamp: f64,
-    group_id: u64,
-    victim: &'a Victim,
-    trigger: &'a Trigger,
-    cgroup: &'a Cgroup,
-}
-
-#[derive(Serialize)]
-struct JsonStart<'a> {
-    r#type: &'static str,
-    cgroup_filter: Option<&'a str>,
-    hierarchy: Option<Version>,
-    hierarchy_mount: Option<&'a str>,
-    /// Victim fields this kernel's `mark_victim` reports.
-    victim_fields: &'a [&'a str],
-}
-
-#[derive(Serialize)]
-struct JsonSummary {
-    r#type: &'static str,
-    timestamp: f64,
-    reason: &'static str,
-    kills: u64,
-    dropped: serde_json::Map<String, serde_json::Value>,
-}
+use super::{Record, Timestamp, unix_seconds};
+use crate::{
+    cgroup::{Limit, Version},
+    model::oom::Kill,
+};
 
 /// What the report is about, told once at the start.
+#[derive(Serialize)]
 pub struct Start<'a> {
     pub cgroup_filter: Option<&'a str>,
-    pub hierarchy: Option<(Version, &'a str)>,
+    pub hierarchy: Option<Version>,
+    pub hierarchy_mount: Option<&'a str>,
+    /// Victim fields this kernel's `mark_victim` reports.
     pub victim_fields: &'a [&'a str],
 }
 
-pub struct OomOutput {
-    out: Box<dyn Write>,
-    json: bool,
-}
+impl Record for Start<'_> {
+    const TYPE: &'static str = "start";
 
-impl OomOutput {
-    pub fn new(out: Box<dyn Write>, json: bool) -> OomOutput {
-        OomOutput { out, json }
-    }
-
-    fn json_line(&mut self, value: &impl Serialize) -> io::Result<()> {
-        super::json_line(&mut self.out, value)
-    }
-
-    pub fn start(&mut self, start: &Start) -> io::Result<()> {
-        if self.json {
-            return self.json_line(&JsonStart {
-                r#type: "start",
-                cgroup_filter: start.cgroup_filter,
-                hierarchy: start.hierarchy.map(|(v, _)| v),
-                hierarchy_mount: start.hierarchy.map(|(_, m)| m),
-                victim_fields: start.victim_fields,
-            });
-        }
-        let scope = match start.cgroup_filter {
+    fn human(&self, _out: &mut dyn Write) -> io::Result<()> {
+        let scope = match self.cgroup_filter {
             Some(cgroup) => format!("in memory cgroup {cgroup}"),
             None => "system-wide".into(),
         };
         eprintln!("memtrace: waiting for OOM kills {scope} (Ctrl-C to stop)");
-        self.out.flush()
+        Ok(())
     }
+}
 
-    pub fn kill(&mut self, kill: &Kill) -> io::Result<()> {
-        if self.json {
-            return self.json_line(&JsonKill {
-                r#type: "oom_kill",
-                timestamp: round_secs(kill.time.unix),
-                group_id: kill.group_id,
-                victim: &kill.victim,
-                trigger: &kill.trigger,
-                cgroup: &kill.cgroup,
-            });
-        }
-        let line = format_kill(kill);
-        writeln!(self.out, "{line}")?;
-        self.out.flush()
+impl Record for Kill {
+    const TYPE: &'static str = "oom_kill";
+
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(out, "{}", format_kill(self))
     }
+}
 
-    pub fn summary(&mut self, reason: &'static str, kills: u64, dropped: u64) -> io::Result<()> {
-        if self.json {
-            let mut map = serde_json::Map::new();
-            map.insert("oom_ring_full".into(), dropped.into());
-            return self.json_line(&JsonSummary {
-                r#type: "summary",
-                timestamp: round_secs(Timestamp::now().unix),
-                reason,
-                kills,
-                dropped: map,
-            });
-        }
-        let lost = if dropped > 0 {
-            format!(", {dropped} records lost (ring buffer full)")
-        } else {
-            String::new()
+#[derive(Serialize)]
+pub struct Summary {
+    #[serde(serialize_with = "unix_seconds")]
+    pub timestamp: Timestamp,
+    /// Why it ended ([`crate::session::End::reason`]).
+    pub reason: &'static str,
+    pub kills: u64,
+    pub dropped: Dropped,
+}
+
+#[derive(Serialize)]
+pub struct Dropped {
+    pub oom_ring_full: u64,
+}
+
+impl Record for Summary {
+    const TYPE: &'static str = "summary";
+
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        let lost = match self.dropped.oom_ring_full {
+            0 => String::new(),
+            n => format!(", {n} records lost (ring buffer full)"),
         };
         writeln!(
-            self.out,
-            "Summary: {kills} OOM kill{} ({}){lost}",
-            if kills == 1 { "" } else { "s" },
-            reason.replace('_', " ")
-        )?;
-        self.out.flush()
+            out,
+            "Summary: {} OOM kill{} ({}){lost}",
+            self.kills,
+            if self.kills == 1 { "" } else { "s" },
+            self.reason.replace('_', " ")
+        )
     }
 }
 
@@ -232,6 +125,10 @@ pub fn format_kill(kill: &Kill) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        model::oom::{Cgroup, Trigger, Victim},
+        output::{Captured, Format},
+    };
 
     fn kill() -> Kill {
         Kill {
@@ -271,15 +168,12 @@ mod tests {
     #[test]
     fn unknown_fields_are_null_in_json_and_question_marks_in_text() {
         let k = kill();
-        let json = serde_json::to_value(JsonKill {
-            r#type: "oom_kill",
-            timestamp: 0.0,
-            group_id: k.group_id,
-            victim: &k.victim,
-            trigger: &k.trigger,
-            cgroup: &k.cgroup,
-        })
-        .unwrap();
+        let (mut sink, captured) = Captured::sink(Format::Json);
+        sink.emit(&k).unwrap();
+        sink.flush().unwrap();
+        let json: serde_json::Value = serde_json::from_str(&captured.text()).unwrap();
+        assert_eq!(json["type"], "oom_kill");
+        assert_eq!(json["timestamp"], 0.0);
         assert_eq!(json["victim"]["comm"], serde_json::Value::Null);
         assert_eq!(json["victim"]["total_vm_kb"], 100);
         assert_eq!(json["cgroup"]["limit_bytes"], "max");

@@ -94,6 +94,7 @@ pub struct Metrics {
     dropped: Family<Labels, Counter>,
     program_time: Family<Labels, FloatCounter>,
     program_runs: Family<Labels, Counter>,
+    failed_readings: Counter,
     cpu: FloatCounter,
     resident: Gauge,
     tracked: Gauge,
@@ -154,6 +155,13 @@ impl Metrics {
             "Runs of each of memtrace's BPF programs (kernel BPF stats)",
             program_runs.clone(),
         );
+        let failed_readings = Counter::default();
+        registry.register(
+            "memtrace_failed_readings",
+            "Readings of the kernel's counters that failed (each is logged; the daemon goes on, \
+             and /healthz answers 503 while they fail)",
+            failed_readings.clone(),
+        );
         let cpu = FloatCounter::default();
         registry.register_with_unit(
             "process_cpu",
@@ -193,6 +201,7 @@ impl Metrics {
             dropped,
             program_time,
             program_runs,
+            failed_readings,
             cpu,
             resident,
             tracked,
@@ -257,6 +266,10 @@ impl Metrics {
         let labels = vec![("program", program.to_owned())];
         self.program_time.get_or_create(&labels).inc_by(seconds);
         self.program_runs.get_or_create(&labels).inc_by(runs);
+    }
+
+    pub fn add_failed_reading(&self) {
+        self.failed_readings.inc();
     }
 
     pub fn add_own_usage(&self, cpu_seconds: f64, resident_bytes: u64) {

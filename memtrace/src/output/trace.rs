@@ -1,46 +1,22 @@
-//! Rendering `memtrace trace`: one strace-like line (or JSON object) per completed call, and the
-//! closing summary (a `-c` table for people; a `summary` record for machines). Output is
-//! buffered and flushed once per batch of calls, never per call.
+//! The records of a `memtrace trace` report: a start, one strace-like line (or JSON object) per
+//! completed call, and the closing summary (a `-c` table for people). The session flushes once
+//! per batch of calls, never per call.
 
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 
 use memtrace_common::{DropSource, syscalls::SyscallStats};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{Timestamp, round_secs};
+use super::{Record, Timestamp, drops_json, round_secs};
 use crate::{
     aggregate::syscalls::{avg_ns, grand_total},
-    spawn::CommandExit,
+    session::CommandOutcome,
     syscalls::{
-        Syscall,
-        record::Call,
+        Call, Syscall,
         render::{self, latency},
     },
 };
-
-/// What is traced, told once at the start.
-pub struct Start<'a> {
-    /// `"system"`, `"pids"` or `"command"`.
-    pub mode: &'static str,
-    pub description: &'a str,
-    pub pids: &'a [u32],
-    pub syscalls: &'a [Syscall],
-}
-
-pub struct Summary {
-    pub duration_s: f64,
-    /// Why tracing ended: `"signal"`, `"targets_exited"`, `"command_exited"`, `"output_closed"`.
-    pub reason: &'static str,
-    /// Calls received from the kernel (0 with `-c`, which receives none).
-    pub records: u64,
-    /// Records the kernel sent that could not be decoded.
-    pub undecodable: u64,
-    /// Per-syscall statistics, counted in the kernel.
-    pub syscalls: Vec<(Syscall, SyscallStats)>,
-    pub dropped: Vec<(DropSource, u64)>,
-    pub command: Option<(u32, CommandExit)>,
-}
 
 /// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
 #[derive(Clone, Copy, Debug)]
@@ -97,136 +73,152 @@ pub fn human_line(call: &Call, unix_ns: u64) -> String {
     )
 }
 
-#[derive(Serialize)]
-struct JsonStart<'a> {
-    r#type: &'static str,
-    mode: &'static str,
-    description: &'a str,
-    pids: &'a [u32],
-    syscalls: Vec<&'static str>,
+/// What is traced, told once at the start.
+pub struct Start<'a> {
+    /// `"system"`, `"pids"` or `"command"`.
+    pub mode: &'static str,
+    pub description: &'a str,
+    pub pids: &'a [u32],
+    pub syscalls: &'a [Syscall],
 }
 
-#[derive(Serialize)]
-struct JsonCall<'a> {
-    r#type: &'static str,
-    ts_ns: u64,
-    pid: u32,
-    tid: u32,
-    comm: &'a str,
-    syscall: &'static str,
-    args: Map<String, Value>,
-    ret: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    errno: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    brk_growth: Option<i64>,
-    latency_ns: u64,
-}
-
-#[derive(Serialize)]
-struct JsonSyscall {
-    syscall: &'static str,
-    calls: u64,
-    errors: u64,
-    total_ns: u64,
-    min_ns: u64,
-    avg_ns: u64,
-    max_ns: u64,
-    mapped_bytes: u64,
-    unmapped_bytes: u64,
-    brk_growth_bytes: i64,
-}
-
-#[derive(Serialize)]
-struct JsonCommand {
-    pid: u32,
-    exit_code: u8,
-}
-
-#[derive(Serialize)]
-struct JsonSummary {
-    r#type: &'static str,
-    duration_s: f64,
-    reason: &'static str,
-    records: u64,
-    undecodable: u64,
-    syscalls: Vec<JsonSyscall>,
-    dropped: Map<String, Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    command: Option<JsonCommand>,
-}
-
-pub struct TraceOutput {
-    out: BufWriter<Box<dyn Write>>,
-    json: bool,
-    /// `-c`: no line per call, a table at the end.
-    table: bool,
-    clock: WallClock,
-}
-
-impl TraceOutput {
-    pub fn new(out: Box<dyn Write>, json: bool, table: bool, clock: WallClock) -> TraceOutput {
-        TraceOutput {
-            out: BufWriter::with_capacity(256 << 10, out),
-            json,
-            table,
-            clock,
+impl Serialize for Start<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Json<'a> {
+            mode: &'static str,
+            description: &'a str,
+            pids: &'a [u32],
+            syscalls: Vec<&'static str>,
         }
-    }
-
-    fn json_line(&mut self, value: &impl Serialize) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, value)?;
-        self.out.write_all(b"\n")
-    }
-
-    pub fn start(&mut self, start: &Start) -> io::Result<()> {
-        if self.json {
-            self.json_line(&JsonStart {
-                r#type: "start",
-                mode: start.mode,
-                description: start.description,
-                pids: start.pids,
-                syscalls: start.syscalls.iter().map(|s| s.name()).collect(),
-            })?;
-            return self.out.flush();
+        Json {
+            mode: self.mode,
+            description: self.description,
+            pids: self.pids,
+            syscalls: self.syscalls.iter().map(|s| s.name()).collect(),
         }
-        let names: Vec<&str> = start.syscalls.iter().map(|s| s.name()).collect();
+        .serialize(s)
+    }
+}
+
+impl Record for Start<'_> {
+    const TYPE: &'static str = "start";
+
+    fn human(&self, _out: &mut dyn Write) -> io::Result<()> {
+        let names: Vec<&str> = self.syscalls.iter().map(|s| s.name()).collect();
         eprintln!(
             "memtrace: tracing {} of {} (Ctrl-C to stop)",
             names.join(", "),
-            start.description
+            self.description
         );
         Ok(())
     }
+}
 
-    pub fn call(&mut self, call: &Call) -> io::Result<()> {
-        let ts_ns = self.clock.unix_ns(call.start_ns);
-        if self.json {
-            return self.json_line(&JsonCall {
-                r#type: "syscall",
-                ts_ns,
-                pid: call.pid,
-                tid: call.tid,
-                comm: &call.comm,
-                syscall: call.syscall.name(),
-                args: render::json_args(call),
-                ret: call.ret,
-                errno: call.errno().map(crate::syscalls::flags::errno_name),
-                brk_growth: call.brk_growth(),
-                latency_ns: call.latency_ns,
-            });
+/// One completed call, and when it began (Unix-epoch nanoseconds).
+pub struct CallRecord<'a> {
+    pub call: &'a Call,
+    pub ts_ns: u64,
+}
+
+impl Serialize for CallRecord<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Json<'a> {
+            ts_ns: u64,
+            pid: u32,
+            tid: u32,
+            comm: &'a str,
+            syscall: &'static str,
+            args: Map<String, Value>,
+            ret: i64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            errno: Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            brk_growth: Option<i64>,
+            latency_ns: u64,
         }
-        writeln!(self.out, "{}", human_line(call, ts_ns))
+        let call = self.call;
+        Json {
+            ts_ns: self.ts_ns,
+            pid: call.pid,
+            tid: call.tid,
+            comm: &call.comm,
+            syscall: call.syscall.name(),
+            args: render::json_args(call),
+            ret: call.ret,
+            errno: call.errno().map(crate::syscalls::flags::errno_name),
+            brk_growth: call.brk_growth(),
+            latency_ns: call.latency_ns,
+        }
+        .serialize(s)
     }
+}
 
-    /// Writes out what is buffered (after each batch of calls).
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+impl Record for CallRecord<'_> {
+    const TYPE: &'static str = "syscall";
+
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(out, "{}", human_line(self.call, self.ts_ns))
     }
+}
 
-    pub fn summary(&mut self, summary: &Summary) -> io::Result<()> {
-        if self.json {
-            let syscalls = summary
+/// The end of a trace: the kernel's per-syscall statistics (a `-c` table for people), what was
+/// received and lost.
+pub struct Summary<'a> {
+    pub duration_s: f64,
+    /// Why tracing ended ([`crate::session::End::reason`]).
+    pub reason: &'static str,
+    /// Calls received from the kernel (0 with `-c`, which receives none).
+    pub records: u64,
+    /// Records the kernel sent that could not be decoded.
+    pub undecodable: u64,
+    /// Per-syscall statistics, counted in the kernel.
+    pub syscalls: &'a [(Syscall, SyscallStats)],
+    pub dropped: &'a [(DropSource, u64)],
+    pub command: Option<CommandOutcome>,
+    /// `-c`: the statistics are the report, shown as a table.
+    pub table: bool,
+}
+
+impl Serialize for Summary<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct JsonSyscall {
+            syscall: &'static str,
+            calls: u64,
+            errors: u64,
+            total_ns: u64,
+            min_ns: u64,
+            avg_ns: u64,
+            max_ns: u64,
+            mapped_bytes: u64,
+            unmapped_bytes: u64,
+            brk_growth_bytes: i64,
+        }
+        #[derive(Serialize)]
+        struct JsonCommand {
+            pid: u32,
+            exit_code: u8,
+        }
+        #[derive(Serialize)]
+        struct Json<'a> {
+            duration_s: f64,
+            reason: &'static str,
+            records: u64,
+            undecodable: u64,
+            syscalls: Vec<JsonSyscall>,
+            #[serde(serialize_with = "drops_json")]
+            dropped: &'a [(DropSource, u64)],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            command: Option<JsonCommand>,
+        }
+        Json {
+            duration_s: round_secs(self.duration_s),
+            reason: self.reason,
+            records: self.records,
+            undecodable: self.undecodable,
+            syscalls: self
                 .syscalls
                 .iter()
                 .map(|(syscall, t)| JsonSyscall {
@@ -241,95 +233,76 @@ impl TraceOutput {
                     unmapped_bytes: t.unmapped,
                     brk_growth_bytes: t.brk_growth,
                 })
-                .collect();
-            self.json_line(&JsonSummary {
-                r#type: "summary",
-                duration_s: round_secs(summary.duration_s),
-                reason: summary.reason,
-                records: summary.records,
-                undecodable: summary.undecodable,
-                syscalls,
-                dropped: summary
-                    .dropped
-                    .iter()
-                    .map(|&(source, n)| (source.name().to_owned(), n.into()))
-                    .collect(),
-                command: summary.command.map(|(pid, exit)| JsonCommand {
-                    pid,
-                    exit_code: exit.code,
-                }),
-            })?;
-            return self.out.flush();
+                .collect(),
+            dropped: self.dropped,
+            command: self.command.map(|(pid, exit)| JsonCommand {
+                pid,
+                exit_code: exit.code,
+            }),
         }
+        .serialize(s)
+    }
+}
+
+impl Record for Summary<'_> {
+    const TYPE: &'static str = "summary";
+
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
         if self.table {
-            self.table(&summary.syscalls)?;
+            table(out, self.syscalls)?;
         }
-        self.out.flush()?;
-        let lost: u64 = summary
-            .dropped
-            .iter()
-            .filter(|(source, _)| is_syscall_loss(*source))
-            .map(|&(_, n)| n)
-            .sum();
-        let calls: u64 = summary.syscalls.iter().map(|(_, t)| t.calls).sum();
+        let lost: u64 = self.dropped.iter().map(|&(_, n)| n).sum();
+        let calls: u64 = self.syscalls.iter().map(|(_, t)| t.calls).sum();
         eprintln!(
             "memtrace: {calls} calls in {:.1} s, {lost} lost{}",
-            summary.duration_s,
-            match summary.command {
+            self.duration_s,
+            match self.command {
                 Some((pid, exit)) => format!("; command (pid {pid}) exited with {}", exit.code),
                 None => String::new(),
             }
         );
         Ok(())
     }
-
-    fn table(&mut self, rows: &[(Syscall, SyscallStats)]) -> io::Result<()> {
-        writeln!(
-            self.out,
-            "{:<10} {:>9} {:>7} {:>10} {:>9} {:>9} {:>9} {:>14} {:>14} {:>12}",
-            "syscall",
-            "calls",
-            "errors",
-            "total",
-            "min",
-            "avg",
-            "max",
-            "mapped",
-            "unmapped",
-            "brk growth"
-        )?;
-        let total = grand_total(rows);
-        for (name, t) in rows
-            .iter()
-            .map(|(s, t)| (s.name(), t))
-            .chain(std::iter::once(("total", &total)))
-        {
-            writeln!(
-                self.out,
-                "{:<10} {:>9} {:>7} {:>10} {:>9} {:>9} {:>9} {:>14} {:>14} {:>12}",
-                name,
-                t.calls,
-                t.errors,
-                latency(t.total_ns),
-                latency(t.min_ns),
-                latency(avg_ns(t)),
-                latency(t.max_ns),
-                t.mapped,
-                t.unmapped,
-                t.brk_growth
-            )?;
-        }
-        Ok(())
-    }
 }
 
-/// Whether a drop source loses `trace` records (the others belong to other commands, or to
-/// following children: those count too, since a missed child is a missed target).
-pub fn is_syscall_loss(source: DropSource) -> bool {
-    matches!(
-        source,
-        DropSource::SyscallPendingFull | DropSource::SyscallRingFull | DropSource::TargetTableFull
-    )
+/// The `-c` table, like strace's: per syscall, then the total.
+fn table(out: &mut dyn Write, rows: &[(Syscall, SyscallStats)]) -> io::Result<()> {
+    writeln!(
+        out,
+        "{:<10} {:>9} {:>7} {:>10} {:>9} {:>9} {:>9} {:>14} {:>14} {:>12}",
+        "syscall",
+        "calls",
+        "errors",
+        "total",
+        "min",
+        "avg",
+        "max",
+        "mapped",
+        "unmapped",
+        "brk growth"
+    )?;
+    let total = grand_total(rows);
+    for (name, t) in rows
+        .iter()
+        .map(|(s, t)| (s.name(), t))
+        .chain(std::iter::once(("total", &total)))
+    {
+        writeln!(
+            out,
+            "{:<10} {:>9} {:>7} {:>10} {:>9} {:>9} {:>9} {:>14} {:>14} {:>12}",
+            name,
+            t.calls,
+            t.errors,
+            latency(t.total_ns),
+            latency(t.min_ns),
+            latency(avg_ns(t)),
+            latency(t.max_ns),
+            t.mapped,
+            t.unmapped,
+            t.brk_growth
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

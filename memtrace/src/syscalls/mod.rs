@@ -1,11 +1,10 @@
 //! The allocation syscalls `memtrace trace` knows: their names, this architecture's numbers, how
-//! the kernel side classifies them, and how each call is decoded and rendered.
+//! the kernel side classifies them, one completed call ([`Call`]), and how calls are rendered.
 
 pub mod flags;
-pub mod record;
 pub mod render;
 
-use memtrace_common::syscalls::SyscallClass;
+use memtrace_common::syscalls::{MAX_ARGS, SyscallClass, is_error};
 
 use crate::error::Failure;
 
@@ -142,6 +141,40 @@ impl Syscall {
             self,
             Syscall::Brk | Syscall::Mmap | Syscall::Mremap | Syscall::Shmat
         )
+    }
+}
+
+/// One completed call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    pub syscall: Syscall,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    /// CLOCK_MONOTONIC nanoseconds at entry.
+    pub start_ns: u64,
+    pub latency_ns: u64,
+    pub args: [u64; MAX_ARGS],
+    /// The raw return value (`-errno` on failure).
+    pub ret: i64,
+    /// For brk: the break before the call, when known.
+    pub prev_brk: Option<u64>,
+}
+
+impl Call {
+    /// The errno, if the call failed.
+    pub fn errno(&self) -> Option<i32> {
+        is_error(self.ret).then(|| (-self.ret) as i32)
+    }
+
+    /// For brk: how far the break moved, when the previous one is known and the call asked to
+    /// move it (`brk(NULL)` only asks where it is).
+    pub fn brk_growth(&self) -> Option<i64> {
+        if self.syscall != Syscall::Brk || self.args[0] == 0 {
+            return None;
+        }
+        let prev = self.prev_brk?;
+        Some((self.ret as u64).wrapping_sub(prev) as i64)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Syscall, flags, record::Call};
+use super::{Call, Syscall, flags};
 
 const MREMAP_FIXED: u64 = 0x2;
 

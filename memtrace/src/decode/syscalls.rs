@@ -1,77 +1,20 @@
-//! Decoding the kernel's per-call records, length-checked: a record that is too short, of the
-//! wrong size, of an unknown kind or for an unknown syscall is a typed error, never a panic.
+//! The `syscalls` object's records: one completed call each.
 
-use memtrace_common::syscalls::{MAX_ARGS, RECORD_SYSCALL, SyscallRecord, is_error};
-use thiserror::Error;
+use memtrace_common::syscalls::{RECORD_SYSCALL, SyscallRecord};
 
-use super::Syscall;
-use crate::procfs;
+use super::{DecodeError, body, kind};
+use crate::{
+    procfs,
+    syscalls::{Call, Syscall},
+};
 
-#[derive(Clone, Debug, PartialEq, Eq, Error)]
-pub enum DecodeError {
-    #[error("record of {len} bytes has no kind tag")]
-    TooShort { len: usize },
-    #[error("unknown record kind {0}")]
-    UnknownKind(u32),
-    #[error("syscall record of {len} bytes (expected {expected})")]
-    SizeMismatch { len: usize, expected: usize },
-    #[error("record for syscall number {0}, which memtrace does not trace")]
-    UnknownSyscall(u32),
-}
-
-/// One completed call, decoded.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Call {
-    pub syscall: Syscall,
-    pub pid: u32,
-    pub tid: u32,
-    pub comm: String,
-    /// CLOCK_MONOTONIC nanoseconds at entry.
-    pub start_ns: u64,
-    pub latency_ns: u64,
-    pub args: [u64; MAX_ARGS],
-    /// The raw return value (`-errno` on failure).
-    pub ret: i64,
-    /// For brk: the break before the call, when known.
-    pub prev_brk: Option<u64>,
-}
-
-impl Call {
-    /// The errno, if the call failed.
-    pub fn errno(&self) -> Option<i32> {
-        is_error(self.ret).then(|| (-self.ret) as i32)
-    }
-
-    /// For brk: how far the break moved, when the previous one is known and the call asked to
-    /// move it (`brk(NULL)` only asks where it is).
-    pub fn brk_growth(&self) -> Option<i64> {
-        if self.syscall != Syscall::Brk || self.args[0] == 0 {
-            return None;
-        }
-        let prev = self.prev_brk?;
-        Some((self.ret as u64).wrapping_sub(prev) as i64)
-    }
-}
-
-/// Decodes one ring-buffer record.
-pub fn decode(bytes: &[u8]) -> Result<Call, DecodeError> {
-    let Some(tag) = bytes.get(..4) else {
-        return Err(DecodeError::TooShort { len: bytes.len() });
-    };
-    let kind = u32::from_ne_bytes([tag[0], tag[1], tag[2], tag[3]]);
+/// Decodes one record of the `SYSCALL_EVENTS` ring buffer.
+pub fn call(bytes: &[u8]) -> Result<Call, DecodeError> {
+    let kind = kind(bytes)?;
     if kind != RECORD_SYSCALL {
         return Err(DecodeError::UnknownKind(kind));
     }
-    let expected = size_of::<SyscallRecord>();
-    if bytes.len() != expected {
-        return Err(DecodeError::SizeMismatch {
-            len: bytes.len(),
-            expected,
-        });
-    }
-    // SAFETY: exactly size_of::<SyscallRecord>() readable bytes (checked above); the type is
-    // plain integers, valid for any bit pattern; read_unaligned needs no alignment.
-    let record: SyscallRecord = unsafe { bytes.as_ptr().cast::<SyscallRecord>().read_unaligned() };
+    let record: SyscallRecord = body(bytes, kind)?;
     let syscall = Syscall::from_nr(record.nr).ok_or(DecodeError::UnknownSyscall(record.nr))?;
     Ok(Call {
         syscall,
@@ -88,7 +31,10 @@ pub fn decode(bytes: &[u8]) -> Result<Call, DecodeError> {
 
 #[cfg(test)]
 mod tests {
+    use memtrace_common::syscalls::MAX_ARGS;
+
     use super::*;
+    use crate::decode::bytes_of;
 
     fn record(nr: u32) -> SyscallRecord {
         let mut comm = [0; 16];
@@ -107,20 +53,9 @@ mod tests {
         }
     }
 
-    fn bytes(record: &SyscallRecord) -> Vec<u8> {
-        // SAFETY: a plain `repr(C)` value without padding, viewed as its bytes.
-        unsafe {
-            std::slice::from_raw_parts(
-                (record as *const SyscallRecord).cast::<u8>(),
-                size_of::<SyscallRecord>(),
-            )
-        }
-        .to_vec()
-    }
-
     #[test]
     fn a_whole_record_decodes() {
-        let call = decode(&bytes(&record(Syscall::Mmap.nr()))).unwrap();
+        let call = call(&bytes_of(&record(Syscall::Mmap.nr()))).unwrap();
         assert_eq!(call.syscall, Syscall::Mmap);
         assert_eq!((call.pid, call.tid, call.comm.as_str()), (10, 11, "test"));
         assert_eq!(call.errno(), None);
@@ -129,16 +64,20 @@ mod tests {
 
     #[test]
     fn bad_records_are_typed_errors() {
-        assert_eq!(decode(&[1, 0]), Err(DecodeError::TooShort { len: 2 }));
-        assert_eq!(decode(&[9, 0, 0, 0]), Err(DecodeError::UnknownKind(9)));
-        let whole = bytes(&record(Syscall::Mmap.nr()));
-        assert!(matches!(
-            decode(&whole[..50]),
-            Err(DecodeError::SizeMismatch { len: 50, .. })
-        ));
+        assert_eq!(call(&[1, 0]), Err(DecodeError::NoKind(2)));
+        assert_eq!(call(&[9, 0, 0, 0]), Err(DecodeError::UnknownKind(9)));
+        let whole = bytes_of(&record(Syscall::Mmap.nr()));
         assert_eq!(
-            decode(&bytes(&record(0))),
-            Err(DecodeError::UnknownSyscall(0))
+            call(&whole[..40]),
+            Err(DecodeError::SizeMismatch {
+                kind: RECORD_SYSCALL,
+                len: 40,
+                expected: size_of::<SyscallRecord>()
+            })
+        );
+        assert_eq!(
+            call(&bytes_of(&record(99_999))),
+            Err(DecodeError::UnknownSyscall(99_999))
         );
     }
 
@@ -146,15 +85,15 @@ mod tests {
     fn errors_and_brk_growth() {
         let mut failed = record(Syscall::Mprotect.nr());
         failed.ret = -12;
-        assert_eq!(decode(&bytes(&failed)).unwrap().errno(), Some(12));
+        assert_eq!(call(&bytes_of(&failed)).unwrap().errno(), Some(12));
 
         let mut brk = record(Syscall::Brk.nr());
         brk.args[0] = 0x5000_0000 + 0x21000;
         brk.ret = 0x5000_0000 + 0x21000;
         brk.prev_brk = 0x5000_0000;
-        assert_eq!(decode(&bytes(&brk)).unwrap().brk_growth(), Some(0x21000));
+        assert_eq!(call(&bytes_of(&brk)).unwrap().brk_growth(), Some(0x21000));
         brk.args[0] = 0;
-        assert_eq!(decode(&bytes(&brk)).unwrap().brk_growth(), None);
+        assert_eq!(call(&bytes_of(&brk)).unwrap().brk_growth(), None);
     }
 
     /// Property tests: the decoder takes whatever the ring buffer hands it without panicking,
@@ -174,7 +113,7 @@ mod tests {
         proptest! {
             #[test]
             fn arbitrary_bytes_never_panic(bytes in vec(any::<u8>(), 0..256)) {
-                if let Ok(call) = decode(&bytes) {
+                if let Ok(call) = call(&bytes) {
                     render_all(&call);
                 }
             }
@@ -191,13 +130,13 @@ mod tests {
                         slot.copy_from_slice(&field.to_ne_bytes());
                     }
                 }
-                match decode(&bytes) {
+                match call(&bytes) {
                     Ok(call) => {
                         prop_assert_eq!(len, size_of::<SyscallRecord>());
                         render_all(&call);
                     }
                     Err(DecodeError::SizeMismatch { len: got, .. }) => prop_assert_eq!(got, len),
-                    Err(DecodeError::TooShort { len: got }) => prop_assert!(got < 4),
+                    Err(DecodeError::NoKind(got)) => prop_assert!(got < 4),
                     Err(DecodeError::UnknownSyscall(got)) => prop_assert_eq!(got, nr),
                     Err(err) => prop_assert!(false, "unexpected {}", err),
                 }
@@ -228,8 +167,8 @@ mod tests {
                     ret,
                     prev_brk,
                 };
-                let call = decode(&bytes(&record)).unwrap();
-                prop_assert_eq!(&call, &Call {
+                let decoded = call(&bytes_of(&record)).unwrap();
+                prop_assert_eq!(&decoded, &Call {
                     syscall,
                     pid: tgid,
                     tid,
@@ -240,8 +179,8 @@ mod tests {
                     ret,
                     prev_brk: (prev_brk != 0).then_some(prev_brk),
                 });
-                prop_assert_eq!(call.errno().is_some(), (-4095..0).contains(&ret));
-                render_all(&call);
+                prop_assert_eq!(decoded.errno().is_some(), (-4095..0).contains(&ret));
+                render_all(&decoded);
             }
         }
     }

@@ -8,11 +8,10 @@
 
 use std::{io, process::Command};
 
-use aya::Ebpf;
 use memtrace_common::targets::TargetFlags;
 
 use crate::{
-    bpf::targets,
+    bpf::targets::TargetTable,
     error::{Failure, exit_code},
     pidfd::PidFd,
 };
@@ -31,7 +30,7 @@ pub struct CommandExit {
     pub major_faults: u64,
 }
 
-pub fn spawn(argv: &[String]) -> Result<Spawned, anyhow::Error> {
+fn spawn(argv: &[String]) -> Result<Spawned, anyhow::Error> {
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| Failure::Usage("empty command after `--`".into()))?;
@@ -54,13 +53,13 @@ pub fn spawn(argv: &[String]) -> Result<Spawned, anyhow::Error> {
 /// Starts the command as a counted, followed target from birth: memtrace marks itself followed
 /// (but not counted), so the kernel's fork hook registers the child inside `fork()`, before it
 /// runs. The fork follower (`bpf::targets::attach_fork_follower`) must be attached.
-pub fn spawn_as_target(ebpf: &mut Ebpf, argv: &[String]) -> anyhow::Result<Spawned> {
+pub fn spawn_as_target(table: &mut dyn TargetTable, argv: &[String]) -> anyhow::Result<Spawned> {
     let me = std::process::id();
-    targets::insert(ebpf, me, TargetFlags::FOLLOW)?;
+    table.insert(me, TargetFlags::FOLLOW)?;
     let spawned = spawn(argv);
-    targets::remove(ebpf, me)?;
+    table.remove(me)?;
     let spawned = spawned?;
-    if !targets::contains(ebpf, spawned.pid())? {
+    if !table.contains(spawned.pid())? {
         anyhow::bail!(
             "the kernel did not register the command (pid {}) as a target",
             spawned.pid()

@@ -1,0 +1,482 @@
+//! `memtrace serve`: the node daemon. Counts page faults, allocation syscalls and OOM kills of the
+//! whole machine in the kernel (per process), and every tick turns what changed into Prometheus
+//! counters labelled by command name and cgroup (or pid); `/metrics` only encodes them.
+//!
+//! Flow: flags → [`ServeConfig`] → the three kernel objects loaded and attached → every
+//! capability dropped → the HTTP endpoint on its own thread (`http`) → the session runs the
+//! daemon: each tick reads the kernel's per-process tables, adds the deltas and retires exited
+//! processes (a failed reading is counted and logged, and the daemon goes on); each OOM kill is
+//! resolved, counted and appended to `--events`; SIGHUP reopens that file → SIGTERM/SIGINT:
+//! exit 0.
+//!
+//! For tests only: with `MEMTRACE_FAULT_INJECTION=DIR`, a file `DIR/stall-tick` stalls each
+//! reading while it exists, and `DIR/fail-tick` makes each reading fail.
+
+mod http;
+
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use aya::programs::ProgramInfo;
+use memtrace_common::{
+    DropSource,
+    faults::{FaultKey, MAX_FAULT_KEYS},
+    syscalls::{MAX_PENDING, ProcSyscallCounts, ProcSyscallKey, SyscallClass},
+};
+use tokio::{
+    signal::unix::{Signal, SignalKind, signal},
+    time::{Instant, Interval, MissedTickBehavior, interval_at},
+};
+
+use self::http::Health;
+use crate::{
+    aggregate::{cumulative::Deltas, faults::Counts},
+    bpf::{
+        self, Loaded, oom::OomEvents, syscalls::KernelFilter, targets::Filter, tracepoints::Release,
+    },
+    cgroup::{self, MemoryHierarchy},
+    cli::{SeriesLabel, ServeArgs},
+    enrich::oom::KillResolver,
+    error::Failure,
+    model::oom::OomRecord,
+    output::{
+        Format, Sink,
+        prometheus::{Identity, Labels, Metrics},
+    },
+    privileges, procfs,
+    session::{End, Ending, Job, Session, Target},
+    syscalls::Syscall,
+};
+
+/// Validated `serve` flags.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub listen: std::net::SocketAddr,
+    pub by: Vec<SeriesLabel>,
+    pub max_series: usize,
+    pub events: Option<PathBuf>,
+    pub interval: Duration,
+    pub bpf_stats: bool,
+    /// Capacity of the kernel's per-process tables (processes).
+    pub max_processes: u32,
+}
+
+impl From<ServeArgs> for ServeConfig {
+    fn from(args: ServeArgs) -> Self {
+        let mut by = args.by;
+        by.sort_unstable();
+        by.dedup();
+        ServeConfig {
+            listen: args.listen,
+            by,
+            max_series: usize::try_from(args.max_series).unwrap_or(usize::MAX),
+            events: args.events,
+            interval: args.interval,
+            bpf_stats: args.bpf_stats,
+            max_processes: args.max_processes.unwrap_or(MAX_FAULT_KEYS),
+        }
+    }
+}
+
+pub async fn execute(args: ServeArgs) -> anyhow::Result<u8> {
+    let config = ServeConfig::from(args);
+    // Bad input first, so it is reported as such whoever runs memtrace.
+    let events = open_events(config.events.as_ref())?;
+    let listener = std::net::TcpListener::bind(config.listen)
+        .map_err(|err| Failure::Usage(format!("cannot listen on {}: {err}", config.listen)))?;
+    if !config.listen.ip().is_loopback() {
+        log::warn!(
+            "serving on {}, which is not a loopback address: whoever reaches it can read the \
+             names of this machine's processes",
+            config.listen
+        );
+    }
+    // The daemon writes no report: its output is the endpoint (and --events).
+    let session = Session::open(None, Format::Human, &Target::System, None)?;
+    let daemon = Daemon::start(&config, listener, events)?;
+    eprintln!(
+        "memtrace: serving metrics on http://{}/metrics (SIGTERM to stop)",
+        config.listen
+    );
+    session.run(daemon).await
+}
+
+/// Loads every object the daemon needs, system-wide and counting only, and attaches them.
+fn load(config: &ServeConfig) -> anyhow::Result<[Loaded; 3]> {
+    let faults = bpf::faults::load(&bpf::faults::Options {
+        filter: Filter::All,
+        per_thread: false,
+        max_keys: config.max_processes,
+    })?;
+    let syscalls = bpf::syscalls::load(&bpf::syscalls::Options {
+        syscalls: Syscall::DEFAULT.to_vec(),
+        kernel: KernelFilter {
+            count_only: true,
+            failed_only: false,
+            min_size: 0,
+            per_process: true,
+        },
+        targets: Filter::All,
+        max_threads: MAX_PENDING,
+        max_process_keys: config.max_processes.saturating_mul(2),
+    })?;
+    let oom = bpf::oom::load(&bpf::oom::layout()?).context("attach oom:mark_victim and console")?;
+    Ok([faults, syscalls, oom])
+}
+
+/// Where OOM kills are appended as JSON lines: `--events FILE`, `-` for stdout, or nowhere.
+fn open_events(path: Option<&PathBuf>) -> Result<Option<Sink>, Failure> {
+    path.map(|path| Sink::append(path, Format::Json))
+        .transpose()
+}
+
+/// Test hooks (see the module's documentation); off unless the variable is set.
+struct FaultInjection(Option<PathBuf>);
+
+impl FaultInjection {
+    fn from_env() -> FaultInjection {
+        FaultInjection(std::env::var_os("MEMTRACE_FAULT_INJECTION").map(PathBuf::from))
+    }
+
+    /// Stalls while `stall-tick` exists; fails if `fail-tick` does.
+    fn before_reading(&self) -> anyhow::Result<()> {
+        let Some(dir) = &self.0 else { return Ok(()) };
+        while dir.join("stall-tick").exists() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if dir.join("fail-tick").exists() {
+            anyhow::bail!("injected failure ({})", dir.join("fail-tick").display());
+        }
+        Ok(())
+    }
+}
+
+/// The daemon: what it holds in the kernel, and what it knows between ticks.
+struct Daemon {
+    faults: Loaded,
+    syscalls: Loaded,
+    oom: Loaded,
+    oom_events: OomEvents,
+    kills: KillResolver,
+    events: Option<Sink>,
+    events_path: Option<PathBuf>,
+    metrics: Metrics,
+    health: Arc<Health>,
+    ticker: Interval,
+    sighup: Signal,
+    hierarchy: Option<MemoryHierarchy>,
+    /// Labels of each process seen, until it exits.
+    processes: HashMap<u32, Labels>,
+    fault_counts: Deltas<FaultKey, Counts>,
+    syscall_counts: Deltas<ProcSyscallKey, ProcSyscallCounts>,
+    dropped: Deltas<&'static str, u64>,
+    programs: Deltas<String, (u64, u64)>,
+    /// The kernel's BPF statistics, on while this is held (`--bpf-stats`).
+    program_stats: Option<std::os::fd::OwnedFd>,
+    cpu_seconds: f64,
+    failures: Failures,
+    injection: FaultInjection,
+}
+
+/// Failed readings in a row, and when the last was logged.
+#[derive(Default)]
+struct Failures {
+    in_a_row: u64,
+    logged: Option<std::time::Instant>,
+}
+
+/// While readings keep failing, how often the log says so.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// What wakes the daemon.
+enum Wake {
+    Tick,
+    Kills(Vec<OomRecord>),
+    Reopen,
+}
+
+impl Daemon {
+    fn start(
+        config: &ServeConfig,
+        listener: std::net::TcpListener,
+        events: Option<Sink>,
+    ) -> anyhow::Result<Daemon> {
+        // The kernel's BPF statistics are on while this descriptor is open (needs CAP_SYS_ADMIN).
+        let program_stats = config
+            .bpf_stats
+            .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime))
+            .transpose()
+            .map_err(|err| Failure::NotPrivileged {
+                missing: format!("CAP_SYS_ADMIN, to switch on the kernel's BPF statistics ({err})"),
+            })?;
+        let [faults, syscalls, mut oom] = load(config)?;
+        let oom_events = OomEvents::open(&mut oom.ebpf)?;
+        if let Err(err) = privileges::drop_all() {
+            log::warn!("could not drop capabilities: {err}");
+        }
+        let metrics = Metrics::new(
+            &config.by,
+            config.max_series,
+            Syscall::DEFAULT.iter().map(|s| s.name()).collect(),
+        );
+        // Read once (it parses /proc/self/mounts): the daemon labels by it, OOM kills resolve by it.
+        let hierarchy = cgroup::memory_hierarchy();
+        let health = Arc::new(Health::new(config.interval));
+        let mut ticker = interval_at(Instant::now() + config.interval, config.interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut daemon = Daemon {
+            faults,
+            syscalls,
+            oom,
+            oom_events,
+            kills: KillResolver::new(hierarchy.clone(), None),
+            events,
+            events_path: config.events.clone(),
+            metrics,
+            health: Arc::clone(&health),
+            ticker,
+            sighup: signal(SignalKind::hangup()).context("install the SIGHUP handler")?,
+            hierarchy,
+            processes: HashMap::new(),
+            fault_counts: Deltas::default(),
+            syscall_counts: Deltas::default(),
+            dropped: Deltas::default(),
+            programs: Deltas::default(),
+            program_stats,
+            cpu_seconds: 0.0,
+            failures: Failures::default(),
+            injection: FaultInjection::from_env(),
+        };
+        // A first reading before the first scrape: no scrape sees the series missing.
+        daemon.tick();
+        http::spawn(listener, daemon.metrics.registry(), health)?;
+        Ok(daemon)
+    }
+
+    /// One reading; a failure is counted, logged and shown by `/healthz`, never fatal. While
+    /// readings keep failing, the log says so once a minute rather than at every tick.
+    fn tick(&mut self) {
+        match self.read() {
+            Ok(()) => {
+                if self.failures.in_a_row > 0 {
+                    log::warn!(
+                        "reading the kernel's counters works again, after {} failed readings",
+                        self.failures.in_a_row
+                    );
+                }
+                self.failures = Failures::default();
+                self.health.read_ok();
+            }
+            Err(err) => {
+                self.failures.in_a_row += 1;
+                let now = std::time::Instant::now();
+                if self
+                    .failures
+                    .logged
+                    .is_none_or(|logged| now - logged >= FAILURE_LOG_EVERY)
+                {
+                    log::warn!(
+                        "reading the kernel's counters failed ({} in a row): {err:#}",
+                        self.failures.in_a_row
+                    );
+                    self.failures.logged = Some(now);
+                }
+                self.metrics.add_failed_reading();
+                self.health.read_failed(&err);
+            }
+        }
+    }
+
+    /// Adds what the kernel counted since the last reading, then retires exited processes.
+    fn read(&mut self) -> anyhow::Result<()> {
+        self.injection.before_reading()?;
+        // Judged *before* reading, so an exited process's final counts are in this reading.
+        let exited: Vec<u32> = self
+            .processes
+            .keys()
+            .copied()
+            .filter(|&pid| !procfs::is_alive(pid))
+            .collect();
+
+        for sample in bpf::faults::read(&self.faults.ebpf)? {
+            let delta = self.fault_counts.update(sample.key, sample.counts);
+            let labels = self.labels(sample.key.tgid, &sample.comm);
+            self.metrics.add_faults(&labels, delta.minor, delta.major);
+        }
+        for (key, counts) in bpf::syscalls::proc_stats(&self.syscalls.ebpf)? {
+            let delta = self.syscall_counts.update(key, counts);
+            let Some(syscall) = Syscall::from_nr(key.nr) else {
+                continue;
+            };
+            let labels = self.labels(key.tgid, "");
+            self.metrics
+                .add_syscalls(&labels, syscall.name(), delta.calls, delta.errors);
+            for (op, bytes) in byte_ops(syscall, delta) {
+                self.metrics.add_bytes(&labels, op, bytes);
+            }
+        }
+        for (source, n) in self.drops()? {
+            let delta = self.dropped.update(source.name(), n);
+            self.metrics.add_dropped(source.name(), delta);
+        }
+        if self.program_stats.is_some() {
+            let infos: Vec<(String, ProgramInfo)> = [&self.faults, &self.syscalls, &self.oom]
+                .into_iter()
+                .flat_map(|loaded| loaded.ebpf.programs())
+                .filter_map(|(name, program)| Some((name.to_owned(), program.info().ok()?)))
+                .collect();
+            for (name, info) in infos {
+                self.add_program(name, &info);
+            }
+        }
+        if let Ok((cpu, resident)) = procfs::own_usage() {
+            self.metrics
+                .add_own_usage((cpu - self.cpu_seconds).max(0.0), resident);
+            self.cpu_seconds = cpu;
+        }
+        for pid in exited {
+            self.retire(pid)?;
+        }
+        self.metrics.set_bookkeeping(self.processes.len());
+        Ok(())
+    }
+
+    /// What every object could not record, summed per source (two objects can lose targets).
+    fn drops(&self) -> anyhow::Result<Vec<(DropSource, u64)>> {
+        let mut sums: Vec<(DropSource, u64)> = Vec::new();
+        let readings = [
+            bpf::faults::drops(&self.faults.ebpf)?,
+            bpf::syscalls::drops(&self.syscalls.ebpf, true)?,
+            bpf::drops::read(&self.oom.ebpf, &bpf::oom::LOSSES)?,
+        ];
+        for (source, n) in readings.into_iter().flatten() {
+            match sums.iter_mut().find(|(known, _)| *known == source) {
+                Some((_, sum)) => *sum += n,
+                None => sums.push((source, n)),
+            }
+        }
+        Ok(sums)
+    }
+
+    fn add_program(&mut self, name: String, info: &ProgramInfo) {
+        let now = (info.run_time().as_nanos() as u64, info.run_count());
+        let (nanos, runs) = self.programs.update(name.clone(), now);
+        self.metrics
+            .add_program_run(&name, nanos as f64 / 1e9, runs);
+    }
+
+    /// The labels of a process, resolved once: from /proc while it lives, else from what the
+    /// kernel recorded of its name (`kernel_comm`, or the fault table's).
+    fn labels(&mut self, pid: u32, kernel_comm: &str) -> Labels {
+        if let Some(labels) = self.processes.get(&pid) {
+            return labels.clone();
+        }
+        let comm = procfs::read_comm(pid, None)
+            .or_else(|| Some(kernel_comm.to_owned()).filter(|comm| !comm.is_empty()))
+            .or_else(|| bpf::faults::kernel_comm(&self.faults.ebpf, pid))
+            .unwrap_or_else(|| "unknown".into());
+        let cgroup = self
+            .hierarchy
+            .as_ref()
+            .and_then(|h| cgroup::read_proc_cgroup(pid, h.version))
+            .unwrap_or_else(|| "unknown".into());
+        let labels = self.metrics.labels_of(&Identity { pid, comm, cgroup });
+        self.processes.insert(pid, labels.clone());
+        labels
+    }
+
+    /// Forgets an exited process everywhere: kernel tables, deltas, and its series if per pid.
+    fn retire(&mut self, pid: u32) -> anyhow::Result<()> {
+        let key = FaultKey { tgid: pid, tid: 0 };
+        bpf::faults::remove(&mut self.faults.ebpf, &key)?;
+        self.fault_counts.forget(&key);
+        for syscall in Syscall::DEFAULT {
+            let key = ProcSyscallKey {
+                tgid: pid,
+                nr: syscall.nr(),
+            };
+            bpf::syscalls::forget_process(&mut self.syscalls.ebpf, &key)?;
+            self.syscall_counts.forget(&key);
+        }
+        if let Some(labels) = self.processes.remove(&pid)
+            && self.metrics.per_process()
+        {
+            self.metrics.forget(&labels);
+        }
+        Ok(())
+    }
+
+    /// Resolves, counts and appends each kill of a batch.
+    fn record_kills(&mut self, batch: Vec<OomRecord>) {
+        for kill in self.kills.resolve(batch) {
+            let who = Identity {
+                pid: kill.victim.pid,
+                comm: kill.victim.comm.clone().unwrap_or_else(|| "unknown".into()),
+                cgroup: kill.cgroup.path.clone().unwrap_or_else(|| "unknown".into()),
+            };
+            let labels = self.metrics.labels_of(&who);
+            self.metrics.add_oom_kill(&labels);
+            if let Some(events) = &mut self.events
+                && let Err(err) = events.emit(&kill).and_then(|()| events.flush())
+            {
+                log::warn!("cannot append the OOM kill to the events file: {err}");
+            }
+        }
+    }
+
+    /// SIGHUP: reopen the events file, so log rotation can move the old one away.
+    fn reopen(&mut self) {
+        match open_events(self.events_path.as_ref()) {
+            Ok(events) => self.events = events,
+            Err(err) => log::warn!("cannot reopen the events file: {err}"),
+        }
+    }
+}
+
+impl Job for Daemon {
+    type Work = Wake;
+
+    async fn next(&mut self) -> anyhow::Result<Wake> {
+        tokio::select! {
+            _ = self.ticker.tick() => Ok(Wake::Tick),
+            batch = self.oom_events.next_batch() => Ok(Wake::Kills(batch?)),
+            _ = self.sighup.recv() => Ok(Wake::Reopen),
+        }
+    }
+
+    fn work(&mut self, wake: Wake, _sink: &mut Sink) -> anyhow::Result<Option<End>> {
+        match wake {
+            Wake::Tick => self.tick(),
+            Wake::Kills(batch) => self.record_kills(batch),
+            Wake::Reopen => self.reopen(),
+        }
+        Ok(None)
+    }
+
+    fn finish(&mut self, _ending: &Ending, _sink: &mut Sink) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Released here: nobody waits on a stopping daemon at a prompt, and a helper left behind
+    /// would outlive its service.
+    fn release(self) {
+        drop(self.oom_events);
+        for loaded in [self.faults, self.syscalls, self.oom] {
+            loaded.release(Release::Here);
+        }
+    }
+}
+
+/// The byte counters one syscall's counts feed.
+fn byte_ops(syscall: Syscall, delta: ProcSyscallCounts) -> Vec<(&'static str, u64)> {
+    match syscall.class() {
+        SyscallClass::Mmap => vec![("mmap", delta.bytes_up)],
+        SyscallClass::Munmap => vec![("munmap", delta.bytes_down)],
+        SyscallClass::Brk => vec![
+            ("brk_grow", delta.bytes_up),
+            ("brk_shrink", delta.bytes_down),
+        ],
+        SyscallClass::Mremap => vec![("mremap", delta.bytes_up + delta.bytes_down)],
+        _ => Vec::new(),
+    }
+}

@@ -1,0 +1,92 @@
+//! OOM kills: what the kernel sends (a victim, or a fragment of its OOM report), and the
+//! complete kill memtrace reports once it has put victim, trigger and cgroup together.
+
+use memtrace_common::oom::OomVictim;
+use serde::Serialize;
+
+use crate::{
+    cgroup::{Limit, Version},
+    output::Timestamp,
+};
+
+/// What the kernel sent: a victim, or a fragment of its OOM report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OomRecord {
+    Victim(Box<OomVictim>),
+    Text(TextFragment),
+}
+
+/// A piece of one line of the kernel's OOM report (`printk` prints a line in several pieces).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TextFragment {
+    /// The OOM invocation it belongs to.
+    pub seq: u64,
+    pub tid: u32,
+    /// [`memtrace_common::oom::OomPhase`] of the report it belongs to.
+    pub phase: u32,
+    pub text: String,
+}
+
+/// One victim of one OOM kill.
+#[derive(Clone, Debug, Serialize)]
+pub struct Kill {
+    #[serde(rename = "timestamp", serialize_with = "crate::output::unix_seconds")]
+    pub time: Timestamp,
+    /// Shared by every victim of one OOM invocation (one group kill).
+    pub group_id: u64,
+    pub victim: Victim,
+    pub trigger: Trigger,
+    pub cgroup: Cgroup,
+}
+
+/// The victim, as `oom:mark_victim` reported it; `None` for what this kernel does not report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Victim {
+    pub pid: u32,
+    pub comm: Option<String>,
+    pub uid: Option<u32>,
+    pub total_vm_kb: Option<u64>,
+    pub anon_rss_kb: Option<u64>,
+    pub file_rss_kb: Option<u64>,
+    pub shmem_rss_kb: Option<u64>,
+    pub pgtables_kb: Option<u64>,
+    pub oom_score_adj: Option<i32>,
+}
+
+/// The task that ran the OOM killer.
+#[derive(Clone, Debug, Serialize)]
+pub struct Trigger {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+}
+
+/// The victim's memory cgroup and the OOM's scope.
+#[derive(Clone, Debug, Serialize)]
+pub struct Cgroup {
+    /// The victim's memory cgroup, as a path in the memory hierarchy.
+    pub path: Option<String>,
+    /// Where `path` came from: `kernel_report`, `proc`, `group_report`, `oom_domain`, `trigger`.
+    pub source: Option<&'static str>,
+    pub hierarchy: Option<Version>,
+    /// `cgroup` (a cgroup's limit was hit) or `system` (the whole machine, or a cpuset/policy).
+    pub scope: Option<&'static str>,
+    /// The kernel's constraint, e.g. `CONSTRAINT_MEMCG`.
+    pub constraint: Option<String>,
+    /// The cgroup whose limit was hit, for a cgroup OOM.
+    pub oom_domain: Option<String>,
+    /// The cgroup of a `memory.oom.group` kill this victim was part of.
+    pub oom_group: Option<String>,
+    #[serde(serialize_with = "limit_json")]
+    pub limit_bytes: Option<Limit>,
+    pub usage_bytes: Option<u64>,
+    pub oom_kill: Option<u64>,
+}
+
+fn limit_json<S: serde::Serializer>(limit: &Option<Limit>, s: S) -> Result<S::Ok, S::Error> {
+    match limit {
+        Some(Limit::Bytes(bytes)) => s.serialize_u64(*bytes),
+        Some(Limit::Unlimited) => s.serialize_str("max"),
+        None => s.serialize_none(),
+    }
+}

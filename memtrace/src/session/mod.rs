@@ -1,0 +1,125 @@
+//! The session every command runs in. One place opens the report and checks privileges and
+//! targets, starts `-- COMMAND` as a target from birth, runs the command's job until something
+//! ends the session (a signal, `--duration`, the targets exiting, the reader going away, the job
+//! itself), reaps the command, has the job write its summary, releases the kernel side, and
+//! returns the exit status. Each command supplies only its [`Job`].
+
+pub mod endings;
+pub mod spawn;
+pub mod targets;
+
+use std::{future::Future, path::Path, time::Duration};
+
+use anyhow::Context as _;
+pub use endings::End;
+use endings::Endings;
+pub use targets::{CommandOutcome, Target, Watched};
+
+use crate::{
+    bpf::targets::TargetTable,
+    error::exit_code,
+    output::{self, Format, Sink},
+    privileges,
+};
+
+/// What a command does inside a session; the session does the rest.
+pub trait Job {
+    /// What the job waits for between two pieces of work (a tick, kernel records, ...).
+    type Work;
+
+    /// Waits for the next piece of work. Cancel-safe: the session drops it unfinished when
+    /// something else ends the session.
+    fn next(&mut self) -> impl Future<Output = anyhow::Result<Self::Work>>;
+
+    /// Does one piece of work, writing what it finds; `Some(end)` ends the session.
+    fn work(&mut self, work: Self::Work, sink: &mut Sink) -> anyhow::Result<Option<End>>;
+
+    /// After the end, the command reaped: the last reading and the summary.
+    fn finish(&mut self, ending: &Ending, sink: &mut Sink) -> anyhow::Result<()>;
+
+    /// Detaches every program and releases the kernel side (`bpf::tracepoints`).
+    fn release(self);
+}
+
+/// How the session ended, for the summary.
+pub struct Ending {
+    pub end: End,
+    /// The spawned command's pid and exit, when it ran to its end.
+    pub command: Option<CommandOutcome>,
+    /// How long the session ran (from the start record).
+    pub duration: Duration,
+}
+
+pub struct Session {
+    sink: Sink,
+    watched: Watched,
+    duration: Option<Duration>,
+}
+
+impl Session {
+    /// Everything a command checks before touching the kernel, in this order: the report's
+    /// destination (a usage error, exit 2, is found without privileges), privileges (exit 3),
+    /// the explicit target processes (exit 4).
+    pub fn open(
+        output: Option<&Path>,
+        format: Format,
+        target: &Target,
+        duration: Option<Duration>,
+    ) -> anyhow::Result<Session> {
+        let sink = Sink::open(output, format)?;
+        privileges::require()?;
+        let watched = Watched::open(target)?;
+        Ok(Session {
+            sink,
+            watched,
+            duration,
+        })
+    }
+
+    pub fn watched(&self) -> &Watched {
+        &self.watched
+    }
+
+    pub fn sink(&mut self) -> &mut Sink {
+        &mut self.sink
+    }
+
+    /// Starts `-- COMMAND` as a counted, followed target from birth (see [`spawn`]).
+    pub fn spawn(&mut self, argv: &[String], table: &mut dyn TargetTable) -> anyhow::Result<()> {
+        self.watched.command = Some(spawn::spawn_as_target(table, argv)?);
+        Ok(())
+    }
+
+    /// Runs `job` until an ending, then finishes as the module says; returns memtrace's exit
+    /// status: the command's, when it ran one to its end, else success.
+    pub async fn run(mut self, mut job: impl Job) -> anyhow::Result<u8> {
+        self.sink.flush().context("write the report")?;
+        let started = std::time::Instant::now();
+        let mut endings = Endings::install(self.duration)?;
+        let end = loop {
+            tokio::select! {
+                work = job.next() => match job.work(work?, &mut self.sink) {
+                    Ok(None) => {}
+                    Ok(Some(end)) => break end,
+                    Err(err) if output::is_closed(&err) => break End::OutputClosed,
+                    Err(err) => return Err(err),
+                },
+                end = endings.next(&self.watched) => break end,
+            }
+        };
+        let command = self.watched.finish_command(end).await?;
+        let ending = Ending {
+            end,
+            command,
+            duration: started.elapsed(),
+        };
+        let finished = job
+            .finish(&ending, &mut self.sink)
+            .and_then(|()| Ok(self.sink.flush()?));
+        job.release();
+        match finished {
+            Err(err) if !output::is_closed(&err) => Err(err.context("write the summary")),
+            _ => Ok(command.map_or(exit_code::OK, |(_, exit)| exit.code)),
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! What a session traces, and what it watches for exit: the whole system, processes by name,
+//! explicit processes (held by pidfd), or a command it starts.
+
+use std::future::pending;
+
+use anyhow::Context as _;
+
+use super::{
+    End,
+    spawn::{CommandExit, Spawned},
+};
+use crate::{error::Failure, pidfd::PidFd};
+
+/// How long a spawned command gets to exit after memtrace forwarded it a signal.
+pub const COMMAND_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What to trace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Every process.
+    System,
+    /// These running processes (deduplicated, sorted).
+    Pids(Vec<u32>),
+    /// Every process with this command name, including ones started later.
+    Comm(String),
+    /// A command memtrace starts, with its descendants.
+    Command(Vec<String>),
+}
+
+impl Target {
+    /// The start record's `mode` and a description for people.
+    pub fn describe(&self) -> (&'static str, String) {
+        match self {
+            Target::System => ("system", "all processes".into()),
+            Target::Pids(pids) => {
+                let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+                ("pids", format!("PID {}", list.join(", ")))
+            }
+            Target::Comm(name) => ("comm", format!("processes named {name}")),
+            Target::Command(argv) => (
+                "command",
+                format!("`{}` and its descendants", shell_words(argv)),
+            ),
+        }
+    }
+}
+
+/// What a session watches for exit: its explicit target processes (held by pidfd) or the
+/// command it spawned. With neither (system-wide, by name), targets never end the session.
+#[derive(Default)]
+pub struct Watched {
+    pub pidfds: Vec<PidFd>,
+    pub command: Option<Spawned>,
+}
+
+/// How the spawned command ended: its pid and exit.
+pub type CommandOutcome = (u32, CommandExit);
+
+impl Watched {
+    /// Opens every explicit target: it proves each pid exists (exit 4 if not), and holds on to
+    /// *that* process (a pidfd, unlike a pid, cannot come to mean another process).
+    pub fn open(target: &Target) -> Result<Watched, Failure> {
+        let pids: &[u32] = match target {
+            Target::Pids(pids) => pids,
+            _ => &[],
+        };
+        let pidfds = pids
+            .iter()
+            .map(|&pid| PidFd::open(pid).map_err(|_| Failure::NoSuchProcess(pid)))
+            .collect::<Result<_, _>>()?;
+        Ok(Watched {
+            pidfds,
+            command: None,
+        })
+    }
+
+    /// Every target's pid, as the start record lists them.
+    pub fn pids(&self) -> Vec<u32> {
+        self.pidfds
+            .iter()
+            .map(PidFd::pid)
+            .chain(self.command.as_ref().map(Spawned::pid))
+            .collect()
+    }
+
+    /// Resolves when every explicit target, or the spawned command, has exited; never
+    /// otherwise.
+    pub(super) async fn all_exited(&self) -> End {
+        if let Some(command) = &self.command {
+            let _ = command.pidfd.exited().await;
+            return End::CommandExited;
+        }
+        if self.pidfds.is_empty() {
+            return pending().await;
+        }
+        for pidfd in &self.pidfds {
+            let _ = pidfd.exited().await;
+        }
+        End::TargetsExited
+    }
+
+    /// Reaps the spawned command; on a signal, forwards it first and gives it time to exit.
+    /// `None` without a command, or if it is left running.
+    pub(super) async fn finish_command(&self, end: End) -> anyhow::Result<Option<CommandOutcome>> {
+        let Some(command) = &self.command else {
+            return Ok(None);
+        };
+        if let End::Signal(signal) = end {
+            let _ = command.pidfd.signal(signal);
+            if tokio::time::timeout(COMMAND_GRACE, command.pidfd.exited())
+                .await
+                .is_err()
+            {
+                log::warn!("command (pid {}) still running; leaving it", command.pid());
+                return Ok(None);
+            }
+        } else if end != End::CommandExited {
+            return Ok(None);
+        }
+        let exit = command.reap().context("reap the command")?;
+        Ok(Some((command.pid(), exit)))
+    }
+}
+
+/// A command line as a shell user would type it: words with spaces or quotes are quoted.
+pub fn shell_words(argv: &[String]) -> String {
+    let quote = |word: &String| {
+        if word.is_empty()
+            || word.contains(|c: char| c.is_whitespace() || "'\"\\$`&|;<>()*?".contains(c))
+        {
+            format!("'{}'", word.replace('\'', r"'\''"))
+        } else {
+            word.clone()
+        }
+    };
+    argv.iter().map(quote).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines_are_shown_quoted() {
+        let argv: Vec<String> = ["sh", "-c", "true & wait", "it's"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(shell_words(&argv), r"sh -c 'true & wait' 'it'\''s'");
+    }
+
+    #[test]
+    fn targets_describe_themselves() {
+        assert_eq!(Target::System.describe().0, "system");
+        assert_eq!(
+            Target::Pids(vec![1, 2]).describe(),
+            ("pids", "PID 1, 2".to_owned())
+        );
+        let (mode, text) = Target::Command(vec!["make".into(), "-j 2".into()]).describe();
+        assert_eq!(
+            (mode, text.as_str()),
+            ("command", "`make '-j 2'` and its descendants")
+        );
+    }
+}
