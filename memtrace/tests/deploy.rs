@@ -3,6 +3,8 @@
 //! (the Kubernetes API schema, strictly: no unknown field). The Grafana dashboard's queries are
 //! checked against a real Prometheus in `serve.rs`.
 
+mod common;
+
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -15,14 +17,7 @@ fn repo(path: &str) -> PathBuf {
 
 #[test]
 fn the_systemd_unit_verifies_and_keeps_least_privilege() {
-    if Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIPPED: no systemd-analyze on this machine");
-        return;
-    }
+    require_tool!("systemd-analyze");
     let unit = fs::read_to_string(repo("deploy/systemd/memtrace.service")).unwrap();
     for line in [
         "CapabilityBoundingSet=CAP_BPF CAP_PERFMON",
@@ -72,8 +67,10 @@ fn the_systemd_unit_verifies_and_keeps_least_privilege() {
 fn the_daemonset_matches_the_kubernetes_schema_strictly() {
     let tools = repo(".tools/python");
     if !tools.join("kubernetes_validate").is_dir() {
-        eprintln!(
-            "SKIPPED: kubernetes-validate is not in .tools/python (cargo xtask setup installs it)"
+        common::skip(
+            test_name!(),
+            "kubernetes-validate is not in .tools/python (`cargo xtask setup` installs it)",
+            true,
         );
         return;
     }

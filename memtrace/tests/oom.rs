@@ -5,9 +5,7 @@
 mod common;
 
 use std::{
-    fs,
     io::{BufRead, BufReader},
-    path::Path,
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -15,9 +13,10 @@ use std::{
 
 use common::{
     Tracer,
-    cgroup::{MIB, TestCgroup, V2_ROOT},
+    cgroup::{self, MIB, TestCgroup},
     run_memtrace, still_loaded_after, workload,
 };
+use memtrace::cgroup::Version;
 use serde_json::Value;
 
 /// The kernel's `Killed process PID (COMM) total-vm:..kB, anon-rss:..kB, file-rss:..kB,
@@ -55,7 +54,7 @@ fn wait_for(tracer: Tracer) -> Vec<Value> {
 #[test]
 fn victim_pid_comm_cgroup_and_rss_match_the_kernel_log() {
     require_root!();
-    let cgroup = TestCgroup::v1("victim", 32 * MIB);
+    let cgroup = TestCgroup::new("victim", 32 * MIB);
     let tracer = Tracer::start(&["oom", "--cgroup", &cgroup.path, "--count", "1"]);
     let mut hog = cgroup.spawn(&workload("oom_alloc"), &["hog", "256"]);
     let records = wait_for(tracer);
@@ -113,7 +112,7 @@ fn victim_pid_comm_cgroup_and_rss_match_the_kernel_log() {
 #[test]
 fn one_record_per_kill_equals_the_cgroups_oom_kill_counter() {
     require_root!();
-    let cgroup = TestCgroup::v1("count", 32 * MIB);
+    let cgroup = TestCgroup::new("count", 32 * MIB);
     let tracer = Tracer::start(&["oom", "--cgroup", &cgroup.path, "--count", "3"]);
     let mut pids = Vec::new();
     for _ in 0..3 {
@@ -141,7 +140,7 @@ fn one_record_per_kill_equals_the_cgroups_oom_kill_counter() {
 #[test]
 fn a_child_triggering_the_kill_of_its_parent() {
     require_root!();
-    let cgroup = TestCgroup::v1("parent", 48 * MIB);
+    let cgroup = TestCgroup::new("parent", 48 * MIB);
     let tracer = Tracer::start(&["oom", "--cgroup", &cgroup.path, "--count", "1"]);
     let mut parent = cgroup.spawn(&workload("oom_alloc"), &["parent", "36", "24"]);
     let mut line = String::new();
@@ -163,31 +162,15 @@ fn a_child_triggering_the_kill_of_its_parent() {
     assert_eq!(kill["cgroup"]["oom_kill"], 1);
 }
 
-/// Whether cgroup v2's memory controller can be used here (it cannot while v1 holds it).
-fn v2_memory_usable() -> bool {
-    fs::read_to_string(Path::new(V2_ROOT).join("cgroup.controllers"))
-        .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"))
-}
-
 #[test]
 fn every_victim_of_a_group_kill_shares_one_group_id() {
     require_root!();
-    if !v2_memory_usable() {
-        eprintln!(
-            "SKIPPED: memory.oom.group needs cgroup v2's memory controller, which is bound to v1 \
-             on this machine ({V2_ROOT}/cgroup.controllers lacks memory)"
+    if cgroup::hierarchy().version != Version::V2 {
+        skip_on_this_host!(
+            "memory.oom.group needs the memory controller on cgroup v2; here it is on v1"
         );
-        return;
     }
-    let path = format!("/memtrace-test-group-{}", std::process::id());
-    let dir = Path::new(V2_ROOT).join(&path[1..]);
-    fs::create_dir(&dir).unwrap();
-    let cgroup = TestCgroup {
-        dir,
-        path,
-        v2: true,
-    };
-    cgroup.write("memory.max", &(48 * MIB).to_string());
+    let cgroup = TestCgroup::new("group", 48 * MIB);
     cgroup.write("memory.oom.group", "1");
     let tracer = Tracer::start(&["oom", "--cgroup", &cgroup.path, "--count", "2"]);
     let mut idle = cgroup.spawn(&workload("oom_alloc"), &["hog", "8"]);
@@ -213,8 +196,8 @@ fn every_victim_of_a_group_kill_shares_one_group_id() {
 #[test]
 fn kills_outside_the_cgroup_filter_are_not_reported() {
     require_root!();
-    let watched = TestCgroup::v1("watched", 32 * MIB);
-    let other = TestCgroup::v1("other", 32 * MIB);
+    let watched = TestCgroup::new("watched", 32 * MIB);
+    let other = TestCgroup::new("other", 32 * MIB);
     let tracer = Tracer::start(&[
         "oom",
         "--cgroup",

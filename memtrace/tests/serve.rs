@@ -60,11 +60,17 @@ struct Daemon {
 
 impl Daemon {
     fn start(extra: &[&str]) -> Daemon {
+        Daemon::start_with(extra, &[])
+    }
+
+    /// With environment variables (the daemon's test hooks).
+    fn start_with(extra: &[&str], env: &[(&str, &Path)]) -> Daemon {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let child = common::memtrace()
             .args(["serve", "--listen", &listen, "--interval", "0.2"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
@@ -79,6 +85,27 @@ impl Daemon {
             thread::sleep(Duration::from_millis(50));
         }
         daemon
+    }
+
+    /// `/healthz`'s status and body.
+    fn health(&self) -> (u16, String) {
+        http_get(self.port, "/healthz", None).expect("/healthz answers")
+    }
+
+    /// Waits until `/healthz` answers `status`, and returns its body.
+    fn wait_health(&self, status: u16) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (now, body) = self.health();
+            if now == status {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/healthz still answers {now} ({body:?}), not {status}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn metrics(&self) -> String {
@@ -138,14 +165,7 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(target_port: u16) -> Option<Prometheus> {
-        if Command::new("prometheus")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            return None;
-        }
+    fn start(target_port: u16) -> Prometheus {
         let port = free_port();
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("prometheus-{port}"));
         let _ = fs::remove_dir_all(&dir);
@@ -172,7 +192,7 @@ impl Prometheus {
             .stderr(Stdio::null())
             .spawn()
             .expect("start prometheus");
-        Some(Prometheus { child, port, dir })
+        Prometheus { child, port, dir }
     }
 
     /// The value of an instant query with one result, if it has one yet.
@@ -272,11 +292,9 @@ fn prometheus_sees_the_kernels_fault_count_and_the_cgroups_oom_kill() {
     require_root!();
     let events = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-oom-events.jsonl");
     let _ = fs::remove_file(&events);
+    require_tool!("prometheus");
     let daemon = Daemon::start(&["--events", events.to_str().unwrap(), "--bpf-stats"]);
-    let Some(prometheus) = Prometheus::start(daemon.port) else {
-        eprintln!("SKIPPED: prometheus is not installed (cargo xtask setup installs it)");
-        return;
-    };
+    let prometheus = Prometheus::start(daemon.port);
 
     // A known fault workload, under a name of its own.
     let binary = uniquely_named("touch_pages", "mtsrv");
@@ -312,7 +330,7 @@ fn prometheus_sees_the_kernels_fault_count_and_the_cgroups_oom_kill() {
     );
 
     // A real, contained OOM kill.
-    let cgroup = TestCgroup::v1("serve", 32 * MIB);
+    let cgroup = TestCgroup::new("serve", 32 * MIB);
     let mut hog = cgroup.spawn(&workload("oom_alloc"), &["hog", "64"]);
     let status = hog.wait().unwrap();
     assert_eq!(
@@ -572,4 +590,38 @@ fn a_soak_of_process_churn_keeps_counters_equal_to_the_kernels() {
         "{tracked} processes still tracked: kernel tables must not grow"
     );
     assert!(daemon.stop().success());
+}
+
+#[test]
+fn healthz_tells_a_stalled_or_failing_reading_and_the_daemon_goes_on() {
+    require_root!();
+    // The reading of the kernel's counters is made to stall, then to fail, through the daemon's
+    // test hooks (MEMTRACE_FAULT_INJECTION): the endpoint, on its own thread, must see both.
+    let hooks =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("hooks-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&hooks);
+    fs::create_dir_all(&hooks).unwrap();
+    let daemon = Daemon::start_with(&[], &[("MEMTRACE_FAULT_INJECTION", &hooks)]);
+    assert_eq!(daemon.health().0, 200);
+
+    fs::write(hooks.join("stall-tick"), "").unwrap();
+    let why = daemon.wait_health(503);
+    assert!(why.contains("stalled"), "{why}");
+    assert!(
+        daemon.metrics().contains("memtrace_page_faults_total"),
+        "/metrics still answers while the reading is stalled"
+    );
+    fs::remove_file(hooks.join("stall-tick")).unwrap();
+    daemon.wait_health(200);
+
+    fs::write(hooks.join("fail-tick"), "").unwrap();
+    let why = daemon.wait_health(503);
+    assert!(why.contains("failed") && why.contains("injected"), "{why}");
+    assert!(daemon.value("memtrace_failed_readings_total", &[]) >= 3.0);
+    fs::remove_file(hooks.join("fail-tick")).unwrap();
+    daemon.wait_health(200);
+
+    let status = daemon.stop();
+    assert!(status.success(), "memtrace serve exited with {status}");
+    fs::remove_dir_all(&hooks).unwrap();
 }

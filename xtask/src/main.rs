@@ -69,7 +69,7 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Everything CI checks, in order of cost.
+/// Everything CI checks, in order of cost; ends by saying which tests could not run, and why.
 fn test() -> Result<()> {
     setup::run()?;
     Cmd::new("cargo").args(["fmt", "--all", "--check"]).run()?;
@@ -77,9 +77,48 @@ fn test() -> Result<()> {
         .args(["clippy", "--all-targets", "--", "-D", "warnings"])
         .run()?;
     setup::clippy_ebpf()?;
+    let skips = workspace_root().join("target/test-skips.tsv");
+    let _ = std::fs::remove_file(&skips);
     // One test at a time: the privileged tests compare the kernel's counters with ours, and
-    // check that nothing of ours is left loaded, which concurrent tests would blur.
-    Cmd::new("cargo")
+    // check that nothing of ours is left loaded, which concurrent tests would blur. As root
+    // (as CI runs), every test that needs root or a tool the set-up installs must run.
+    let mut tests = Cmd::new("cargo")
         .args(["test", "--", "--test-threads=1"])
-        .run()
+        .env("MEMTRACE_TEST_SKIPS", &skips);
+    if shell::is_root() {
+        tests = tests.env("MEMTRACE_TEST_MUST_RUN", "1");
+    }
+    let result = tests.run();
+    report_skips(&skips)?;
+    result
+}
+
+/// The tests that recorded a skip, counted by reason.
+fn report_skips(path: &std::path::Path) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("xtask: every test ran");
+            return Ok(());
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let mut by_reason: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for line in text.lines() {
+        let (test, reason) = line.split_once('\t').unwrap_or((line, "no reason given"));
+        by_reason.entry(reason).or_default().push(test);
+    }
+    let total: usize = by_reason.values().map(Vec::len).sum();
+    let tests = if total == 1 { "test" } else { "tests" };
+    eprintln!("xtask: {total} {tests} skipped, so not checked:");
+    for (reason, tests) in &by_reason {
+        eprintln!("  {} ({reason}):", tests.len());
+        for test in tests {
+            eprintln!("    {test}");
+        }
+    }
+    if !shell::is_root() {
+        eprintln!("xtask: run `sudo cargo xtask test` (as CI does) to run them");
+    }
+    Ok(())
 }

@@ -12,12 +12,13 @@ const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the privileged tests use, by the binary that shows each is there: bpftool
 /// lists loaded programs, strace is the reference for syscall tracing, Prometheus scrapes the
-/// daemon (and its promtool checks the exposition).
-const PACKAGES: [(&str, &str); 4] = [
+/// daemon (and its promtool checks the exposition), systemd-analyze verifies the unit.
+const PACKAGES: [(&str, &str); 5] = [
     ("bpftool", "bpftool"),
     ("strace", "strace"),
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
+    ("systemd-analyze", "systemd"),
 ];
 
 /// The Kubernetes schema validator the deployment test uses (schemas bundled: works offline).
@@ -158,8 +159,7 @@ pub fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::shell::is_root() {
         eprintln!(
             "xtask: not root, so not installing {}; tests that need them will skip",
             missing.join(", ")

@@ -16,6 +16,12 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 pub struct Cmd {
     command: Command,
     shown: String,

@@ -1,5 +1,8 @@
-//! Memory cgroups for tests: created with a small limit, and emptied (SIGKILL) and removed when
-//! the test ends, however it ends.
+//! Memory cgroups for tests: created with a small limit in whichever hierarchy holds the memory
+//! controller (v1 on the development machine, v2 on current distributions), and emptied
+//! (SIGKILL) and removed when the test ends, however it ends. Which files each hierarchy uses
+//! is memtrace's own knowledge (`memtrace::cgroup::Version`), unit-tested there on literal
+//! cgroupfs trees.
 
 use std::{
     fs,
@@ -9,8 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub const V1_MEMORY: &str = "/sys/fs/cgroup/memory";
-pub const V2_ROOT: &str = "/sys/fs/cgroup/unified";
+use memtrace::cgroup::{MemoryHierarchy, Version, memory_hierarchy, parse_keyed};
+
 pub const MIB: u64 = 1 << 20;
 
 /// A memory cgroup for one test: created with a limit, emptied (SIGKILL) and removed on drop.
@@ -18,20 +21,33 @@ pub struct TestCgroup {
     pub dir: PathBuf,
     /// Its path in the memory hierarchy, as memtrace reports it.
     pub path: String,
-    pub v2: bool,
+    pub version: Version,
+}
+
+/// The memory hierarchy of this machine (tests that use cgroups need one).
+pub fn hierarchy() -> MemoryHierarchy {
+    memory_hierarchy().expect("a mounted memory cgroup hierarchy (v1 or v2)")
 }
 
 impl TestCgroup {
-    pub fn v1(name: &str, limit: u64) -> TestCgroup {
+    /// A child of the hierarchy's root, limited to `limit` bytes (and no swap on v2).
+    pub fn new(name: &str, limit: u64) -> TestCgroup {
+        let hierarchy = hierarchy();
         let path = format!("/memtrace-test-{name}-{}", std::process::id());
-        let dir = Path::new(V1_MEMORY).join(&path[1..]);
+        let version = hierarchy.version;
+        if version == Version::V2 {
+            enable_memory_controller(&hierarchy.mount);
+        }
         let cgroup = TestCgroup {
-            dir,
+            dir: hierarchy.dir(&path),
             path,
-            v2: false,
+            version,
         };
-        fs::create_dir(&cgroup.dir).expect("create the v1 test cgroup");
-        cgroup.write("memory.limit_in_bytes", &limit.to_string());
+        fs::create_dir(&cgroup.dir).expect("create the test cgroup");
+        cgroup.write(version.limit_file(), &limit.to_string());
+        if version == Version::V2 && cgroup.dir.join("memory.swap.max").exists() {
+            cgroup.write("memory.swap.max", "0");
+        }
         cgroup
     }
 
@@ -40,19 +56,11 @@ impl TestCgroup {
             .unwrap_or_else(|err| panic!("write {file} of {}: {err}", self.dir.display()));
     }
 
+    /// The cgroup's own count of its OOM kills.
     pub fn oom_kills(&self) -> u64 {
-        let (file, key) = if self.v2 {
-            ("memory.events", "oom_kill ")
-        } else {
-            ("memory.oom_control", "oom_kill ")
-        };
+        let file = self.version.events_file();
         let text = fs::read_to_string(self.dir.join(file)).unwrap();
-        text.lines()
-            .find_map(|line| line.strip_prefix(key))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+        parse_keyed(&text, "oom_kill").unwrap_or_else(|| panic!("no oom_kill in {file}"))
     }
 
     /// Starts `binary args` inside this cgroup (it joins before `exec`).
@@ -67,6 +75,15 @@ impl TestCgroup {
             .stdout(Stdio::piped())
             .spawn()
             .expect("start workload")
+    }
+}
+
+/// On v2, a child gets the memory controller only if its parent enables it for its children.
+fn enable_memory_controller(root: &Path) {
+    let control = root.join("cgroup.subtree_control");
+    let enabled = fs::read_to_string(&control).unwrap_or_default();
+    if !enabled.split_whitespace().any(|c| c == "memory") {
+        fs::write(&control, "+memory").expect("enable the memory controller for children");
     }
 }
 

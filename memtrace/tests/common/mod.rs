@@ -1,7 +1,12 @@
 //! Shared harness for the integration tests: run the real `memtrace` binary against the real
 //! kernel, build the C workloads, and read the kernel's own accounting to compare with.
 //!
-//! Tests that load BPF programs need root; unprivileged, they print why and return early.
+//! A test that cannot run never passes silently: it says why (`require_root!`, `require_tool!`,
+//! `skip_on_this_host!`) and records itself where `cargo xtask test` reads it
+//! (`MEMTRACE_TEST_SKIPS`), which then ends by counting the skipped tests and their reasons.
+//! Under `cargo xtask test` as root (`MEMTRACE_TEST_MUST_RUN`), a test that lacks root or a tool
+//! the set-up installs fails instead; only what the host itself lacks (cgroup v2's memory
+//! controller, say) may still skip, by name, in that count.
 #![allow(
     dead_code,
     reason = "each test binary uses a different part of the harness"
@@ -21,18 +26,85 @@ use serde_json::Value;
 
 pub mod cgroup;
 
-/// Returns early from a test that needs root, saying so.
+/// The calling test's name (`faults::pid_totals_...`), for skip records.
+#[macro_export]
+macro_rules! test_name {
+    () => {{
+        fn here() {}
+        std::any::type_name_of_val(&here).trim_end_matches("::here")
+    }};
+}
+
+/// Returns early from a test that needs root, saying so (fails under `cargo xtask test` as root,
+/// which cannot happen, but keeps the rule in one place).
 #[macro_export]
 macro_rules! require_root {
     () => {
         if !$crate::common::is_root() {
-            eprintln!(
-                "SKIPPED {}: needs root (to load BPF programs)",
-                module_path!()
+            $crate::common::skip(
+                $crate::test_name!(),
+                "not root (the test loads BPF programs)",
+                true,
             );
             return;
         }
     };
+}
+
+/// Returns early from a test whose tool is missing (`cargo xtask setup` installs it as root).
+#[macro_export]
+macro_rules! require_tool {
+    ($tool:expr) => {
+        if !$crate::common::has_tool($tool) {
+            $crate::common::skip(
+                $crate::test_name!(),
+                &format!(
+                    "{} is not installed (`cargo xtask setup` installs it as root)",
+                    $tool
+                ),
+                true,
+            );
+            return;
+        }
+    };
+}
+
+/// Returns early from a test that needs what this host lacks, saying what.
+#[macro_export]
+macro_rules! skip_on_this_host {
+    ($reason:expr) => {{
+        $crate::common::skip($crate::test_name!(), $reason, false);
+        return;
+    }};
+}
+
+/// Records a skipped test. `required`: under `cargo xtask test` as root, the test must run, so
+/// skipping it fails it.
+pub fn skip(test: &str, reason: &str, required: bool) {
+    if required && std::env::var_os("MEMTRACE_TEST_MUST_RUN").is_some() {
+        panic!("{test} cannot run here, but must: {reason}");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
+    if let Some(path) = std::env::var_os("MEMTRACE_TEST_SKIPS") {
+        let line = format!("{test}\t{reason}\n");
+        let written = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(line.as_bytes()));
+        if let Err(err) = written {
+            panic!("cannot record the skip of {test} in {path:?}: {err}");
+        }
+    }
+}
+
+/// Whether a program is on PATH.
+pub fn has_tool(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
 }
 
 pub fn is_root() -> bool {
