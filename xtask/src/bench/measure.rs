@@ -182,11 +182,12 @@ pub fn readiness(
             let tool = runner::start(argv, *ready, &scratch.join("tracer.out"))
                 .with_context(|| format!("start {label}"))?;
             let secs = started.elapsed().as_secs_f64();
+            // Stopping waits until the kernel has released what it attached, so the next tool
+            // does not wait for it.
             runner::stop(tool)?;
             eprintln!("bench:   run {} {label:<50} {:.1} ms", run + 1, secs * 1e3);
             samples[i].push(secs);
-            // Let the previous tool's programs be unloaded before the next one loads its own.
-            thread::sleep(Duration::from_millis(100));
+            thread::sleep(Duration::from_millis(50));
         }
     }
     let rows: Vec<(String, Vec<f64>)> = tools

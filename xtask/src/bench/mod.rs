@@ -5,9 +5,11 @@
 //! to ready), `runner` the mechanics of one run, `report` the statistics and markdown.
 
 mod measure;
+mod memory;
 mod report;
 mod rows;
 mod runner;
+mod startup;
 
 use std::{
     fs,

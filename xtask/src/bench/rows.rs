@@ -7,8 +7,9 @@ use anyhow::Result;
 use clap::ValueEnum;
 
 use super::{
-    Suite, measure,
+    Suite, measure, memory,
     runner::{self, Mode, Ready, Workload},
+    startup,
 };
 
 /// A row of the suite, as named by `--only`.
@@ -22,8 +23,11 @@ pub enum Row {
     Untraced,
     /// `trace --json -o FILE` at increasing call rates: records/s and drops
     Storm,
-    /// Launch-to-ready time of `oom`, versus bpftrace
-    Oom,
+    /// Start-up and teardown: whole runs on /bin/true beside strace, perf trace and bpftrace,
+    /// until the kernel has released everything, and launch-to-ready of every command
+    Startup,
+    /// Kernel memory each command holds, here and computed for 64 and 192 CPUs
+    Memory,
     /// `memtrace serve`: its own CPU and RSS idle, and the fault workload's cost while it runs
     Daemon,
 }
@@ -35,7 +39,8 @@ impl Row {
             Row::Trace => trace(suite),
             Row::Untraced => untraced(suite),
             Row::Storm => storm(suite),
-            Row::Oom => oom(suite),
+            Row::Startup => startup(suite),
+            Row::Memory => memory(suite),
             Row::Daemon => daemon(suite),
         }
     }
@@ -135,16 +140,7 @@ const DEFAULT_SYSCALLS: &str = "brk,mmap,munmap,mremap,mprotect,madvise";
 /// The floor any tracer of `syscalls` on their tracepoints pays: bpftrace with empty programs
 /// on each one's `sys_enter_*` and `sys_exit_*` (the pairing memtrace needs for latency).
 fn empty_syscall_programs(syscalls: &str) -> Mode {
-    let probes = syscalls
-        .split(',')
-        .flat_map(|name| {
-            [
-                format!("tracepoint:syscalls:sys_enter_{name}"),
-                format!("tracepoint:syscalls:sys_exit_{name}"),
-            ]
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
+    let probes = empty_syscall_probes(syscalls);
     Mode::traced(
         "floor: bpftrace, empty programs on sys_enter_*/sys_exit_*",
         words(&[
@@ -319,13 +315,145 @@ fn storm(suite: &Suite) -> Result<String> {
     )
 }
 
-fn oom(suite: &Suite) -> Result<String> {
-    let runs = if suite.quick { 5 } else { 15 };
+/// The enter and exit tracepoints of `syscalls` (`trace`'s hooks), as bpftrace names them.
+fn empty_syscall_probes(syscalls: &str) -> String {
+    syscalls
+        .split(',')
+        .flat_map(|name| {
+            [
+                format!("tracepoint:syscalls:sys_enter_{name}"),
+                format!("tracepoint:syscalls:sys_exit_{name}"),
+            ]
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn startup(suite: &Suite) -> Result<String> {
+    let runs = if suite.quick { 5 } else { 11 };
+    let whole = |label: &str, argv: Vec<String>| startup::Whole {
+        label: label.into(),
+        argv,
+    };
+    let probes = empty_syscall_probes(DEFAULT_SYSCALLS);
+    let memtrace_trace = whole(
+        "memtrace trace -- /bin/true",
+        suite.memtrace(&["trace", "-o", "/dev/null", "--", "/bin/true"]),
+    );
     let tools = [
+        whole("memtrace trace -- /bin/true", memtrace_trace.argv.clone()),
+        whole(
+            "memtrace trace -c -- /bin/true",
+            suite.memtrace(&["trace", "-c", "-o", "/dev/null", "--", "/bin/true"]),
+        ),
+        whole(
+            "memtrace faults -- /bin/true",
+            suite.memtrace(&["faults", "-o", "/dev/null", "--", "/bin/true"]),
+        ),
+        whole(
+            "memtrace oom --duration 0.05",
+            suite.memtrace(&["oom", "-o", "/dev/null", "--duration", "0.05"]),
+        ),
+        whole(
+            "strace -f -e trace=%memory /bin/true",
+            words(&[
+                "strace",
+                "-f",
+                "-o",
+                "/dev/null",
+                "-e",
+                "trace=%memory",
+                "/bin/true",
+            ]),
+        ),
+        whole(
+            &format!("perf trace -e {DEFAULT_SYSCALLS} -- /bin/true"),
+            words(&[
+                "perf",
+                "trace",
+                "-o",
+                "/dev/null",
+                "-e",
+                DEFAULT_SYSCALLS,
+                "--",
+                "/bin/true",
+            ]),
+        ),
+        whole(
+            "floor: bpftrace, empty programs on trace's 12 tracepoints, -c /bin/true",
+            words(&[
+                "bpftrace",
+                "-e",
+                &format!("{probes} {{ }}"),
+                "-c",
+                "/bin/true",
+            ]),
+        ),
+        whole(
+            "floor: bpftrace, empty program on oom:mark_victim, -c 'sleep 0.05'",
+            words(&[
+                "bpftrace",
+                "-e",
+                "tracepoint:oom:mark_victim { }",
+                "-c",
+                "/bin/sleep 0.05",
+            ]),
+        ),
+    ];
+    let mut whole_table = startup::whole_runs(
+        "Start-up and teardown — whole runs",
+        &format!(
+            "{runs} runs each, interleaved; milliseconds from exec until the command has exited \
+             (the prompt is back), and until the kernel has released everything it attached \
+             (memtrace hands the slow part, ~40 ms per tracepoint event, to a helper that \
+             outlives it). The runs wait for each other's release, except in the last row."
+        ),
+        &tools,
+        runs,
+    )?;
+    whole_table.push_str(&startup::back_to_back(&memtrace_trace, 5)?);
+
+    // Launch to ready, against a process that only waits.
+    let mut sleeper = std::process::Command::new("sleep");
+    let mut sleeper = runner::dies_with_bench(&mut sleeper, libc::SIGKILL)
+        .arg("3600")
+        .spawn()?;
+    let pid = sleeper.id().to_string();
+    let listen = format!("--listen=127.0.0.1:{}", free_port()?);
+    let ready_tools = [
         (
-            "memtrace oom --json (to its start record)".to_owned(),
+            "memtrace trace --json --pid PID (to its start record)".to_owned(),
+            suite.memtrace(&["trace", "--json", "--pid", &pid]),
+            Ready::StdoutLine(JSON_START),
+        ),
+        (
+            "memtrace faults --json --pid PID".to_owned(),
+            suite.memtrace(&["faults", "--json", "--pid", &pid]),
+            Ready::StdoutLine(JSON_START),
+        ),
+        (
+            "memtrace faults --json (system-wide)".to_owned(),
+            suite.memtrace(&["faults", "--json"]),
+            Ready::StdoutLine(JSON_START),
+        ),
+        (
+            "memtrace oom --json".to_owned(),
             suite.memtrace(&["oom", "--json"]),
             Ready::StdoutLine(JSON_START),
+        ),
+        (
+            "memtrace serve (to its \"serving\" line)".to_owned(),
+            suite.memtrace(&["serve", &listen]),
+            Ready::StderrLine("memtrace: serving"),
+        ),
+        (
+            "bpftrace, trace's 12 tracepoints (to BEGIN's output)".to_owned(),
+            words(&[
+                "bpftrace",
+                "-e",
+                &format!("BEGIN {{ printf(\"ready\\n\"); }} {probes} {{ }}"),
+            ]),
+            Ready::StdoutLine("ready"),
         ),
         (
             "bpftrace tracepoint:oom:mark_victim (to BEGIN's output)".to_owned(),
@@ -337,13 +465,61 @@ fn oom(suite: &Suite) -> Result<String> {
             Ready::StdoutLine("ready"),
         ),
     ];
-    measure::readiness(
-        "OOM readiness — launch to attached",
+    let ready_table = measure::readiness(
+        "Start-up — launch to ready",
         &format!("{runs} launches each, interleaved; milliseconds from exec to the ready signal"),
-        &tools,
+        &ready_tools,
         runs,
         &suite.dir,
-    )
+    );
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    Ok(format!("{whole_table}\n{}", ready_table?))
+}
+
+fn memory(suite: &Suite) -> Result<String> {
+    let mut sleeper = std::process::Command::new("sleep");
+    let mut sleeper = runner::dies_with_bench(&mut sleeper, libc::SIGKILL)
+        .arg("3600")
+        .spawn()?;
+    let pid = sleeper.id().to_string();
+    let listen = format!("--listen=127.0.0.1:{}", free_port()?);
+    let case = |label: &str, args: &[&str], target: &'static str| memory::Case {
+        label: label.into(),
+        argv: suite.memtrace(args),
+        ready: Ready::StderrLine("memtrace:"),
+        target,
+    };
+    let cases = [
+        case(
+            "faults --pid PID",
+            &["faults", "--pid", &pid, "-o", "/dev/null"],
+            "≤ 2 MiB",
+        ),
+        case("faults (system-wide)", &["faults", "-o", "/dev/null"], ""),
+        case(
+            "faults -- COMMAND",
+            &["faults", "-o", "/dev/null", "--", "sleep", "30"],
+            "",
+        ),
+        case(
+            "trace --pid PID",
+            &["trace", "--pid", &pid, "-o", "/dev/null"],
+            "",
+        ),
+        case("trace (system-wide)", &["trace", "-o", "/dev/null"], ""),
+        case("trace -c", &["trace", "-c", "-o", "/dev/null"], ""),
+        case("oom", &["oom", "-o", "/dev/null"], "≤ 1 MiB"),
+        case(
+            "serve",
+            &["serve", &listen],
+            "≤ 12 MiB; ≤ 32 MiB at 192 CPUs",
+        ),
+    ];
+    let table = memory::table("Kernel memory per command", &cases, &suite.dir);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    table
 }
 
 fn words(words: &[&str]) -> Vec<String> {

@@ -286,7 +286,42 @@ impl Drop for Attached {
     }
 }
 
-/// Ctrl-C, as a user would, and wait (a tracer that ignores it is killed).
+/// The name memtrace's background helper runs under while it releases tracepoint events.
+const RELEASE_HELPER: &str = "memtrace-detach";
+
+/// Waits until no memtrace helper is still releasing tracepoint events: until then the kernel
+/// keeps the syscall tracing slow path on for every task, which would tax the next run, and
+/// another tracer's attach waits for the kernel's `event_mutex`. Returns how long it waited.
+pub fn wait_for_release() -> Result<Duration> {
+    let started = Instant::now();
+    while helpers_running()? {
+        if started.elapsed() > TRACER_TIMEOUT {
+            bail!("{RELEASE_HELPER} still running after {TRACER_TIMEOUT:?}");
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    Ok(started.elapsed())
+}
+
+fn helpers_running() -> Result<bool> {
+    for entry in fs::read_dir("/proc")? {
+        let path = entry?.path();
+        let is_pid = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.bytes().all(|b| b.is_ascii_digit()));
+        if is_pid
+            && fs::read_to_string(path.join("comm"))
+                .is_ok_and(|comm| comm.trim_end() == RELEASE_HELPER)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Ctrl-C, as a user would, and wait (a tracer that ignores it is killed), then for the kernel
+/// to have released what it attached.
 pub fn stop(mut tracer: Child) -> Result<()> {
     let pid = i32::try_from(tracer.id()).context("pid out of range")?;
     // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
@@ -300,6 +335,7 @@ pub fn stop(mut tracer: Child) -> Result<()> {
         }
         thread::sleep(Duration::from_millis(10));
     }
+    wait_for_release()?;
     Ok(())
 }
 
