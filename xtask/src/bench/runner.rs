@@ -303,6 +303,8 @@ pub fn wait_for_release() -> Result<Duration> {
     Ok(started.elapsed())
 }
 
+/// Whether a helper is still at work: one that has exited (a zombie until its new parent,
+/// init, reaps it) holds nothing any more.
 fn helpers_running() -> Result<bool> {
     for entry in fs::read_dir("/proc")? {
         let path = entry?.path();
@@ -310,10 +312,17 @@ fn helpers_running() -> Result<bool> {
             .file_name()
             .and_then(|name| name.to_str())
             .is_some_and(|name| name.bytes().all(|b| b.is_ascii_digit()));
-        if is_pid
-            && fs::read_to_string(path.join("comm"))
-                .is_ok_and(|comm| comm.trim_end() == RELEASE_HELPER)
-        {
+        if !is_pid {
+            continue;
+        }
+        // `PID (COMM) STATE ...`: the helper's name has no parenthesis in it.
+        let Ok(stat) = fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        let running = stat
+            .split_once(&format!("({RELEASE_HELPER}) "))
+            .is_some_and(|(_, rest)| !rest.starts_with(['Z', 'X']));
+        if running {
             return Ok(true);
         }
     }
