@@ -47,20 +47,25 @@ fn find() -> Option<PathBuf> {
         .find(|dir| dir.join("events").is_dir())
 }
 
-/// The id of a tracepoint: the `config` of a perf event on it.
-pub fn event_id(category: &str, name: &str) -> Result<u64, Failure> {
+/// One of a tracepoint's files in tracefs (`format`, `id`); missing means the kernel lacks it.
+fn read_event_file(category: &str, name: &str, file: &str) -> Result<String, Failure> {
     let path = ensure_mounted()?
         .join("events")
         .join(category)
         .join(name)
-        .join("id");
-    let text = fs::read_to_string(&path).map_err(|err| Failure::KernelUnsupported {
+        .join(file);
+    fs::read_to_string(&path).map_err(|err| Failure::KernelUnsupported {
         what: format!("the tracepoint {category}:{name}"),
         hint: format!("reading {}: {err}", path.display()),
-    })?;
+    })
+}
+
+/// The id of a tracepoint: the `config` of a perf event on it.
+pub fn event_id(category: &str, name: &str) -> Result<u64, Failure> {
+    let text = read_event_file(category, name, "id")?;
     text.trim().parse().map_err(|_| Failure::KernelUnsupported {
         what: format!("the tracepoint {category}:{name}"),
-        hint: format!("{} holds no id: {text:?}", path.display()),
+        hint: format!("its tracefs id is not a number: {text:?}"),
     })
 }
 
@@ -98,16 +103,7 @@ pub struct Format {
 
 impl Format {
     pub fn read(category: &str, name: &str) -> Result<Format, Failure> {
-        let tracefs = ensure_mounted()?;
-        let path = tracefs
-            .join("events")
-            .join(category)
-            .join(name)
-            .join("format");
-        let text = fs::read_to_string(&path).map_err(|err| Failure::KernelUnsupported {
-            what: format!("the tracepoint {category}:{name}"),
-            hint: format!("reading {}: {err}", path.display()),
-        })?;
+        let text = read_event_file(category, name, "format")?;
         Ok(Format {
             event: format!("{category}:{name}"),
             fields: parse_format(&text),

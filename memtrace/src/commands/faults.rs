@@ -7,7 +7,6 @@
 
 use std::{
     collections::HashSet,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -35,7 +34,7 @@ use crate::{
         faults::{Command, Interval as IntervalRecord, Rate, Start, Summary, Total, Totals},
     },
     procfs,
-    session::{End, Ending, Job, Session, Target},
+    session::{self, End, Ending, Job, Session, Target},
 };
 
 /// Rows per interval when not every target is shown.
@@ -44,13 +43,10 @@ const DEFAULT_TOP: usize = 10;
 /// Validated `faults` flags.
 #[derive(Clone, Debug)]
 pub struct FaultsConfig {
-    pub target: Target,
+    pub session: session::Options,
     pub interval: Duration,
-    pub duration: Option<Duration>,
     pub per_thread: bool,
     pub top: usize,
-    pub format: Format,
-    pub output: Option<PathBuf>,
     /// Capacity of the kernel's counting table.
     pub max_processes: u32,
 }
@@ -78,15 +74,17 @@ impl TryFrom<FaultsArgs> for FaultsConfig {
             Target::System
         };
         Ok(FaultsConfig {
-            target,
+            session: session::Options {
+                target,
+                format: Format::json(args.json),
+                output: args.output,
+                duration: args.duration,
+            },
             interval: args.interval,
-            duration: args.duration,
             per_thread: args.threads,
             top: args.top.map_or(DEFAULT_TOP, |top| {
                 usize::try_from(top).unwrap_or(usize::MAX)
             }),
-            format: Format::json(args.json),
-            output: args.output,
             max_processes: args.max_processes.unwrap_or(MAX_FAULT_KEYS),
         })
     }
@@ -94,7 +92,7 @@ impl TryFrom<FaultsArgs> for FaultsConfig {
 
 impl FaultsConfig {
     fn filter(&self) -> Filter {
-        match &self.target {
+        match &self.session.target {
             Target::System => Filter::All,
             Target::Pids(_) => Filter::Targets {
                 follow_forks: false,
@@ -111,23 +109,18 @@ impl FaultsConfig {
     /// Whether the targets are counted by perf's counting events rather than a program per
     /// fault: explicit processes, each counted as a whole.
     fn counts_with_perf(&self) -> bool {
-        matches!(self.target, Target::Pids(_)) && !self.per_thread
+        matches!(self.session.target, Target::Pids(_)) && !self.per_thread
     }
 
     /// Whether each interval shows every target, rather than only the busiest few.
     fn shows_every_target(&self) -> bool {
-        matches!(self.target, Target::Pids(_))
+        matches!(self.session.target, Target::Pids(_))
     }
 }
 
 pub async fn execute(args: FaultsArgs) -> anyhow::Result<u8> {
     let config = FaultsConfig::try_from(args)?;
-    let mut session = Session::open(
-        config.output.as_deref(),
-        config.format,
-        &config.target,
-        config.duration,
-    )?;
+    let mut session = Session::open(&config.session)?;
     let job = Faults::start(&config, &mut session)?;
     session.run(job).await
 }
@@ -167,7 +160,9 @@ impl<'a> Faults<'a> {
                 Source::Kernel(loaded)
             }
         };
-        if let (Target::Command(argv), Source::Kernel(loaded)) = (&config.target, &mut source) {
+        if let (Target::Command(argv), Source::Kernel(loaded)) =
+            (&config.session.target, &mut source)
+        {
             session.spawn(argv, &mut loaded.ebpf)?;
         }
 
@@ -178,18 +173,12 @@ impl<'a> Faults<'a> {
                 aggregator.track(FaultKey { tgid: pid, tid: 0 }, comm);
             }
         }
-        let (mode, description) = config.target.describe();
-        let pids = session.watched().pids();
-        session
-            .sink()
-            .emit(&Start {
-                mode,
-                description: &description,
-                pids: &pids,
-                interval_s: config.interval.as_secs_f64(),
-                per_thread: config.per_thread,
-            })
-            .context("write the report")?;
+        let start = Start {
+            targets: session.targets(config.session.target.describe()),
+            interval_s: config.interval.as_secs_f64(),
+            per_thread: config.per_thread,
+        };
+        session.sink().emit(&start).context("write the report")?;
 
         let now = Instant::now();
         let mut ticker = interval_at((now + config.interval).into(), config.interval);

@@ -18,7 +18,7 @@ use crate::{
         Format, Sink, Timestamp,
         oom::{Dropped, Start, Summary},
     },
-    session::{End, Ending, Job, Session, Target},
+    session::{self, End, Ending, Job, Session, Target},
 };
 
 /// Validated `oom` flags.
@@ -69,12 +69,12 @@ pub async fn execute(args: OomArgs) -> anyhow::Result<u8> {
         }
         (None, _) => None,
     };
-    let mut session = Session::open(
-        config.output.as_deref(),
-        config.format,
-        &Target::System,
-        config.duration,
-    )?;
+    let mut session = Session::open(&session::Options {
+        target: Target::System,
+        format: config.format,
+        output: config.output.clone(),
+        duration: config.duration,
+    })?;
     let layout = bpf::oom::layout()?;
     if layout.fields == 0 {
         log::warn!(

@@ -6,7 +6,7 @@
 //! spawned) → the ring buffer drained into lines or JSON until the session ends → the kernel's
 //! per-syscall statistics as the summary.
 
-use std::{io, path::PathBuf, time::Duration};
+use std::{io, time::Duration};
 
 use anyhow::Context as _;
 use memtrace_common::{
@@ -29,7 +29,7 @@ use crate::{
         Format, Sink,
         trace::{CallRecord, Start, Summary, WallClock},
     },
-    session::{End, Ending, Job, Session, Target},
+    session::{self, End, Ending, Job, Session, Target},
     syscalls::{self, Syscall},
 };
 
@@ -43,13 +43,10 @@ const BATCH: usize = 65_536;
 /// Validated `trace` flags.
 #[derive(Clone, Debug)]
 pub struct TraceConfig {
-    pub target: Target,
+    pub session: session::Options,
     pub follow: bool,
     pub syscalls: Vec<Syscall>,
     pub filter: KernelFilter,
-    pub format: Format,
-    pub output: Option<PathBuf>,
-    pub duration: Option<Duration>,
     /// Capacity of the kernel's table of traced threads.
     pub max_threads: u32,
 }
@@ -82,7 +79,12 @@ impl TryFrom<TraceArgs> for TraceConfig {
         };
         Ok(TraceConfig {
             follow: args.follow || matches!(target, Target::Command(_)),
-            target,
+            session: session::Options {
+                target,
+                format: Format::json(args.json),
+                output: args.output,
+                duration: args.duration,
+            },
             syscalls,
             filter: KernelFilter {
                 count_only: args.summary,
@@ -90,9 +92,6 @@ impl TryFrom<TraceArgs> for TraceConfig {
                 min_size: args.min_size.unwrap_or(0),
                 per_process: false,
             },
-            format: Format::json(args.json),
-            output: args.output,
-            duration: args.duration,
             max_threads: args.max_threads.unwrap_or(default_threads),
         })
     }
@@ -100,7 +99,7 @@ impl TryFrom<TraceArgs> for TraceConfig {
 
 impl TraceConfig {
     fn filter(&self) -> Filter {
-        match self.target {
+        match self.session.target {
             Target::System => Filter::All,
             _ => Filter::Targets {
                 follow_forks: self.follow,
@@ -109,8 +108,8 @@ impl TraceConfig {
     }
 
     fn describe(&self) -> (&'static str, String) {
-        let (mode, description) = self.target.describe();
-        let follow = matches!(self.target, Target::Pids(_)) && self.follow;
+        let (mode, description) = self.session.target.describe();
+        let follow = matches!(self.session.target, Target::Pids(_)) && self.follow;
         (
             mode,
             format!(
@@ -123,12 +122,7 @@ impl TraceConfig {
 
 pub async fn execute(args: TraceArgs) -> anyhow::Result<u8> {
     let config = TraceConfig::try_from(args)?;
-    let mut session = Session::open(
-        config.output.as_deref(),
-        config.format,
-        &config.target,
-        config.duration,
-    )?;
+    let mut session = Session::open(&config.session)?;
     let job = Trace::start(&config, &mut session)?;
     session.run(job).await
 }
@@ -175,20 +169,14 @@ impl<'a> Trace<'a> {
         } else {
             Some(Records::open(&mut loaded.ebpf)?)
         };
-        if let Target::Command(argv) = &config.target {
+        if let Target::Command(argv) = &config.session.target {
             session.spawn(argv, &mut loaded.ebpf)?;
         }
-        let (mode, description) = config.describe();
-        let pids = session.watched().pids();
-        session
-            .sink()
-            .emit(&Start {
-                mode,
-                description: &description,
-                pids: &pids,
-                syscalls: &config.syscalls,
-            })
-            .context("write the report")?;
+        let start = Start {
+            targets: session.targets(config.describe()),
+            syscalls: &config.syscalls,
+        };
+        session.sink().emit(&start).context("write the report")?;
         let mut poll = interval(POLL);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut drop_check = interval(DROP_CHECK);

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use memtrace_common::DropSource;
 use serde::Serialize;
 
-use super::{Record, Timestamp, drops_json, seconds, unix_seconds};
+use super::{Record, Targets, Timestamp, drops_json, seconds, unix_seconds};
 use crate::{aggregate::faults::Row, session::CommandOutcome};
 
 /// Summary rows the human table shows before saying how many more there are.
@@ -14,22 +14,20 @@ const SUMMARY_ROWS: usize = 50;
 
 /// What the report is about, told once at the start.
 #[derive(Serialize)]
-pub struct Start<'a> {
-    /// `"system"`, `"pids"`, `"comm"` or `"command"`.
-    pub mode: &'static str,
-    pub description: &'a str,
-    pub pids: &'a [u32],
+pub struct Start {
+    #[serde(flatten)]
+    pub targets: Targets,
     pub interval_s: f64,
     pub per_thread: bool,
 }
 
-impl Record for Start<'_> {
+impl Record for Start {
     const TYPE: &'static str = "start";
 
     fn human(&self, out: &mut dyn Write) -> io::Result<()> {
         eprintln!(
             "memtrace: counting page faults of {} (Ctrl-C to stop)",
-            self.description
+            self.targets.description
         );
         writeln!(
             out,

@@ -46,6 +46,16 @@ pub trait Record: Serialize {
     fn human(&self, out: &mut dyn Write) -> io::Result<()>;
 }
 
+/// What a session traces, as its start record says it.
+#[derive(Serialize)]
+pub struct Targets {
+    /// `"system"`, `"pids"`, `"comm"` or `"command"`.
+    pub mode: &'static str,
+    pub description: String,
+    /// The explicit targets, or the spawned command's pid.
+    pub pids: Vec<u32>,
+}
+
 /// Where a report goes, in its format. Buffered: a command flushes when what it wrote must be
 /// seen at once (each interval, each kill, each batch of calls).
 pub struct Sink {

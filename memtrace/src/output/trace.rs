@@ -8,7 +8,7 @@ use memtrace_common::{DropSource, syscalls::SyscallStats};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{Record, Timestamp, drops_json, round_secs};
+use super::{Record, Targets, Timestamp, drops_json, round_secs};
 use crate::{
     aggregate::syscalls::{avg_ns, grand_total},
     session::CommandOutcome,
@@ -74,31 +74,16 @@ pub fn human_line(call: &Call, unix_ns: u64) -> String {
 }
 
 /// What is traced, told once at the start.
+#[derive(Serialize)]
 pub struct Start<'a> {
-    /// `"system"`, `"pids"` or `"command"`.
-    pub mode: &'static str,
-    pub description: &'a str,
-    pub pids: &'a [u32],
+    #[serde(flatten)]
+    pub targets: Targets,
+    #[serde(serialize_with = "syscall_names")]
     pub syscalls: &'a [Syscall],
 }
 
-impl Serialize for Start<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Json<'a> {
-            mode: &'static str,
-            description: &'a str,
-            pids: &'a [u32],
-            syscalls: Vec<&'static str>,
-        }
-        Json {
-            mode: self.mode,
-            description: self.description,
-            pids: self.pids,
-            syscalls: self.syscalls.iter().map(|s| s.name()).collect(),
-        }
-        .serialize(s)
-    }
+fn syscall_names<S: serde::Serializer>(syscalls: &&[Syscall], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(syscalls.iter().map(|syscall| syscall.name()))
 }
 
 impl Record for Start<'_> {
@@ -109,7 +94,7 @@ impl Record for Start<'_> {
         eprintln!(
             "memtrace: tracing {} of {} (Ctrl-C to stop)",
             names.join(", "),
-            self.description
+            self.targets.description
         );
         Ok(())
     }

@@ -8,7 +8,7 @@ pub mod endings;
 pub mod spawn;
 pub mod targets;
 
-use std::{future::Future, path::Path, time::Duration};
+use std::{future::Future, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 pub use endings::End;
@@ -50,6 +50,17 @@ pub struct Ending {
     pub duration: Duration,
 }
 
+/// What every command's flags say of its session.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub target: Target,
+    pub format: Format,
+    /// `-o FILE`, else stdout.
+    pub output: Option<PathBuf>,
+    /// `--duration`, else until something else ends it.
+    pub duration: Option<Duration>,
+}
+
 pub struct Session {
     sink: Sink,
     watched: Watched,
@@ -60,19 +71,14 @@ impl Session {
     /// Everything a command checks before touching the kernel, in this order: the report's
     /// destination (a usage error, exit 2, is found without privileges), privileges (exit 3),
     /// the explicit target processes (exit 4).
-    pub fn open(
-        output: Option<&Path>,
-        format: Format,
-        target: &Target,
-        duration: Option<Duration>,
-    ) -> anyhow::Result<Session> {
-        let sink = Sink::open(output, format)?;
+    pub fn open(options: &Options) -> anyhow::Result<Session> {
+        let sink = Sink::open(options.output.as_deref(), options.format)?;
         privileges::require()?;
-        let watched = Watched::open(target)?;
+        let watched = Watched::open(&options.target)?;
         Ok(Session {
             sink,
             watched,
-            duration,
+            duration: options.duration,
         })
     }
 
@@ -82,6 +88,15 @@ impl Session {
 
     pub fn sink(&mut self) -> &mut Sink {
         &mut self.sink
+    }
+
+    /// The start record's account of the targets: `(mode, description)`, and their pids.
+    pub fn targets(&self, (mode, description): (&'static str, String)) -> output::Targets {
+        output::Targets {
+            mode,
+            description,
+            pids: self.watched.pids(),
+        }
     }
 
     /// Starts `-- COMMAND` as a counted, followed target from birth (see [`spawn`]).

@@ -414,10 +414,7 @@ fn startup(suite: &Suite) -> Result<String> {
     whole_table.push_str(&startup::back_to_back(&memtrace_trace, 5)?);
 
     // Launch to ready, against a process that only waits.
-    let mut sleeper = std::process::Command::new("sleep");
-    let mut sleeper = runner::dies_with_bench(&mut sleeper, libc::SIGKILL)
-        .arg("3600")
-        .spawn()?;
+    let mut sleeper = sleeper()?;
     let pid = sleeper.id().to_string();
     let listen = format!("--listen=127.0.0.1:{}", free_port()?);
     let ready_tools = [
@@ -477,11 +474,16 @@ fn startup(suite: &Suite) -> Result<String> {
     Ok(format!("{whole_table}\n{}", ready_table?))
 }
 
-fn memory(suite: &Suite) -> Result<String> {
+/// A process that only waits, for `--pid` targets.
+fn sleeper() -> Result<std::process::Child> {
     let mut sleeper = std::process::Command::new("sleep");
-    let mut sleeper = runner::dies_with_bench(&mut sleeper, libc::SIGKILL)
+    Ok(runner::dies_with_bench(&mut sleeper, libc::SIGKILL)
         .arg("3600")
-        .spawn()?;
+        .spawn()?)
+}
+
+fn memory(suite: &Suite) -> Result<String> {
+    let mut sleeper = sleeper()?;
     let pid = sleeper.id().to_string();
     let listen = format!("--listen=127.0.0.1:{}", free_port()?);
     let case = |label: &str, args: &[&str], target: &'static str| memory::Case {

@@ -44,7 +44,7 @@ use crate::{
         prometheus::{Identity, Labels, Metrics},
     },
     privileges, procfs,
-    session::{End, Ending, Job, Session, Target},
+    session::{self, End, Ending, Job, Session, Target},
     syscalls::Syscall,
 };
 
@@ -92,7 +92,12 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<u8> {
         );
     }
     // The daemon writes no report: its output is the endpoint (and --events).
-    let session = Session::open(None, Format::Human, &Target::System, None)?;
+    let session = Session::open(&session::Options {
+        target: Target::System,
+        format: Format::Human,
+        output: None,
+        duration: None,
+    })?;
     let daemon = Daemon::start(&config, listener, events)?;
     eprintln!(
         "memtrace: serving metrics on http://{}/metrics (SIGTERM to stop)",
