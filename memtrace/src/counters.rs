@@ -18,14 +18,22 @@ struct ThreadCounters {
     major: OwnedFd,
 }
 
+/// Whether this kernel can limit a counter's inheritance to threads (`inherit_thread`, Linux
+/// 5.13+), asked of memtrace's own thread: elsewhere EINVAL could mean something else.
+pub fn inherit_thread_supported() -> bool {
+    // SAFETY: gettid has no preconditions.
+    let me = unsafe { libc::gettid() } as u32;
+    match ThreadCounters::open(me) {
+        Ok(_) => true,
+        Err(err) => err.raw_os_error() != Some(libc::EINVAL),
+    }
+}
+
 /// Why a process's counters could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("no such process: {0}")]
     Gone(u32),
-    /// This kernel cannot limit inheritance to threads (`inherit_thread`, Linux 5.13+).
-    #[error("this kernel cannot count a process's new threads without its children")]
-    NoInheritThread,
     #[error("counting the faults of process {pid}: {source}")]
     Kernel { pid: u32, source: io::Error },
 }
@@ -53,9 +61,6 @@ impl ProcessCounters {
                     // Exited since it was listed: its faults are in no counter, as they would
                     // be in no later /proc reading either.
                     Err(err) if err.raw_os_error() == Some(libc::ESRCH) => {}
-                    Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
-                        return Err(OpenError::NoInheritThread);
-                    }
                     Err(source) => return Err(OpenError::Kernel { pid, source }),
                 }
             }
@@ -134,7 +139,6 @@ impl OpenError {
                 },
                 &format!("count the faults of process {pid}"),
             ),
-            other => anyhow::Error::new(other),
         }
     }
 }

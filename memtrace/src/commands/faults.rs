@@ -367,22 +367,18 @@ fn count_with_perf(
     if !config.counts_with_perf() {
         return Ok(None);
     }
-    counters::raise_open_files_limit();
-    let mut counters = Vec::with_capacity(pids.len());
-    for &pid in pids {
-        match ProcessCounters::open(pid) {
-            Ok(process) => counters.push(process),
-            Err(OpenError::NoInheritThread) => {
-                log::info!(
-                    "{}: counting with a program per fault",
-                    OpenError::NoInheritThread
-                );
-                return Ok(None);
-            }
-            Err(err) => return Err(err.explained()),
-        }
+    if !counters::inherit_thread_supported() {
+        log::info!(
+            "this kernel cannot count a process's new threads without its children \
+             (inherit_thread, Linux 5.13+): counting with a program per fault"
+        );
+        return Ok(None);
     }
-    Ok(Some(counters))
+    counters::raise_open_files_limit();
+    pids.iter()
+        .map(|&pid| ProcessCounters::open(pid).map_err(OpenError::explained))
+        .collect::<anyhow::Result<_>>()
+        .map(Some)
 }
 
 /// A key's current name: from /proc while it lives, else the one the kernel recorded at its
