@@ -1,7 +1,8 @@
 //! The deployment files checked with the tools that know their formats: `systemd-analyze` for the
 //! unit (valid, and hardened: its own exposure score), kubernetes-validate for the DaemonSet
-//! (the Kubernetes API schema, strictly: no unknown field). The Grafana dashboard's queries are
-//! checked against a real Prometheus in `serve.rs`.
+//! (the Kubernetes API schema, strictly: no unknown field), promtool for the alert rules (and
+//! their unit tests). The Grafana dashboard's queries and the OOM alert are checked against a
+//! real Prometheus in `serve.rs`.
 
 mod common;
 
@@ -101,5 +102,63 @@ fn the_daemonset_matches_the_kubernetes_schema_strictly() {
     assert!(manifest.contains("privileged: false") && manifest.contains("drop: [\"ALL\"]"));
     assert!(
         manifest.contains("hostPID: true") && manifest.contains("prometheus.io/scrape: \"true\"")
+    );
+}
+
+#[test]
+fn the_alert_rules_are_valid_and_pass_their_unit_tests() {
+    require_tool!("promtool");
+    let dir = repo("deploy/prometheus");
+    for args in [
+        &["check", "rules", "memtrace-rules.yml"][..],
+        &["test", "rules", "memtrace-rules.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn the_prometheusrule_carries_the_same_rules() {
+    let tools = repo(".tools/python");
+    if !tools.join("yaml").is_dir() {
+        common::skip(
+            test_name!(),
+            "PyYAML is not in .tools/python (`cargo xtask setup` installs it with kubernetes-validate)",
+            true,
+        );
+        return;
+    }
+    let script = "import sys, yaml\n\
+rules = yaml.safe_load(open(sys.argv[1]))\n\
+crd = yaml.safe_load(open(sys.argv[2]))\n\
+assert crd['apiVersion'] == 'monitoring.coreos.com/v1' and crd['kind'] == 'PrometheusRule', crd\n\
+assert crd['spec']['groups'] == rules['groups'], 'the groups differ'\n\
+print(len(rules['groups'][0]['rules']))\n";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(repo("deploy/prometheus/memtrace-rules.yml"))
+        .arg(repo("deploy/kubernetes/prometheusrule.yaml"))
+        .env("PYTHONPATH", &tools)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "6",
+        "six rules"
     );
 }

@@ -4,10 +4,18 @@
 //!
 //! Cardinality is bounded: at most `max_series` distinct label sets (comm / cgroup / pid) are
 //! admitted; any further one is folded into the single label set whose values are all `other`.
+//!
+//! Every series is born at 0 and counts only once every regular scraper has seen it at 0
+//! ([`Scrapers`], [`Counters`]): Prometheus's `rate()` and `increase()` see no increase in a
+//! series whose first sample is already 1, so a series born at 1 would hide the first OOM kill of
+//! every process name and cgroup, and every count of a process shorter-lived than a scrape
+//! interval. What a new series counts meanwhile is held, and added at the first reading after
+//! (so a count shows one scrape interval later, never lost).
 
 use std::{
-    collections::HashSet,
-    sync::{Arc, atomic::AtomicU64},
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, atomic::AtomicU64},
+    time::{Duration, Instant},
 };
 
 use prometheus_client::{
@@ -81,20 +89,171 @@ impl SeriesLimit {
 
 type FloatCounter = Counter<f64, AtomicU64>;
 
+/// Scrapes that come more often than this are a scraper's (Prometheus, an agent); rarer ones
+/// (someone's curl) hold no count back.
+const REGULAR_INTERVAL: Duration = Duration::from_secs(120);
+/// A count is held at most this long, should a scraper have gone away unseen.
+const MAX_HOLD: Duration = Duration::from_secs(300);
+
+/// Who scrapes `/metrics` (by address and user agent: Prometheus replicas differ by address),
+/// and when each last began to: shared by the HTTP endpoint, which records scrapes, and the
+/// readings, which release held counts.
+#[derive(Debug, Default)]
+pub struct Scrapers {
+    seen: Mutex<HashMap<String, Scraper>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Scraper {
+    /// When its last scrape began (before the registry was encoded).
+    last: Instant,
+    /// The time between its last two scrapes.
+    interval: Option<Duration>,
+}
+
+impl Scrapers {
+    /// A scrape by `who` begins now, before the registry is encoded.
+    pub fn scraping(&self, who: String, now: Instant) {
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        let interval = seen.get(&who).map(|scraper| now - scraper.last);
+        seen.insert(
+            who,
+            Scraper {
+                last: now,
+                interval,
+            },
+        );
+        // Forget those long gone, so the map stays small.
+        seen.retain(|_, scraper| now - scraper.last < MAX_HOLD);
+    }
+
+    /// Whether a series created at `since` has been scraped at 0 by every regular scraper still
+    /// scraping, or, with none known yet, by anyone.
+    pub fn have_seen(&self, since: Instant, now: Instant) -> bool {
+        let Ok(seen) = self.seen.lock() else {
+            return true;
+        };
+        let regular: Vec<&Scraper> = seen
+            .values()
+            .filter(|s| {
+                s.interval.is_some_and(|interval| {
+                    interval <= REGULAR_INTERVAL
+                        && now.saturating_duration_since(s.last)
+                            <= interval * 2 + Duration::from_secs(5)
+                })
+            })
+            .collect();
+        if regular.is_empty() {
+            seen.values().any(|s| s.last > since)
+        } else {
+            regular.iter().all(|s| s.last > since)
+        }
+    }
+}
+
+/// A family of counters whose series are each scraped at 0 before they count.
+pub struct Counters {
+    family: Family<Labels, Counter>,
+    /// New series, and what they counted since they were created at 0.
+    held: HashMap<Labels, Held>,
+}
+
+#[derive(Debug)]
+struct Held {
+    since: Instant,
+    count: u64,
+}
+
+impl Counters {
+    fn new(family: Family<Labels, Counter>) -> Counters {
+        Counters {
+            family,
+            held: HashMap::new(),
+        }
+    }
+
+    /// Counts `n` (nothing, and no series, for 0): at once in a series already scraped, else
+    /// held in a new one created at 0.
+    pub fn add(&mut self, labels: &Labels, n: u64, now: Instant) {
+        if n == 0 {
+            return;
+        }
+        if let Some(held) = self.held.get_mut(labels) {
+            held.count += n;
+        } else if self.family.get(labels).is_some() {
+            self.family.get_or_create(labels).inc_by(n);
+        } else {
+            self.create_at_zero(labels);
+            self.held.insert(
+                labels.clone(),
+                Held {
+                    since: now,
+                    count: n,
+                },
+            );
+        }
+    }
+
+    fn create_at_zero(&self, labels: &Labels) {
+        // Getting a series creates it, at 0; the guard is dropped at once.
+        let _ = self.family.get_or_create(labels);
+    }
+
+    /// Creates a series at 0, to count into once scraped (bounded label sets, known in advance).
+    pub fn create(&mut self, labels: &Labels, now: Instant) {
+        if self.family.get(labels).is_none() {
+            self.create_at_zero(labels);
+            self.held.insert(
+                labels.clone(),
+                Held {
+                    since: now,
+                    count: 0,
+                },
+            );
+        }
+    }
+
+    /// Adds the held counts of the series every scraper has now seen at 0.
+    pub fn release(&mut self, scrapers: &Scrapers, now: Instant) {
+        let family = &self.family;
+        self.held.retain(|labels, held| {
+            let seen = scrapers.have_seen(held.since, now) || now - held.since >= MAX_HOLD;
+            if seen {
+                family.get_or_create(labels).inc_by(held.count);
+            }
+            !seen
+        });
+    }
+
+    pub fn remove(&mut self, labels: &Labels) {
+        self.family.remove(labels);
+        self.held.remove(labels);
+    }
+
+    /// Series whose counts are held now.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+}
+
 pub struct Metrics {
     registry: Arc<Registry>,
+    scrapers: Arc<Scrapers>,
     by: Vec<SeriesLabel>,
     series: SeriesLimit,
     syscall_names: Vec<&'static str>,
-    faults: Family<Labels, Counter>,
-    syscalls: Family<Labels, Counter>,
-    syscall_errors: Family<Labels, Counter>,
-    bytes: Family<Labels, Counter>,
-    oom_kills: Family<Labels, Counter>,
-    dropped: Family<Labels, Counter>,
+    faults: Counters,
+    syscalls: Counters,
+    syscall_errors: Counters,
+    bytes: Counters,
+    oom_kills: Counters,
+    dropped: Counters,
     program_time: Family<Labels, FloatCounter>,
-    program_runs: Family<Labels, Counter>,
+    program_runs: Counters,
     failed_readings: Counter,
+    last_reading: Gauge<f64, AtomicU64>,
     cpu: FloatCounter,
     resident: Gauge,
     tracked: Gauge,
@@ -162,6 +321,13 @@ impl Metrics {
              and /healthz answers 503 while they fail)",
             failed_readings.clone(),
         );
+        let last_reading = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "memtrace_last_reading_timestamp_seconds",
+            "When the kernel's counters were last read successfully (Unix time): stale while \
+             readings stall or fail",
+            last_reading.clone(),
+        );
         let cpu = FloatCounter::default();
         registry.register_with_unit(
             "process_cpu",
@@ -190,18 +356,20 @@ impl Metrics {
         );
         Metrics {
             registry: Arc::new(registry),
+            scrapers: Arc::default(),
             by: by.to_vec(),
             series: SeriesLimit::new(max_series),
             syscall_names,
-            faults,
-            syscalls,
-            syscall_errors,
-            bytes,
-            oom_kills,
-            dropped,
+            faults: Counters::new(faults),
+            syscalls: Counters::new(syscalls),
+            syscall_errors: Counters::new(syscall_errors),
+            bytes: Counters::new(bytes),
+            oom_kills: Counters::new(oom_kills),
+            dropped: Counters::new(dropped),
             program_time,
-            program_runs,
+            program_runs: Counters::new(program_runs),
             failed_readings,
+            last_reading,
             cpu,
             resident,
             tracked,
@@ -212,6 +380,27 @@ impl Metrics {
     /// The registry, for the HTTP endpoint to encode.
     pub fn registry(&self) -> Arc<Registry> {
         Arc::clone(&self.registry)
+    }
+
+    /// Who scrapes, for the HTTP endpoint to record.
+    pub fn scrapers(&self) -> Arc<Scrapers> {
+        Arc::clone(&self.scrapers)
+    }
+
+    /// Adds the held counts of new series every scraper has seen at 0 (once per reading).
+    pub fn release_held(&mut self, now: Instant) {
+        let scrapers = Arc::clone(&self.scrapers);
+        for counters in [
+            &mut self.faults,
+            &mut self.syscalls,
+            &mut self.syscall_errors,
+            &mut self.bytes,
+            &mut self.oom_kills,
+            &mut self.dropped,
+            &mut self.program_runs,
+        ] {
+            counters.release(&scrapers, now);
+        }
     }
 
     /// The (admitted) labels a process's counts go under.
@@ -233,43 +422,60 @@ impl Metrics {
         self.by.contains(&SeriesLabel::Pid)
     }
 
-    pub fn add_faults(&self, labels: &Labels, minor: u64, major: u64) {
-        add(&self.faults, labels, "kind", "minor", minor);
-        add(&self.faults, labels, "kind", "major", major);
+    pub fn add_faults(&mut self, labels: &Labels, minor: u64, major: u64, now: Instant) {
+        let faults = &mut self.faults;
+        faults.add(&with(labels, "kind", "minor"), minor, now);
+        faults.add(&with(labels, "kind", "major"), major, now);
     }
 
     /// A syscall's error counter exists (at 0) as soon as its call counter does, so that error
     /// ratios have both sides.
-    pub fn add_syscalls(&self, labels: &Labels, syscall: &'static str, calls: u64, errors: u64) {
+    pub fn add_syscalls(
+        &mut self,
+        labels: &Labels,
+        syscall: &'static str,
+        calls: u64,
+        errors: u64,
+        now: Instant,
+    ) {
         if calls > 0 {
             let labels = with(labels, "syscall", syscall);
-            self.syscalls.get_or_create(&labels).inc_by(calls);
-            self.syscall_errors.get_or_create(&labels).inc_by(errors);
+            self.syscalls.add(&labels, calls, now);
+            self.syscall_errors.create(&labels, now);
+            self.syscall_errors.add(&labels, errors, now);
         }
     }
 
-    pub fn add_bytes(&self, labels: &Labels, op: &'static str, bytes: u64) {
-        add(&self.bytes, labels, "op", op, bytes);
+    pub fn add_bytes(&mut self, labels: &Labels, op: &'static str, bytes: u64, now: Instant) {
+        self.bytes.add(&with(labels, "op", op), bytes, now);
     }
 
-    pub fn add_oom_kill(&self, labels: &Labels) {
-        self.oom_kills.get_or_create(labels).inc();
+    pub fn add_oom_kill(&mut self, labels: &Labels, now: Instant) {
+        self.oom_kills.add(labels, 1, now);
     }
 
     /// Drop counters exist from the start, at 0, so that an alert on them never meets a gap.
-    pub fn add_dropped(&self, source: &'static str, n: u64) {
+    pub fn add_dropped(&mut self, source: &'static str, n: u64, now: Instant) {
         let labels = vec![("source", source.to_owned())];
-        self.dropped.get_or_create(&labels).inc_by(n);
+        self.dropped.create(&labels, now);
+        self.dropped.add(&labels, n, now);
     }
 
-    pub fn add_program_run(&self, program: &str, seconds: f64, runs: u64) {
+    /// A program's run counters (`--bpf-stats`: its programs are known from the start).
+    pub fn add_program_run(&mut self, program: &str, seconds: f64, runs: u64, now: Instant) {
         let labels = vec![("program", program.to_owned())];
         self.program_time.get_or_create(&labels).inc_by(seconds);
-        self.program_runs.get_or_create(&labels).inc_by(runs);
+        self.program_runs.create(&labels, now);
+        self.program_runs.add(&labels, runs, now);
     }
 
     pub fn add_failed_reading(&self) {
         self.failed_readings.inc();
+    }
+
+    /// A reading succeeded at `unix_seconds`.
+    pub fn set_last_reading(&self, unix_seconds: f64) {
+        self.last_reading.set(unix_seconds);
     }
 
     pub fn add_own_usage(&self, cpu_seconds: f64, resident_bytes: u64) {
@@ -355,13 +561,6 @@ fn with(labels: &Labels, key: &'static str, value: &str) -> Labels {
     labels
 }
 
-/// Adds `n` to one series of `family`; a zero adds nothing and creates no series.
-fn add(family: &Family<Labels, Counter>, labels: &Labels, key: &'static str, value: &str, n: u64) {
-    if n > 0 {
-        family.get_or_create(&with(labels, key, value)).inc_by(n);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use prometheus_client::encoding::text::encode;
@@ -395,6 +594,12 @@ mod tests {
         assert_eq!(limit.len(), 2);
     }
 
+    /// Has a scraper see what is there now, then releases what it has seen at 0.
+    fn scrape_then_read(metrics: &mut Metrics, at: Instant) {
+        metrics.scrapers().scraping("prometheus".into(), at);
+        metrics.release_held(at + Duration::from_millis(1));
+    }
+
     #[test]
     fn exposition_follows_prometheus_conventions() {
         let mut metrics = Metrics::new(&[SeriesLabel::Comm, SeriesLabel::Cgroup], 10, vec!["mmap"]);
@@ -404,11 +609,13 @@ mod tests {
             cgroup: "/x".into(),
         };
         let series = metrics.labels_of(&who);
-        metrics.add_faults(&series, 5, 0);
-        metrics.add_syscalls(&series, "mmap", 3, 1);
-        metrics.add_bytes(&series, "mmap", 4096);
-        metrics.add_oom_kill(&series);
-        metrics.add_dropped("fault_table_full", 2);
+        let now = Instant::now();
+        metrics.add_faults(&series, 5, 0, now);
+        metrics.add_syscalls(&series, "mmap", 3, 1, now);
+        metrics.add_bytes(&series, "mmap", 4096, now);
+        metrics.add_oom_kill(&series, now);
+        metrics.add_dropped("fault_table_full", 2, now);
+        scrape_then_read(&mut metrics, now + Duration::from_millis(1));
         let mut text = String::new();
         encode(&mut text, &metrics.registry()).unwrap();
         for line in [
@@ -431,6 +638,79 @@ mod tests {
         );
     }
 
+    fn sample(metrics: &Metrics, line_start: &str) -> Option<String> {
+        let mut text = String::new();
+        encode(&mut text, &metrics.registry()).unwrap();
+        text.lines()
+            .find(|line| line.starts_with(line_start))
+            .map(|line| line.rsplit_once(' ').unwrap().1.to_owned())
+    }
+
+    #[test]
+    fn a_new_series_is_scraped_at_zero_before_it_counts() {
+        let mut metrics = Metrics::new(&[SeriesLabel::Comm], 10, vec![]);
+        let labels = metrics.labels_of(&Identity {
+            pid: 1,
+            comm: "hog".into(),
+            cgroup: String::new(),
+        });
+        let t0 = Instant::now();
+        let kills = r#"memtrace_oom_kills_total{comm="hog"}"#;
+        metrics.add_oom_kill(&labels, t0);
+        metrics.release_held(t0);
+        assert_eq!(sample(&metrics, kills).as_deref(), Some("0"), "born at 0");
+        // Scraped at 0 (the scrape began after the series was created): the kill now counts,
+        // and later ones at once.
+        scrape_then_read(&mut metrics, t0 + Duration::from_millis(5));
+        assert_eq!(sample(&metrics, kills).as_deref(), Some("1"));
+        metrics.add_oom_kill(&labels, t0 + Duration::from_millis(10));
+        assert_eq!(sample(&metrics, kills).as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn counts_wait_for_every_regular_scraper() {
+        let scrapers = Scrapers::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Two Prometheus replicas scraping every second, a second apart; a one-off curl.
+        for ms in [0, 1000] {
+            scrapers.scraping("10.0.0.1 Prometheus".into(), at(ms));
+            scrapers.scraping("10.0.0.2 Prometheus".into(), at(ms + 500));
+        }
+        scrapers.scraping("10.0.0.9 curl".into(), at(1200));
+        let created = at(1600);
+        scrapers.scraping("10.0.0.1 Prometheus".into(), at(2000));
+        assert!(
+            !scrapers.have_seen(created, at(2100)),
+            "the second replica has not scraped since"
+        );
+        scrapers.scraping("10.0.0.2 Prometheus".into(), at(2500));
+        assert!(scrapers.have_seen(created, at(2600)));
+        // A replica gone quiet (twice its interval and 5 s) no longer holds counts back.
+        let later = at(2700);
+        scrapers.scraping("10.0.0.1 Prometheus".into(), at(3000));
+        assert!(!scrapers.have_seen(later, at(3100)));
+        assert!(scrapers.have_seen(later, at(20_000)));
+    }
+
+    #[test]
+    fn with_no_regular_scraper_one_scrape_suffices_and_nothing_is_held_forever() {
+        let scrapers = Scrapers::default();
+        let t0 = Instant::now();
+        assert!(!scrapers.have_seen(t0, t0 + Duration::from_secs(1)));
+        scrapers.scraping("127.0.0.1 Prometheus".into(), t0 + Duration::from_secs(2));
+        assert!(scrapers.have_seen(t0, t0 + Duration::from_secs(3)));
+
+        let mut counters = Counters::new(Family::default());
+        let labels = vec![("comm", "x".to_owned())];
+        counters.add(&labels, 3, t0);
+        counters.release(&Scrapers::default(), t0 + Duration::from_secs(1));
+        assert_eq!(counters.held(), 1, "nobody has scraped it");
+        counters.release(&Scrapers::default(), t0 + MAX_HOLD);
+        assert_eq!(counters.held(), 0, "held at most MAX_HOLD");
+        assert_eq!(counters.family.get_or_create(&labels).get(), 3);
+    }
+
     #[test]
     fn forgetting_a_folded_process_keeps_the_shared_other_series() {
         let mut metrics = Metrics::new(&[SeriesLabel::Pid], 1, vec![]);
@@ -442,8 +722,10 @@ mod tests {
         let first = metrics.labels_of(&who(1));
         let folded = metrics.labels_of(&who(2));
         assert_eq!(folded, vec![("pid", "other".to_owned())]);
-        metrics.add_faults(&first, 1, 0);
-        metrics.add_faults(&folded, 7, 0);
+        let now = Instant::now();
+        metrics.add_faults(&first, 1, 0, now);
+        metrics.add_faults(&folded, 7, 0, now);
+        scrape_then_read(&mut metrics, now + Duration::from_millis(1));
         metrics.forget(&folded);
         let mut text = String::new();
         encode(&mut text, &metrics.registry()).unwrap();
@@ -462,8 +744,9 @@ mod tests {
             cgroup: String::new(),
         };
         let series = metrics.labels_of(&who);
-        metrics.add_faults(&series, 1, 1);
-        metrics.add_syscalls(&series, "mmap", 1, 0);
+        let now = Instant::now();
+        metrics.add_faults(&series, 1, 1, now);
+        metrics.add_syscalls(&series, "mmap", 1, 0, now);
         assert_eq!(metrics.series(), 1);
         metrics.forget(&series);
         let mut text = String::new();

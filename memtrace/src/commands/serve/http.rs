@@ -4,23 +4,25 @@
 //! endpoint with it.
 
 use std::{
+    net::SocketAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     thread,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context as _;
 use axum::{
     Router,
+    extract::ConnectInfo,
     http::{HeaderMap, StatusCode, header},
     routing::get,
 };
 use prometheus_client::registry::Registry;
 
-use crate::output::prometheus;
+use crate::output::prometheus::{self, Scrapers};
 
 /// Whether the kernel's counters are being read: the last successful reading, and the last
 /// failure, shared by the reading loop and the endpoint.
@@ -85,6 +87,7 @@ fn now_ms() -> u64 {
 pub fn spawn(
     listener: std::net::TcpListener,
     registry: Arc<Registry>,
+    scrapers: Arc<Scrapers>,
     health: Arc<Health>,
 ) -> anyhow::Result<()> {
     listener
@@ -105,7 +108,9 @@ pub fn spawn(
                         return;
                     }
                 };
-                if let Err(err) = axum::serve(listener, router(registry, health)).await {
+                let app = router(registry, scrapers, health)
+                    .into_make_service_with_connect_info::<SocketAddr>();
+                if let Err(err) = axum::serve(listener, app).await {
                     log::error!("the HTTP endpoint stopped: {err}");
                 }
             });
@@ -114,14 +119,23 @@ pub fn spawn(
     Ok(())
 }
 
-fn router(registry: Arc<Registry>, health: Arc<Health>) -> Router {
+fn router(registry: Arc<Registry>, scrapers: Arc<Scrapers>, health: Arc<Health>) -> Router {
     Router::new()
         .route(
             "/metrics",
-            get(move |headers: HeaderMap| {
-                let registry = Arc::clone(&registry);
-                async move { metrics_response(&registry, &headers) }
-            }),
+            get(
+                move |ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap| {
+                    // Recorded before encoding: every series created before now is in this
+                    // scrape, at 0 if it is new (see `Scrapers`).
+                    let agent = headers
+                        .get(header::USER_AGENT)
+                        .and_then(|agent| agent.to_str().ok())
+                        .unwrap_or("");
+                    scrapers.scraping(format!("{} {agent}", peer.ip()), Instant::now());
+                    let registry = Arc::clone(&registry);
+                    async move { metrics_response(&registry, &headers) }
+                },
+            ),
         )
         .route(
             "/healthz",

@@ -254,7 +254,12 @@ impl Daemon {
         };
         // A first reading before the first scrape: no scrape sees the series missing.
         daemon.tick();
-        http::spawn(listener, daemon.metrics.registry(), health)?;
+        http::spawn(
+            listener,
+            daemon.metrics.registry(),
+            daemon.metrics.scrapers(),
+            health,
+        )?;
         Ok(daemon)
     }
 
@@ -271,6 +276,8 @@ impl Daemon {
                 }
                 self.failures = Failures::default();
                 self.health.read_ok();
+                self.metrics
+                    .set_last_reading(crate::output::Timestamp::now().unix);
             }
             Err(err) => {
                 self.failures.in_a_row += 1;
@@ -303,10 +310,12 @@ impl Daemon {
             .filter(|&pid| !procfs::is_alive(pid))
             .collect();
 
+        let now = std::time::Instant::now();
         for sample in bpf::faults::read(&self.faults.ebpf)? {
             let delta = self.fault_counts.update(sample.key, sample.counts);
             let labels = self.labels(sample.key.tgid, &sample.comm);
-            self.metrics.add_faults(&labels, delta.minor, delta.major);
+            self.metrics
+                .add_faults(&labels, delta.minor, delta.major, now);
         }
         for (key, counts) in bpf::syscalls::proc_stats(&self.syscalls.ebpf)? {
             let delta = self.syscall_counts.update(key, counts);
@@ -315,14 +324,14 @@ impl Daemon {
             };
             let labels = self.labels(key.tgid, "");
             self.metrics
-                .add_syscalls(&labels, syscall.name(), delta.calls, delta.errors);
+                .add_syscalls(&labels, syscall.name(), delta.calls, delta.errors, now);
             for (op, bytes) in byte_ops(syscall, delta) {
-                self.metrics.add_bytes(&labels, op, bytes);
+                self.metrics.add_bytes(&labels, op, bytes, now);
             }
         }
         for (source, n) in self.drops()? {
             let delta = self.dropped.update(source.name(), n);
-            self.metrics.add_dropped(source.name(), delta);
+            self.metrics.add_dropped(source.name(), delta, now);
         }
         if self.program_stats.is_some() {
             let infos: Vec<(String, ProgramInfo)> = [&self.faults, &self.syscalls, &self.oom]
@@ -331,7 +340,7 @@ impl Daemon {
                 .filter_map(|(name, program)| Some((name.to_owned(), program.info().ok()?)))
                 .collect();
             for (name, info) in infos {
-                self.add_program(name, &info);
+                self.add_program(name, &info, now);
             }
         }
         if let Ok((cpu, resident)) = procfs::own_usage() {
@@ -342,6 +351,7 @@ impl Daemon {
         for pid in exited {
             self.retire(pid)?;
         }
+        self.metrics.release_held(now);
         self.metrics.set_bookkeeping(self.processes.len());
         Ok(())
     }
@@ -363,11 +373,11 @@ impl Daemon {
         Ok(sums)
     }
 
-    fn add_program(&mut self, name: String, info: &ProgramInfo) {
-        let now = (info.run_time().as_nanos() as u64, info.run_count());
-        let (nanos, runs) = self.programs.update(name.clone(), now);
+    fn add_program(&mut self, name: String, info: &ProgramInfo, now: std::time::Instant) {
+        let stats = (info.run_time().as_nanos() as u64, info.run_count());
+        let (nanos, runs) = self.programs.update(name.clone(), stats);
         self.metrics
-            .add_program_run(&name, nanos as f64 / 1e9, runs);
+            .add_program_run(&name, nanos as f64 / 1e9, runs, now);
     }
 
     /// The labels of a process, resolved once: from /proc while it lives, else from what the
@@ -420,7 +430,8 @@ impl Daemon {
                 cgroup: kill.cgroup.path.clone().unwrap_or_else(|| "unknown".into()),
             };
             let labels = self.metrics.labels_of(&who);
-            self.metrics.add_oom_kill(&labels);
+            self.metrics
+                .add_oom_kill(&labels, std::time::Instant::now());
             if let Some(events) = &mut self.events
                 && let Err(err) = events.emit(&kill).and_then(|()| events.flush())
             {
