@@ -80,6 +80,7 @@ EXAMPLES:
   sudo memtrace serve                                  # 127.0.0.1:9633, labels comm and cgroup
   sudo memtrace serve --listen 0.0.0.0:9633            # reachable from the network (logged)
   sudo memtrace serve --by cgroup --max-series 500     # one series per cgroup, at most 500
+  sudo memtrace serve --by comm,cgroup,pod,container   # Kubernetes names, from the cgroup
   sudo memtrace serve --events /var/log/memtrace/oom-kills.jsonl   # OOM kills as JSON lines
 
 SIGTERM or SIGINT stop it (exit 0); SIGHUP reopens the --events file (for log rotation).";
@@ -93,6 +94,16 @@ pub enum SeriesLabel {
     Cgroup,
     /// The process id (series of exited processes are removed)
     Pid,
+    /// The container, from the cgroup path: `container_id="containerd://ID"` (as
+    /// kube-state-metrics writes it), empty outside containers
+    Container,
+    /// The Kubernetes pod, from the cgroup path: `pod_uid` (join on kube_pod_info's `uid`)
+    Pod,
+    /// The pod's QoS class, from the cgroup path: `qos_class` (guaranteed, burstable,
+    /// besteffort)
+    Qos,
+    /// The systemd unit, from the cgroup path, outside containers: `systemd_unit`
+    Unit,
 }
 
 /// The node daemon: counts page faults, allocation syscalls and OOM kills of the whole machine in
@@ -103,7 +114,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9633")]
     pub listen: std::net::SocketAddr,
 
-    /// Labels of each series, comma-separated
+    /// Labels of each series, comma-separated: comm, cgroup, pid, and, read from the cgroup
+    /// path, container, pod, qos, unit
     #[arg(
         long,
         value_name = "LABEL[,LABEL]",

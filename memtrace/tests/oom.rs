@@ -281,3 +281,32 @@ fn unprivileged_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+#[test]
+fn a_kill_in_a_kubernetes_pod_names_the_pod_and_its_container() {
+    require_root!();
+    // The cgroup layout kubelet's cgroupfs driver and CRI-O give a burstable pod's container.
+    let uid = "7f1c7f1e-52b1-4c4e-9a3c-0f9f0e7b8c9d";
+    let id = "4d7a9b1c2e3f40516273849a0b1c2d3e4f5061728394a5b6c7d8e9f00112233";
+    let pod = format!("pod{uid}");
+    let container = format!("crio-{id}");
+    let cgroup = TestCgroup::nested(
+        "pod",
+        &["kubepods", "burstable", &pod, &container],
+        32 * MIB,
+    );
+    let tracer = Tracer::start(&["oom", "--cgroup", &cgroup.path, "--count", "1"]);
+    let mut hog = cgroup.spawn(&workload("oom_alloc"), &["hog", "64"]);
+    let records = wait_for(tracer);
+    hog.wait().unwrap();
+    let kills = kills(&records);
+    assert_eq!(kills.len(), 1, "{records:?}");
+    let named = &kills[0]["cgroup"];
+    assert_eq!(named["path"], cgroup.path.as_str(), "{named}");
+    assert_eq!(named["pod_uid"], uid, "{named}");
+    assert_eq!(named["container_id"], id, "{named}");
+    assert_eq!(named["runtime"], "cri-o", "{named}");
+    assert_eq!(named["qos_class"], "burstable", "{named}");
+    assert_eq!(named["systemd_unit"], Value::Null, "{named}");
+    assert_eq!(cgroup.oom_kills(), 1);
+}

@@ -1,3 +1,4 @@
 //! Completing what the kernel reported with what `/proc` and cgroupfs know.
 
 pub mod oom;
+pub mod owner;

@@ -10,6 +10,7 @@ use memtrace_common::oom::{OomFields, OomPhase, OomVictim};
 use crate::{
     aggregate::oom::Reports,
     cgroup::{self, MemoryHierarchy},
+    enrich::owner::owner_of,
     model::oom::{Cgroup, Kill, OomRecord, Trigger, Victim},
     output::Timestamp,
     procfs,
@@ -78,6 +79,7 @@ impl KillResolver {
         } else {
             (None, None)
         };
+        let owner = path.as_deref().map(owner_of).unwrap_or_default();
         let stats = match (&self.hierarchy, &path) {
             (Some(hierarchy), Some(path)) => hierarchy.stats(path),
             _ => cgroup::Stats::default(),
@@ -124,6 +126,7 @@ impl KillResolver {
                 limit_bytes: stats.limit,
                 usage_bytes: stats.usage_bytes,
                 oom_kill: stats.oom_kills,
+                owner,
             },
         }
     }

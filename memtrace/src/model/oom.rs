@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::{
     cgroup::{Limit, Version},
+    enrich::owner::Owner,
     output::Timestamp,
 };
 
@@ -81,6 +82,9 @@ pub struct Cgroup {
     pub limit_bytes: Option<Limit>,
     pub usage_bytes: Option<u64>,
     pub oom_kill: Option<u64>,
+    /// The container, pod and QoS class, or the systemd unit, the cgroup path names.
+    #[serde(flatten)]
+    pub owner: Owner,
 }
 
 fn limit_json<S: serde::Serializer>(limit: &Option<Limit>, s: S) -> Result<S::Ok, S::Error> {

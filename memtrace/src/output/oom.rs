@@ -119,7 +119,29 @@ pub fn format_kill(kill: &Kill) -> String {
         limit,
         bytes(c.usage_bytes),
         or_unknown(c.oom_kill),
-    )
+    ) + &owner_words(&c.owner)
+}
+
+/// ` pod=UID qos=CLASS container=RUNTIME://ID12`, or ` unit=UNIT`, where the cgroup says.
+fn owner_words(owner: &crate::enrich::owner::Owner) -> String {
+    let mut words = String::new();
+    if let Some(uid) = &owner.pod_uid {
+        words.push_str(&format!(" pod={uid}"));
+    }
+    if let Some(qos) = owner.qos_class {
+        words.push_str(&format!(" qos={qos}"));
+    }
+    if let Some(id) = &owner.container_id {
+        let short = &id[..id.len().min(12)];
+        match owner.runtime {
+            Some(runtime) => words.push_str(&format!(" container={runtime}://{short}")),
+            None => words.push_str(&format!(" container={short}")),
+        }
+    }
+    if let Some(unit) = &owner.systemd_unit {
+        words.push_str(&format!(" unit={unit}"));
+    }
+    words
 }
 
 #[cfg(test)]
@@ -161,6 +183,7 @@ mod tests {
                 limit_bytes: Some(Limit::Unlimited),
                 usage_bytes: None,
                 oom_kill: Some(1),
+                owner: crate::enrich::owner::owner_of("/system.slice/db.service"),
             },
         }
     }
@@ -184,5 +207,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("limit=max"), "{text}");
+        assert!(text.ends_with(" unit=db.service"), "{text}");
+        assert_eq!(json["cgroup"]["systemd_unit"], "db.service");
+        assert_eq!(json["cgroup"]["pod_uid"], serde_json::Value::Null);
     }
 }

@@ -23,7 +23,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::cli::SeriesLabel;
+use crate::{cli::SeriesLabel, enrich::owner::owner_of};
 
 /// A series' labels, in a fixed order.
 pub type Labels = Vec<(&'static str, String)>;
@@ -403,8 +403,10 @@ impl Metrics {
         }
     }
 
-    /// The (admitted) labels a process's counts go under.
+    /// The (admitted) labels a process's counts go under. Container, pod, QoS class and unit
+    /// are read from the cgroup path: functions of it, they add no series to `cgroup`'s.
     pub fn labels_of(&mut self, who: &Identity) -> Labels {
+        let owner = owner_of(&who.cgroup);
         let labels = self
             .by
             .iter()
@@ -412,6 +414,15 @@ impl Metrics {
                 SeriesLabel::Comm => ("comm", who.comm.clone()),
                 SeriesLabel::Cgroup => ("cgroup", who.cgroup.clone()),
                 SeriesLabel::Pid => ("pid", who.pid.to_string()),
+                SeriesLabel::Container => {
+                    ("container_id", owner.container_label().unwrap_or_default())
+                }
+                SeriesLabel::Pod => ("pod_uid", owner.pod_uid.clone().unwrap_or_default()),
+                SeriesLabel::Qos => ("qos_class", owner.qos_class.unwrap_or_default().into()),
+                SeriesLabel::Unit => (
+                    "systemd_unit",
+                    owner.systemd_unit.clone().unwrap_or_default(),
+                ),
             })
             .collect();
         self.series.admit(labels)
@@ -709,6 +720,42 @@ mod tests {
         counters.release(&Scrapers::default(), t0 + MAX_HOLD);
         assert_eq!(counters.held(), 0, "held at most MAX_HOLD");
         assert_eq!(counters.family.get_or_create(&labels).get(), 3);
+    }
+
+    #[test]
+    fn kubernetes_labels_come_from_the_cgroup_path() {
+        let by = [
+            SeriesLabel::Pod,
+            SeriesLabel::Container,
+            SeriesLabel::Qos,
+            SeriesLabel::Unit,
+        ];
+        let mut metrics = Metrics::new(&by, 10, vec![]);
+        let id = "4d7a9b1c2e3f40516273849a0b1c2d3e4f5061728394a5b6c7d8e9f00112233";
+        let labels = metrics.labels_of(&Identity {
+            pid: 1,
+            comm: "java".into(),
+            cgroup: format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod\
+                 7f1c7f1e_52b1_4c4e_9a3c_0f9f0e7b8c9d.slice/cri-containerd-{id}.scope"
+            ),
+        });
+        assert_eq!(
+            labels,
+            vec![
+                ("pod_uid", "7f1c7f1e-52b1-4c4e-9a3c-0f9f0e7b8c9d".to_owned()),
+                ("container_id", format!("containerd://{id}")),
+                ("qos_class", "burstable".to_owned()),
+                ("systemd_unit", String::new()),
+            ]
+        );
+        let host = metrics.labels_of(&Identity {
+            pid: 2,
+            comm: "nginx".into(),
+            cgroup: "/system.slice/nginx.service".into(),
+        });
+        assert_eq!(host[3], ("systemd_unit", "nginx.service".to_owned()));
+        assert_eq!(host[0], ("pod_uid", String::new()));
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct TestCgroup {
     /// Its path in the memory hierarchy, as memtrace reports it.
     pub path: String,
     pub version: Version,
+    /// Directories created above it, removed after it (deepest first).
+    parents: Vec<PathBuf>,
 }
 
 /// The memory hierarchy of this machine (tests that use cgroups need one).
@@ -32,18 +34,36 @@ pub fn hierarchy() -> MemoryHierarchy {
 impl TestCgroup {
     /// A child of the hierarchy's root, limited to `limit` bytes (and no swap on v2).
     pub fn new(name: &str, limit: u64) -> TestCgroup {
+        TestCgroup::nested(name, &[], limit)
+    }
+
+    /// A cgroup at `/memtrace-test-NAME-PID/BELOW...` (as container managers nest theirs),
+    /// limited to `limit` bytes.
+    pub fn nested(name: &str, below: &[&str], limit: u64) -> TestCgroup {
         let hierarchy = hierarchy();
-        let path = format!("/memtrace-test-{name}-{}", std::process::id());
         let version = hierarchy.version;
-        if version == Version::V2 {
-            enable_memory_controller(&hierarchy.mount);
+        let top = format!("memtrace-test-{name}-{}", std::process::id());
+        let levels: Vec<&str> = std::iter::once(top.as_str())
+            .chain(below.iter().copied())
+            .collect();
+        let mut path = String::new();
+        let mut parents = Vec::new();
+        for level in &levels {
+            if version == Version::V2 {
+                enable_memory_controller(&hierarchy.dir(&path));
+            }
+            path = format!("{path}/{level}");
+            let dir = hierarchy.dir(&path);
+            fs::create_dir(&dir).expect("create the test cgroup");
+            parents.push(dir);
         }
+        let dir = parents.pop().expect("at least the cgroup itself");
         let cgroup = TestCgroup {
-            dir: hierarchy.dir(&path),
+            dir,
             path,
             version,
+            parents,
         };
-        fs::create_dir(&cgroup.dir).expect("create the test cgroup");
         cgroup.write(version.limit_file(), &limit.to_string());
         if version == Version::V2 && cgroup.dir.join("memory.swap.max").exists() {
             cgroup.write("memory.swap.max", "0");
@@ -104,6 +124,11 @@ impl Drop for TestCgroup {
         }
         if self.dir.exists() {
             eprintln!("could not remove the test cgroup {}", self.dir.display());
+        }
+        for parent in self.parents.iter().rev() {
+            if fs::remove_dir(parent).is_err() {
+                eprintln!("could not remove the test cgroup {}", parent.display());
+            }
         }
     }
 }
