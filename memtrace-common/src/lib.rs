@@ -32,6 +32,8 @@ pub mod globals {
     pub const FILTER_COMM: &str = "FILTER_COMM";
     /// `u32`: non-zero to count faults per thread rather than per process.
     pub const PER_THREAD: &str = "PER_THREAD";
+    /// [`crate::faults::MemcgLayout`]: how to find a task's memory cgroup (`serve`).
+    pub const MEMCG_LAYOUT: &str = "MEMCG_LAYOUT";
     /// `u32`: byte offset of `pid` in the `task:task_newtask` record (from its tracefs format).
     pub const NEWTASK_PID_OFFSET: &str = "NEWTASK_PID_OFFSET";
     /// `u32`: byte offset of `clone_flags` in the `task:task_newtask` record.

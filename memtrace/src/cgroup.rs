@@ -192,6 +192,35 @@ impl MemoryHierarchy {
         }
     }
 
+    /// Every cgroup of the hierarchy by the inode number of its directory (the id the kernel's
+    /// programs record), as paths in the hierarchy.
+    pub fn paths_by_id(&self) -> std::collections::HashMap<u64, String> {
+        use std::os::unix::fs::MetadataExt as _;
+        let mut paths = std::collections::HashMap::new();
+        let mut pending = vec![(self.mount.clone(), "/".to_owned())];
+        while let Some((dir, path)) = pending.pop() {
+            let Ok(meta) = fs::metadata(&dir) else {
+                continue;
+            };
+            paths.insert(meta.ino(), path.clone());
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let child = if path == "/" {
+                        format!("/{name}")
+                    } else {
+                        format!("{path}/{name}")
+                    };
+                    pending.push((entry.path(), child));
+                }
+            }
+        }
+        paths
+    }
+
     /// Turns `--cgroup PATH` into a path in the hierarchy: PATH may be a directory under the
     /// mount point, or a path in the hierarchy itself (`/a/b`). It must exist.
     pub fn resolve(&self, path: &Path) -> Result<String, Failure> {
@@ -362,6 +391,25 @@ cgroup /sys/fs/cgroup/cpu cgroup rw,cpu,cpuacct 0 0
             "/system.slice"
         );
         assert!(hierarchy.resolve(Path::new("/nope")).is_err());
+    }
+
+    #[test]
+    fn cgroups_are_found_by_the_inode_of_their_directory() {
+        use std::os::unix::fs::MetadataExt as _;
+        let tree = Tree::new("ids");
+        tree.file("kubepods/burstable/pod1/memory.max", "max\n");
+        let hierarchy = MemoryHierarchy {
+            mount: tree.0.clone(),
+            version: Version::V2,
+        };
+        let paths = hierarchy.paths_by_id();
+        let inode = |path: &str| fs::metadata(tree.0.join(path)).unwrap().ino();
+        assert_eq!(paths[&inode("")], "/");
+        assert_eq!(
+            paths[&inode("kubepods/burstable/pod1")],
+            "/kubepods/burstable/pod1"
+        );
+        assert_eq!(paths.len(), 4);
     }
 
     #[test]

@@ -159,6 +159,8 @@ FIELDS (unknown values are shown as ?; JSON null):
   domain      the cgroup whose limit was hit
   limit, usage, oom_kill   the victim cgroup's memory limit, usage and OOM-kill count, read
               when the kill is reported
+  pod, qos, container, unit   read from the cgroup path where it names them: the Kubernetes
+              pod's UID and QoS class, the container (runtime://id), or the systemd unit
 
 EXAMPLES:
   sudo memtrace oom                                  # every OOM kill on the machine

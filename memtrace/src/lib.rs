@@ -9,6 +9,7 @@
 
 pub mod aggregate;
 pub mod bpf;
+pub mod btf;
 pub mod cgroup;
 pub mod cli;
 pub mod commands;

@@ -687,3 +687,68 @@ fn healthz_tells_a_stalled_or_failing_reading_and_the_daemon_goes_on() {
     assert!(status.success(), "memtrace serve exited with {status}");
     fs::remove_dir_all(&hooks).unwrap();
 }
+
+#[test]
+fn processes_shorter_than_a_reading_get_their_cgroup() {
+    require_root!();
+    // Each toucher lives a few milliseconds, far less than a reading (0.2 s): /proc never shows
+    // it to the daemon; the kernel recorded its memory cgroup with its counts.
+    let daemon = Daemon::start(&[]);
+    let cgroup = TestCgroup::new("short", 64 * MIB);
+    let toucher = workload("touch_pages");
+    let (runs, pages) = (20, 300);
+    let mut spawner = cgroup.spawn(
+        &workload("spawn_many"),
+        &[
+            &runs.to_string(),
+            toucher.to_str().unwrap(),
+            &pages.to_string(),
+            "1",
+        ],
+    );
+    let mut report = String::new();
+    spawner
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut report)
+        .unwrap();
+    assert!(spawner.wait().unwrap().success(), "{report}");
+    let kernel: f64 = report
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("children_minflt="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {report:?}"));
+    assert!(kernel >= f64::from(runs * pages), "{report}");
+
+    let labelled = |cgroup: &str| {
+        daemon.value(
+            "memtrace_page_faults_total",
+            &[
+                ("comm", "touch_pages"),
+                ("cgroup", cgroup),
+                ("kind", "minor"),
+            ],
+        )
+    };
+    // Counts show once the series has been scraped at 0 (this test's scrapes), a reading later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut counted = labelled(&cgroup.path);
+    while counted < kernel - f64::from(2 * runs) - 8.0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+        counted = labelled(&cgroup.path);
+    }
+    // The kernel also counts the couple of faults each execve takes through get_user_pages,
+    // which raise no perf event.
+    assert!(
+        counted >= kernel - f64::from(2 * runs) - 8.0 && counted <= kernel,
+        "memtrace counted {counted} minor faults of touch_pages in {}, the kernel {kernel}",
+        cgroup.path
+    );
+    assert_eq!(
+        labelled("unknown"),
+        0.0,
+        "short-lived touchers counted without their cgroup"
+    );
+    assert!(daemon.stop().success());
+}

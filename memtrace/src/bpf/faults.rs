@@ -13,7 +13,7 @@ use aya::{
 };
 use memtrace_common::{
     DropSource,
-    faults::{FaultCounts, FaultKey},
+    faults::{FaultCounts, FaultKey, MemcgLayout},
     globals, maps,
 };
 
@@ -34,6 +34,23 @@ pub struct Options {
     pub per_thread: bool,
     /// Capacity of the counting table: processes (threads with `per_thread`).
     pub max_keys: u32,
+    /// Where the programs find a process's memory cgroup, to record it with its counts
+    /// (`serve`); `None` records none.
+    pub memcg: Option<MemcgLayout>,
+}
+
+/// Where a task's memory cgroup is, from the kernel's BTF; `None` if a field is missing.
+pub fn memcg_layout(btf: &crate::btf::Btf) -> Option<MemcgLayout> {
+    Some(MemcgLayout {
+        enabled: 1,
+        task_cgroups: btf.member_offset("task_struct", "cgroups")?,
+        css_set_subsys: btf.member_offset("css_set", "subsys")?,
+        memory_index: u32::try_from(btf.enum_value("memory_cgrp_id")?).ok()?,
+        css_cgroup: btf.member_offset("cgroup_subsys_state", "cgroup")?,
+        cgroup_kn: btf.member_offset("cgroup", "kn")?,
+        kn_id: btf.member_offset("kernfs_node", "id")?,
+        _pad: 0,
+    })
 }
 
 /// Loads the object and attaches its programs: the fault programs on every online CPU, the
@@ -44,6 +61,9 @@ pub fn load(options: &Options) -> anyhow::Result<Loaded> {
     config
         .u32(globals::PER_THREAD, u32::from(options.per_thread))
         .size(maps::FAULT_COUNTS, options.max_keys);
+    if let Some(layout) = options.memcg {
+        config.bytes(globals::MEMCG_LAYOUT, &layout.to_ne_bytes());
+    }
     let mut ebpf = super::load(Object::Faults, &config)?;
     super::forward_kernel_logs(&mut ebpf);
 
@@ -89,6 +109,8 @@ pub struct Sample {
     pub counts: Counts,
     /// The name the kernel recorded (at the key's first fault, or its last `exec`).
     pub comm: String,
+    /// The memory cgroup it recorded likewise (its directory's inode number), or 0.
+    pub memcg: u64,
 }
 
 /// Reads the whole counting table.
@@ -109,17 +131,18 @@ pub fn read(ebpf: &Ebpf) -> anyhow::Result<Vec<Sample>> {
                 major: value.major,
             },
             comm: procfs::comm_from_bytes(&value.comm),
+            memcg: value.memcg,
         });
     }
     Ok(samples)
 }
 
-/// The name the kernel recorded for a process (current as of its last `exec`).
-pub fn kernel_comm(ebpf: &Ebpf, tgid: u32) -> Option<String> {
+/// The name and memory cgroup the kernel recorded for a process (as of its last `exec`).
+pub fn kernel_record(ebpf: &Ebpf, tgid: u32) -> Option<(String, u64)> {
     let table: HashMap<&MapData, FaultKey, FaultCounts> =
         super::map(ebpf, maps::FAULT_COUNTS).ok()?;
     let value = table.get(&FaultKey { tgid, tid: 0 }, 0).ok()?;
-    Some(procfs::comm_from_bytes(&value.comm)).filter(|comm| !comm.is_empty())
+    Some((procfs::comm_from_bytes(&value.comm), value.memcg))
 }
 
 /// Deletes a retired key, so the table does not fill with exited processes.

@@ -153,6 +153,7 @@ impl<'a> Faults<'a> {
                     filter: config.filter(),
                     per_thread: config.per_thread,
                     max_keys: config.max_processes,
+                    memcg: None,
                 })?;
                 for &pid in &pids {
                     loaded.ebpf.insert(pid, TargetFlags::COUNT)?;
@@ -207,6 +208,7 @@ impl<'a> Faults<'a> {
                             format!("read the fault counters of process {}", process.pid())
                         })?,
                         comm: String::new(),
+                        memcg: 0,
                     })
                 })
                 .collect(),

@@ -108,10 +108,20 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<u8> {
 
 /// Loads every object the daemon needs, system-wide and counting only, and attaches them.
 fn load(config: &ServeConfig) -> anyhow::Result<[Loaded; 3]> {
+    // Each process's memory cgroup is recorded in the kernel with its counts, so that one which
+    // exits before the daemon reads /proc still gets its cgroup.
+    let memcg = match crate::btf::Btf::from_sys_fs() {
+        Ok(btf) => bpf::faults::memcg_layout(&btf),
+        Err(err) => {
+            log::warn!("no kernel BTF ({err}): short-lived processes may have cgroup=\"unknown\"");
+            None
+        }
+    };
     let faults = bpf::faults::load(&bpf::faults::Options {
         filter: Filter::All,
         per_thread: false,
         max_keys: config.max_processes,
+        memcg,
     })?;
     let syscalls = bpf::syscalls::load(&bpf::syscalls::Options {
         syscalls: Syscall::DEFAULT.to_vec(),
@@ -170,6 +180,10 @@ struct Daemon {
     ticker: Interval,
     sighup: Signal,
     hierarchy: Option<MemoryHierarchy>,
+    /// Memory cgroups by the id the kernel records (`MemoryHierarchy::paths_by_id`).
+    cgroup_paths: HashMap<u64, String>,
+    /// Whether `cgroup_paths` was listed during this reading.
+    cgroup_paths_fresh: bool,
     /// Labels of each process seen, until it exits.
     processes: HashMap<u32, Labels>,
     fault_counts: Deltas<FaultKey, Counts>,
@@ -242,6 +256,8 @@ impl Daemon {
             ticker,
             sighup: signal(SignalKind::hangup()).context("install the SIGHUP handler")?,
             hierarchy,
+            cgroup_paths: HashMap::new(),
+            cgroup_paths_fresh: false,
             processes: HashMap::new(),
             fault_counts: Deltas::default(),
             syscall_counts: Deltas::default(),
@@ -302,6 +318,7 @@ impl Daemon {
     /// Adds what the kernel counted since the last reading, then retires exited processes.
     fn read(&mut self) -> anyhow::Result<()> {
         self.injection.before_reading()?;
+        self.cgroup_paths_fresh = false;
         // Judged *before* reading, so an exited process's final counts are in this reading.
         let exited: Vec<u32> = self
             .processes
@@ -313,7 +330,7 @@ impl Daemon {
         let now = std::time::Instant::now();
         for sample in bpf::faults::read(&self.faults.ebpf)? {
             let delta = self.fault_counts.update(sample.key, sample.counts);
-            let labels = self.labels(sample.key.tgid, &sample.comm);
+            let labels = self.labels(sample.key.tgid, Some((&sample.comm, sample.memcg)));
             self.metrics
                 .add_faults(&labels, delta.minor, delta.major, now);
         }
@@ -322,7 +339,7 @@ impl Daemon {
             let Some(syscall) = Syscall::from_nr(key.nr) else {
                 continue;
             };
-            let labels = self.labels(key.tgid, "");
+            let labels = self.labels(key.tgid, None);
             self.metrics
                 .add_syscalls(&labels, syscall.name(), delta.calls, delta.errors, now);
             for (op, bytes) in byte_ops(syscall, delta) {
@@ -381,23 +398,41 @@ impl Daemon {
     }
 
     /// The labels of a process, resolved once: from /proc while it lives, else from what the
-    /// kernel recorded of its name (`kernel_comm`, or the fault table's).
-    fn labels(&mut self, pid: u32, kernel_comm: &str) -> Labels {
+    /// kernel recorded of its name and memory cgroup (`recorded`, or the fault table's).
+    fn labels(&mut self, pid: u32, recorded: Option<(&str, u64)>) -> Labels {
         if let Some(labels) = self.processes.get(&pid) {
             return labels.clone();
         }
+        let recorded = match recorded {
+            Some((comm, memcg)) => Some((comm.to_owned(), memcg)),
+            None => bpf::faults::kernel_record(&self.faults.ebpf, pid),
+        };
+        let (recorded_comm, recorded_memcg) = recorded.unwrap_or_default();
         let comm = procfs::read_comm(pid, None)
-            .or_else(|| Some(kernel_comm.to_owned()).filter(|comm| !comm.is_empty()))
-            .or_else(|| bpf::faults::kernel_comm(&self.faults.ebpf, pid))
+            .or_else(|| Some(recorded_comm).filter(|comm| !comm.is_empty()))
             .unwrap_or_else(|| "unknown".into());
         let cgroup = self
             .hierarchy
             .as_ref()
             .and_then(|h| cgroup::read_proc_cgroup(pid, h.version))
+            .or_else(|| self.cgroup_path(recorded_memcg))
             .unwrap_or_else(|| "unknown".into());
         let labels = self.metrics.labels_of(&Identity { pid, comm, cgroup });
         self.processes.insert(pid, labels.clone());
         labels
+    }
+
+    /// The path of the memory cgroup the kernel recorded by its id; the hierarchy is listed
+    /// again for an id not seen yet (a cgroup created since), at most once per reading.
+    fn cgroup_path(&mut self, id: u64) -> Option<String> {
+        if id == 0 {
+            return None;
+        }
+        if !self.cgroup_paths.contains_key(&id) && !self.cgroup_paths_fresh {
+            self.cgroup_paths = self.hierarchy.as_ref()?.paths_by_id();
+            self.cgroup_paths_fresh = true;
+        }
+        self.cgroup_paths.get(&id).cloned()
     }
 
     /// Forgets an exited process everywhere: kernel tables, deltas, and its series if per pid.
