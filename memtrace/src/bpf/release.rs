@@ -13,35 +13,59 @@ pub fn in_background(events: Vec<OwnedFd>) {
     if events.is_empty() {
         return;
     }
+    // Two pipes: the helper says on `ready` when it holds nothing of memtrace's but the events
+    // (so that memtrace exits only then, and a reader of its output sees the end at once); it
+    // waits on `go` until memtrace has dropped its own copies of the events, so that the last
+    // reference, whose release is the slow part, is the helper's.
+    let (Some((ready_read, ready_write)), Some((go_read, go_write))) = (pipe(), pipe()) else {
+        drop(events);
+        return;
+    };
     // Everything the child uses is prepared before `fork`: after it, only async-signal-safe
     // calls are allowed (this process may have other threads).
     let mut keep: Vec<RawFd> = events.iter().map(AsRawFd::as_raw_fd).collect();
+    keep.extend([ready_write, go_read]);
     keep.sort_unstable();
     // SAFETY: fork has no preconditions; the child below only makes raw system calls.
-    match unsafe { libc::fork() } {
-        0 => {
-            // SAFETY: in the child: close_range, setsid, prctl, close and _exit are system
-            // calls, safe after fork; `keep` was allocated before it.
-            unsafe { helper(&keep) }
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: in the child: close_range, setsid, prctl, read, write, close and _exit are
+        // system calls, safe after fork; `keep` was allocated before it.
+        unsafe { helper(&keep, ready_write, go_read) }
+    }
+    // Not the last references to the events if the helper holds them: closing these is
+    // instant; if fork failed, they are released here.
+    let count = events.len();
+    drop(events);
+    // SAFETY: closing our ends of the pipes (the helper sees `go` end); reading one byte into a
+    // buffer we own, which returns when the helper writes, or exits.
+    unsafe {
+        libc::close(ready_write);
+        libc::close(go_read);
+        libc::close(go_write);
+        if pid > 0 {
+            let mut byte = 0u8;
+            libc::read(ready_read, (&raw mut byte).cast(), 1);
+            log::debug!("releasing {count} tracepoint events in the background (pid {pid})");
         }
-        pid if pid > 0 => {
-            log::debug!(
-                "releasing {} tracepoint events in the background (pid {pid})",
-                events.len()
-            );
-            // Not the last references to the events: closing these is instant.
-            drop(events);
-        }
-        _ => drop(events),
+        libc::close(ready_read);
     }
 }
 
+/// A close-on-exec pipe: (read end, write end).
+fn pipe() -> Option<(RawFd, RawFd)> {
+    let mut ends = [0; 2];
+    // SAFETY: pipe2 fills the two descriptors of the array it is given.
+    (unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } == 0).then_some((ends[0], ends[1]))
+}
+
 /// The helper: keeps nothing but the events (not memtrace's output, which its reader would
-/// otherwise wait on; not its maps or programs, which would outlive it), closes them, exits.
+/// otherwise wait on; not its maps or programs, which would outlive it), says so on `ready`,
+/// waits for `go` to end, closes the events, exits.
 ///
 /// # Safety
-/// Call only in the child of `fork`, with `keep` sorted.
-unsafe fn helper(keep: &[RawFd]) -> ! {
+/// Call only in the child of `fork`, with `keep` sorted (the events, `ready` and `go`).
+unsafe fn helper(keep: &[RawFd], ready: RawFd, go: RawFd) -> ! {
     // SAFETY: plain system calls on this process's own descriptors and attributes.
     unsafe {
         let mut from: libc::c_uint = 0;
@@ -55,7 +79,12 @@ unsafe fn helper(keep: &[RawFd]) -> ! {
         // Out of the terminal's process group: a Ctrl-C meant for the shell is not for it.
         libc::setsid();
         libc::prctl(libc::PR_SET_NAME, NAME.as_ptr());
-        for &fd in keep {
+        libc::write(ready, [1u8].as_ptr().cast(), 1);
+        libc::close(ready);
+        let mut byte = 0u8;
+        libc::read(go, (&raw mut byte).cast(), 1);
+        libc::close(go);
+        for &fd in keep.iter().filter(|&&fd| fd != ready && fd != go) {
             libc::close(fd);
         }
         libc::_exit(0)
