@@ -7,6 +7,7 @@
 
 pub mod faults;
 pub mod oom;
+pub mod pressure;
 pub mod syscalls;
 pub mod targets;
 
@@ -22,6 +23,8 @@ pub mod objects {
     pub const SYSCALLS: &str = "syscalls";
     /// OOM kills: `oom:mark_victim` and the kernel's OOM report.
     pub const OOM: &str = "oom";
+    /// Memory pressure: reclaim, compaction and throttling stalls, per process.
+    pub const PRESSURE: &str = "pressure";
 }
 
 /// Names of the global variables userspace sets before load (`EbpfLoader::override_global`).
@@ -98,6 +101,13 @@ pub mod maps {
     pub const OOM_STATE: &str = "OOM_STATE";
     /// Array of one `u64`: the last OOM invocation number handed out.
     pub const OOM_SEQ: &str = "OOM_SEQ";
+    /// Hash: process id → [`crate::pressure::StallCounts`].
+    pub const STALLS: &str = "STALLS";
+    /// Hash: thread id → [`crate::pressure::StallStarts`], the stalls under way.
+    pub const STALL_STARTS: &str = "STALL_STARTS";
+    /// Per-CPU array indexed by [`crate::pressure::StallKind`]: a
+    /// [`crate::pressure::Histogram`] each.
+    pub const STALL_HISTOGRAMS: &str = "STALL_HISTOGRAMS";
 }
 
 /// Why the kernel side failed to record something. Each has its own slot in [`maps::DROPS`], so
@@ -117,10 +127,14 @@ pub enum DropSource {
     OomRingFull = 4,
     /// A completed syscall's process had no room in `SYSCALL_PROC_STATS` (`serve`).
     SyscallProcFull = 5,
+    /// A stall's process had no room in `STALLS`.
+    StallTableFull = 6,
+    /// A stall began but its task had no room in `STALL_STARTS`: it went untimed.
+    StallStartFull = 7,
 }
 
 impl DropSource {
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 8;
     pub const ALL: [DropSource; Self::COUNT as usize] = [
         DropSource::FaultTableFull,
         DropSource::TargetTableFull,
@@ -128,6 +142,8 @@ impl DropSource {
         DropSource::SyscallRingFull,
         DropSource::OomRingFull,
         DropSource::SyscallProcFull,
+        DropSource::StallTableFull,
+        DropSource::StallStartFull,
     ];
 
     /// A stable, machine-friendly name (used in JSON output).
@@ -139,6 +155,8 @@ impl DropSource {
             DropSource::SyscallRingFull => "syscall_ring_full",
             DropSource::OomRingFull => "oom_ring_full",
             DropSource::SyscallProcFull => "syscall_proc_full",
+            DropSource::StallTableFull => "stall_table_full",
+            DropSource::StallStartFull => "stall_start_full",
         }
     }
 }

@@ -13,6 +13,7 @@
 
 mod atomic;
 mod drops;
+mod memcg;
 mod record;
 mod runtime;
 mod targets;
@@ -20,14 +21,14 @@ mod targets;
 use aya_ebpf::{
     Global,
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_comm, bpf_get_current_task, bpf_probe_read_kernel},
+    helpers::bpf_get_current_comm,
     macros::{map, perf_event, raw_tracepoint},
     maps::HashMap,
     programs::{PerfEventContext, RawTracePointContext},
 };
 use memtrace_common::{
     COMM_LEN, DropSource,
-    faults::{FaultCounts, FaultKey, MAX_FAULT_KEYS, MemcgLayout},
+    faults::{FaultCounts, FaultKey, MAX_FAULT_KEYS},
     targets::FilterMode,
 };
 
@@ -37,20 +38,6 @@ static FAULT_COUNTS: HashMap<FaultKey, FaultCounts> = HashMap::with_max_entries(
 
 #[unsafe(no_mangle)]
 static PER_THREAD: Global<u32> = Global::new(0);
-
-/// Offsets from the kernel's BTF, set by userspace (`serve`); off by default, and then the
-/// verifier prunes the reads below.
-#[unsafe(no_mangle)]
-static MEMCG_LAYOUT: Global<MemcgLayout> = Global::new(MemcgLayout {
-    enabled: 0,
-    task_cgroups: 0,
-    css_set_subsys: 0,
-    memory_index: 0,
-    css_cgroup: 0,
-    cgroup_kn: 0,
-    kn_id: 0,
-    _pad: 0,
-});
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -98,7 +85,7 @@ fn count(kind: Kind) {
         minor: matches!(kind, Kind::Minor) as u64,
         major: matches!(kind, Kind::Major) as u64,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-        memcg: memory_cgroup(),
+        memcg: memcg::current(),
     };
     if FAULT_COUNTS
         .insert(key, first, u64::from(BPF_NOEXIST))
@@ -139,7 +126,7 @@ pub fn on_new_target(tgid: u32) -> bool {
         minor: 0,
         major: 0,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-        memcg: memory_cgroup(),
+        memcg: memcg::current(),
     };
     if FAULT_COUNTS
         .insert(FaultKey { tgid, tid: 0 }, zero, u64::from(BPF_NOEXIST))
@@ -165,7 +152,7 @@ pub fn mt_exec(_ctx: RawTracePointContext) -> i32 {
     {
         // Processes are moved into their cgroup before they exec their program (by systemd,
         // container runtimes, shells): the cgroup is read again with the name.
-        let memcg = memory_cgroup();
+        let memcg = memcg::current();
         // SAFETY: a value pointer from a successful lookup. A reader may see a name half
         // rewritten at the very moment of exec; the next reading has it whole.
         unsafe {
@@ -174,40 +161,4 @@ pub fn mt_exec(_ctx: RawTracePointContext) -> i32 {
         }
     }
     0
-}
-
-/// The current task's memory cgroup, as the kernel's id of its directory (the inode number
-/// userspace finds it by), or 0 when not recorded or not readable:
-/// `task->cgroups->subsys[memory]->cgroup->kn->id`, five reads of kernel memory, made once per
-/// process (and at `exec`).
-#[inline(always)]
-fn memory_cgroup() -> u64 {
-    let layout = MEMCG_LAYOUT.load();
-    if layout.enabled == 0 {
-        return 0;
-    }
-    // SAFETY: no preconditions; the task pointer is only ever read through the helper.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let follow = |base: *const u8, offset: u64| -> Option<*const u8> {
-        if base.is_null() {
-            return None;
-        }
-        // SAFETY: a kernel address read by the helper, which fails cleanly on a bad one.
-        unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<*const u8>()) }
-            .ok()
-    };
-    let subsys = u64::from(layout.css_set_subsys) + 8 * u64::from(layout.memory_index);
-    let Some(kn) = follow(task, u64::from(layout.task_cgroups))
-        .and_then(|css_set| follow(css_set, subsys))
-        .and_then(|css| follow(css, u64::from(layout.css_cgroup)))
-        .and_then(|cgroup| follow(cgroup, u64::from(layout.cgroup_kn)))
-    else {
-        return 0;
-    };
-    if kn.is_null() {
-        return 0;
-    }
-    // SAFETY: as above.
-    unsafe { bpf_probe_read_kernel(kn.wrapping_add(layout.kn_id as usize).cast::<u64>()) }
-        .unwrap_or(0)
 }

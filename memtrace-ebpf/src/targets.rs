@@ -48,6 +48,10 @@ pub fn current_ids() -> (u32, u32) {
 
 /// The configured [`FilterMode`], as its `u32` value.
 #[inline(always)]
+#[allow(
+    dead_code,
+    reason = "the objects that filter through their own tables use it"
+)]
 pub fn filter_mode() -> u32 {
     FILTER_MODE.load()
 }

@@ -61,9 +61,95 @@ pub enum Command {
     /// Every OOM kill, live: victim, triggering task and memory cgroup
     #[command(after_help = OOM_EXAMPLES)]
     Oom(OomArgs),
+    /// Memory pressure, live: how long processes stall for memory (reclaim, compaction,
+    /// throttling), and the kernel's pressure figures
+    #[command(after_help = PRESSURE_EXAMPLES)]
+    Pressure(PressureArgs),
     /// The node daemon: faults, allocation syscalls and OOM kills as Prometheus metrics
     #[command(after_help = SERVE_EXAMPLES)]
     Serve(ServeArgs),
+}
+
+const PRESSURE_EXAMPLES: &str = "\
+COLUMNS (each a count of stalls and their time, in ms, in the interval):
+  DIRECT    direct reclaim: free memory ran low and the task reclaimed pages itself
+  MEMCG     reclaim at the memory cgroup's limit, by the task that charged the page
+  COMPACT   compaction: moving pages to make contiguous ones (kcompactd shows as its own row)
+  THROTTLE  reclaim made the task wait for writeback or congestion
+  psi       the kernel's own figures (/proc/pressure/memory): percent of the last 10 s in which
+            some, or all, tasks stalled for memory, and the stall time of the interval
+
+EXAMPLES:
+  sudo memtrace pressure                          # whole system: who stalls, each second
+  sudo memtrace pressure --by cgroup              # the same, by memory cgroup
+  sudo memtrace pressure --pid 4242 -H            # one process, with latency histograms
+  sudo memtrace pressure --json -- ./load-test.sh # a command and its descendants
+
+The stalls are timed in the kernel, paired per task at the vmscan and compaction tracepoints'
+begin and end; they cost nothing while memory is plentiful.";
+
+/// How `pressure` groups its rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PressureBy {
+    /// One row per process
+    Process,
+    /// One row per memory cgroup
+    Cgroup,
+}
+
+/// Memory pressure: how long processes stall for memory, timed in the kernel.
+///
+/// With no target, reports the processes of the whole system that stalled in each interval.
+#[derive(Debug, Args)]
+pub struct PressureArgs {
+    /// Trace this running process (repeat for several)
+    #[arg(short, long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pids: Vec<u32>,
+
+    /// Trace every process with this command name (as in /proc/PID/comm, at most 15 bytes)
+    #[arg(long, value_name = "NAME", conflicts_with = "pids")]
+    pub comm: Option<String>,
+
+    /// Rows by process or by memory cgroup
+    #[arg(long, value_enum, default_value = "process")]
+    pub by: PressureBy,
+
+    /// Also log2 histograms of the stalls' durations, in the summary
+    #[arg(short = 'H', long)]
+    pub histogram: bool,
+
+    /// Seconds between reports (fractions allowed)
+    #[arg(short, long, value_name = "SECS", default_value = "1", value_parser = parse_seconds,
+          allow_negative_numbers = true)]
+    pub interval: Duration,
+
+    /// Stop after this many seconds (default: until Ctrl-C, or until every target has exited)
+    #[arg(short, long, value_name = "SECS", value_parser = parse_seconds,
+          allow_negative_numbers = true)]
+    pub duration: Option<Duration>,
+
+    /// Rows per interval (those that stalled longest; default 10). With --pid every target is
+    /// shown
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..),
+          conflicts_with = "pids")]
+    pub top: Option<u64>,
+
+    /// One JSON object per line instead of a table (schema in the README)
+    #[arg(long)]
+    pub json: bool,
+
+    /// Write the report to FILE instead of standard output
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Capacity of the kernel's table of processes that stalled (default 8192); stalls beyond
+    /// it are counted as dropped (stall_table_full)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_processes: Option<u32>,
+
+    /// Start COMMAND and trace it with all its descendants; memtrace exits with its status
+    #[arg(last = true, value_name = "COMMAND", conflicts_with_all = ["pids", "comm"])]
+    pub command: Vec<String>,
 }
 
 const SERVE_EXAMPLES: &str = "\

@@ -98,6 +98,61 @@ fn parse_cap_eff(status: &str) -> Option<u64> {
     u64::from_str_radix(hex.trim(), 16).ok()
 }
 
+/// One line of a pressure file (`some` or `full`): the kernel's running averages (percent of
+/// time some or all tasks stalled) and its total stall time.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PsiLine {
+    pub avg10: f64,
+    pub avg60: f64,
+    pub avg300: f64,
+    pub total_us: u64,
+}
+
+/// A memory pressure file: `/proc/pressure/memory`, or a v2 cgroup's `memory.pressure`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Psi {
+    pub some: PsiLine,
+    pub full: PsiLine,
+}
+
+/// Parses `some avg10=0.00 avg60=0.00 avg300=0.00 total=8749` and its `full` line.
+pub fn parse_psi(text: &str) -> Option<Psi> {
+    let line = |which: &str| -> Option<PsiLine> {
+        let rest = text.lines().find_map(|l| l.strip_prefix(which))?;
+        let mut psi = PsiLine::default();
+        for pair in rest.split_whitespace() {
+            let (key, value) = pair.split_once('=')?;
+            match key {
+                "avg10" => psi.avg10 = value.parse().ok()?,
+                "avg60" => psi.avg60 = value.parse().ok()?,
+                "avg300" => psi.avg300 = value.parse().ok()?,
+                "total" => psi.total_us = value.parse().ok()?,
+                _ => {}
+            }
+        }
+        Some(psi)
+    };
+    Some(Psi {
+        some: line("some ")?,
+        full: line("full ").unwrap_or_default(),
+    })
+}
+
+/// Reads a pressure file; `None` where the kernel has no PSI (or the cgroup none: v1).
+pub fn read_psi(path: &std::path::Path) -> Option<Psi> {
+    parse_psi(&fs::read_to_string(path).ok()?)
+}
+
+/// The memory usage of a process from `/proc/PID/statm`: (virtual size, resident), in KiB.
+pub fn memory_kb(pid: u32) -> Option<(u64, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().ok());
+    let (size, resident) = (fields.next()??, fields.next()??);
+    // SAFETY: sysconf has no preconditions.
+    let page_kb = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(1) as u64 / 1024;
+    Some((size * page_kb, resident * page_kb))
+}
+
 /// A kernel command name (NUL-padded bytes) as text.
 pub fn comm_from_bytes(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
@@ -139,6 +194,20 @@ mod tests {
     fn comm_stops_at_nul() {
         assert_eq!(comm_from_bytes(b"bash\0\0\0\0"), "bash");
         assert_eq!(comm_from_bytes(b"0123456789abcdef"), "0123456789abcdef");
+    }
+
+    #[test]
+    fn pressure_files_parse() {
+        let psi = parse_psi(
+            "some avg10=1.25 avg60=0.50 avg300=0.10 total=8749\n\
+             full avg10=0.75 avg60=0.00 avg300=0.00 total=5607\n",
+        )
+        .unwrap();
+        assert_eq!(psi.some.avg10, 1.25);
+        assert_eq!(psi.some.total_us, 8749);
+        assert_eq!(psi.full.total_us, 5607);
+        assert_eq!(parse_psi("garbage"), None);
+        assert_eq!(parse_psi("some avg10=x"), None);
     }
 
     #[test]

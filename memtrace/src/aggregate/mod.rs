@@ -4,4 +4,5 @@
 pub mod cumulative;
 pub mod faults;
 pub mod oom;
+pub mod pressure;
 pub mod syscalls;

@@ -11,6 +11,7 @@
 pub mod drops;
 pub mod faults;
 pub mod oom;
+pub mod pressure;
 pub mod release;
 pub mod syscalls;
 pub mod targets;
@@ -32,6 +33,7 @@ pub enum Object {
     Faults,
     Syscalls,
     Oom,
+    Pressure,
 }
 
 impl Object {
@@ -40,6 +42,7 @@ impl Object {
             Object::Faults => objects::FAULTS,
             Object::Syscalls => objects::SYSCALLS,
             Object::Oom => objects::OOM,
+            Object::Pressure => objects::PRESSURE,
         }
     }
 
@@ -50,6 +53,9 @@ impl Object {
                 aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/syscalls"))
             }
             Object::Oom => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oom")),
+            Object::Pressure => {
+                aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pressure"))
+            }
         }
     }
 }

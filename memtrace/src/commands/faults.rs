@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::Context as _;
 use memtrace_common::{
-    COMM_LEN, DropSource,
+    DropSource,
     faults::{FaultKey, MAX_FAULT_KEYS},
     targets::TargetFlags,
 };
@@ -55,24 +55,7 @@ impl TryFrom<FaultsArgs> for FaultsConfig {
     type Error = Failure;
 
     fn try_from(args: FaultsArgs) -> Result<Self, Failure> {
-        let target = if !args.command.is_empty() {
-            Target::Command(args.command)
-        } else if let Some(comm) = args.comm {
-            if comm.is_empty() || comm.len() >= COMM_LEN {
-                return Err(Failure::Usage(format!(
-                    "--comm `{comm}`: a command name has 1 to {} bytes (the kernel truncates longer ones)",
-                    COMM_LEN - 1
-                )));
-            }
-            Target::Comm(comm)
-        } else if !args.pids.is_empty() {
-            let mut pids = args.pids;
-            pids.sort_unstable();
-            pids.dedup();
-            Target::Pids(pids)
-        } else {
-            Target::System
-        };
+        let target = Target::from_flags(args.command, args.comm, args.pids)?;
         Ok(FaultsConfig {
             session: session::Options {
                 target,
@@ -92,18 +75,7 @@ impl TryFrom<FaultsArgs> for FaultsConfig {
 
 impl FaultsConfig {
     fn filter(&self) -> Filter {
-        match &self.session.target {
-            Target::System => Filter::All,
-            Target::Pids(_) => Filter::Targets {
-                follow_forks: false,
-            },
-            Target::Command(_) => Filter::Targets { follow_forks: true },
-            Target::Comm(name) => {
-                let mut comm = [0; COMM_LEN];
-                comm[..name.len()].copy_from_slice(name.as_bytes());
-                Filter::Comm(comm)
-            }
-        }
+        self.session.target.filter(false)
     }
 
     /// Whether the targets are counted by perf's counting events rather than a program per

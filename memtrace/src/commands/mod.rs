@@ -3,6 +3,7 @@
 
 pub mod faults;
 pub mod oom;
+pub mod pressure;
 pub mod serve;
 pub mod trace;
 
@@ -13,6 +14,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Faults(args) => faults::execute(args).await,
         Command::Trace(args) => trace::execute(args).await,
         Command::Oom(args) => oom::execute(args).await,
+        Command::Pressure(args) => pressure::execute(args).await,
         Command::Serve(args) => serve::execute(args).await,
     }
 }

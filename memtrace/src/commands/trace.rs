@@ -63,16 +63,7 @@ impl TryFrom<TraceArgs> for TraceConfig {
                     .into(),
             ));
         }
-        let target = if !args.command.is_empty() {
-            Target::Command(args.command)
-        } else if !args.pids.is_empty() {
-            let mut pids = args.pids;
-            pids.sort_unstable();
-            pids.dedup();
-            Target::Pids(pids)
-        } else {
-            Target::System
-        };
+        let target = Target::from_flags(args.command, None, args.pids)?;
         let default_threads = match target {
             Target::System => MAX_PENDING,
             _ => MAX_PENDING_TARGETED,
@@ -99,12 +90,7 @@ impl TryFrom<TraceArgs> for TraceConfig {
 
 impl TraceConfig {
     fn filter(&self) -> Filter {
-        match self.session.target {
-            Target::System => Filter::All,
-            _ => Filter::Targets {
-                follow_forks: self.follow,
-            },
-        }
+        self.session.target.filter(self.follow)
     }
 
     fn describe(&self) -> (&'static str, String) {

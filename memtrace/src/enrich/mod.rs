@@ -1,4 +1,5 @@
 //! Completing what the kernel reported with what `/proc` and cgroupfs know.
 
+pub mod cgroups;
 pub mod oom;
 pub mod owner;

@@ -4,6 +4,7 @@
 
 pub mod faults;
 pub mod oom;
+pub mod pressure;
 pub mod prometheus;
 pub mod trace;
 

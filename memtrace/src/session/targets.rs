@@ -9,7 +9,9 @@ use super::{
     End,
     spawn::{CommandExit, Spawned},
 };
-use crate::{error::Failure, pidfd::PidFd};
+use memtrace_common::COMM_LEN;
+
+use crate::{bpf::targets::Filter, error::Failure, pidfd::PidFd};
 
 /// How long a spawned command gets to exit after memtrace forwarded it a signal.
 pub const COMMAND_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -28,6 +30,51 @@ pub enum Target {
 }
 
 impl Target {
+    /// The target the flags name: a command, else processes by name, else explicit ones, else
+    /// the whole system (the parser has already refused flags that exclude each other).
+    pub fn from_flags(
+        command: Vec<String>,
+        comm: Option<String>,
+        pids: Vec<u32>,
+    ) -> Result<Target, Failure> {
+        if !command.is_empty() {
+            return Ok(Target::Command(command));
+        }
+        if let Some(comm) = comm {
+            if comm.is_empty() || comm.len() >= COMM_LEN {
+                return Err(Failure::Usage(format!(
+                    "--comm `{comm}`: a command name has 1 to {} bytes (the kernel truncates longer ones)",
+                    COMM_LEN - 1
+                )));
+            }
+            return Ok(Target::Comm(comm));
+        }
+        if pids.is_empty() {
+            return Ok(Target::System);
+        }
+        let mut pids = pids;
+        pids.sort_unstable();
+        pids.dedup();
+        Ok(Target::Pids(pids))
+    }
+
+    /// How the kernel programs filter for it: `follow_pids` also follows what explicit
+    /// processes fork (a command is always followed).
+    pub fn filter(&self, follow_pids: bool) -> Filter {
+        match self {
+            Target::System => Filter::All,
+            Target::Pids(_) => Filter::Targets {
+                follow_forks: follow_pids,
+            },
+            Target::Command(_) => Filter::Targets { follow_forks: true },
+            Target::Comm(name) => {
+                let mut comm = [0; COMM_LEN];
+                comm[..name.len()].copy_from_slice(name.as_bytes());
+                Filter::Comm(comm)
+            }
+        }
+    }
+
     /// The start record's `mode` and a description for people.
     pub fn describe(&self) -> (&'static str, String) {
         match self {
@@ -146,6 +193,33 @@ mod tests {
             .map(String::from)
             .to_vec();
         assert_eq!(shell_words(&argv), r"sh -c 'true & wait' 'it'\''s'");
+    }
+
+    #[test]
+    fn flags_name_one_target() {
+        let command = vec!["ls".to_owned()];
+        assert_eq!(
+            Target::from_flags(command.clone(), None, vec![]).unwrap(),
+            Target::Command(command)
+        );
+        assert_eq!(
+            Target::from_flags(vec![], None, vec![3, 1, 3]).unwrap(),
+            Target::Pids(vec![1, 3])
+        );
+        assert_eq!(
+            Target::from_flags(vec![], None, vec![]).unwrap(),
+            Target::System
+        );
+        assert!(Target::from_flags(vec![], Some(String::new()), vec![]).is_err());
+        assert!(Target::from_flags(vec![], Some("x".repeat(16)), vec![]).is_err());
+        assert_eq!(
+            Target::Comm("db".into()).filter(false),
+            Filter::Comm(*b"db\0\0\0\0\0\0\0\0\0\0\0\0\0\0")
+        );
+        assert_eq!(
+            Target::Pids(vec![1]).filter(true),
+            Filter::Targets { follow_forks: true }
+        );
     }
 
     #[test]

@@ -240,9 +240,24 @@ pub struct Workload {
 impl Workload {
     /// Starts it and waits for "ready".
     pub fn start(binary: &Path, args: &[&str]) -> Workload {
-        let mut child = Command::new(binary)
-            .args(args)
-            .arg("wait")
+        Workload::spawn(Command::new(binary).args(args).arg("wait"))
+    }
+
+    /// Starts it inside a cgroup (it joins before `exec`) and waits for "ready".
+    pub fn start_in(cgroup: &Path, binary: &Path, args: &[&str]) -> Workload {
+        Workload::spawn(
+            Command::new("sh")
+                .arg("-c")
+                .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
+                .arg(cgroup)
+                .arg(binary)
+                .args(args)
+                .arg("wait"),
+        )
+    }
+
+    fn spawn(command: &mut Command) -> Workload {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

@@ -34,9 +34,9 @@ use crate::{
     bpf::{
         self, Loaded, oom::OomEvents, syscalls::KernelFilter, targets::Filter, tracepoints::Release,
     },
-    cgroup::{self, MemoryHierarchy},
+    cgroup,
     cli::{SeriesLabel, ServeArgs},
-    enrich::oom::KillResolver,
+    enrich::{cgroups::CgroupResolver, oom::KillResolver},
     error::Failure,
     model::oom::OomRecord,
     output::{
@@ -179,11 +179,7 @@ struct Daemon {
     health: Arc<Health>,
     ticker: Interval,
     sighup: Signal,
-    hierarchy: Option<MemoryHierarchy>,
-    /// Memory cgroups by the id the kernel records (`MemoryHierarchy::paths_by_id`).
-    cgroup_paths: HashMap<u64, String>,
-    /// Whether `cgroup_paths` was listed during this reading.
-    cgroup_paths_fresh: bool,
+    cgroups: CgroupResolver,
     /// Labels of each process seen, until it exits.
     processes: HashMap<u32, Labels>,
     fault_counts: Deltas<FaultKey, Counts>,
@@ -255,9 +251,7 @@ impl Daemon {
             health: Arc::clone(&health),
             ticker,
             sighup: signal(SignalKind::hangup()).context("install the SIGHUP handler")?,
-            hierarchy,
-            cgroup_paths: HashMap::new(),
-            cgroup_paths_fresh: false,
+            cgroups: CgroupResolver::new(hierarchy),
             processes: HashMap::new(),
             fault_counts: Deltas::default(),
             syscall_counts: Deltas::default(),
@@ -318,7 +312,7 @@ impl Daemon {
     /// Adds what the kernel counted since the last reading, then retires exited processes.
     fn read(&mut self) -> anyhow::Result<()> {
         self.injection.before_reading()?;
-        self.cgroup_paths_fresh = false;
+        self.cgroups.new_reading();
         // Judged *before* reading, so an exited process's final counts are in this reading.
         let exited: Vec<u32> = self
             .processes
@@ -412,27 +406,12 @@ impl Daemon {
             .or_else(|| Some(recorded_comm).filter(|comm| !comm.is_empty()))
             .unwrap_or_else(|| "unknown".into());
         let cgroup = self
-            .hierarchy
-            .as_ref()
-            .and_then(|h| cgroup::read_proc_cgroup(pid, h.version))
-            .or_else(|| self.cgroup_path(recorded_memcg))
+            .cgroups
+            .path_of(pid, recorded_memcg)
             .unwrap_or_else(|| "unknown".into());
         let labels = self.metrics.labels_of(&Identity { pid, comm, cgroup });
         self.processes.insert(pid, labels.clone());
         labels
-    }
-
-    /// The path of the memory cgroup the kernel recorded by its id; the hierarchy is listed
-    /// again for an id not seen yet (a cgroup created since), at most once per reading.
-    fn cgroup_path(&mut self, id: u64) -> Option<String> {
-        if id == 0 {
-            return None;
-        }
-        if !self.cgroup_paths.contains_key(&id) && !self.cgroup_paths_fresh {
-            self.cgroup_paths = self.hierarchy.as_ref()?.paths_by_id();
-            self.cgroup_paths_fresh = true;
-        }
-        self.cgroup_paths.get(&id).cloned()
     }
 
     /// Forgets an exited process everywhere: kernel tables, deltas, and its series if per pid.

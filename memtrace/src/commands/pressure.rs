@@ -1,0 +1,301 @@
+//! `memtrace pressure`: how long processes stall for memory, timed in the kernel by the
+//! `pressure` object, with the kernel's own pressure figures (PSI) beside. Each interval reads
+//! the per-process stall table, groups it by process or memory cgroup, writes the rows that
+//! stalled and retires exited processes; the end is a summary (totals, longest, histograms).
+
+use std::{collections::HashMap, path::Path, time::Duration};
+
+use anyhow::Context as _;
+use memtrace_common::{
+    DropSource,
+    pressure::{MAX_STALLERS, StallKind},
+    targets::TargetFlags,
+};
+use tokio::time::{Interval, MissedTickBehavior, interval_at};
+
+use crate::{
+    aggregate::pressure::{Kinds, Reading, Row, RowKey, StallAggregator, Stalls, busiest},
+    bpf::{
+        self, Loaded,
+        pressure::{Options, StallSample},
+        targets::TargetTable,
+        tracepoints::Release,
+    },
+    btf::Btf,
+    cgroup,
+    cli::{PressureArgs, PressureBy},
+    enrich::cgroups::CgroupResolver,
+    error::Failure,
+    output::{
+        Format, Sink, Timestamp,
+        pressure::{Interval as IntervalRecord, PsiReport, Start, Summary},
+    },
+    procfs::{self, Psi},
+    session::{self, End, Ending, Job, Session, Target},
+};
+
+/// Rows per interval when not every target is shown.
+const DEFAULT_TOP: usize = 10;
+
+/// The machine's memory pressure, where the kernel has PSI.
+const PSI: &str = "/proc/pressure/memory";
+
+/// Validated `pressure` flags.
+#[derive(Clone, Debug)]
+pub struct PressureConfig {
+    pub session: session::Options,
+    pub interval: Duration,
+    pub by: PressureBy,
+    pub histograms: bool,
+    pub top: usize,
+    pub max_processes: u32,
+}
+
+impl TryFrom<PressureArgs> for PressureConfig {
+    type Error = Failure;
+
+    fn try_from(args: PressureArgs) -> Result<Self, Failure> {
+        Ok(PressureConfig {
+            session: session::Options {
+                target: Target::from_flags(args.command, args.comm, args.pids)?,
+                format: Format::json(args.json),
+                output: args.output,
+                duration: args.duration,
+            },
+            interval: args.interval,
+            by: args.by,
+            histograms: args.histogram,
+            top: args.top.map_or(DEFAULT_TOP, |top| {
+                usize::try_from(top).unwrap_or(usize::MAX)
+            }),
+            max_processes: args.max_processes.unwrap_or(MAX_STALLERS),
+        })
+    }
+}
+
+pub async fn execute(args: PressureArgs) -> anyhow::Result<u8> {
+    let config = PressureConfig::try_from(args)?;
+    let mut session = Session::open(&config.session)?;
+    let job = Pressure::start(&config, &mut session)?;
+    session.run(job).await
+}
+
+struct Pressure<'a> {
+    config: &'a PressureConfig,
+    loaded: Loaded,
+    aggregator: StallAggregator,
+    cgroups: CgroupResolver,
+    /// The memory cgroup of each process seen (for process rows' JSON), until it exits.
+    process_cgroups: HashMap<u32, Option<String>>,
+    /// PSI when the session started, and at the last interval.
+    psi_start: Option<Psi>,
+    psi_last: Option<Psi>,
+    ticker: Interval,
+}
+
+impl<'a> Pressure<'a> {
+    fn start(config: &'a PressureConfig, session: &mut Session) -> anyhow::Result<Pressure<'a>> {
+        let by_cgroup = config.by == PressureBy::Cgroup;
+        // By cgroup, each process's memory cgroup is recorded at its first stall, so that one
+        // gone before the next reading is still grouped right.
+        let memcg = if by_cgroup {
+            match Btf::from_sys_fs() {
+                Ok(btf) => bpf::faults::memcg_layout(&btf),
+                Err(err) => {
+                    log::warn!(
+                        "no kernel BTF ({err}): processes gone before a reading are grouped as unknown"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut loaded = bpf::pressure::load(&Options {
+            filter: config.session.target.filter(false),
+            memcg,
+            histograms: config.histograms,
+            max_processes: config.max_processes,
+        })?;
+        let pids = session.watched().pids();
+        for &pid in &pids {
+            loaded.ebpf.insert(pid, TargetFlags::COUNT)?;
+        }
+        if let Target::Command(argv) = &config.session.target {
+            session.spawn(argv, &mut loaded.ebpf)?;
+        }
+        let mut aggregator = StallAggregator::default();
+        let cgroups = CgroupResolver::new(cgroup::memory_hierarchy());
+        if !by_cgroup {
+            for &pid in &pids {
+                let comm = procfs::read_comm(pid, None).unwrap_or_default();
+                aggregator.track(RowKey::Process(pid), comm);
+            }
+        }
+        let start = Start {
+            targets: session.targets(config.session.target.describe()),
+            interval_s: config.interval.as_secs_f64(),
+            by: if by_cgroup { "cgroup" } else { "process" },
+            histograms: config.histograms,
+        };
+        session.sink().emit(&start).context("write the report")?;
+        let psi = procfs::read_psi(Path::new(PSI));
+        let now = tokio::time::Instant::now();
+        let mut ticker = interval_at(now + config.interval, config.interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Ok(Pressure {
+            config,
+            loaded,
+            aggregator,
+            cgroups,
+            process_cgroups: HashMap::new(),
+            psi_start: psi,
+            psi_last: psi,
+            ticker,
+        })
+    }
+
+    /// One reading of the stall table, as rows; and the processes in it that have exited.
+    fn take_reading(&mut self) -> anyhow::Result<(Vec<Row>, Vec<u32>)> {
+        // Liveness judged before reading, so an exited process's final stalls are in it.
+        let exited: Vec<u32> = self
+            .process_cgroups
+            .keys()
+            .copied()
+            .filter(|&pid| !procfs::is_alive(pid))
+            .collect();
+        self.cgroups.new_reading();
+        let samples = bpf::pressure::read(&self.loaded.ebpf)?;
+        let readings: Vec<Reading> = samples.iter().map(|sample| self.reading(sample)).collect();
+        Ok((self.aggregator.update(&readings), exited))
+    }
+
+    fn reading(&mut self, sample: &StallSample) -> Reading {
+        let cgroup = match self.process_cgroups.get(&sample.tgid) {
+            Some(known) => known.clone(),
+            None => {
+                let path = self.cgroups.path_of(sample.tgid, sample.memcg);
+                self.process_cgroups.insert(sample.tgid, path.clone());
+                path
+            }
+        };
+        let row = match self.config.by {
+            PressureBy::Process => RowKey::Process(sample.tgid),
+            PressureBy::Cgroup => RowKey::Cgroup(cgroup.unwrap_or_else(|| "unknown".into())),
+        };
+        let comm = procfs::read_comm(sample.tgid, None).unwrap_or_else(|| sample.comm.clone());
+        let mut cumulative = Kinds::default();
+        let mut max_ns = [0; StallKind::COUNT];
+        for (i, stall) in sample.kinds.iter().enumerate() {
+            cumulative.0[i] = Stalls {
+                count: stall.count,
+                total_ns: stall.total_ns,
+            };
+            max_ns[i] = stall.max_ns;
+        }
+        Reading {
+            tgid: sample.tgid,
+            row,
+            comm,
+            cumulative,
+            max_ns,
+        }
+    }
+
+    fn retire(&mut self, exited: Vec<u32>) -> anyhow::Result<()> {
+        for pid in exited {
+            bpf::pressure::remove(&mut self.loaded.ebpf, pid)?;
+            self.aggregator.forget(pid);
+            self.process_cgroups.remove(&pid);
+        }
+        Ok(())
+    }
+
+    fn drops(&self) -> anyhow::Result<Vec<(DropSource, u64)>> {
+        bpf::pressure::drops(&self.loaded.ebpf)
+    }
+
+    /// The memory cgroup of a process row, for its JSON.
+    fn cgroup_of(&self, row: &Row) -> Option<&str> {
+        match row.key {
+            RowKey::Process(pid) => self.process_cgroups.get(&pid)?.as_deref(),
+            RowKey::Cgroup(_) => None,
+        }
+    }
+}
+
+impl Job for Pressure<'_> {
+    type Work = ();
+
+    async fn next(&mut self) -> anyhow::Result<()> {
+        self.ticker.tick().await;
+        Ok(())
+    }
+
+    fn work(&mut self, (): (), sink: &mut Sink) -> anyhow::Result<Option<End>> {
+        let (rows, exited) = self.take_reading()?;
+        let rows = if matches!(self.config.session.target, Target::Pids(_))
+            && self.config.by == PressureBy::Process
+        {
+            rows
+        } else {
+            busiest(rows, self.config.top)
+        };
+        let psi_now = procfs::read_psi(Path::new(PSI));
+        let psi = self
+            .psi_last
+            .zip(psi_now)
+            .map(|(then, now)| PsiReport::between(&then, &now));
+        let dropped = self.drops()?;
+        sink.emit(&IntervalRecord {
+            timestamp: Timestamp::now(),
+            interval_s: self.config.interval.as_secs_f64(),
+            rows: rows.iter().map(|row| (row, self.cgroup_of(row))).collect(),
+            psi,
+            dropped: &dropped,
+        })?;
+        sink.flush()?;
+        for &(source, n) in &dropped {
+            if n > 0 {
+                log::warn!("{n} stalls not counted so far: {}", source.name());
+            }
+        }
+        self.psi_last = psi_now;
+        self.retire(exited)?;
+        Ok(None)
+    }
+
+    fn finish(&mut self, ending: &Ending, sink: &mut Sink) -> anyhow::Result<()> {
+        self.take_reading()?;
+        let rows = self.aggregator.totals();
+        let rows: Vec<Row> = rows
+            .into_iter()
+            .filter(|row| row.total.0.iter().any(|s| s.count > 0))
+            .collect();
+        let psi = self
+            .psi_start
+            .zip(procfs::read_psi(Path::new(PSI)))
+            .map(|(then, now)| PsiReport::between(&then, &now));
+        let histograms = if self.config.histograms {
+            Some(bpf::pressure::histograms(&self.loaded.ebpf)?)
+        } else {
+            None
+        };
+        let dropped = self.drops()?;
+        sink.emit(&Summary {
+            timestamp: Timestamp::now(),
+            duration_s: ending.duration.as_secs_f64(),
+            reason: ending.end.reason(),
+            rows: rows.iter().map(|row| (row, self.cgroup_of(row))).collect(),
+            psi,
+            histograms: histograms.as_ref(),
+            dropped: &dropped,
+            command: ending.command,
+        })?;
+        Ok(())
+    }
+
+    fn release(self) {
+        self.loaded.release(Release::Background);
+    }
+}
