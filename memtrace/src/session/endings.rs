@@ -37,7 +37,8 @@ impl End {
     }
 }
 
-/// Signals and the deadline, installed when the session starts running.
+/// Signals, caught from when the session opens (a Ctrl-C while the programs load, or right after
+/// the start record, still ends it with a summary), and the deadline, from when it runs.
 pub struct Endings {
     sigint: Signal,
     sigterm: Signal,
@@ -45,13 +46,18 @@ pub struct Endings {
 }
 
 impl Endings {
-    /// Catches SIGINT and SIGTERM from now on; `duration` runs from now too.
-    pub fn install(duration: Option<Duration>) -> anyhow::Result<Endings> {
+    /// Catches SIGINT and SIGTERM from now on.
+    pub fn catch_signals() -> anyhow::Result<Endings> {
         Ok(Endings {
             sigint: signal(SignalKind::interrupt()).context("install the SIGINT handler")?,
             sigterm: signal(SignalKind::terminate()).context("install the SIGTERM handler")?,
-            deadline: duration.map(|duration| Box::pin(sleep(duration))),
+            deadline: None,
         })
+    }
+
+    /// `duration` runs from now.
+    pub fn start_deadline(&mut self, duration: Option<Duration>) {
+        self.deadline = duration.map(|duration| Box::pin(sleep(duration)));
     }
 
     /// The first ending, when it comes: never, for a session with no duration and no target

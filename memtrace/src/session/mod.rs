@@ -64,6 +64,7 @@ pub struct Options {
 pub struct Session {
     sink: Sink,
     watched: Watched,
+    endings: Endings,
     duration: Option<Duration>,
 }
 
@@ -78,6 +79,7 @@ impl Session {
         Ok(Session {
             sink,
             watched,
+            endings: Endings::catch_signals()?,
             duration: options.duration,
         })
     }
@@ -110,7 +112,8 @@ impl Session {
     pub async fn run(mut self, mut job: impl Job) -> anyhow::Result<u8> {
         self.sink.flush().context("write the report")?;
         let started = std::time::Instant::now();
-        let mut endings = Endings::install(self.duration)?;
+        let mut endings = self.endings;
+        endings.start_deadline(self.duration);
         let end = loop {
             tokio::select! {
                 work = job.next() => match job.work(work?, &mut self.sink) {
