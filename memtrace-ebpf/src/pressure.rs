@@ -16,7 +16,7 @@ mod targets;
 
 use aya_ebpf::{
     Global,
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{bpf_get_current_comm, generated::bpf_ktime_get_ns},
     macros::{map, raw_tracepoint},
     maps::{HashMap, PerCpuArray},
@@ -30,13 +30,18 @@ use memtrace_common::{
     },
 };
 
-/// Per process; shared by every CPU (counts added atomically).
+/// Per process; shared by every CPU (counts added atomically). Entries are allocated as
+/// processes first stall rather than all up front: most never stall, and the daemon and an idle
+/// `pressure` then hold next to nothing (the allocation happens once per process, off the
+/// hot path of an ongoing stall).
 #[map(name = "STALLS")]
-static STALLS: HashMap<u32, StallCounts> = HashMap::with_max_entries(MAX_STALLERS, 0);
+static STALLS: HashMap<u32, StallCounts> =
+    HashMap::with_max_entries(MAX_STALLERS, BPF_F_NO_PREALLOC);
 
-/// Per task inside a stall now; its entry goes when its last stall ends.
+/// Per task inside a stall now; its entry goes when its last stall ends (allocated likewise).
 #[map(name = "STALL_STARTS")]
-static STARTS: HashMap<u32, StallStarts> = HashMap::with_max_entries(MAX_STALLING, 0);
+static STARTS: HashMap<u32, StallStarts> =
+    HashMap::with_max_entries(MAX_STALLING, BPF_F_NO_PREALLOC);
 
 /// Sized to one entry by userspace unless histograms are asked for (`-H`).
 #[map(name = "STALL_HISTOGRAMS")]

@@ -156,9 +156,15 @@ print(len(rules['groups'][0]['rules']))\n";
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Both parsed, and compared rule by rule (not two empty lists).
+    let alerts = fs::read_to_string(repo("deploy/prometheus/memtrace-rules.yml"))
+        .unwrap()
+        .matches("- alert:")
+        .count();
+    assert!(alerts >= 6);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "6",
-        "six rules"
+        alerts.to_string(),
+        "every rule compared"
     );
 }

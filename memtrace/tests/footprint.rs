@@ -93,6 +93,11 @@ fn each_command_creates_only_the_maps_it_uses_within_its_budget() {
         .expect("the ring exists, at its minimum");
     assert!(ring.1 < MIB, "trace -c's ring: {ring:?}");
     assert_footprint(&["faults"], 2 * MIB, &["SYSCALL_EVENTS", "OOM_EVENTS"]);
+    assert_footprint(
+        &["pressure"],
+        2 * MIB,
+        &["FAULT_COUNTS", "SYSCALL_EVENTS", "OOM_EVENTS"],
+    );
 }
 
 #[test]

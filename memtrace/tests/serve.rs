@@ -18,7 +18,7 @@ use std::{
 use common::{
     Workload,
     cgroup::{MIB, TestCgroup},
-    loaded_programs, programs_held_by, still_loaded_after, workload,
+    loaded_programs, programs_held_by, reclaim, still_loaded_after, workload,
 };
 use serde_json::Value;
 
@@ -750,5 +750,49 @@ fn processes_shorter_than_a_reading_get_their_cgroup() {
         0.0,
         "short-lived touchers counted without their cgroup"
     );
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn reclaim_stalls_are_counted_as_bpftrace_counts_them() {
+    require_root!();
+    require_tool!("bpftrace");
+    let file = reclaim::big_file(96);
+    let cgroup = TestCgroup::new("serve-reclaim", 32 * MIB);
+    let daemon = Daemon::start(&["--by", "comm,cgroup"]);
+    let mut reader = Workload::start_in(
+        &cgroup.dir,
+        &workload("read_file"),
+        &[file.to_str().unwrap()],
+    );
+    let independent = reclaim::Bpftrace::memcg_stalls_of(reader.pid());
+    reader.go();
+    reader.finish();
+    let (_, ends) = independent.counts();
+    assert!(ends >= 10, "reading 96 MiB through 32 MiB reclaimed {ends} times");
+
+    let labels = [
+        ("comm", "read_file"),
+        ("cgroup", cgroup.path.as_str()),
+        ("kind", "memcg"),
+    ];
+    // A reading after the exit, and one more once this test's scrapes have seen the series at 0.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut counted = daemon.value("memtrace_reclaim_stalls_total", &labels);
+    while counted != ends as f64 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+        counted = daemon.value("memtrace_reclaim_stalls_total", &labels);
+    }
+    assert_eq!(counted, ends as f64, "memtrace vs bpftrace");
+    let seconds = daemon.value("memtrace_reclaim_stall_seconds_total", &labels);
+    assert!(
+        seconds > 0.0 && seconds < 60.0,
+        "{seconds} s stalled in {ends} reclaims"
+    );
+    let direct = daemon.value(
+        "memtrace_reclaim_stalls_total",
+        &[("cgroup", cgroup.path.as_str()), ("kind", "direct")],
+    );
+    assert_eq!(direct, 0.0, "no direct reclaim: the machine has room");
     assert!(daemon.stop().success());
 }

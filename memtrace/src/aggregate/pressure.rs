@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use memtrace_common::pressure::StallKind;
+use memtrace_common::pressure::{Stall, StallKind};
 
 use super::cumulative::{Cumulative, Deltas};
 
@@ -19,6 +19,14 @@ pub struct Stalls {
 pub struct Kinds(pub [Stalls; StallKind::COUNT]);
 
 impl Kinds {
+    /// The counts and times of the kernel's table entry.
+    pub fn from_kernel(stalls: &[Stall; StallKind::COUNT]) -> Kinds {
+        Kinds(stalls.map(|stall| Stalls {
+            count: stall.count,
+            total_ns: stall.total_ns,
+        }))
+    }
+
     pub fn of(&self, kind: StallKind) -> Stalls {
         self.0[kind as usize]
     }

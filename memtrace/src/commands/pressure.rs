@@ -8,13 +8,13 @@ use std::{collections::HashMap, path::Path, time::Duration};
 use anyhow::Context as _;
 use memtrace_common::{
     DropSource,
-    pressure::{MAX_STALLERS, StallKind},
+    pressure::MAX_STALLERS,
     targets::TargetFlags,
 };
 use tokio::time::{Interval, MissedTickBehavior, interval_at};
 
 use crate::{
-    aggregate::pressure::{Kinds, Reading, Row, RowKey, StallAggregator, Stalls, busiest},
+    aggregate::pressure::{Kinds, Reading, Row, RowKey, StallAggregator, busiest},
     bpf::{
         self, Loaded,
         pressure::{Options, StallSample},
@@ -184,21 +184,12 @@ impl<'a> Pressure<'a> {
             PressureBy::Cgroup => RowKey::Cgroup(cgroup.unwrap_or_else(|| "unknown".into())),
         };
         let comm = procfs::read_comm(sample.tgid, None).unwrap_or_else(|| sample.comm.clone());
-        let mut cumulative = Kinds::default();
-        let mut max_ns = [0; StallKind::COUNT];
-        for (i, stall) in sample.kinds.iter().enumerate() {
-            cumulative.0[i] = Stalls {
-                count: stall.count,
-                total_ns: stall.total_ns,
-            };
-            max_ns[i] = stall.max_ns;
-        }
         Reading {
             tgid: sample.tgid,
             row,
             comm,
-            cumulative,
-            max_ns,
+            cumulative: Kinds::from_kernel(&sample.kinds),
+            max_ns: sample.kinds.map(|stall| stall.max_ns),
         }
     }
 

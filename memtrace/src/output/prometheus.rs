@@ -19,9 +19,15 @@ use std::{
 };
 
 use prometheus_client::{
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::{Atomic, Counter},
+        family::Family,
+        gauge::Gauge,
+    },
     registry::{Registry, Unit},
 };
+
+use memtrace_common::pressure::StallKind;
 
 use crate::{cli::SeriesLabel, enrich::owner::owner_of};
 
@@ -153,21 +159,26 @@ impl Scrapers {
     }
 }
 
-/// A family of counters whose series are each scraped at 0 before they count.
-pub struct Counters {
-    family: Family<Labels, Counter>,
+/// A family of counters whose series are each scraped at 0 before they count: of events (`u64`)
+/// or of seconds (`f64`).
+pub struct Counters<N = u64> {
+    family: Family<Labels, Counter<N, AtomicU64>>,
     /// New series, and what they counted since they were created at 0.
-    held: HashMap<Labels, Held>,
+    held: HashMap<Labels, Held<N>>,
 }
 
 #[derive(Debug)]
-struct Held {
+struct Held<N> {
     since: Instant,
-    count: u64,
+    count: N,
 }
 
-impl Counters {
-    fn new(family: Family<Labels, Counter>) -> Counters {
+impl<N> Counters<N>
+where
+    N: Copy + Default + PartialEq + std::ops::AddAssign,
+    AtomicU64: Atomic<N>,
+{
+    fn new(family: Family<Labels, Counter<N, AtomicU64>>) -> Counters<N> {
         Counters {
             family,
             held: HashMap::new(),
@@ -176,8 +187,8 @@ impl Counters {
 
     /// Counts `n` (nothing, and no series, for 0): at once in a series already scraped, else
     /// held in a new one created at 0.
-    pub fn add(&mut self, labels: &Labels, n: u64, now: Instant) {
-        if n == 0 {
+    pub fn add(&mut self, labels: &Labels, n: N, now: Instant) {
+        if n == N::default() {
             return;
         }
         if let Some(held) = self.held.get_mut(labels) {
@@ -209,7 +220,7 @@ impl Counters {
                 labels.clone(),
                 Held {
                     since: now,
-                    count: 0,
+                    count: N::default(),
                 },
             );
         }
@@ -249,6 +260,8 @@ pub struct Metrics {
     syscall_errors: Counters,
     bytes: Counters,
     oom_kills: Counters,
+    stalls: Counters,
+    stall_seconds: Counters<f64>,
     dropped: Counters,
     program_time: Family<Labels, FloatCounter>,
     program_runs: Counters,
@@ -294,6 +307,21 @@ impl Metrics {
             "memtrace_oom_kills",
             "Processes killed by the OOM killer, by the victim's command name and memory cgroup",
             oom_kills.clone(),
+        );
+        let stalls = Family::default();
+        registry.register(
+            "memtrace_reclaim_stalls",
+            "Times a task stalled for memory, by kind (direct: reclaim because free memory ran \
+             low; memcg: reclaim at its memory cgroup's limit; compaction; throttled: made to \
+             wait for writeback by reclaim), ended and counted in the kernel",
+            stalls.clone(),
+        );
+        let stall_seconds = Family::default();
+        registry.register_with_unit(
+            "memtrace_reclaim_stall",
+            "Time tasks spent in those stalls, by kind",
+            Unit::Seconds,
+            stall_seconds.clone(),
         );
         let dropped = Family::default();
         registry.register(
@@ -365,6 +393,8 @@ impl Metrics {
             syscall_errors: Counters::new(syscall_errors),
             bytes: Counters::new(bytes),
             oom_kills: Counters::new(oom_kills),
+            stalls: Counters::new(stalls),
+            stall_seconds: Counters::new(stall_seconds),
             dropped: Counters::new(dropped),
             program_time,
             program_runs: Counters::new(program_runs),
@@ -396,11 +426,13 @@ impl Metrics {
             &mut self.syscall_errors,
             &mut self.bytes,
             &mut self.oom_kills,
+            &mut self.stalls,
             &mut self.dropped,
             &mut self.program_runs,
         ] {
             counters.release(&scrapers, now);
         }
+        self.stall_seconds.release(&scrapers, now);
     }
 
     /// The (admitted) labels a process's counts go under. Container, pod, QoS class and unit
@@ -465,6 +497,24 @@ impl Metrics {
         self.oom_kills.add(labels, 1, now);
     }
 
+    /// Stalls of one kind: their number, and their time. The seconds series is created with the
+    /// count's, so that a mean stall (one divided by the other) always has both sides.
+    pub fn add_stalls(
+        &mut self,
+        labels: &Labels,
+        kind: &'static str,
+        count: u64,
+        seconds: f64,
+        now: Instant,
+    ) {
+        if count > 0 {
+            let labels = with(labels, "kind", kind);
+            self.stalls.add(&labels, count, now);
+            self.stall_seconds.create(&labels, now);
+            self.stall_seconds.add(&labels, seconds, now);
+        }
+    }
+
     /// Drop counters exist from the start, at 0, so that an alert on them never meets a gap.
     pub fn add_dropped(&mut self, source: &'static str, n: u64, now: Instant) {
         let labels = vec![("source", source.to_owned())];
@@ -519,6 +569,11 @@ impl Metrics {
             self.bytes.remove(&with(labels, "op", op));
         }
         self.oom_kills.remove(labels);
+        for kind in StallKind::ALL {
+            let labels = with(labels, "kind", kind.name());
+            self.stalls.remove(&labels);
+            self.stall_seconds.remove(&labels);
+        }
         self.series.release(labels);
     }
 

@@ -25,6 +25,7 @@ use std::{
 use serde_json::Value;
 
 pub mod cgroup;
+pub mod reclaim;
 
 /// The calling test's name (`faults::pid_totals_...`), for skip records.
 #[macro_export]

@@ -1,8 +1,9 @@
-//! `memtrace serve`: the node daemon. Counts page faults, allocation syscalls and OOM kills of the
-//! whole machine in the kernel (per process), and every tick turns what changed into Prometheus
+//! `memtrace serve`: the node daemon. Counts page faults, allocation syscalls, memory stalls
+//! (reclaim, compaction, throttling) and OOM kills of the whole machine in the kernel (per
+//! process), and every tick turns what changed into Prometheus
 //! counters labelled by command name and cgroup (or pid); `/metrics` only encodes them.
 //!
-//! Flow: flags → [`ServeConfig`] → the three kernel objects loaded and attached → every
+//! Flow: flags → [`ServeConfig`] → the four kernel objects loaded and attached → every
 //! capability dropped → the HTTP endpoint on its own thread (`http`) → the session runs the
 //! daemon: each tick reads the kernel's per-process tables, adds the deltas and retires exited
 //! processes (a failed reading is counted and logged, and the daemon goes on); each OOM kill is
@@ -21,6 +22,7 @@ use aya::programs::ProgramInfo;
 use memtrace_common::{
     DropSource,
     faults::{FaultKey, MAX_FAULT_KEYS},
+    pressure::{MAX_STALLERS, StallKind},
     syscalls::{MAX_PENDING, ProcSyscallCounts, ProcSyscallKey, SyscallClass},
 };
 use tokio::{
@@ -30,7 +32,7 @@ use tokio::{
 
 use self::http::Health;
 use crate::{
-    aggregate::{cumulative::Deltas, faults::Counts},
+    aggregate::{cumulative::Deltas, faults::Counts, pressure::Kinds},
     bpf::{
         self, Loaded, oom::OomEvents, syscalls::KernelFilter, targets::Filter, tracepoints::Release,
     },
@@ -107,7 +109,7 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<u8> {
 }
 
 /// Loads every object the daemon needs, system-wide and counting only, and attaches them.
-fn load(config: &ServeConfig) -> anyhow::Result<[Loaded; 3]> {
+fn load(config: &ServeConfig) -> anyhow::Result<[Loaded; 4]> {
     // Each process's memory cgroup is recorded in the kernel with its counts, so that one which
     // exits before the daemon reads /proc still gets its cgroup.
     let memcg = match crate::btf::Btf::from_sys_fs() {
@@ -136,7 +138,14 @@ fn load(config: &ServeConfig) -> anyhow::Result<[Loaded; 3]> {
         max_process_keys: config.max_processes.saturating_mul(2),
     })?;
     let oom = bpf::oom::load(&bpf::oom::layout()?).context("attach oom:mark_victim and console")?;
-    Ok([faults, syscalls, oom])
+    // Only processes that stall take an entry: fewer than those that fault.
+    let pressure = bpf::pressure::load(&bpf::pressure::Options {
+        filter: Filter::All,
+        memcg,
+        histograms: false,
+        max_processes: config.max_processes.min(MAX_STALLERS),
+    })?;
+    Ok([faults, syscalls, oom, pressure])
 }
 
 /// Where OOM kills are appended as JSON lines: `--events FILE`, `-` for stdout, or nowhere.
@@ -171,6 +180,7 @@ struct Daemon {
     faults: Loaded,
     syscalls: Loaded,
     oom: Loaded,
+    pressure: Loaded,
     oom_events: OomEvents,
     kills: KillResolver,
     events: Option<Sink>,
@@ -183,6 +193,7 @@ struct Daemon {
     /// Labels of each process seen, until it exits.
     processes: HashMap<u32, Labels>,
     fault_counts: Deltas<FaultKey, Counts>,
+    stall_counts: Deltas<u32, Kinds>,
     syscall_counts: Deltas<ProcSyscallKey, ProcSyscallCounts>,
     dropped: Deltas<&'static str, u64>,
     programs: Deltas<String, (u64, u64)>,
@@ -224,7 +235,7 @@ impl Daemon {
             .map_err(|err| Failure::NotPrivileged {
                 missing: format!("CAP_SYS_ADMIN, to switch on the kernel's BPF statistics ({err})"),
             })?;
-        let [faults, syscalls, mut oom] = load(config)?;
+        let [faults, syscalls, mut oom, pressure] = load(config)?;
         let oom_events = OomEvents::open(&mut oom.ebpf)?;
         if let Err(err) = privileges::drop_all() {
             log::warn!("could not drop capabilities: {err}");
@@ -243,6 +254,7 @@ impl Daemon {
             faults,
             syscalls,
             oom,
+            pressure,
             oom_events,
             kills: KillResolver::new(hierarchy.clone(), None),
             events,
@@ -254,6 +266,7 @@ impl Daemon {
             cgroups: CgroupResolver::new(hierarchy),
             processes: HashMap::new(),
             fault_counts: Deltas::default(),
+            stall_counts: Deltas::default(),
             syscall_counts: Deltas::default(),
             dropped: Deltas::default(),
             programs: Deltas::default(),
@@ -340,12 +353,24 @@ impl Daemon {
                 self.metrics.add_bytes(&labels, op, bytes, now);
             }
         }
+        for sample in bpf::pressure::read(&self.pressure.ebpf)? {
+            let delta = self
+                .stall_counts
+                .update(sample.tgid, Kinds::from_kernel(&sample.kinds));
+            let labels = self.labels(sample.tgid, Some((&sample.comm, sample.memcg)));
+            for kind in StallKind::ALL {
+                let stalls = delta.of(kind);
+                let seconds = stalls.total_ns as f64 / 1e9;
+                self.metrics
+                    .add_stalls(&labels, kind.name(), stalls.count, seconds, now);
+            }
+        }
         for (source, n) in self.drops()? {
             let delta = self.dropped.update(source.name(), n);
             self.metrics.add_dropped(source.name(), delta, now);
         }
         if self.program_stats.is_some() {
-            let infos: Vec<(String, ProgramInfo)> = [&self.faults, &self.syscalls, &self.oom]
+            let infos: Vec<(String, ProgramInfo)> = [&self.faults, &self.syscalls, &self.oom, &self.pressure]
                 .into_iter()
                 .flat_map(|loaded| loaded.ebpf.programs())
                 .filter_map(|(name, program)| Some((name.to_owned(), program.info().ok()?)))
@@ -374,6 +399,7 @@ impl Daemon {
             bpf::faults::drops(&self.faults.ebpf)?,
             bpf::syscalls::drops(&self.syscalls.ebpf, true)?,
             bpf::drops::read(&self.oom.ebpf, &bpf::oom::LOSSES)?,
+            bpf::pressure::drops(&self.pressure.ebpf)?,
         ];
         for (source, n) in readings.into_iter().flatten() {
             match sums.iter_mut().find(|(known, _)| *known == source) {
@@ -419,6 +445,8 @@ impl Daemon {
         let key = FaultKey { tgid: pid, tid: 0 };
         bpf::faults::remove(&mut self.faults.ebpf, &key)?;
         self.fault_counts.forget(&key);
+        bpf::pressure::remove(&mut self.pressure.ebpf, pid)?;
+        self.stall_counts.forget(&pid);
         for syscall in Syscall::DEFAULT {
             let key = ProcSyscallKey {
                 tgid: pid,
@@ -491,7 +519,7 @@ impl Job for Daemon {
     /// would outlive its service.
     fn release(self) {
         drop(self.oom_events);
-        for loaded in [self.faults, self.syscalls, self.oom] {
+        for loaded in [self.faults, self.syscalls, self.oom, self.pressure] {
             loaded.release(Release::Here);
         }
     }
