@@ -310,6 +310,11 @@ pub struct FaultsArgs {
     #[arg(short, long)]
     pub threads: bool,
 
+    /// Also show each process's virtual size (VSZ) beside its resident memory (RSS), as
+    /// `pidstat -r` does; JSON always has both
+    #[arg(long)]
+    pub vsz: bool,
+
     /// Rows per interval when tracing the whole system, by name or a command (busiest first;
     /// default 10). With --pid every target is shown
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..),

@@ -441,3 +441,63 @@ fn a_targets_total_is_its_own_not_its_childrens() {
         "{counted:?}: the parent's own {parent_pages} pages, not the child's {child_pages}"
     );
 }
+
+/// A `/proc/PID/status` field in KiB (`VmRSS`, `VmSize`).
+fn status_kb(pid: u32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+}
+
+#[test]
+fn rss_and_vsz_columns_equal_proc_status_at_the_same_moment() {
+    require_root!();
+    let pages = 5_000;
+    let mut work = Workload::start(&workload("touch_pages"), &[&pages.to_string(), "1"]);
+    let pid = work.pid();
+    let mut tracer = Tracer::start(&["faults", "--pid", &pid.to_string(), "--interval", "0.2"]);
+    // Each row's sizes, and /proc's read as soon as the row arrives (the workload is idle
+    // between its steps, so both see the same memory).
+    let next_row = |tracer: &mut Tracer| {
+        let record = tracer
+            .next_record(Duration::from_secs(5))
+            .expect("an interval record");
+        assert_eq!(record["type"], "interval", "{record}");
+        let (rss, vsz) = (status_kb(pid, "VmRSS"), status_kb(pid, "VmSize"));
+        let row = &record["processes"][0];
+        assert_eq!(row["pid"], pid, "{record}");
+        let shown = (
+            row["rss_kb"].as_u64().unwrap(),
+            row["vsz_kb"].as_u64().unwrap(),
+        );
+        (shown, (rss, vsz))
+    };
+    // SAFETY: sysconf has no preconditions.
+    let page_kb = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64 / 1024;
+    let ((before, vsz_before), (proc_before, proc_vsz)) = next_row(&mut tracer);
+    assert!(
+        before.abs_diff(proc_before) <= page_kb,
+        "{before} KiB vs VmRSS {proc_before}"
+    );
+    assert_eq!(vsz_before, proc_vsz);
+
+    work.go();
+    // The first row after `done` may have been read during the touching; the second was not.
+    next_row(&mut tracer);
+    let ((after, vsz_after), (proc_after, proc_vsz)) = next_row(&mut tracer);
+    assert!(
+        after.abs_diff(proc_after) <= page_kb,
+        "{after} KiB vs VmRSS {proc_after}"
+    );
+    assert_eq!(vsz_after, proc_vsz);
+    assert!(
+        after >= before + pages * page_kb,
+        "touching {pages} pages grew RSS from {before} to {after} KiB"
+    );
+    work.finish();
+    let (_, status) = tracer.wait(Duration::from_secs(10));
+    assert!(status.success());
+}

@@ -769,7 +769,10 @@ fn reclaim_stalls_are_counted_as_bpftrace_counts_them() {
     reader.go();
     reader.finish();
     let (_, ends) = independent.counts();
-    assert!(ends >= 10, "reading 96 MiB through 32 MiB reclaimed {ends} times");
+    assert!(
+        ends >= 10,
+        "reading 96 MiB through 32 MiB reclaimed {ends} times"
+    );
 
     let labels = [
         ("comm", "read_file"),

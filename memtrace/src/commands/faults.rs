@@ -46,6 +46,8 @@ pub struct FaultsConfig {
     pub session: session::Options,
     pub interval: Duration,
     pub per_thread: bool,
+    /// Show the VSZ column (JSON has it regardless).
+    pub vsz: bool,
     pub top: usize,
     /// Capacity of the kernel's counting table.
     pub max_processes: u32,
@@ -65,6 +67,7 @@ impl TryFrom<FaultsArgs> for FaultsConfig {
             },
             interval: args.interval,
             per_thread: args.threads,
+            vsz: args.vsz,
             top: args.top.map_or(DEFAULT_TOP, |top| {
                 usize::try_from(top).unwrap_or(usize::MAX)
             }),
@@ -150,6 +153,7 @@ impl<'a> Faults<'a> {
             targets: session.targets(config.session.target.describe()),
             interval_s: config.interval.as_secs_f64(),
             per_thread: config.per_thread,
+            vsz: config.vsz,
         };
         session.sink().emit(&start).context("write the report")?;
 
@@ -273,9 +277,10 @@ impl Job for Faults<'_> {
             interval_s: elapsed.as_secs_f64(),
             processes: rows
                 .iter()
-                .map(|row| Rate::of(row, self.config.per_thread))
+                .map(|row| Rate::of(row, self.config.per_thread, procfs::memory_kb(row.key.tgid)))
                 .collect(),
             dropped: &dropped,
+            show_vsz: self.config.vsz,
         })?;
         sink.flush()?;
         warn_about_drops(&dropped);

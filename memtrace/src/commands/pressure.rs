@@ -6,11 +6,7 @@
 use std::{collections::HashMap, path::Path, time::Duration};
 
 use anyhow::Context as _;
-use memtrace_common::{
-    DropSource,
-    pressure::MAX_STALLERS,
-    targets::TargetFlags,
-};
+use memtrace_common::{DropSource, pressure::MAX_STALLERS, targets::TargetFlags};
 use tokio::time::{Interval, MissedTickBehavior, interval_at};
 
 use crate::{

@@ -19,6 +19,9 @@ pub struct Start {
     pub targets: Targets,
     pub interval_s: f64,
     pub per_thread: bool,
+    /// Whether the table has a VSZ column (JSON rows always carry it).
+    #[serde(skip)]
+    pub vsz: bool,
 }
 
 impl Record for Start {
@@ -31,7 +34,7 @@ impl Record for Start {
         );
         writeln!(
             out,
-            "{:<8} {:>8}{} {:<16} {:>10} {:>10} {:>12} {:>10}",
+            "{:<8} {:>8}{} {:<16} {:>10} {:>10} {:>12} {:>10}{} {:>8}",
             "TIME",
             "PID",
             tid_column(self.per_thread.then_some("TID")),
@@ -39,7 +42,9 @@ impl Record for Start {
             "MINOR/s",
             "MAJOR/s",
             "MINOR",
-            "MAJOR"
+            "MAJOR",
+            vsz_column(self.vsz.then_some("VSZ")),
+            "RSS"
         )
     }
 }
@@ -58,10 +63,15 @@ pub struct Rate<'a> {
     /// Totals since tracing began.
     pub minor: u64,
     pub major: u64,
+    /// The process's virtual size and resident memory when the row was written, from
+    /// `/proc/PID/statm` (null once it has exited).
+    pub vsz_kb: Option<u64>,
+    pub rss_kb: Option<u64>,
 }
 
 impl<'a> Rate<'a> {
-    pub fn of(row: &'a Row, per_thread: bool) -> Rate<'a> {
+    /// A row, with the process's `(vsz_kb, rss_kb)` if it is still there.
+    pub fn of(row: &'a Row, per_thread: bool, memory_kb: Option<(u64, u64)>) -> Rate<'a> {
         Rate {
             pid: row.key.tgid,
             tid: per_thread.then_some(row.key.tid),
@@ -70,6 +80,8 @@ impl<'a> Rate<'a> {
             major_per_s: row.major_per_s,
             minor: row.total.minor,
             major: row.total.major,
+            vsz_kb: memory_kb.map(|(vsz, _)| vsz),
+            rss_kb: memory_kb.map(|(_, rss)| rss),
         }
     }
 }
@@ -84,6 +96,8 @@ pub struct Interval<'a> {
     pub processes: Vec<Rate<'a>>,
     #[serde(serialize_with = "drops_json")]
     pub dropped: &'a [(DropSource, u64)],
+    #[serde(skip)]
+    pub show_vsz: bool,
 }
 
 impl Record for Interval<'_> {
@@ -94,14 +108,16 @@ impl Record for Interval<'_> {
         for rate in &self.processes {
             writeln!(
                 out,
-                "{hms:<8} {:>8}{} {:<16} {:>10.1} {:>10.1} {:>12} {:>10}",
+                "{hms:<8} {:>8}{} {:<16} {:>10.1} {:>10.1} {:>12} {:>10}{} {:>8}",
                 rate.pid,
                 tid_column(rate.tid),
                 rate.comm,
                 rate.minor_per_s,
                 rate.major_per_s,
                 rate.minor,
-                rate.major
+                rate.major,
+                vsz_column(self.show_vsz.then(|| kib(rate.vsz_kb))),
+                kib(rate.rss_kb)
             )?;
         }
         Ok(())
@@ -230,6 +246,21 @@ impl Record for Summary<'_> {
 }
 
 /// The `TID` column, present only when counting per thread.
+/// The VSZ column, when shown.
+fn vsz_column(vsz: Option<impl std::fmt::Display>) -> String {
+    vsz.map_or_else(String::new, |vsz| format!(" {vsz:>8}"))
+}
+
+/// A size in KiB as people read it: `812K`, `12.3M`, `1.2G`; `-` when unknown.
+fn kib(kib: Option<u64>) -> String {
+    match kib {
+        None => "-".into(),
+        Some(k) if k < 1024 => format!("{k}K"),
+        Some(k) if k < 1024 * 1024 => format!("{:.1}M", k as f64 / 1024.0),
+        Some(k) => format!("{:.1}G", k as f64 / (1024.0 * 1024.0)),
+    }
+}
+
 fn tid_column(tid: Option<impl std::fmt::Display>) -> String {
     tid.map(|tid| format!(" {tid:>8}")).unwrap_or_default()
 }
@@ -251,10 +282,23 @@ mod tests {
             delta: Counts::default(),
             total: Counts { minor: 5, major: 1 },
         };
-        let json = serde_json::to_value(Rate::of(&row, false)).unwrap();
+        let json = serde_json::to_value(Rate::of(&row, false, Some((2048, 1024)))).unwrap();
         assert_eq!(json["minor_per_s"], round_secs(1.0 / 3.0));
         assert!(json.get("tid").is_none());
-        let json = serde_json::to_value(Rate::of(&row, true)).unwrap();
+        assert_eq!(
+            (json["vsz_kb"].as_u64(), json["rss_kb"].as_u64()),
+            (Some(2048), Some(1024))
+        );
+        let json = serde_json::to_value(Rate::of(&row, true, None)).unwrap();
         assert_eq!(json["tid"], 8);
+        assert!(json["rss_kb"].is_null(), "an exited process has no size");
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(kib(None), "-");
+        assert_eq!(kib(Some(812)), "812K");
+        assert_eq!(kib(Some(12_595)), "12.3M");
+        assert_eq!(kib(Some(1_258_291)), "1.2G");
     }
 }

@@ -346,7 +346,8 @@ impl Tracer {
             .collect()
     }
 
-    fn next_record(&mut self, timeout: Duration) -> Option<Value> {
+    /// The next record, if one comes within `timeout`.
+    pub fn next_record(&mut self, timeout: Duration) -> Option<Value> {
         let line = self.lines.recv_timeout(timeout).ok()?;
         Some(serde_json::from_str(&line).unwrap_or_else(|err| panic!("bad JSON {line:?}: {err}")))
     }

@@ -370,11 +370,12 @@ impl Daemon {
             self.metrics.add_dropped(source.name(), delta, now);
         }
         if self.program_stats.is_some() {
-            let infos: Vec<(String, ProgramInfo)> = [&self.faults, &self.syscalls, &self.oom, &self.pressure]
-                .into_iter()
-                .flat_map(|loaded| loaded.ebpf.programs())
-                .filter_map(|(name, program)| Some((name.to_owned(), program.info().ok()?)))
-                .collect();
+            let infos: Vec<(String, ProgramInfo)> =
+                [&self.faults, &self.syscalls, &self.oom, &self.pressure]
+                    .into_iter()
+                    .flat_map(|loaded| loaded.ebpf.programs())
+                    .filter_map(|(name, program)| Some((name.to_owned(), program.info().ok()?)))
+                    .collect();
             for (name, info) in infos {
                 self.add_program(name, &info, now);
             }
