@@ -196,14 +196,20 @@ impl MemoryHierarchy {
     /// programs record), as paths in the hierarchy.
     pub fn paths_by_id(&self) -> std::collections::HashMap<u64, String> {
         use std::os::unix::fs::MetadataExt as _;
-        let mut paths = std::collections::HashMap::new();
-        let mut pending = vec![(self.mount.clone(), "/".to_owned())];
+        self.subtree("/")
+            .into_iter()
+            .filter_map(|(dir, path)| Some((fs::metadata(dir).ok()?.ino(), path)))
+            .collect()
+    }
+
+    /// A cgroup and every cgroup below it: directories, and paths in the hierarchy.
+    pub fn subtree(&self, cgroup: &str) -> Vec<(PathBuf, String)> {
+        let mut found = Vec::new();
+        let mut pending = vec![(self.dir(cgroup), normalise(cgroup))];
         while let Some((dir, path)) = pending.pop() {
-            let Ok(meta) = fs::metadata(&dir) else {
-                continue;
-            };
-            paths.insert(meta.ino(), path.clone());
-            let Ok(entries) = fs::read_dir(&dir) else {
+            let entries = fs::read_dir(&dir);
+            found.push((dir, path.clone()));
+            let Ok(entries) = entries else {
                 continue;
             };
             for entry in entries.flatten() {
@@ -218,7 +224,7 @@ impl MemoryHierarchy {
                 }
             }
         }
-        paths
+        found
     }
 
     /// Turns `--cgroup PATH` into a path in the hierarchy: PATH may be a directory under the
@@ -248,6 +254,13 @@ impl MemoryHierarchy {
 fn normalise(path: &str) -> String {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     format!("/{}", parts.join("/"))
+}
+
+/// The processes directly in a cgroup (its `cgroup.procs`).
+pub fn procs_in(dir: &Path) -> Vec<u32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|text| text.lines().filter_map(|line| line.parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 /// Whether `cgroup` is `root` or inside its subtree.

@@ -218,6 +218,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
 
+    /// With --events, how many seconds of each victim's memory its record shows before the kill
+    /// (0: none), as `memtrace oom --history`
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_history,
+          requires = "events")]
+    pub history: Duration,
+
     /// Seconds between readings of the kernel's counters
     #[arg(short, long, value_name = "SECS", default_value = "1", value_parser = parse_seconds)]
     pub interval: Duration,
@@ -247,6 +253,14 @@ FIELDS (unknown values are shown as ?; JSON null):
               when the kill is reported
   pod, qos, container, unit   read from the cgroup path where it names them: the Kubernetes
               pod's UID and QoS class, the container (runtime://id), or the systemd unit
+
+WHAT LED TO IT (under each kill, unless --history 0):
+  T           seconds before the kill the victim was sampled (about once a second)
+  RSS, VSZ    its resident memory and virtual size then
+  MINOR, MAJOR   page faults since the sample before
+  ALLOC       growth of its mapped memory since the sample before (brk, mmap less munmap)
+  STALL-ms    time its tasks stalled in reclaim, compaction or throttling since then
+  top memory users   the biggest processes of its cgroup when the kill was reported
 
 EXAMPLES:
   sudo memtrace oom                                  # every OOM kill on the machine
@@ -281,6 +295,12 @@ pub struct OomArgs {
     /// Exit after N kills
     #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
+
+    /// How many seconds of each victim's memory to show before its kill (0: none). Only the
+    /// likely victims are sampled each second: the biggest processes of the machine and of each
+    /// limited memory cgroup, new processes, and those stalling in reclaim
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_history)]
+    pub history: Duration,
 }
 
 /// Minor and major page-fault rates per process, counted in the kernel.
@@ -418,6 +438,17 @@ pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|err| err.to_string())
 }
 
+/// `--history`: whole seconds, 0 to turn it off, at most an hour (samples are kept in memory).
+pub fn parse_history(text: &str) -> Result<Duration, String> {
+    let secs: u64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number of seconds"))?;
+    if secs > 3600 {
+        return Err(format!("`{text}`: at most 3600 seconds"));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,6 +457,15 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn history_is_whole_seconds_zero_for_none() {
+        assert_eq!(parse_history("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_history("0"), Ok(Duration::ZERO));
+        assert!(parse_history("1.5").is_err());
+        assert!(parse_history("-1").is_err());
+        assert!(parse_history("3601").is_err());
     }
 
     #[test]

@@ -14,6 +14,13 @@ pub struct ProcStat {
     pub minflt: u64,
     /// Field 12: major faults.
     pub majflt: u64,
+    /// Field 22: when the process started, in clock ticks since boot (with the pid, it names
+    /// one process: pids are reused, start times with them are not).
+    pub starttime: u64,
+    /// Field 23: virtual size, in bytes.
+    pub vsize: u64,
+    /// Field 24: resident set size, in pages.
+    pub rss_pages: u64,
 }
 
 /// Parses `/proc/PID/stat`. The command name is between the first `(` and the *last* `)`, since
@@ -31,6 +38,9 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
         state: rest.first()?.chars().next()?,
         minflt: rest.get(7)?.parse().ok()?,
         majflt: rest.get(9)?.parse().ok()?,
+        starttime: rest.get(19)?.parse().ok()?,
+        vsize: rest.get(20)?.parse().ok()?,
+        rss_pages: rest.get(21)?.parse().ok()?,
     })
 }
 
@@ -148,9 +158,13 @@ pub fn memory_kb(pid: u32) -> Option<(u64, u64)> {
     let text = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().ok());
     let (size, resident) = (fields.next()??, fields.next()??);
+    Some((size * page_kb(), resident * page_kb()))
+}
+
+/// The size of a page, in KiB.
+pub fn page_kb() -> u64 {
     // SAFETY: sysconf has no preconditions.
-    let page_kb = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(1) as u64 / 1024;
-    Some((size * page_kb, resident * page_kb))
+    (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(1024) as u64 / 1024
 }
 
 /// A kernel command name (NUL-padded bytes) as text.
@@ -175,6 +189,9 @@ mod tests {
         assert_eq!(stat.state, 'S');
         assert_eq!(stat.minflt, 1234);
         assert_eq!(stat.majflt, 7);
+        assert_eq!(stat.starttime, 1234567);
+        assert_eq!(stat.vsize, 10000000);
+        assert_eq!(stat.rss_pages, 300);
     }
 
     #[test]

@@ -310,3 +310,137 @@ fn a_kill_in_a_kubernetes_pod_names_the_pod_and_its_container() {
     assert_eq!(named["systemd_unit"], Value::Null, "{named}");
     assert_eq!(cgroup.oom_kills(), 1);
 }
+
+/// What a growing process reported of itself: `(unix seconds, KiB grown)` after each step.
+fn growth_reports(child: &mut std::process::Child) -> Vec<(f64, u64)> {
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|line| {
+            let rest = line.strip_prefix("grown ")?;
+            let (kb, at) = rest.split_once(" at ")?;
+            Some((at.parse().ok()?, kb.parse().ok()?))
+        })
+        .collect()
+}
+
+/// How much the process had grown by `at`, by its own reports: at least the last step reported
+/// before, at most the first reported after (a step may be under way).
+fn grown_around(reports: &[(f64, u64)], at: f64, step_kb: u64) -> (u64, u64) {
+    let before = reports
+        .iter()
+        .filter(|(when, _)| *when <= at)
+        .map(|&(_, kb)| kb)
+        .max()
+        .unwrap_or(0);
+    let after = reports
+        .iter()
+        .find(|(when, _)| *when >= at)
+        .map_or(before + step_kb, |&(_, kb)| kb);
+    (before, after)
+}
+
+#[test]
+fn the_victims_history_shows_its_growth_as_it_reported_it() {
+    require_root!();
+    let cgroup = TestCgroup::new("history", 64 * MIB);
+    let tracer = Tracer::start(&["oom", "--cgroup", &cgroup.path, "--count", "1"]);
+    // Both start after memtrace: a bystander using 2 MiB, and a process growing by 4 MiB every
+    // 0.4 s until the 64 MiB limit kills it (about 6 s, 6 samples).
+    let mut bystander = cgroup.spawn(&workload("oom_alloc"), &["hog", "2"]);
+    let step_kb = 4 * 1024;
+    let mut grower = cgroup.spawn(&workload("oom_alloc"), &["steps", "4", "400"]);
+    let reports = growth_reports(&mut grower);
+    let records = wait_for(tracer);
+    assert!(grower.wait().is_ok());
+    let kills = kills(&records);
+    assert_eq!(kills.len(), 1, "{records:?}");
+    let kill = kills[0];
+    assert_eq!(kill["victim"]["pid"], grower.id(), "{kill}");
+    assert!(reports.len() >= 10, "the grower reported {reports:?}");
+
+    let killed_at = kill["timestamp"].as_f64().unwrap();
+    let history = kill["victim"]["history"].as_array().unwrap();
+    assert!(history.len() >= 4, "{} samples: {kill}", history.len());
+    let mut last_t = f64::MAX;
+    for point in history {
+        let t = point["t"].as_f64().unwrap();
+        assert!(t >= 0.0 && t < last_t && t <= 31.0, "{point}");
+        last_t = t;
+        // Its resident memory holds everything it had reported touching, and not much more than
+        // what it reported next (its program, libc and stack: well under 4 MiB).
+        let rss = point["rss_kb"].as_u64().unwrap();
+        let (before, after) = grown_around(&reports, killed_at - t, step_kb);
+        assert!(
+            rss >= before && rss <= after + 4096,
+            "{t} s before the kill: RSS {rss} KiB, grown {before}..{after} KiB by its reports"
+        );
+    }
+    let rss = |i: usize| history[i]["rss_kb"].as_u64().unwrap();
+    let last = history.len() - 1;
+    assert!(
+        rss(last) >= 48 * 1024 && rss(last) > rss(0) + 16 * 1024,
+        "RSS {} -> {} KiB",
+        rss(0),
+        rss(last)
+    );
+
+    // Between the first sample and the last, its faults and mappings account for its growth.
+    let sum = |key: &str| -> i64 {
+        history[1..]
+            .iter()
+            .map(|p| p[key].as_i64().unwrap_or_else(|| panic!("{key} in {p}")))
+            .sum()
+    };
+    let at = |i: usize| killed_at - history[i]["t"].as_f64().unwrap();
+    let (first_before, first_after) = grown_around(&reports, at(0), step_kb);
+    let (last_before, last_after) = grown_around(&reports, at(last), step_kb);
+    let (least, most) = (
+        last_before.saturating_sub(first_after) as i64,
+        (last_after - first_before) as i64,
+    );
+    let alloc = sum("alloc_kb");
+    assert!(
+        alloc >= least && alloc <= most + 1024,
+        "mapped {alloc} KiB while growing {least}..{most} KiB"
+    );
+    let page_kb = 4;
+    let minor = sum("minor_faults");
+    assert!(
+        minor >= least / page_kb,
+        "{minor} minor faults for {least} KiB touched"
+    );
+    assert!(
+        history[1..]
+            .iter()
+            .all(|p| p["reclaim_stall_ms"].as_f64().is_some()),
+        "stall times: {kill}"
+    );
+
+    // Its cgroup's biggest users when the kill was reported: the bystander among them, its size
+    // as /proc has it now (it has not changed since).
+    let users = kill["cgroup"]["top_users"].as_array().unwrap();
+    let bystander_user = users
+        .iter()
+        .find(|u| u["pid"] == bystander.id())
+        .unwrap_or_else(|| panic!("no bystander in {users:?}"));
+    assert_eq!(bystander_user["victim"], false);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", bystander.id())).unwrap();
+    let vm_rss: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(
+        bystander_user["rss_kb"].as_u64().unwrap().abs_diff(vm_rss) <= 64,
+        "{bystander_user} vs VmRSS {vm_rss}"
+    );
+    let sizes: Vec<u64> = users
+        .iter()
+        .map(|u| u["rss_kb"].as_u64().unwrap())
+        .collect();
+    assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+}

@@ -417,6 +417,11 @@ fn prometheus_sees_the_kernels_fault_count_and_the_cgroups_oom_kill() {
     assert_eq!(kills.len(), 1, "{lines}");
     assert_eq!(kills[0]["victim"]["pid"], hog.id());
     assert_eq!(kills[0]["cgroup"]["path"], cgroup.path.as_str());
+    // The same enriched record as `memtrace oom` (its history is tested there: this hog lives
+    // for a fraction of a sample).
+    assert!(kills[0]["victim"]["history"].is_array(), "{}", kills[0]);
+    let users = kills[0]["cgroup"]["top_users"].as_array().unwrap();
+    assert!(users.len() <= 5, "{users:?}");
 
     // Every query of the Grafana dashboard is valid PromQL, and names only metrics the daemon
     // exports.

@@ -132,6 +132,17 @@ pub fn read(ebpf: &Ebpf) -> anyhow::Result<Vec<StallSample>> {
     Ok(samples)
 }
 
+/// Every process's stall time so far, all kinds together, in nanoseconds.
+pub fn totals(ebpf: &Ebpf) -> anyhow::Result<std::collections::HashMap<u32, u64>> {
+    Ok(read(ebpf)?
+        .into_iter()
+        .map(|sample| {
+            let ns = sample.kinds.iter().map(|stall| stall.total_ns).sum();
+            (sample.tgid, ns)
+        })
+        .collect())
+}
+
 /// Each kind's histogram, summed over CPUs (zeros without `histograms`).
 pub fn histograms(ebpf: &Ebpf) -> anyhow::Result<[Histogram; StallKind::COUNT]> {
     let array: PerCpuArray<&MapData, Histogram> = super::map(ebpf, maps::STALL_HISTOGRAMS)?;

@@ -1,17 +1,19 @@
 //! `memtrace oom`: the layout of `oom:mark_victim` read from tracefs → the `oom` object loaded
-//! and attached → for every victim the kernel marks, victim, trigger and cgroup put together
-//! (`enrich::oom`) and written at once.
+//! and attached (and the `pressure` one, to time stalls for the victims' histories) → each
+//! second, the likely victims sampled (`enrich::history`) → for every victim the kernel marks,
+//! victim, trigger and cgroup put together (`enrich::oom`), with what led to the kill, and
+//! written at once.
 
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use memtrace_common::oom::OomFields;
+use memtrace_common::{oom::OomFields, pressure::MAX_STALLERS};
 
 use crate::{
-    bpf::{self, Loaded, oom::OomEvents, tracepoints::Release},
+    bpf::{self, Loaded, oom::OomEvents, targets::Filter, tracepoints::Release},
     cgroup,
     cli::OomArgs,
-    enrich::oom::KillResolver,
+    enrich::{history::HistorySampler, oom::KillResolver},
     error::Failure,
     model::oom::OomRecord,
     output::{
@@ -29,6 +31,8 @@ pub struct OomConfig {
     pub output: Option<PathBuf>,
     pub duration: Option<Duration>,
     pub count: Option<u64>,
+    /// How far back each victim's history goes (zero: no history).
+    pub history: Duration,
 }
 
 impl From<OomArgs> for OomConfig {
@@ -39,6 +43,7 @@ impl From<OomArgs> for OomConfig {
             output: args.output,
             duration: args.duration,
             count: args.count,
+            history: args.history,
         }
     }
 }
@@ -105,11 +110,19 @@ pub async fn execute(args: OomArgs) -> anyhow::Result<u8> {
             victim_fields: &fields,
         })
         .context("write the report")?;
+    let (history, pressure) = if config.history.is_zero() {
+        (None, None)
+    } else {
+        let sampler = HistorySampler::new(config.history, hierarchy.clone());
+        (Some(sampler), load_stall_timer())
+    };
     let job = Oom {
         count: config.count,
         loaded,
         events,
         resolver: KillResolver::new(hierarchy, filter),
+        history,
+        pressure,
         kills: 0,
     };
     session.run(job).await
@@ -121,26 +134,86 @@ struct Oom {
     loaded: Loaded,
     events: OomEvents,
     resolver: KillResolver,
+    history: Option<HistorySampler>,
+    /// Times the stalls of the histories (only while memory is short does it run).
+    pressure: Option<Loaded>,
     kills: u64,
+}
+
+/// The `pressure` object, system-wide, for the stall times of victims' histories; without it
+/// histories have no stall figures.
+fn load_stall_timer() -> Option<Loaded> {
+    let options = bpf::pressure::Options {
+        filter: Filter::All,
+        memcg: None,
+        histograms: false,
+        max_processes: MAX_STALLERS,
+    };
+    bpf::pressure::load(&options)
+        .inspect_err(|err| log::warn!("victims' histories show no stall times: {err:#}"))
+        .ok()
+}
+
+/// What wakes the job.
+enum Wake {
+    Kills(Vec<OomRecord>),
+    Sample,
 }
 
 impl Oom {
     fn done(&self) -> bool {
         self.count.is_some_and(|count| self.kills >= count)
     }
+
+    /// One sample of the likely victims; the stalls of processes gone are forgotten.
+    fn sample(&mut self) -> anyhow::Result<()> {
+        let Some(history) = &mut self.history else {
+            return Ok(());
+        };
+        let stalls = match &self.pressure {
+            Some(pressure) => Some(bpf::pressure::totals(&pressure.ebpf)?),
+            None => None,
+        };
+        let gone = history.sample(stalls);
+        if let Some(pressure) = &mut self.pressure {
+            for pid in gone {
+                bpf::pressure::remove(&mut pressure.ebpf, pid)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Job for Oom {
-    type Work = Vec<OomRecord>;
+    type Work = Wake;
 
-    async fn next(&mut self) -> anyhow::Result<Vec<OomRecord>> {
-        self.events.next_batch().await
+    async fn next(&mut self) -> anyhow::Result<Wake> {
+        let sample = async {
+            match &mut self.history {
+                Some(history) => history.due().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            batch = self.events.next_batch() => Ok(Wake::Kills(batch?)),
+            () = sample => Ok(Wake::Sample),
+        }
     }
 
-    fn work(&mut self, batch: Vec<OomRecord>, sink: &mut Sink) -> anyhow::Result<Option<End>> {
-        for kill in self.resolver.resolve(batch) {
+    fn work(&mut self, wake: Wake, sink: &mut Sink) -> anyhow::Result<Option<End>> {
+        let batch = match wake {
+            Wake::Kills(batch) => batch,
+            Wake::Sample => {
+                self.sample()?;
+                return Ok(None);
+            }
+        };
+        for mut kill in self.resolver.resolve(batch) {
             if self.done() {
                 break;
+            }
+            if let Some(history) = &self.history {
+                history.complete(&mut kill);
             }
             sink.emit(&kill)?;
             sink.flush()?;
@@ -168,5 +241,8 @@ impl Job for Oom {
     fn release(self) {
         drop(self.events);
         self.loaded.release(Release::Background);
+        if let Some(pressure) = self.pressure {
+            pressure.release(Release::Background);
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Completing what the kernel reported with what `/proc` and cgroupfs know.
 
 pub mod cgroups;
+pub mod history;
 pub mod oom;
 pub mod owner;

@@ -95,6 +95,7 @@ impl KillResolver {
             shmem_rss_kb: has(OomFields::SHMEM_RSS).then_some(raw.shmem_rss_kb),
             pgtables_kb: has(OomFields::PGTABLES).then_some(raw.pgtables_kb),
             oom_score_adj: has(OomFields::OOM_SCORE_ADJ).then_some(raw.oom_score_adj),
+            history: None,
         };
         let victim = Victim {
             comm: victim.comm.or_else(|| procfs::read_comm(raw.pid, None)),
@@ -126,6 +127,7 @@ impl KillResolver {
                 limit_bytes: stats.limit,
                 usage_bytes: stats.usage_bytes,
                 oom_kill: stats.oom_kills,
+                top_users: None,
                 owner,
             },
         }

@@ -52,6 +52,37 @@ pub struct Victim {
     pub shmem_rss_kb: Option<u64>,
     pub pgtables_kb: Option<u64>,
     pub oom_score_adj: Option<i32>,
+    /// What led up to the kill, oldest first (`None` with `--history 0`; empty when the victim
+    /// was never sampled).
+    pub history: Option<Vec<HistoryPoint>>,
+}
+
+/// The victim as sampled at one moment before its kill.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HistoryPoint {
+    /// Seconds before the kill.
+    #[serde(serialize_with = "crate::output::seconds")]
+    pub t: f64,
+    pub rss_kb: u64,
+    pub vsz_kb: u64,
+    /// Since the sample before (`None` for the first).
+    pub minor_faults: Option<u64>,
+    pub major_faults: Option<u64>,
+    /// Growth of the mapped address space since the sample before: what brk, mmap and mremap
+    /// added less what munmap and shrinking removed (negative when it shrank).
+    pub alloc_kb: Option<i64>,
+    /// Time its tasks stalled in reclaim, compaction or reclaim throttling since the sample
+    /// before (`None` where stalls are not timed).
+    pub reclaim_stall_ms: Option<f64>,
+}
+
+/// A process of the victim's cgroup, by resident memory when the kill was reported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MemoryUser {
+    pub pid: u32,
+    pub comm: String,
+    pub rss_kb: u64,
+    pub victim: bool,
 }
 
 /// The task that ran the OOM killer.
@@ -82,6 +113,9 @@ pub struct Cgroup {
     pub limit_bytes: Option<Limit>,
     pub usage_bytes: Option<u64>,
     pub oom_kill: Option<u64>,
+    /// Its processes (and its descendants') using the most memory when the kill was reported,
+    /// most first (`None` with `--history 0`).
+    pub top_users: Option<Vec<MemoryUser>>,
     /// The container, pod and QoS class, or the systemd unit, the cgroup path names.
     #[serde(flatten)]
     pub owner: Owner,

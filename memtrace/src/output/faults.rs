@@ -116,8 +116,8 @@ impl Record for Interval<'_> {
                 rate.major_per_s,
                 rate.minor,
                 rate.major,
-                vsz_column(self.show_vsz.then(|| kib(rate.vsz_kb))),
-                kib(rate.rss_kb)
+                vsz_column(self.show_vsz.then(|| size_or_dash(rate.vsz_kb))),
+                size_or_dash(rate.rss_kb)
             )?;
         }
         Ok(())
@@ -251,14 +251,9 @@ fn vsz_column(vsz: Option<impl std::fmt::Display>) -> String {
     vsz.map_or_else(String::new, |vsz| format!(" {vsz:>8}"))
 }
 
-/// A size in KiB as people read it: `812K`, `12.3M`, `1.2G`; `-` when unknown.
-fn kib(kib: Option<u64>) -> String {
-    match kib {
-        None => "-".into(),
-        Some(k) if k < 1024 => format!("{k}K"),
-        Some(k) if k < 1024 * 1024 => format!("{:.1}M", k as f64 / 1024.0),
-        Some(k) => format!("{:.1}G", k as f64 / (1024.0 * 1024.0)),
-    }
+/// A size, `-` when unknown.
+fn size_or_dash(kib: Option<u64>) -> String {
+    kib.map_or_else(|| "-".into(), super::size_kb)
 }
 
 fn tid_column(tid: Option<impl std::fmt::Display>) -> String {
@@ -292,13 +287,5 @@ mod tests {
         let json = serde_json::to_value(Rate::of(&row, true, None)).unwrap();
         assert_eq!(json["tid"], 8);
         assert!(json["rss_kb"].is_null(), "an exited process has no size");
-    }
-
-    #[test]
-    fn sizes_read_as_people_write_them() {
-        assert_eq!(kib(None), "-");
-        assert_eq!(kib(Some(812)), "812K");
-        assert_eq!(kib(Some(12_595)), "12.3M");
-        assert_eq!(kib(Some(1_258_291)), "1.2G");
     }
 }

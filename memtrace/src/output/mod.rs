@@ -172,6 +172,15 @@ pub fn seconds<S: serde::Serializer>(secs: &f64, s: S) -> Result<S::Ok, S::Error
     s.serialize_f64(round_secs(*secs))
 }
 
+/// A size in KiB as people read it: `812K`, `12.3M`, `1.2G`.
+pub fn size_kb(kib: u64) -> String {
+    match kib {
+        k if k < 1024 => format!("{k}K"),
+        k if k < 1024 * 1024 => format!("{:.1}M", k as f64 / 1024.0),
+        k => format!("{:.1}G", k as f64 / (1024.0 * 1024.0)),
+    }
+}
+
 /// Rounds seconds to microseconds for JSON, so figures stay readable.
 pub fn round_secs(secs: f64) -> f64 {
     (secs * 1e6).round() / 1e6
@@ -229,6 +238,13 @@ impl Write for Captured {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(size_kb(812), "812K");
+        assert_eq!(size_kb(12_595), "12.3M");
+        assert_eq!(size_kb(1_258_291), "1.2G");
+    }
 
     #[derive(Serialize)]
     struct Example {

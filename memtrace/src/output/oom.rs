@@ -8,7 +8,8 @@ use serde::Serialize;
 use super::{Record, Timestamp, unix_seconds};
 use crate::{
     cgroup::{Limit, Version},
-    model::oom::Kill,
+    model::oom::{HistoryPoint, Kill},
+    output::size_kb,
 };
 
 /// What the report is about, told once at the start.
@@ -38,8 +39,50 @@ impl Record for Kill {
     const TYPE: &'static str = "oom_kill";
 
     fn human(&self, out: &mut dyn Write) -> io::Result<()> {
-        writeln!(out, "{}", format_kill(self))
+        writeln!(out, "{}", format_kill(self))?;
+        if let Some(history) = self.victim.history.as_deref().filter(|h| !h.is_empty()) {
+            write_history(out, self.victim.pid, history)?;
+        }
+        if let Some(users) = self.cgroup.top_users.as_deref().filter(|u| !u.is_empty()) {
+            let list: Vec<String> = users
+                .iter()
+                .map(|u| {
+                    let victim = if u.victim { " (victim)" } else { "" };
+                    format!("{} {} {}{victim}", u.pid, u.comm, size_kb(u.rss_kb))
+                })
+                .collect();
+            writeln!(out, "  top memory users of its cgroup: {}", list.join(", "))?;
+        }
+        Ok(())
     }
+}
+
+/// The victim's history as a small table under the kill line.
+fn write_history(out: &mut dyn Write, pid: u32, history: &[HistoryPoint]) -> io::Result<()> {
+    writeln!(out, "  what led to it ({pid}, seconds before the kill):")?;
+    writeln!(
+        out,
+        "  {:>7} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9}",
+        "T", "RSS", "VSZ", "MINOR", "MAJOR", "ALLOC", "STALL-ms"
+    )?;
+    let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".into());
+    for point in history {
+        writeln!(
+            out,
+            "  {:>7} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9}",
+            format!("-{:.1}", point.t),
+            size_kb(point.rss_kb),
+            size_kb(point.vsz_kb),
+            or_dash(point.minor_faults.map(|n| n.to_string())),
+            or_dash(point.major_faults.map(|n| n.to_string())),
+            or_dash(point.alloc_kb.map(|kb| {
+                let sign = if kb < 0 { "-" } else { "+" };
+                format!("{sign}{}", size_kb(kb.unsigned_abs()))
+            })),
+            or_dash(point.reclaim_stall_ms.map(|ms| format!("{ms:.1}"))),
+        )?;
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -166,6 +209,7 @@ mod tests {
                 shmem_rss_kb: None,
                 pgtables_kb: None,
                 oom_score_adj: None,
+                history: None,
             },
             trigger: Trigger {
                 pid: 7,
@@ -183,6 +227,7 @@ mod tests {
                 limit_bytes: Some(Limit::Unlimited),
                 usage_bytes: None,
                 oom_kill: Some(1),
+                top_users: None,
                 owner: crate::enrich::owner::owner_of("/system.slice/db.service"),
             },
         }

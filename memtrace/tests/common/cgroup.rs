@@ -65,8 +65,12 @@ impl TestCgroup {
             parents,
         };
         cgroup.write(version.limit_file(), &limit.to_string());
+        // No swap: the limit is reached, and the OOM killer acts, whether the host swaps or not.
         if version == Version::V2 && cgroup.dir.join("memory.swap.max").exists() {
             cgroup.write("memory.swap.max", "0");
+        }
+        if version == Version::V1 {
+            cgroup.write("memory.swappiness", "0");
         }
         cgroup
     }

@@ -4,11 +4,14 @@
 //                                      then let the child (oom_score_adj 0) touch CHILD MiB: the
 //                                      child triggers the OOM kill of its parent. Prints
 //                                      "child PID" first; the child exits 0 once done.
+//        oom_alloc steps MIB MS        touch MIB MiB more every MS milliseconds until killed;
+//                                      after each step prints "grown KIB at UNIX_SECONDS"
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 static void set_adj(const char *value) {
@@ -49,6 +52,19 @@ int main(int argc, char **argv) {
         if (write(go[1], "g", 1) != 1) return 1;
         for (;;) pause();
     }
-    fprintf(stderr, "usage: oom_alloc hog MIB | oom_alloc parent MIB CHILD_MIB\n");
+    if (argc >= 4 && strcmp(argv[1], "steps") == 0) {
+        long step = atol(argv[2]), ms = atol(argv[3]);
+        struct timespec pause_for = {ms / 1000, (ms % 1000) * 1000000L}, now;
+        for (long grown = 0;;) {
+            touch_mib(step);
+            grown += step * 1024;
+            clock_gettime(CLOCK_REALTIME, &now);
+            printf("grown %ld at %ld.%06ld\n", grown, (long)now.tv_sec, now.tv_nsec / 1000);
+            fflush(stdout);
+            nanosleep(&pause_for, NULL);
+        }
+    }
+    fprintf(stderr, "usage: oom_alloc hog MIB | oom_alloc parent MIB CHILD_MIB | "
+                    "oom_alloc steps MIB MS\n");
     return 2;
 }

@@ -38,7 +38,7 @@ use crate::{
     },
     cgroup,
     cli::{SeriesLabel, ServeArgs},
-    enrich::{cgroups::CgroupResolver, oom::KillResolver},
+    enrich::{cgroups::CgroupResolver, history::HistorySampler, oom::KillResolver},
     error::Failure,
     model::oom::OomRecord,
     output::{
@@ -57,6 +57,8 @@ pub struct ServeConfig {
     pub by: Vec<SeriesLabel>,
     pub max_series: usize,
     pub events: Option<PathBuf>,
+    /// How far back each `--events` victim's history goes (zero: no history).
+    pub history: Duration,
     pub interval: Duration,
     pub bpf_stats: bool,
     /// Capacity of the kernel's per-process tables (processes).
@@ -72,6 +74,11 @@ impl From<ServeArgs> for ServeConfig {
             listen: args.listen,
             by,
             max_series: usize::try_from(args.max_series).unwrap_or(usize::MAX),
+            history: if args.events.is_some() {
+                args.history
+            } else {
+                Duration::ZERO
+            },
             events: args.events,
             interval: args.interval,
             bpf_stats: args.bpf_stats,
@@ -183,6 +190,8 @@ struct Daemon {
     pressure: Loaded,
     oom_events: OomEvents,
     kills: KillResolver,
+    /// The likely victims' recent memory, for `--events` records.
+    history: Option<HistorySampler>,
     events: Option<Sink>,
     events_path: Option<PathBuf>,
     metrics: Metrics,
@@ -218,6 +227,7 @@ const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
 enum Wake {
     Tick,
     Kills(Vec<OomRecord>),
+    Sample,
     Reopen,
 }
 
@@ -257,6 +267,8 @@ impl Daemon {
             pressure,
             oom_events,
             kills: KillResolver::new(hierarchy.clone(), None),
+            history: (!config.history.is_zero())
+                .then(|| HistorySampler::new(config.history, hierarchy.clone())),
             events,
             events_path: config.events.clone(),
             metrics,
@@ -466,7 +478,10 @@ impl Daemon {
 
     /// Resolves, counts and appends each kill of a batch.
     fn record_kills(&mut self, batch: Vec<OomRecord>) {
-        for kill in self.kills.resolve(batch) {
+        for mut kill in self.kills.resolve(batch) {
+            if let Some(history) = &self.history {
+                history.complete(&mut kill);
+            }
             let who = Identity {
                 pid: kill.victim.pid,
                 comm: kill.victim.comm.clone().unwrap_or_else(|| "unknown".into()),
@@ -483,6 +498,17 @@ impl Daemon {
         }
     }
 
+    /// One sample of the likely victims (exited processes' stalls are retired with their counts).
+    fn sample(&mut self) {
+        let Some(history) = &mut self.history else {
+            return;
+        };
+        let stalls = bpf::pressure::totals(&self.pressure.ebpf)
+            .inspect_err(|err| log::debug!("stall times for the history: {err:#}"))
+            .ok();
+        history.sample(stalls);
+    }
+
     /// SIGHUP: reopen the events file, so log rotation can move the old one away.
     fn reopen(&mut self) {
         match open_events(self.events_path.as_ref()) {
@@ -496,9 +522,16 @@ impl Job for Daemon {
     type Work = Wake;
 
     async fn next(&mut self) -> anyhow::Result<Wake> {
+        let sample = async {
+            match &mut self.history {
+                Some(history) => history.due().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = self.ticker.tick() => Ok(Wake::Tick),
             batch = self.oom_events.next_batch() => Ok(Wake::Kills(batch?)),
+            () = sample => Ok(Wake::Sample),
             _ = self.sighup.recv() => Ok(Wake::Reopen),
         }
     }
@@ -507,6 +540,7 @@ impl Job for Daemon {
         match wake {
             Wake::Tick => self.tick(),
             Wake::Kills(batch) => self.record_kills(batch),
+            Wake::Sample => self.sample(),
             Wake::Reopen => self.reopen(),
         }
         Ok(None)
