@@ -97,6 +97,8 @@ pub mod maps {
     pub const SYSCALL_UNSIGNALLED: &str = "SYSCALL_UNSIGNALLED";
     /// Ring buffer of [`crate::oom::OomVictim`] and [`crate::oom::OomText`] records.
     pub const OOM_EVENTS: &str = "OOM_EVENTS";
+    /// Ring buffer (`oom` object): the process of each `exec`, drained at each history sample.
+    pub const NEW_PROCESSES: &str = "NEW_PROCESSES";
     /// LRU hash: thread running the OOM killer → where it is in its report.
     pub const OOM_STATE: &str = "OOM_STATE";
     /// Array of one `u64`: the last OOM invocation number handed out.
@@ -131,10 +133,13 @@ pub enum DropSource {
     StallTableFull = 6,
     /// A stall began but its task had no room in `STALL_STARTS`: it went untimed.
     StallStartFull = 7,
+    /// An `exec` found the `NEW_PROCESSES` ring buffer full: its process is sampled for OOM
+    /// histories only from the next scan.
+    NewProcessRingFull = 8,
 }
 
 impl DropSource {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     pub const ALL: [DropSource; Self::COUNT as usize] = [
         DropSource::FaultTableFull,
         DropSource::TargetTableFull,
@@ -144,6 +149,7 @@ impl DropSource {
         DropSource::SyscallProcFull,
         DropSource::StallTableFull,
         DropSource::StallStartFull,
+        DropSource::NewProcessRingFull,
     ];
 
     /// A stable, machine-friendly name (used in JSON output).
@@ -157,6 +163,7 @@ impl DropSource {
             DropSource::SyscallProcFull => "syscall_proc_full",
             DropSource::StallTableFull => "stall_table_full",
             DropSource::StallStartFull => "stall_start_full",
+            DropSource::NewProcessRingFull => "new_process_ring_full",
         }
     }
 }

@@ -7,6 +7,10 @@
 /// Size of the `OOM_EVENTS` ring buffer. OOM kills are rare; this holds thousands of records.
 pub const OOM_RING_BYTES: u32 = 256 * 1024;
 
+/// Size of the `NEW_PROCESSES` ring buffer: 16-byte records, drained every second, so a
+/// thousand `exec`s a second.
+pub const NEW_PROCESS_RING_BYTES: u32 = 16 * 1024;
+
 /// Tasks whose OOM-killer state is tracked at once (one per task running the OOM killer).
 pub const MAX_OOM_TASKS: u32 = 256;
 

@@ -16,7 +16,7 @@ mod runtime;
 
 use aya_ebpf::{
     EbpfContext as _, Global,
-    bindings::BPF_ANY,
+    bindings::{BPF_ANY, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes,
         generated::{bpf_ktime_get_ns, bpf_probe_read_kernel},
@@ -28,13 +28,18 @@ use aya_ebpf::{
 use memtrace_common::{
     COMM_LEN, DropSource,
     oom::{
-        MAX_OOM_FRAGMENTS, MAX_OOM_TASKS, OOM_RING_BYTES, OOM_TEXT_LEN, OomFields, OomLayout,
-        OomPhase, OomRecordKind, OomText, OomVictim,
+        MAX_OOM_FRAGMENTS, MAX_OOM_TASKS, NEW_PROCESS_RING_BYTES, OOM_RING_BYTES, OOM_TEXT_LEN,
+        OomFields, OomLayout, OomPhase, OomRecordKind, OomText, OomVictim,
     },
 };
 
 #[map(name = "OOM_EVENTS")]
 static OOM_EVENTS: RingBuf = RingBuf::with_byte_size(OOM_RING_BYTES, 0);
+
+/// The process of each `exec`, for the sampler of victims' histories (sized to one page by
+/// userspace when it keeps no history). Drained on its own schedule: no wakeup.
+#[map(name = "NEW_PROCESSES")]
+static NEW_PROCESSES: RingBuf = RingBuf::with_byte_size(NEW_PROCESS_RING_BYTES, 0);
 
 /// Trigger thread id → where it is in its OOM report.
 #[map(name = "OOM_STATE")]
@@ -211,6 +216,20 @@ fn next_seq() -> u64 {
         }
         None => 0,
     }
+}
+
+/// A program started (`exec`): a process that may grow into an OOM victim before the sampler's
+/// next scan of every process. Raw: no record is formatted, and it detaches at once.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn mt_oom_exec(_ctx: RawTracePointContext) -> i32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if NEW_PROCESSES
+        .output::<u32>(&tgid, u64::from(BPF_RB_NO_WAKEUP))
+        .is_err()
+    {
+        drops::count(DropSource::NewProcessRingFull);
+    }
+    0
 }
 
 /// Every kernel log fragment passes here; only those of an OOM report are sent on. A raw

@@ -49,6 +49,36 @@ pub fn read_stat(pid: u32) -> io::Result<ProcStat> {
     parse_stat(&text).ok_or_else(|| io::Error::other(format!("unparsable /proc/{pid}/stat")))
 }
 
+/// A file of `/proc` or cgroupfs kept open and read again from its start (`pread`): one system
+/// call per reading instead of four. One under `/proc/PID/` stays bound to that process: once it
+/// has exited, reading fails (ESRCH), even if its pid has been reused.
+pub struct LiveFile {
+    file: fs::File,
+    buf: Vec<u8>,
+}
+
+impl LiveFile {
+    pub fn open(path: impl AsRef<std::path::Path>) -> io::Result<LiveFile> {
+        Ok(LiveFile {
+            file: fs::File::open(path)?,
+            buf: vec![0; 1024],
+        })
+    }
+
+    /// The file's whole content now.
+    pub fn read(&mut self) -> io::Result<&str> {
+        use std::os::unix::fs::FileExt as _;
+        loop {
+            let n = self.file.read_at(&mut self.buf, 0)?;
+            if n < self.buf.len() {
+                return std::str::from_utf8(&self.buf[..n]).map_err(io::Error::other);
+            }
+            // It may not have fit: read it again into twice the room.
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+    }
+}
+
 /// Whether a process exists and has not yet exited (a zombie has exited).
 pub fn is_alive(pid: u32) -> bool {
     read_stat(pid).is_ok_and(|stat| stat.state != 'Z' && stat.state != 'X')
@@ -180,6 +210,24 @@ mod tests {
     const STAT: &str = "4242 (my (odd) prog) S 1 4242 4242 0 -1 4194560 1234 56 7 0 3 1 0 0 20 0 \
                         1 0 1234567 10000000 300 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 \
                         1 0 0 0 0 0";
+
+    #[test]
+    fn a_live_file_reads_the_current_content_each_time() {
+        let mut stat = LiveFile::open("/proc/self/stat").unwrap();
+        let before = parse_stat(stat.read().unwrap()).unwrap().minflt;
+        let touched: Vec<Vec<u8>> = (0..64).map(|_| vec![1u8; 64 * 1024]).collect();
+        let after = parse_stat(stat.read().unwrap()).unwrap().minflt;
+        assert!(
+            after > before,
+            "{before} -> {after} minor faults ({})",
+            touched.len()
+        );
+        let mut meminfo = LiveFile::open("/proc/meminfo").unwrap();
+        assert!(
+            meminfo.read().unwrap().contains("MemAvailable:"),
+            "longer than 1 KiB"
+        );
+    }
 
     #[test]
     fn stat_fields_follow_the_last_parenthesis() {

@@ -36,7 +36,7 @@ const OPTIONAL_FIELDS: [(&str, u32, u32); 8] = [
 ];
 
 /// What the `oom` object can lose.
-pub const LOSSES: [DropSource; 1] = [DropSource::OomRingFull];
+pub const LOSSES: [DropSource; 2] = [DropSource::OomRingFull, DropSource::NewProcessRingFull];
 
 /// Reads the layout of `oom:mark_victim` from tracefs.
 pub fn layout() -> Result<OomLayout, Failure> {
@@ -84,10 +84,14 @@ pub fn layout_of(fields: &[Field]) -> Result<OomLayout, String> {
     Ok(layout)
 }
 
-/// Loads the `oom` object with `layout` and attaches both programs.
-pub fn load(layout: &OomLayout) -> anyhow::Result<Loaded> {
+/// Loads the `oom` object with `layout` and attaches its programs: the victims' and the
+/// console's, and with `new_processes` the one telling each `exec` (for victims' histories).
+pub fn load(layout: &OomLayout, new_processes: bool) -> anyhow::Result<Loaded> {
     let mut config = Config::default();
     config.bytes(globals::OOM_LAYOUT, &layout.to_ne_bytes());
+    if !new_processes {
+        config.size(maps::NEW_PROCESSES, super::MIN_RING_BYTES);
+    }
     let mut ebpf = super::load(Object::Oom, &config)?;
     super::forward_kernel_logs(&mut ebpf);
     let console: &mut RawTracePoint = program_mut(&mut ebpf, "mt_oom_console")?;
@@ -97,9 +101,42 @@ pub fn load(layout: &OomLayout) -> anyhow::Result<Loaded> {
     console
         .attach("console")
         .map_err(|err| kernel_refusal(err, "attach the raw tracepoint console"))?;
+    if new_processes {
+        let exec: &mut RawTracePoint = program_mut(&mut ebpf, "mt_oom_exec")?;
+        exec.load()
+            .map_err(|err| kernel_refusal(err, "load mt_oom_exec"))?;
+        exec.attach("sched_process_exec")
+            .map_err(|err| kernel_refusal(err, "attach the raw tracepoint sched_process_exec"))?;
+    }
     let mut tracepoints = Tracepoints::default();
     tracepoints.attach(&mut ebpf, "mt_oom_victim", "oom", "mark_victim")?;
     Ok(Loaded { ebpf, tracepoints })
+}
+
+/// The processes that ran `exec` since the last drain, from the `NEW_PROCESSES` ring buffer
+/// (read from its shared memory: no system call).
+pub struct NewProcesses {
+    ring: RingBuf<MapData>,
+}
+
+impl NewProcesses {
+    pub fn open(ebpf: &mut Ebpf) -> anyhow::Result<NewProcesses> {
+        let map = ebpf
+            .take_map(maps::NEW_PROCESSES)
+            .context("the BPF object has no NEW_PROCESSES map")?;
+        let ring = RingBuf::try_from(map).context("NEW_PROCESSES map")?;
+        Ok(NewProcesses { ring })
+    }
+
+    pub fn drain(&mut self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if let Ok(bytes) = <[u8; 4]>::try_from(&item[..]) {
+                pids.push(u32::from_ne_bytes(bytes));
+            }
+        }
+        pids
+    }
 }
 
 /// The ring buffer, awaited through tokio.

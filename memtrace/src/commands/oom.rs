@@ -10,7 +10,12 @@ use anyhow::Context as _;
 use memtrace_common::{oom::OomFields, pressure::MAX_STALLERS};
 
 use crate::{
-    bpf::{self, Loaded, oom::OomEvents, targets::Filter, tracepoints::Release},
+    bpf::{
+        self, Loaded,
+        oom::{NewProcesses, OomEvents},
+        targets::Filter,
+        tracepoints::Release,
+    },
     cgroup,
     cli::OomArgs,
     enrich::{history::HistorySampler, oom::KillResolver},
@@ -87,7 +92,9 @@ pub async fn execute(args: OomArgs) -> anyhow::Result<u8> {
              its other fields are shown as unknown"
         );
     }
-    let mut loaded = bpf::oom::load(&layout).context("attach oom:mark_victim and console")?;
+    let with_history = !config.history.is_zero();
+    let mut loaded =
+        bpf::oom::load(&layout, with_history).context("attach oom:mark_victim and console")?;
     let events = OomEvents::open(&mut loaded.ebpf)?;
 
     let fields: Vec<&str> = std::iter::once("pid")
@@ -110,11 +117,12 @@ pub async fn execute(args: OomArgs) -> anyhow::Result<u8> {
             victim_fields: &fields,
         })
         .context("write the report")?;
-    let (history, pressure) = if config.history.is_zero() {
-        (None, None)
-    } else {
-        let sampler = HistorySampler::new(config.history, hierarchy.clone());
+    let (history, pressure) = if with_history {
+        let new_processes = NewProcesses::open(&mut loaded.ebpf)?;
+        let sampler = HistorySampler::new(config.history, hierarchy.clone(), new_processes);
         (Some(sampler), load_stall_timer())
+    } else {
+        (None, None)
     };
     let job = Oom {
         count: config.count,

@@ -4,6 +4,7 @@
 //! `rows` says what each row runs, `measure` how (interleaved rounds, the event storm, launch
 //! to ready), `runner` the mechanics of one run, `report` the statistics and markdown.
 
+mod cgroup;
 mod measure;
 mod memory;
 mod report;
@@ -44,8 +45,9 @@ pub struct BenchArgs {
 }
 
 /// Debian packages providing the peers.
-const PEER_PACKAGES: [(&str, &str); 3] = [
+const PEER_PACKAGES: [(&str, &str); 4] = [
     ("bpftrace", "bpftrace"),
+    ("drsnoop", "libbpf-tools"),
     ("perf", "linux-perf"),
     ("strace", "strace"),
 ];

@@ -7,7 +7,9 @@ use anyhow::Result;
 use clap::ValueEnum;
 
 use super::{
-    Suite, measure, memory,
+    Suite,
+    cgroup::BenchCgroup,
+    measure, memory,
     runner::{self, Mode, Ready, Workload},
     startup,
 };
@@ -30,6 +32,11 @@ pub enum Row {
     Memory,
     /// `memtrace serve`: its own CPU and RSS idle, and the fault workload's cost while it runs
     Daemon,
+    /// `memtrace pressure` on a reader reclaiming at its cgroup's limit, beside drsnoop
+    Pressure,
+    /// `memtrace oom` left waiting (sampling victims' histories) on the fault and allocation
+    /// workloads, and its own CPU and RSS idle
+    Oom,
 }
 
 impl Row {
@@ -42,6 +49,8 @@ impl Row {
             Row::Startup => startup(suite),
             Row::Memory => memory(suite),
             Row::Daemon => daemon(suite),
+            Row::Pressure => pressure(suite),
+            Row::Oom => oom(suite),
         }
     }
 }
@@ -558,15 +567,140 @@ fn daemon(suite: &Suite) -> Result<String> {
         ],
     )?;
     let idle_for = Duration::from_secs(if suite.quick { 5 } else { 60 });
-    let idle = idle_footprint(&serve, idle_for)?;
+    let idle = idle_footprint("memtrace serve", &serve, idle_for)?;
     Ok(format!("{under_load}\n{idle}"))
 }
 
-/// Starts the daemon, lets it settle, and measures its CPU time and RSS over `window`.
-fn idle_footprint(serve: &[String], window: Duration) -> Result<String> {
-    let mut daemon = std::process::Command::new(&serve[0]);
+/// A reader of a file 8 times its cgroup's limit: it reclaims its own page cache at the limit
+/// all along (memcg reclaim; direct reclaim would need the whole machine short of memory).
+fn pressure(suite: &Suite) -> Result<String> {
+    let mib: u64 = if suite.quick { 128 } else { 512 };
+    let file = big_file(suite, mib)?;
+    let cgroup = BenchCgroup::new("reclaim", (mib / 8) << 20)?;
+    let hooks = [
+        "mm_vmscan_direct_reclaim_begin",
+        "mm_vmscan_direct_reclaim_end",
+        "mm_vmscan_memcg_reclaim_begin",
+        "mm_vmscan_memcg_reclaim_end",
+    ]
+    .map(|name| format!("tracepoint:vmscan:{name}"))
+    .join(", ");
+    let reader = "/pid == {pid}/";
+    let table = measure::overhead(
+        suite,
+        &format!(
+            "Reading {mib} MiB through a {} MiB cgroup — memtrace pressure",
+            mib / 8
+        ),
+        &Workload {
+            binary: suite.compile("reclaim_loop")?,
+            args: vec![
+                file.to_string_lossy().into_owned(),
+                cgroup.dir.to_string_lossy().into_owned(),
+            ],
+        },
+        &[
+            Mode::untraced(),
+            Mode::traced(
+                "memtrace pressure (system-wide)",
+                suite.memtrace(&["pressure", "-o", "/dev/null"]),
+                Ready::StderrLine("memtrace: timing"),
+            ),
+            Mode::traced(
+                "memtrace pressure -H --by cgroup",
+                suite.memtrace(&["pressure", "-H", "--by", "cgroup", "-o", "/dev/null"]),
+                Ready::StderrLine("memtrace: timing"),
+            ),
+            Mode::traced(
+                "floor: bpftrace, empty programs on the vmscan begin/end tracepoints",
+                words(&[
+                    "bpftrace",
+                    "-e",
+                    &format!("BEGIN {{ printf(\"ready\\n\"); }} {hooks} {{ }}"),
+                ]),
+                Ready::StdoutLine("ready"),
+            ),
+            Mode::traced(
+                "bpftrace count of the reader's memcg reclaims",
+                words(&[
+                    "bpftrace",
+                    "-e",
+                    &format!(
+                        "BEGIN {{ printf(\"ready\\n\"); }} \
+                         tracepoint:vmscan:mm_vmscan_memcg_reclaim_begin {reader} {{ @[pid] = count(); }}"
+                    ),
+                ]),
+                Ready::StdoutLine("ready"),
+            ),
+            // Direct reclaim only: it sees none of a cgroup's reclaim at its limit.
+            Mode::traced(
+                "libbpf-tools drsnoop (direct reclaim only)",
+                words(&["stdbuf", "-oL", "drsnoop"]),
+                Ready::StdoutLine("Tracing direct reclaim"),
+            ),
+        ],
+    )?;
+    drop(cgroup);
+    Ok(table)
+}
+
+/// A file of `mib` MiB on the bench directory's disk, written once.
+fn big_file(suite: &Suite, mib: u64) -> Result<std::path::PathBuf> {
+    use std::io::Write as _;
+    let path = suite.dir.join(format!("reclaim-{mib}.bin"));
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() == mib << 20) {
+        return Ok(path);
+    }
+    let mut file = std::fs::File::create(&path)?;
+    let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+    for _ in 0..mib {
+        file.write_all(&chunk)?;
+    }
+    file.sync_all()?;
+    Ok(path)
+}
+
+/// `memtrace oom` waits for weeks: what it costs the machine's work meanwhile (it samples the
+/// likely victims each second for their histories), and its own CPU and RSS.
+fn oom(suite: &Suite) -> Result<String> {
+    let faults: u64 = if suite.quick { 200_000 } else { 1_000_000 };
+    let calls: u64 = if suite.quick { 100_000 } else { 810_000 };
+    let oom = suite.memtrace(&["oom", "-o", "/dev/null"]);
+    let modes = |label: &str| {
+        [
+            Mode::untraced(),
+            Mode::traced(label, oom.clone(), Ready::StderrLine("memtrace: waiting")),
+        ]
+    };
+    let fault_row = measure::overhead(
+        suite,
+        &format!("{faults} minor faults, 1 thread — memtrace oom waiting"),
+        &Workload {
+            binary: suite.compile("fault_loop")?,
+            args: vec![faults.to_string(), "1".into()],
+        },
+        &modes("memtrace oom (history on)"),
+    )?;
+    let alloc_row = measure::overhead(
+        suite,
+        &format!("{calls} brk/mmap/munmap calls — memtrace oom waiting"),
+        &Workload {
+            binary: suite.compile("alloc_loop")?,
+            args: vec![calls.to_string()],
+        },
+        &modes("memtrace oom (history on)"),
+    )?;
+    let idle_for = Duration::from_secs(if suite.quick { 5 } else { 60 });
+    let idle = idle_footprint("memtrace oom", &oom, idle_for)?;
+    Ok(format!("{fault_row}\n{alloc_row}\n{idle}"))
+}
+
+/// Starts a long-running command, lets it settle, and measures its CPU time and RSS over
+/// `window`.
+fn idle_footprint(name: &str, command: &[String], window: Duration) -> Result<String> {
+    let mut daemon = std::process::Command::new(&command[0]);
     let mut daemon = runner::dies_with_bench(&mut daemon, libc::SIGTERM)
-        .args(&serve[1..])
+        .args(&command[1..])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;
@@ -581,7 +715,7 @@ fn idle_footprint(serve: &[String], window: Duration) -> Result<String> {
     let share = (cpu_after - cpu_before) / window.as_secs_f64() * 100.0;
     let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
     Ok(format!(
-        "### memtrace serve, idle\n\nOver {} s with nothing to scrape it: **{share:.2} % of one core**; \
+        "### {name}, idle\n\nOver {} s with nothing to report: **{share:.2} % of one core**; \
          RSS {:.1} MiB at the start of the window, {:.1} MiB at its end.\n",
         window.as_secs(),
         mib(rss_before),

@@ -34,7 +34,11 @@ use self::http::Health;
 use crate::{
     aggregate::{cumulative::Deltas, faults::Counts, pressure::Kinds},
     bpf::{
-        self, Loaded, oom::OomEvents, syscalls::KernelFilter, targets::Filter, tracepoints::Release,
+        self, Loaded,
+        oom::{NewProcesses, OomEvents},
+        syscalls::KernelFilter,
+        targets::Filter,
+        tracepoints::Release,
     },
     cgroup,
     cli::{SeriesLabel, ServeArgs},
@@ -144,7 +148,8 @@ fn load(config: &ServeConfig) -> anyhow::Result<[Loaded; 4]> {
         max_threads: MAX_PENDING,
         max_process_keys: config.max_processes.saturating_mul(2),
     })?;
-    let oom = bpf::oom::load(&bpf::oom::layout()?).context("attach oom:mark_victim and console")?;
+    let oom = bpf::oom::load(&bpf::oom::layout()?, !config.history.is_zero())
+        .context("attach oom:mark_victim and console")?;
     // Only processes that stall take an entry: fewer than those that fault.
     let pressure = bpf::pressure::load(&bpf::pressure::Options {
         filter: Filter::All,
@@ -257,6 +262,16 @@ impl Daemon {
         );
         // Read once (it parses /proc/self/mounts): the daemon labels by it, OOM kills resolve by it.
         let hierarchy = cgroup::memory_hierarchy();
+        let history = if config.history.is_zero() {
+            None
+        } else {
+            let new_processes = NewProcesses::open(&mut oom.ebpf)?;
+            Some(HistorySampler::new(
+                config.history,
+                hierarchy.clone(),
+                new_processes,
+            ))
+        };
         let health = Arc::new(Health::new(config.interval));
         let mut ticker = interval_at(Instant::now() + config.interval, config.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -267,8 +282,7 @@ impl Daemon {
             pressure,
             oom_events,
             kills: KillResolver::new(hierarchy.clone(), None),
-            history: (!config.history.is_zero())
-                .then(|| HistorySampler::new(config.history, hierarchy.clone())),
+            history,
             events,
             events_path: config.events.clone(),
             metrics,
