@@ -86,6 +86,12 @@ fn usage_errors_found_by_the_parser_are_exit_2() {
         (&["oom", "--count", "0"], "--count"),
         (&["oom", "--count", "-1"], "-1"),
         (&["oom", "--pid", "1"], "--pid"),
+        (&["oom", "--history", "1.5"], "--history"),
+        (&["oom", "--history", "7200"], "--history"),
+        (&["serve", "--history", "10"], "required arguments"),
+        (&["pressure", "--by", "thread"], "--by"),
+        (&["pressure", "--pid", "1", "--", "true"], "--pid"),
+        (&["pressure", "--interval", "0"], "--interval"),
     ];
     for (args, needle) in cases {
         let out = unprivileged(args);
@@ -132,7 +138,7 @@ fn unwritable_output_is_exit_2_for_every_subcommand() {
     fs::write(&read_only, "keep").unwrap();
     fs::set_permissions(&read_only, fs::Permissions::from_mode(0o444)).unwrap();
 
-    for subcommand in ["faults", "trace", "oom"] {
+    for subcommand in ["faults", "trace", "pressure", "oom"] {
         for target in [&missing_dir, &dir, &read_only] {
             let out = unprivileged(&[subcommand, "-o", target.to_str().unwrap()]);
             assert_one_line(&out, 2, &format!("cannot write to {}", target.display()));
@@ -148,6 +154,7 @@ fn not_privileged_is_exit_3_for_every_subcommand() {
         &["faults"][..],
         &["trace"],
         &["oom"],
+        &["pressure"],
         &["faults", "--", "true"],
     ] {
         let out = unprivileged(args);
@@ -167,6 +174,7 @@ fn help_and_version_are_exit_0() {
         &["faults", "--help"],
         &["trace", "-h"],
         &["oom", "--help"],
+        &["pressure", "--help"],
     ] {
         let out = run_memtrace(args);
         assert_eq!(out.status.code(), Some(0), "{args:?}");
