@@ -364,6 +364,10 @@ fn startup(suite: &Suite) -> Result<String> {
             suite.memtrace(&["oom", "-o", "/dev/null", "--duration", "0.05"]),
         ),
         whole(
+            "memtrace pressure --duration 0.05",
+            suite.memtrace(&["pressure", "-o", "/dev/null", "--duration", "0.05"]),
+        ),
+        whole(
             "strace -f -e trace=%memory /bin/true",
             words(&[
                 "strace",
@@ -448,6 +452,16 @@ fn startup(suite: &Suite) -> Result<String> {
             Ready::StdoutLine(JSON_START),
         ),
         (
+            "memtrace oom --json --history 0".to_owned(),
+            suite.memtrace(&["oom", "--json", "--history", "0"]),
+            Ready::StdoutLine(JSON_START),
+        ),
+        (
+            "memtrace pressure --json".to_owned(),
+            suite.memtrace(&["pressure", "--json"]),
+            Ready::StdoutLine(JSON_START),
+        ),
+        (
             "memtrace serve (to its \"serving\" line)".to_owned(),
             suite.memtrace(&["serve", &listen]),
             Ready::StderrLine("memtrace: serving"),
@@ -520,7 +534,13 @@ fn memory(suite: &Suite) -> Result<String> {
         ),
         case("trace (system-wide)", &["trace", "-o", "/dev/null"], ""),
         case("trace -c", &["trace", "-c", "-o", "/dev/null"], ""),
+        case("pressure", &["pressure", "-o", "/dev/null"], ""),
         case("oom", &["oom", "-o", "/dev/null"], "≤ 1 MiB"),
+        case(
+            "oom --history 0",
+            &["oom", "--history", "0", "-o", "/dev/null"],
+            "",
+        ),
         case(
             "serve",
             &["serve", &listen],
