@@ -18,7 +18,10 @@ use crate::{
     },
     cgroup,
     cli::OomArgs,
-    enrich::{history::HistorySampler, oom::KillResolver},
+    enrich::{
+        history::{self, HistorySampler},
+        oom::KillResolver,
+    },
     error::Failure,
     model::oom::OomRecord,
     output::{
@@ -96,6 +99,14 @@ pub async fn execute(args: OomArgs) -> anyhow::Result<u8> {
     let mut loaded =
         bpf::oom::load(&layout, with_history).context("attach oom:mark_victim and console")?;
     let events = OomEvents::open(&mut loaded.ebpf)?;
+    // Everything attached before the start record: its reader knows histories are being kept.
+    let (history, pressure) = if with_history {
+        let new_processes = NewProcesses::open(&mut loaded.ebpf)?;
+        let sampler = HistorySampler::new(config.history, hierarchy.clone(), new_processes);
+        (Some(sampler), load_stall_timer())
+    } else {
+        (None, None)
+    };
 
     let fields: Vec<&str> = std::iter::once("pid")
         .chain(
@@ -117,13 +128,6 @@ pub async fn execute(args: OomArgs) -> anyhow::Result<u8> {
             victim_fields: &fields,
         })
         .context("write the report")?;
-    let (history, pressure) = if with_history {
-        let new_processes = NewProcesses::open(&mut loaded.ebpf)?;
-        let sampler = HistorySampler::new(config.history, hierarchy.clone(), new_processes);
-        (Some(sampler), load_stall_timer())
-    } else {
-        (None, None)
-    };
     let job = Oom {
         count: config.count,
         loaded,
@@ -196,15 +200,9 @@ impl Job for Oom {
     type Work = Wake;
 
     async fn next(&mut self) -> anyhow::Result<Wake> {
-        let sample = async {
-            match &mut self.history {
-                Some(history) => history.due().await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             batch = self.events.next_batch() => Ok(Wake::Kills(batch?)),
-            () = sample => Ok(Wake::Sample),
+            () = history::next_sample(&mut self.history) => Ok(Wake::Sample),
         }
     }
 

@@ -86,6 +86,17 @@ fn ms(ns: u64) -> f64 {
     round_secs(ns as f64 / 1e6)
 }
 
+/// Rows as JSON: the interval's counts, or (`summary`) the totals with the longest stalls.
+fn rows_json<'a>(rows: &[(&'a Row, Option<&'a str>)], summary: bool) -> Vec<RowJson<'a>> {
+    rows.iter()
+        .map(|&(row, cgroup)| RowJson {
+            row,
+            cgroup,
+            summary,
+        })
+        .collect()
+}
+
 /// A row as JSON: a process (`pid`, `comm`, `cgroup`) or a cgroup (`cgroup`, `processes`).
 struct RowJson<'a> {
     row: &'a Row,
@@ -173,16 +184,7 @@ impl Serialize for Interval<'_> {
         let mut map = s.serialize_map(None)?;
         map.serialize_entry("timestamp", &round_secs(self.timestamp.unix))?;
         map.serialize_entry("interval_s", &round_secs(self.interval_s))?;
-        let rows: Vec<RowJson> = self
-            .rows
-            .iter()
-            .map(|&(row, cgroup)| RowJson {
-                row,
-                cgroup,
-                summary: false,
-            })
-            .collect();
-        map.serialize_entry("rows", &rows)?;
+        map.serialize_entry("rows", &rows_json(&self.rows, false))?;
         map.serialize_entry("psi", &self.psi)?;
         map.serialize_entry("dropped", &DropsJson(self.dropped))?;
         map.end()
@@ -284,16 +286,7 @@ impl Serialize for Summary<'_> {
         map.serialize_entry("timestamp", &round_secs(self.timestamp.unix))?;
         map.serialize_entry("duration_s", &round_secs(self.duration_s))?;
         map.serialize_entry("reason", self.reason)?;
-        let rows: Vec<RowJson> = self
-            .rows
-            .iter()
-            .map(|&(row, cgroup)| RowJson {
-                row,
-                cgroup,
-                summary: true,
-            })
-            .collect();
-        map.serialize_entry("rows", &rows)?;
+        map.serialize_entry("rows", &rows_json(&self.rows, true))?;
         map.serialize_entry("psi", &self.psi)?;
         if let Some(histograms) = self.histograms {
             let by_kind: std::collections::BTreeMap<&str, Vec<Slot>> = StallKind::ALL

@@ -42,7 +42,11 @@ use crate::{
     },
     cgroup,
     cli::{SeriesLabel, ServeArgs},
-    enrich::{cgroups::CgroupResolver, history::HistorySampler, oom::KillResolver},
+    enrich::{
+        cgroups::CgroupResolver,
+        history::{self, HistorySampler},
+        oom::KillResolver,
+    },
     error::Failure,
     model::oom::OomRecord,
     output::{
@@ -536,16 +540,10 @@ impl Job for Daemon {
     type Work = Wake;
 
     async fn next(&mut self) -> anyhow::Result<Wake> {
-        let sample = async {
-            match &mut self.history {
-                Some(history) => history.due().await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             _ = self.ticker.tick() => Ok(Wake::Tick),
             batch = self.oom_events.next_batch() => Ok(Wake::Kills(batch?)),
-            () = sample => Ok(Wake::Sample),
+            () = history::next_sample(&mut self.history) => Ok(Wake::Sample),
             _ = self.sighup.recv() => Ok(Wake::Reopen),
         }
     }

@@ -176,6 +176,14 @@ impl HistorySampler {
     }
 }
 
+/// Resolves when the sampler's next sample is due; never, without one (`--history 0`).
+pub async fn next_sample(sampler: &mut Option<HistorySampler>) {
+    match sampler {
+        Some(sampler) => sampler.due().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The history points of a process's samples: sizes as sampled, counts since the sample before.
 pub fn points(samples: &[Sample], kill_unix: f64) -> Vec<HistoryPoint> {
     let mut points = Vec::with_capacity(samples.len());
