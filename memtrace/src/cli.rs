@@ -156,7 +156,9 @@ const SERVE_EXAMPLES: &str = "\
 ENDPOINTS:
   /metrics   Prometheus text format (OpenMetrics): memtrace_page_faults_total,
              memtrace_alloc_syscalls_total, memtrace_alloc_syscall_errors_total,
-             memtrace_alloc_bytes_total, memtrace_oom_kills_total, memtrace_events_dropped_total,
+             memtrace_alloc_bytes_total, memtrace_oom_kills_total,
+             memtrace_reclaim_stalls_total, memtrace_reclaim_stall_seconds_total (kind: direct,
+             memcg, compaction, throttled), memtrace_events_dropped_total,
              memtrace_bpf_program_run_time_seconds_total, memtrace_bpf_program_runs_total
              (with --bpf-stats),
              process_cpu_seconds_total, process_resident_memory_bytes (the daemon's own)
@@ -167,7 +169,8 @@ EXAMPLES:
   sudo memtrace serve --listen 0.0.0.0:9633            # reachable from the network (logged)
   sudo memtrace serve --by cgroup --max-series 500     # one series per cgroup, at most 500
   sudo memtrace serve --by comm,cgroup,pod,container   # Kubernetes names, from the cgroup
-  sudo memtrace serve --events /var/log/memtrace/oom-kills.jsonl   # OOM kills as JSON lines
+  sudo memtrace serve --events /var/log/memtrace/oom-kills.jsonl   # OOM kills as JSON lines,
+                                                       # each with the victim's last 30 s
 
 SIGTERM or SIGINT stop it (exit 0); SIGHUP reopens the --events file (for log rotation).";
 
