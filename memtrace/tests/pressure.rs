@@ -77,6 +77,14 @@ fn memcg_reclaim_stalls_equal_bpftraces_count_of_the_same_events() {
         Some(ends),
         "{row}"
     );
+    // The cgroup's own PSI where cgroup v2 keeps it (memory.pressure); v1 has none.
+    match cgroup.version {
+        memtrace::cgroup::Version::V2 => {
+            let stalled = row["psi"]["some"]["stalled_ms"].as_f64();
+            assert!(stalled.is_some_and(|ms| ms > 0.0), "{row}");
+        }
+        memtrace::cgroup::Version::V1 => assert!(row["psi"].is_null(), "{row}"),
+    }
     assert_eq!(summary["dropped"]["stall_table_full"], 0);
 }
 

@@ -18,13 +18,13 @@ use crate::{
         tracepoints::Release,
     },
     btf::Btf,
-    cgroup,
+    cgroup::{self, Version},
     cli::{PressureArgs, PressureBy},
     enrich::cgroups::CgroupResolver,
     error::Failure,
     output::{
         Format, Sink, Timestamp,
-        pressure::{Interval as IntervalRecord, PsiReport, Start, Summary},
+        pressure::{Interval as IntervalRecord, PsiReport, Shown, Start, Summary},
     },
     procfs::{self, Psi},
     session::{self, End, Ending, Job, Session, Target},
@@ -83,6 +83,9 @@ struct Pressure<'a> {
     cgroups: CgroupResolver,
     /// The memory cgroup of each process seen (for process rows' JSON), until it exits.
     process_cgroups: HashMap<u32, Option<String>>,
+    /// Each shown cgroup's `memory.pressure` when the session started and at its last showing
+    /// (cgroup v2 only).
+    cgroup_psi: HashMap<String, (Psi, Psi)>,
     /// PSI when the session started, and at the last interval.
     psi_start: Option<Psi>,
     psi_last: Option<Psi>,
@@ -145,6 +148,7 @@ impl<'a> Pressure<'a> {
             aggregator,
             cgroups,
             process_cgroups: HashMap::new(),
+            cgroup_psi: HashMap::new(),
             psi_start: psi,
             psi_last: psi,
             ticker,
@@ -202,6 +206,36 @@ impl<'a> Pressure<'a> {
         bpf::pressure::drops(&self.loaded.ebpf)
     }
 
+    /// Rows as shown, with their cgroups and PSI figures.
+    fn shown<'r>(&'r self, rows: &'r [Row], psis: Vec<Option<PsiReport>>) -> Vec<Shown<'r>> {
+        rows.iter()
+            .zip(psis)
+            .map(|(row, psi)| Shown {
+                row,
+                cgroup: self.cgroup_of(row),
+                psi,
+            })
+            .collect()
+    }
+
+    /// A row's cgroup's own PSI (cgroup v2's `memory.pressure`) since its last showing, or since
+    /// the session began.
+    fn row_psi(&mut self, row: &Row, since_start: bool) -> Option<PsiReport> {
+        let hierarchy = self.cgroups.hierarchy()?;
+        if hierarchy.version != Version::V2 {
+            return None;
+        }
+        let cgroup = match &row.key {
+            RowKey::Cgroup(path) => path.clone(),
+            RowKey::Process(pid) => self.process_cgroups.get(pid)?.clone()?,
+        };
+        let now = procfs::read_psi(&hierarchy.dir(&cgroup).join("memory.pressure"))?;
+        let (first, last) = self.cgroup_psi.entry(cgroup).or_insert((now, now));
+        let report = PsiReport::between(if since_start { first } else { last }, &now);
+        *last = now;
+        Some(report)
+    }
+
     /// The memory cgroup of a process row, for its JSON.
     fn cgroup_of(&self, row: &Row) -> Option<&str> {
         match row.key {
@@ -234,10 +268,12 @@ impl Job for Pressure<'_> {
             .zip(psi_now)
             .map(|(then, now)| PsiReport::between(&then, &now));
         let dropped = self.drops()?;
+        let psis: Vec<Option<PsiReport>> =
+            rows.iter().map(|row| self.row_psi(row, false)).collect();
         sink.emit(&IntervalRecord {
             timestamp: Timestamp::now(),
             interval_s: self.config.interval.as_secs_f64(),
-            rows: rows.iter().map(|row| (row, self.cgroup_of(row))).collect(),
+            rows: self.shown(&rows, psis),
             psi,
             dropped: &dropped,
         })?;
@@ -269,11 +305,12 @@ impl Job for Pressure<'_> {
             None
         };
         let dropped = self.drops()?;
+        let psis: Vec<Option<PsiReport>> = rows.iter().map(|row| self.row_psi(row, true)).collect();
         sink.emit(&Summary {
             timestamp: Timestamp::now(),
             duration_s: ending.duration.as_secs_f64(),
             reason: ending.end.reason(),
-            rows: rows.iter().map(|row| (row, self.cgroup_of(row))).collect(),
+            rows: self.shown(&rows, psis),
             psi,
             histograms: histograms.as_ref(),
             dropped: &dropped,

@@ -86,33 +86,36 @@ fn ms(ns: u64) -> f64 {
     round_secs(ns as f64 / 1e6)
 }
 
+/// A row as shown: its process's memory cgroup (for a process row), and its cgroup's own PSI
+/// figures where cgroup v2 has them (`memory.pressure`).
+pub struct Shown<'a> {
+    pub row: &'a Row,
+    pub cgroup: Option<&'a str>,
+    pub psi: Option<PsiReport>,
+}
+
 /// Rows as JSON: the interval's counts, or (`summary`) the totals with the longest stalls.
-fn rows_json<'a>(rows: &[(&'a Row, Option<&'a str>)], summary: bool) -> Vec<RowJson<'a>> {
+fn rows_json<'a>(rows: &'a [Shown<'a>], summary: bool) -> Vec<RowJson<'a>> {
     rows.iter()
-        .map(|&(row, cgroup)| RowJson {
-            row,
-            cgroup,
-            summary,
-        })
+        .map(|shown| RowJson { shown, summary })
         .collect()
 }
 
 /// A row as JSON: a process (`pid`, `comm`, `cgroup`) or a cgroup (`cgroup`, `processes`).
 struct RowJson<'a> {
-    row: &'a Row,
-    cgroup: Option<&'a str>,
+    shown: &'a Shown<'a>,
     summary: bool,
 }
 
 impl Serialize for RowJson<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let row = self.row;
+        let row = self.shown.row;
         let mut map = s.serialize_map(None)?;
         match &row.key {
             RowKey::Process(pid) => {
                 map.serialize_entry("pid", pid)?;
                 map.serialize_entry("comm", &row.comm)?;
-                map.serialize_entry("cgroup", &self.cgroup)?;
+                map.serialize_entry("cgroup", &self.shown.cgroup)?;
             }
             RowKey::Cgroup(path) => {
                 map.serialize_entry("cgroup", path)?;
@@ -125,6 +128,7 @@ impl Serialize for RowJson<'_> {
             (&row.delta, None)
         };
         map.serialize_entry("stalls", &KindsJson { kinds, max_ns })?;
+        map.serialize_entry("psi", &self.shown.psi)?;
         map.end()
     }
 }
@@ -173,7 +177,7 @@ pub struct Interval<'a> {
     pub timestamp: Timestamp,
     pub interval_s: f64,
     /// With the memory cgroup of each process row (`None` where unknown).
-    pub rows: Vec<(&'a Row, Option<&'a str>)>,
+    pub rows: Vec<Shown<'a>>,
     /// The machine's (`/proc/pressure/memory`), where the kernel has PSI.
     pub psi: Option<PsiReport>,
     pub dropped: &'a [(DropSource, u64)],
@@ -204,16 +208,26 @@ impl Record for Interval<'_> {
 
     fn human(&self, out: &mut dyn Write) -> io::Result<()> {
         let hms = self.timestamp.local_hms();
-        for &(row, _) in &self.rows {
-            write!(out, "{hms:<8} {}", who(row))?;
-            kinds_human(out, &row.delta)?;
-            writeln!(out)?;
+        for shown in &self.rows {
+            write!(out, "{hms:<8} {}", who(shown.row))?;
+            kinds_human(out, &shown.row.delta)?;
+            writeln!(out, "{}", cgroup_psi(shown.psi.as_ref()))?;
         }
         if let Some(psi) = &self.psi {
             writeln!(out, "{hms:<8} psi      {}", psi.human())?;
         }
         Ok(())
     }
+}
+
+/// A row's cgroup PSI, after its columns: `  psi some 1.20% full 0.40%` (avg10), where known.
+fn cgroup_psi(psi: Option<&PsiReport>) -> String {
+    psi.map_or_else(String::new, |psi| {
+        format!(
+            "  psi some {:.2}% full {:.2}%",
+            psi.some.avg10, psi.full.avg10
+        )
+    })
 }
 
 fn who(row: &Row) -> String {
@@ -240,7 +254,7 @@ pub struct Summary<'a> {
     pub timestamp: Timestamp,
     pub duration_s: f64,
     pub reason: &'static str,
-    pub rows: Vec<(&'a Row, Option<&'a str>)>,
+    pub rows: Vec<Shown<'a>>,
     /// Pressure over the whole session.
     pub psi: Option<PsiReport>,
     /// With `-H`.
@@ -330,10 +344,11 @@ impl Record for Summary<'_> {
             self.rows.len(),
             self.reason.replace('_', " ")
         )?;
-        for &(row, _) in &self.rows {
+        for shown in &self.rows {
+            let row = shown.row;
             write!(out, "{:<8} {}", "total", who(row))?;
             kinds_human(out, &row.total)?;
-            writeln!(out)?;
+            writeln!(out, "{}", cgroup_psi(shown.psi.as_ref()))?;
             let longest: Vec<String> = StallKind::ALL
                 .iter()
                 .filter(|&&kind| row.max_ns[kind as usize] > 0)
@@ -438,7 +453,11 @@ mod tests {
         sink.emit(&Interval {
             timestamp: Timestamp { unix: 1.0 },
             interval_s: 1.0,
-            rows: vec![(&row, Some("/db"))],
+            rows: vec![Shown {
+                row: &row,
+                cgroup: Some("/db"),
+                psi: None,
+            }],
             psi: None,
             dropped: &[],
         })
@@ -452,5 +471,6 @@ mod tests {
         assert_eq!(row["stalls"]["memcg"]["ms"], 2.5);
         assert_eq!(row["stalls"]["direct"]["count"], 0);
         assert!(row["stalls"]["memcg"].get("max_ms").is_none());
+        assert!(row["psi"].is_null(), "no cgroup PSI on cgroup v1");
     }
 }
