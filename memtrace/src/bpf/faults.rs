@@ -115,16 +115,10 @@ pub struct Sample {
 
 /// Reads the whole counting table.
 pub fn read(ebpf: &Ebpf) -> anyhow::Result<Vec<Sample>> {
-    let table: HashMap<&MapData, FaultKey, FaultCounts> = super::map(ebpf, maps::FAULT_COUNTS)?;
-    let mut samples = Vec::new();
-    for entry in table.iter() {
-        let (key, value) = match entry {
-            Ok(entry) => entry,
-            // The entry was deleted between listing its key and reading it.
-            Err(aya::maps::MapError::KeyNotFound) => continue,
-            Err(err) => return Err(anyhow::Error::new(err).context("read FAULT_COUNTS")),
-        };
-        samples.push(Sample {
+    let entries = super::entries::<FaultKey, FaultCounts>(ebpf, maps::FAULT_COUNTS)?;
+    Ok(entries
+        .into_iter()
+        .map(|(key, value)| Sample {
             key,
             counts: Counts {
                 minor: value.minor,
@@ -132,9 +126,8 @@ pub fn read(ebpf: &Ebpf) -> anyhow::Result<Vec<Sample>> {
             },
             comm: procfs::comm_from_bytes(&value.comm),
             memcg: value.memcg,
-        });
-    }
-    Ok(samples)
+        })
+        .collect())
 }
 
 /// The name and memory cgroup the kernel recorded for a process (as of its last `exec`).

@@ -349,6 +349,34 @@ where
     T::try_from(map).with_context(|| format!("the {name} map"))
 }
 
+/// Every entry of a hash map. An entry deleted between the listing of its key and its reading
+/// (a process retired meanwhile) is skipped, not an error.
+pub fn entries<K: aya::Pod, V: aya::Pod>(ebpf: &Ebpf, name: &str) -> anyhow::Result<Vec<(K, V)>> {
+    let table: aya::maps::HashMap<&aya::maps::MapData, K, V> = map(ebpf, name)?;
+    let mut entries = Vec::new();
+    for entry in table.iter() {
+        match entry {
+            Ok(entry) => entries.push(entry),
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(err) => return Err(anyhow::Error::new(err).context(format!("read {name}"))),
+        }
+    }
+    Ok(entries)
+}
+
+/// Where a task's memory cgroup is, from the kernel's BTF, for programs that record it; `None`
+/// (with a warning saying what is lost: `without`) where the kernel has no BTF or lacks a field.
+pub fn memcg_layout(without: &str) -> Option<memtrace_common::faults::MemcgLayout> {
+    let btf = crate::btf::Btf::from_sys_fs()
+        .inspect_err(|err| log::warn!("no kernel BTF ({err}): {without}"))
+        .ok()?;
+    let layout = faults::memcg_layout(&btf);
+    if layout.is_none() {
+        log::warn!("the kernel's BTF lacks a field of a task's memory cgroup: {without}");
+    }
+    layout
+}
+
 /// One of the object's maps, typed, for writing.
 pub fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<T>
 where

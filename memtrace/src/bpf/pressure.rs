@@ -114,22 +114,16 @@ pub struct StallSample {
 
 /// Reads the whole stall table.
 pub fn read(ebpf: &Ebpf) -> anyhow::Result<Vec<StallSample>> {
-    let table: HashMap<&MapData, u32, StallCounts> = super::map(ebpf, maps::STALLS)?;
-    let mut samples = Vec::new();
-    for entry in table.iter() {
-        let (tgid, counts) = match entry {
-            Ok(entry) => entry,
-            Err(aya::maps::MapError::KeyNotFound) => continue,
-            Err(err) => return Err(anyhow::Error::new(err).context("read STALLS")),
-        };
-        samples.push(StallSample {
+    let entries = super::entries::<u32, StallCounts>(ebpf, maps::STALLS)?;
+    Ok(entries
+        .into_iter()
+        .map(|(tgid, counts)| StallSample {
             tgid,
             kinds: counts.kinds,
             comm: procfs::comm_from_bytes(&counts.comm),
             memcg: counts.memcg,
-        });
-    }
-    Ok(samples)
+        })
+        .collect())
 }
 
 /// Every process's stall time so far, all kinds together, in nanoseconds.

@@ -261,18 +261,7 @@ pub fn stats(ebpf: &Ebpf, syscalls: &[Syscall]) -> anyhow::Result<Vec<(Syscall, 
 /// The per-process counts (`KernelFilter::per_process`): cumulative since each key was first
 /// seen.
 pub fn proc_stats(ebpf: &Ebpf) -> anyhow::Result<Vec<(ProcSyscallKey, ProcSyscallCounts)>> {
-    let table: HashMap<&MapData, ProcSyscallKey, ProcSyscallCounts> =
-        super::map(ebpf, maps::SYSCALL_PROC_STATS)?;
-    let mut rows = Vec::new();
-    for entry in table.iter() {
-        match entry {
-            Ok(row) => rows.push(row),
-            // Deleted between listing its key and reading it.
-            Err(aya::maps::MapError::KeyNotFound) => continue,
-            Err(err) => return Err(anyhow::Error::new(err).context("read SYSCALL_PROC_STATS")),
-        }
-    }
-    Ok(rows)
+    super::entries(ebpf, maps::SYSCALL_PROC_STATS)
 }
 
 /// Deletes an exited process's per-process counts (read for the last time before).

@@ -17,7 +17,6 @@ use crate::{
         targets::TargetTable,
         tracepoints::Release,
     },
-    btf::Btf,
     cgroup::{self, Version},
     cli::{PressureArgs, PressureBy},
     enrich::cgroups::CgroupResolver,
@@ -83,13 +82,34 @@ struct Pressure<'a> {
     cgroups: CgroupResolver,
     /// The memory cgroup of each process seen (for process rows' JSON), until it exits.
     process_cgroups: HashMap<u32, Option<String>>,
-    /// Each shown cgroup's `memory.pressure` when the session started and at its last showing
-    /// (cgroup v2 only).
-    cgroup_psi: HashMap<String, (Psi, Psi)>,
-    /// PSI when the session started, and at the last interval.
-    psi_start: Option<Psi>,
-    psi_last: Option<Psi>,
+    /// Each shown cgroup's `memory.pressure` (cgroup v2 only).
+    cgroup_psi: HashMap<String, PsiSince>,
+    /// The machine's, where the kernel has PSI.
+    psi: Option<PsiSince>,
     ticker: Interval,
+}
+
+/// A pressure file's figures when first read and at the last report, for the stall time since
+/// either.
+struct PsiSince {
+    first: Psi,
+    last: Psi,
+}
+
+impl PsiSince {
+    fn new(now: Psi) -> PsiSince {
+        PsiSince {
+            first: now,
+            last: now,
+        }
+    }
+
+    /// Since the last report (an interval), or since the first reading (the summary).
+    fn report(&mut self, now: Psi, since_first: bool) -> PsiReport {
+        let report = PsiReport::between(if since_first { &self.first } else { &self.last }, &now);
+        self.last = now;
+        report
+    }
 }
 
 impl<'a> Pressure<'a> {
@@ -97,19 +117,9 @@ impl<'a> Pressure<'a> {
         let by_cgroup = config.by == PressureBy::Cgroup;
         // By cgroup, each process's memory cgroup is recorded at its first stall, so that one
         // gone before the next reading is still grouped right.
-        let memcg = if by_cgroup {
-            match Btf::from_sys_fs() {
-                Ok(btf) => bpf::faults::memcg_layout(&btf),
-                Err(err) => {
-                    log::warn!(
-                        "no kernel BTF ({err}): processes gone before a reading are grouped as unknown"
-                    );
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let memcg = by_cgroup
+            .then(|| bpf::memcg_layout("processes gone before a reading are grouped as unknown"))
+            .flatten();
         let mut loaded = bpf::pressure::load(&Options {
             filter: config.session.target.filter(false),
             memcg,
@@ -138,7 +148,7 @@ impl<'a> Pressure<'a> {
             histograms: config.histograms,
         };
         session.sink().emit(&start).context("write the report")?;
-        let psi = procfs::read_psi(Path::new(PSI));
+        let psi = procfs::read_psi(Path::new(PSI)).map(PsiSince::new);
         let now = tokio::time::Instant::now();
         let mut ticker = interval_at(now + config.interval, config.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -149,8 +159,7 @@ impl<'a> Pressure<'a> {
             cgroups,
             process_cgroups: HashMap::new(),
             cgroup_psi: HashMap::new(),
-            psi_start: psi,
-            psi_last: psi,
+            psi,
             ticker,
         })
     }
@@ -230,10 +239,17 @@ impl<'a> Pressure<'a> {
             RowKey::Process(pid) => self.process_cgroups.get(pid)?.clone()?,
         };
         let now = procfs::read_psi(&hierarchy.dir(&cgroup).join("memory.pressure"))?;
-        let (first, last) = self.cgroup_psi.entry(cgroup).or_insert((now, now));
-        let report = PsiReport::between(if since_start { first } else { last }, &now);
-        *last = now;
-        Some(report)
+        let since = self
+            .cgroup_psi
+            .entry(cgroup)
+            .or_insert_with(|| PsiSince::new(now));
+        Some(since.report(now, since_start))
+    }
+
+    /// The machine's PSI since the last interval, or since the session began.
+    fn machine_psi(&mut self, since_start: bool) -> Option<PsiReport> {
+        let now = procfs::read_psi(Path::new(PSI))?;
+        Some(self.psi.as_mut()?.report(now, since_start))
     }
 
     /// The memory cgroup of a process row, for its JSON.
@@ -262,11 +278,7 @@ impl Job for Pressure<'_> {
         } else {
             busiest(rows, self.config.top)
         };
-        let psi_now = procfs::read_psi(Path::new(PSI));
-        let psi = self
-            .psi_last
-            .zip(psi_now)
-            .map(|(then, now)| PsiReport::between(&then, &now));
+        let psi = self.machine_psi(false);
         let dropped = self.drops()?;
         let psis: Vec<Option<PsiReport>> =
             rows.iter().map(|row| self.row_psi(row, false)).collect();
@@ -283,7 +295,6 @@ impl Job for Pressure<'_> {
                 log::warn!("{n} stalls not counted so far: {}", source.name());
             }
         }
-        self.psi_last = psi_now;
         self.retire(exited)?;
         Ok(None)
     }
@@ -295,10 +306,7 @@ impl Job for Pressure<'_> {
             .into_iter()
             .filter(|row| row.total.0.iter().any(|s| s.count > 0))
             .collect();
-        let psi = self
-            .psi_start
-            .zip(procfs::read_psi(Path::new(PSI)))
-            .map(|(then, now)| PsiReport::between(&then, &now));
+        let psi = self.machine_psi(true);
         let histograms = if self.config.histograms {
             Some(bpf::pressure::histograms(&self.loaded.ebpf)?)
         } else {

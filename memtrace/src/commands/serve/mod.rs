@@ -127,13 +127,7 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<u8> {
 fn load(config: &ServeConfig) -> anyhow::Result<[Loaded; 4]> {
     // Each process's memory cgroup is recorded in the kernel with its counts, so that one which
     // exits before the daemon reads /proc still gets its cgroup.
-    let memcg = match crate::btf::Btf::from_sys_fs() {
-        Ok(btf) => bpf::faults::memcg_layout(&btf),
-        Err(err) => {
-            log::warn!("no kernel BTF ({err}): short-lived processes may have cgroup=\"unknown\"");
-            None
-        }
-    };
+    let memcg = bpf::memcg_layout("short-lived processes may have cgroup=\"unknown\"");
     let faults = bpf::faults::load(&bpf::faults::Options {
         filter: Filter::All,
         per_thread: false,
