@@ -126,10 +126,8 @@ impl HistorySampler {
                 samples: VecDeque::new(),
             });
             if ring.starttime != stat.starttime {
-                *ring = Ring {
-                    starttime: stat.starttime,
-                    samples: VecDeque::new(),
-                };
+                ring.starttime = stat.starttime;
+                ring.samples.clear();
             }
             ring.samples.push_back(sample);
         }

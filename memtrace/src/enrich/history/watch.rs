@@ -116,10 +116,13 @@ impl Watch {
     /// Decides who is sampled this tick: `born` ran `exec` since the last tick, `stalled`
     /// stalled in reclaim. Returns the processes gone since the last scan (found by scans).
     pub fn tick(&mut self, born: Vec<u32>, stalled: Vec<u32>) -> Vec<u32> {
-        let low = self.machine_is_low();
+        let machine = self.machine_memory();
+        let low = machine
+            .is_some_and(|(total, available)| (available as f64) < total as f64 * MACHINE_LOW);
         let scan_every = if low { SCAN_EVERY_WHEN_LOW } else { SCAN_EVERY };
         let gone = if self.ticks.is_multiple_of(scan_every) {
-            self.scan()
+            // Limits at or above the machine's memory limit nothing.
+            self.scan(machine.map_or(u64::MAX, |(total, _)| total * 1024))
         } else {
             self.watch_cgroups();
             Vec::new()
@@ -187,15 +190,13 @@ impl Watch {
         }
     }
 
-    fn machine_is_low(&mut self) -> bool {
-        self.meminfo
-            .as_mut()
-            .and_then(|file| parse_meminfo(file.read().ok()?))
-            .is_some_and(|(total, available)| (available as f64) < total as f64 * MACHINE_LOW)
+    /// The machine's `MemTotal` and `MemAvailable`, in KiB.
+    fn machine_memory(&mut self) -> Option<(u64, u64)> {
+        parse_meminfo(self.meminfo.as_mut()?.read().ok()?)
     }
 
     /// Finds the candidates again from every process's size and every limited cgroup's members.
-    fn scan(&mut self) -> Vec<u32> {
+    fn scan(&mut self, machine_bytes: u64) -> Vec<u32> {
         let alive = list_processes();
         let gone = self.known.difference(&alive).copied().collect();
         let sizes: HashMap<u32, u64> = alive
@@ -206,7 +207,7 @@ impl Watch {
             .into_iter()
             .collect();
         let mut urgent = HashSet::new();
-        let mut limited = self.limited_cgroups();
+        let mut limited = self.limited_cgroups(machine_bytes);
         for cgroup in &limited {
             if cgroup.near {
                 urgent.extend(cgroup.members());
@@ -235,14 +236,10 @@ impl Watch {
     }
 
     /// Every memory cgroup with a limit below the machine's memory, with its descendants.
-    fn limited_cgroups(&self) -> Vec<LimitedCgroup> {
+    fn limited_cgroups(&self, machine: u64) -> Vec<LimitedCgroup> {
         let Some(hierarchy) = &self.hierarchy else {
             return Vec::new();
         };
-        let machine = fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|text| parse_meminfo(&text))
-            .map_or(u64::MAX, |(total, _)| total * 1024);
         let all = hierarchy.subtree("/");
         let read = |dir: &PathBuf, file: &str| fs::read_to_string(dir.join(file)).ok();
         all.iter()
