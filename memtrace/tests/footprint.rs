@@ -4,7 +4,6 @@
 mod common;
 
 use std::{
-    collections::BTreeSet,
     fs,
     process::{Command, Stdio},
     thread,
@@ -18,18 +17,12 @@ const MIB: u64 = 1 << 20;
 
 /// The maps a process holds: (name, memlock bytes), from its descriptors and bpftool.
 fn maps_held_by(pid: u32) -> Vec<(String, u64)> {
-    let mut ids = BTreeSet::new();
-    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .flatten()
-    {
-        let info = fs::read_to_string(entry.path()).unwrap_or_default();
-        ids.extend(
-            info.lines()
-                .filter_map(|line| line.strip_prefix("map_id:"))
-                .filter_map(|id| id.trim().parse::<u64>().ok()),
-        );
-    }
+    // Its descriptors must be there to be read: no maps found is then a finding.
+    assert!(
+        fs::metadata(format!("/proc/{pid}/fdinfo")).is_ok(),
+        "process {pid} is gone"
+    );
+    let ids = common::maps_held_by(pid);
     ids.into_iter()
         .map(|id| {
             let out = Command::new("bpftool")

@@ -198,6 +198,16 @@ pub fn loaded_programs() -> Vec<(u64, String)> {
 /// Ids of the BPF programs a process holds file descriptors for (`prog_id:` in fdinfo). This
 /// attributes programs to one memtrace instance, so tests stay exact with others running.
 pub fn programs_held_by(pid: u32) -> Vec<u64> {
+    bpf_ids_held_by(pid, "prog_id:")
+}
+
+/// Ids of the BPF maps a process holds file descriptors for (`map_id:` in fdinfo).
+pub fn maps_held_by(pid: u32) -> Vec<u64> {
+    bpf_ids_held_by(pid, "map_id:")
+}
+
+/// The ids after `key` in the fdinfo of a process's descriptors, sorted, each once.
+fn bpf_ids_held_by(pid: u32, key: &str) -> Vec<u64> {
     let mut ids = Vec::new();
     let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
         return ids;
@@ -206,7 +216,7 @@ pub fn programs_held_by(pid: u32) -> Vec<u64> {
         let info = fs::read_to_string(entry.path()).unwrap_or_default();
         ids.extend(
             info.lines()
-                .filter_map(|line| line.strip_prefix("prog_id:"))
+                .filter_map(|line| line.strip_prefix(key))
                 .filter_map(|id| id.trim().parse::<u64>().ok()),
         );
     }
