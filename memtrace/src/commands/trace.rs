@@ -24,6 +24,7 @@ use crate::{
         tracepoints::Release,
     },
     cli::TraceArgs,
+    enrich::fds,
     error::Failure,
     output::{
         Format, Sink,
@@ -189,8 +190,9 @@ impl<'a> Trace<'a> {
         let (clock, received, undecodable) =
             (self.clock, &mut self.received, &mut self.undecodable);
         let n = records.drain(BATCH, |record| match record {
-            Ok(call) => {
+            Ok(mut call) => {
                 *received += 1;
+                fds::name_fd(&mut call);
                 if result.is_ok() {
                     result = sink.emit(&CallRecord {
                         ts_ns: clock.unix_ns(call.start_ns),

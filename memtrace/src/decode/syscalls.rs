@@ -26,6 +26,7 @@ pub fn call(bytes: &[u8]) -> Result<Call, DecodeError> {
         args: record.args,
         ret: record.ret,
         prev_brk: (record.prev_brk != 0).then_some(record.prev_brk),
+        fd_path: None,
     })
 }
 
@@ -178,6 +179,7 @@ mod tests {
                     args,
                     ret,
                     prev_brk: (prev_brk != 0).then_some(prev_brk),
+                    fd_path: None,
                 });
                 prop_assert_eq!(decoded.errno().is_some(), (-4095..0).contains(&ret));
                 render_all(&decoded);

@@ -2,7 +2,10 @@
 //! completed call, and the closing summary (a `-c` table for people). The session flushes once
 //! per batch of calls, never per call.
 
-use std::io::{self, Write};
+use std::{
+    borrow::Cow,
+    io::{self, Write},
+};
 
 use memtrace_common::{DropSource, syscalls::SyscallStats};
 use serde::Serialize;
@@ -121,6 +124,8 @@ impl Serialize for CallRecord<'_> {
             errno: Option<String>,
             #[serde(skip_serializing_if = "Option::is_none")]
             brk_growth: Option<i64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            fd_path: Option<Cow<'a, str>>,
             latency_ns: u64,
         }
         let call = self.call;
@@ -134,6 +139,10 @@ impl Serialize for CallRecord<'_> {
             ret: call.ret,
             errno: call.errno().map(crate::syscalls::flags::errno_name),
             brk_growth: call.brk_growth(),
+            fd_path: call
+                .fd_path
+                .as_ref()
+                .map(|path| String::from_utf8_lossy(&path.link)),
             latency_ns: call.latency_ns,
         }
         .serialize(s)
@@ -306,6 +315,7 @@ mod tests {
             args: [0, 1_052_672, 3, 0x22, u64::MAX, 0],
             ret: 0x7f3a_1c00_0000,
             prev_brk: None,
+            fd_path: None,
         };
         let line = human_line(&call, 1_000_000_123_456);
         let (time, rest) = line.split_once(' ').unwrap();

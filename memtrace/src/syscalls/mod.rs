@@ -135,6 +135,14 @@ impl Syscall {
         }
     }
 
+    /// Which argument is a file descriptor (named like `strace -y` does), if any.
+    pub const fn fd_arg(self) -> Option<usize> {
+        match self {
+            Syscall::Mmap => Some(4),
+            _ => None,
+        }
+    }
+
     /// Whether the return value is an address (rendered in hex).
     pub const fn returns_address(self) -> bool {
         matches!(
@@ -159,9 +167,41 @@ pub struct Call {
     pub ret: i64,
     /// For brk: the break before the call, when known.
     pub prev_brk: Option<u64>,
+    /// What the file descriptor argument named, when memtrace could still read it.
+    pub fd_path: Option<FdPath>,
 }
 
+/// What a file descriptor named, read from `/proc` after the call (see [`crate::enrich::fds`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FdPath {
+    /// The link's text verbatim, as the kernel gives it: `/usr/lib/libc.so.6`, `pipe:[1234]`,
+    /// `/tmp/x (deleted)`. Bytes, as a path need not be UTF-8.
+    pub link: Vec<u8>,
+    /// The kernel appended ` (deleted)`: the file was unlinked (told apart, as strace does,
+    /// from a file whose name really ends so).
+    pub deleted: bool,
+}
+
+impl FdPath {
+    /// The path without the kernel's ` (deleted)` suffix when the file was unlinked.
+    pub fn path(&self) -> &[u8] {
+        match self.link.strip_suffix(DELETED) {
+            Some(path) if self.deleted => path,
+            _ => &self.link,
+        }
+    }
+}
+
+/// What the kernel appends to the link of an unlinked file.
+pub const DELETED: &[u8] = b" (deleted)";
+
 impl Call {
+    /// The file descriptor argument, if the call has one and it is not `-1` (anonymous).
+    pub fn fd(&self) -> Option<i32> {
+        let fd = self.args[self.syscall.fd_arg()?] as i32;
+        (fd >= 0).then_some(fd)
+    }
+
     /// The errno, if the call failed.
     pub fn errno(&self) -> Option<i32> {
         is_error(self.ret).then(|| (-self.ret) as i32)

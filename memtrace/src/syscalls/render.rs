@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Call, Syscall, flags};
+use super::{Call, FdPath, Syscall, flags};
 
 const MREMAP_FIXED: u64 = 0x2;
 
@@ -13,6 +13,52 @@ fn addr(value: u64) -> String {
     } else {
         format!("{value:#x}")
     }
+}
+
+/// A file descriptor as `strace -y` prints it: `3</usr/lib/libc.so.6>`, `3<pipe:[1234]>`,
+/// `3</tmp/x>(deleted)`; the bare number when what it named is unknown.
+fn fd(fd: i32, path: Option<&FdPath>) -> String {
+    match path {
+        Some(path) => format!(
+            "{fd}<{}>{}",
+            strace_quoted(path.path(), b"<>"),
+            if path.deleted { "(deleted)" } else { "" }
+        ),
+        None => fd.to_string(),
+    }
+}
+
+/// strace's quoting of a string without its quotes (its `string_quote` with the default
+/// `-x` style): C escapes for `"`, `\` and `\f\n\r\t\v`; octal for what is not printable
+/// ASCII and for `escape`, padded to three digits only before an octal digit.
+fn strace_quoted(bytes: &[u8], escape: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for (i, &c) in bytes.iter().enumerate() {
+        let named = match c {
+            b'"' => Some('"'),
+            b'\\' => Some('\\'),
+            0x0c => Some('f'),
+            b'\n' => Some('n'),
+            b'\r' => Some('r'),
+            b'\t' => Some('t'),
+            0x0b => Some('v'),
+            _ => None,
+        };
+        if let Some(named) = named {
+            out.push('\\');
+            out.push(named);
+        } else if (b' '..0x7f).contains(&c) && !escape.contains(&c) {
+            out.push(char::from(c));
+        } else if bytes
+            .get(i + 1)
+            .is_some_and(|next| (b'0'..=b'7').contains(next))
+        {
+            out.push_str(&format!("\\{c:03o}"));
+        } else {
+            out.push_str(&format!("\\{c:o}"));
+        }
+    }
+    out
 }
 
 /// The argument list, without parentheses: `NULL, 4096, PROT_READ|PROT_WRITE, ...`.
@@ -25,7 +71,7 @@ pub fn args(call: &Call) -> String {
             a[1].to_string(),
             flags::prot(a[2]),
             flags::map_flags(a[3]),
-            (a[4] as i32).to_string(),
+            fd(a[4] as i32, call.fd_path.as_ref()),
             if a[5] == 0 {
                 "0".into()
             } else {
@@ -158,6 +204,7 @@ mod tests {
             args,
             ret,
             prev_brk: None,
+            fd_path: None,
         }
     }
 
@@ -177,6 +224,54 @@ mod tests {
         assert_eq!(
             args(&file),
             "0x1000, 8192, PROT_READ, MAP_PRIVATE|MAP_FIXED, 3, 0x2000"
+        );
+    }
+
+    fn named(link: &[u8], deleted: bool) -> Option<FdPath> {
+        Some(FdPath {
+            link: link.to_vec(),
+            deleted,
+        })
+    }
+
+    #[test]
+    fn descriptors_are_named_like_strace_y() {
+        let mut c = call(Syscall::Mmap, [0, 4096, 1, 2, 3, 0], 0x1000);
+        let with = |c: &mut Call, path| {
+            c.fd_path = path;
+            args(c)
+        };
+        assert_eq!(
+            with(&mut c, named(b"/usr/lib/x86_64-linux-gnu/libc.so.6", false)),
+            "NULL, 4096, PROT_READ, MAP_PRIVATE, 3</usr/lib/x86_64-linux-gnu/libc.so.6>, 0"
+        );
+        // What strace 6.1 -y printed here for descriptors naming these links.
+        for (link, deleted, shown) in [
+            (&b"pipe:[253674]"[..], false, "3<pipe:[253674]>"),
+            (b"socket:[253675]", false, "3<socket:[253675]>"),
+            (b"/memfd:mine (deleted)", true, "3</memfd:mine>(deleted)"),
+            (b"/tmp/fdx/del (deleted)", true, "3</tmp/fdx/del>(deleted)"),
+            (b"/tmp/fdx/a<b>c", false, "3</tmp/fdx/a\\74b\\76c>"),
+            (
+                b"/tmp/fdx/sp ace\\q\"uo'te",
+                false,
+                "3</tmp/fdx/sp ace\\\\q\\\"uo'te>",
+            ),
+            (b"/tmp/fdx/nl\nx\ttab", false, "3</tmp/fdx/nl\\nx\\ttab>"),
+            (
+                b"/tmp/fdx/\xc3\xbc\x01\x7f",
+                false,
+                "3</tmp/fdx/\\303\\274\\1\\177>",
+            ),
+            (b"/tmp/fdx/\x017\x1b8", false, "3</tmp/fdx/\\0017\\338>"),
+        ] {
+            let shown = format!("NULL, 4096, PROT_READ, MAP_PRIVATE, {shown}, 0");
+            assert_eq!(with(&mut c, named(link, deleted)), shown);
+        }
+        // Unknown: the bare number, as before.
+        assert_eq!(
+            with(&mut c, None),
+            "NULL, 4096, PROT_READ, MAP_PRIVATE, 3, 0"
         );
     }
 
