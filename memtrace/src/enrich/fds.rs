@@ -1,6 +1,8 @@
 //! What a call's file descriptor named: the link `/proc/TID/fd/N`, read when the call's record
-//! is decoded, exactly as `strace -y` reads it (by then the descriptor may be closed: nothing is
-//! guessed, the call keeps its bare number).
+//! is decoded, as `strace -y` reads it. By then the descriptor may be closed, or closed and its
+//! number reused for another file (the loader's open, mmap, close, then the program's open): a
+//! name is kept only if that file is still the one mapped at the call's address, else the call
+//! keeps its bare number. Nothing is guessed.
 
 use std::{
     fs,
@@ -13,10 +15,26 @@ use std::{
 
 use crate::syscalls::{Call, DELETED, FdPath};
 
-/// Fills in what the call's descriptor names, if it has one and it can still be read.
+/// Fills in what the call's descriptor names, if it has one, it can still be read and it is the
+/// file the call mapped.
 pub fn name_fd(call: &mut Call) {
-    if let Some(fd) = call.fd() {
-        call.fd_path = read(call.tid, fd);
+    let (Some(fd), None) = (call.fd(), call.errno()) else {
+        return;
+    };
+    let Some(path) = read(call.tid, fd) else {
+        return;
+    };
+    // The mapping (mmap is the only call with a descriptor), as `/proc/TID/map_files` names it:
+    // its exact range, the length rounded up to pages.
+    let page = crate::procfs::page_kb() * 1024;
+    let start = call.ret as u64;
+    let end = start.wrapping_add(call.args[1].div_ceil(page) * page);
+    let mapped = fs::metadata(format!("/proc/{}/map_files/{start:x}-{end:x}", call.tid));
+    let open = fs::metadata(format!("/proc/{}/fd/{fd}", call.tid));
+    if let (Ok(mapped), Ok(open)) = (mapped, open)
+        && (mapped.dev(), mapped.ino()) == (open.dev(), open.ino())
+    {
+        call.fd_path = Some(path);
     }
 }
 
