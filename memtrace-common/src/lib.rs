@@ -8,6 +8,7 @@
 pub mod faults;
 pub mod oom;
 pub mod pressure;
+pub mod stacks;
 pub mod syscalls;
 pub mod targets;
 
@@ -25,6 +26,8 @@ pub mod objects {
     pub const OOM: &str = "oom";
     /// Memory pressure: reclaim, compaction and throttling stalls, per process.
     pub const PRESSURE: &str = "pressure";
+    /// Attribution: page faults by user stack (and by mapping), stacks copied for unwinding.
+    pub const ATTRIBUTION: &str = "attribution";
 }
 
 /// Names of the global variables userspace sets before load (`EbpfLoader::override_global`).
@@ -110,6 +113,13 @@ pub mod maps {
     /// Per-CPU array indexed by [`crate::pressure::StallKind`]: a
     /// [`crate::pressure::Histogram`] each.
     pub const STALL_HISTOGRAMS: &str = "STALL_HISTOGRAMS";
+    /// Hash: [`crate::stacks::SiteKey`] → [`crate::stacks::Recipe`], written by userspace.
+    pub const STACK_RECIPES: &str = "STACK_RECIPES";
+    /// Hash: [`crate::stacks::StackKey`] → `u64` events; entries created by userspace once it
+    /// knows the stack.
+    pub const STACK_COUNTS: &str = "STACK_COUNTS";
+    /// Ring buffer of stack snapshots ([`crate::stacks::SnapshotHeader`] and pages).
+    pub const STACK_SNAPSHOTS: &str = "STACK_SNAPSHOTS";
 }
 
 /// Why the kernel side failed to record something. Each has its own slot in [`maps::DROPS`], so
@@ -136,10 +146,13 @@ pub enum DropSource {
     /// An `exec` found the `NEW_PROCESSES` ring buffer full: its process is sampled for OOM
     /// histories only from the next scan.
     NewProcessRingFull = 8,
+    /// An event's stack had to be sent whole but found the `STACK_SNAPSHOTS` ring full: the
+    /// event is counted for its process only, under an unknown stack.
+    StackRingFull = 9,
 }
 
 impl DropSource {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
     pub const ALL: [DropSource; Self::COUNT as usize] = [
         DropSource::FaultTableFull,
         DropSource::TargetTableFull,
@@ -150,6 +163,7 @@ impl DropSource {
         DropSource::StallTableFull,
         DropSource::StallStartFull,
         DropSource::NewProcessRingFull,
+        DropSource::StackRingFull,
     ];
 
     /// A stable, machine-friendly name (used in JSON output).
@@ -164,6 +178,7 @@ impl DropSource {
             DropSource::StallTableFull => "stall_table_full",
             DropSource::StallStartFull => "stall_start_full",
             DropSource::NewProcessRingFull => "new_process_ring_full",
+            DropSource::StackRingFull => "stack_ring_full",
         }
     }
 }

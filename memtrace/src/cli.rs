@@ -29,6 +29,16 @@ EXAMPLES:
   sudo memtrace faults --threads --pid 4242     # per thread
   sudo memtrace faults --interval 5 --duration 60
   sudo memtrace faults --json -o faults.jsonl -- ./build.sh
+  sudo memtrace faults --stacks -- ./myprog     # where: faults per user stack, at the end
+  sudo memtrace faults --stacks --folded -o faults.folded --pid 4242
+  sudo memtrace faults --stacks --flamegraph faults.svg -- ./myprog
+
+STACKS (--stacks, --by stack): every fault is counted under its user stack, exactly. The stack
+is unwound with the binaries' unwind tables (.eh_frame), so code built without frame pointers
+is right too; frames are named from symbol tables, with file:line where debug information is
+found. The first fault on each stack sends the stack to memtrace (16 KiB of it); memtrace
+teaches the kernel which stack words tell that stack apart, and the kernel counts the next
+faults on it by itself.
 
 Counts come from the kernel's minor-faults/major-faults perf events, which fire exactly where
 the kernel increments each task's min_flt/maj_flt (/proc/PID/stat fields 10 and 12). Faults
@@ -87,6 +97,15 @@ EXAMPLES:
 
 The stalls are timed in the kernel, paired per task at the vmscan and compaction tracepoints'
 begin and end; they cost nothing while memory is plentiful.";
+
+/// What `faults` counts by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FaultsBy {
+    /// Per process (or thread)
+    Process,
+    /// Per process and user stack
+    Stack,
+}
 
 /// How `pressure` groups its rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -357,6 +376,34 @@ pub struct FaultsArgs {
     /// with --pid, whose processes perf's own counters count
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_processes: Option<u32>,
+
+    /// What to count faults by: process (rates each interval), or stack (each process's faults
+    /// per user stack, reported at the end, beside the rates)
+    #[arg(
+        long,
+        value_enum,
+        default_value = "process",
+        conflicts_with = "threads"
+    )]
+    pub by: FaultsBy,
+
+    /// Same as --by stack
+    #[arg(long, conflicts_with_all = ["by", "threads"])]
+    pub stacks: bool,
+
+    /// With --stacks: write only folded stacks at the end (`comm;outermost;...;innermost
+    /// COUNT`, one line per distinct stack), for flamegraph.pl, inferno or speedscope
+    #[arg(long, conflicts_with = "json")]
+    pub folded: bool,
+
+    /// With --stacks: also draw the flame graph of the faults into FILE (SVG)
+    #[arg(long, value_name = "FILE.svg")]
+    pub flamegraph: Option<PathBuf>,
+
+    /// With --stacks: capacity of the kernel's stack tables (distinct stacks and places;
+    /// default 65536). Stacks beyond it are still counted, each sent whole to memtrace
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_stacks: Option<u32>,
 
     /// Start COMMAND and trace it with all its descendants; memtrace exits with its status
     #[arg(last = true, value_name = "COMMAND", conflicts_with_all = ["pids", "comm"])]

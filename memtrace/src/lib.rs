@@ -24,5 +24,6 @@ pub mod pidfd;
 pub mod privileges;
 pub mod procfs;
 pub mod session;
+pub mod stacks;
 pub mod syscalls;
 pub mod tracefs;

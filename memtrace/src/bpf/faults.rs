@@ -73,13 +73,24 @@ pub fn load(options: &Options) -> anyhow::Result<Loaded> {
     exec.attach("sched_process_exec")
         .map_err(|err| kernel_refusal(err, "attach the raw tracepoint sched_process_exec"))?;
 
+    attach_fault_programs(&mut ebpf, "mt_fault_minor", "mt_fault_major")?;
+    let mut tracepoints = Tracepoints::default();
+    if options.filter == (Filter::Targets { follow_forks: true }) {
+        targets::attach_fork_follower(&mut ebpf, &mut tracepoints)?;
+    }
+    Ok(Loaded { ebpf, tracepoints })
+}
+
+/// Loads two programs and attaches them to the perf software events `minor-faults` and
+/// `major-faults` of every online CPU: they run on every fault, where the kernel counts it.
+pub fn attach_fault_programs(ebpf: &mut Ebpf, minor: &str, major: &str) -> anyhow::Result<()> {
     let cpus = online_cpus()
         .map_err(|(path, err)| anyhow::Error::new(err).context(format!("read {path}")))?;
     for (name, event) in [
-        ("mt_fault_minor", SoftwareEvent::PageFaultsMin),
-        ("mt_fault_major", SoftwareEvent::PageFaultsMaj),
+        (minor, SoftwareEvent::PageFaultsMin),
+        (major, SoftwareEvent::PageFaultsMaj),
     ] {
-        let program: &mut PerfEvent = program_mut(&mut ebpf, name)?;
+        let program: &mut PerfEvent = program_mut(ebpf, name)?;
         program
             .load()
             .map_err(|err| kernel_refusal(err, &format!("load {name}")))?;
@@ -95,11 +106,7 @@ pub fn load(options: &Options) -> anyhow::Result<Loaded> {
                 .map_err(|err| kernel_refusal(err, &format!("attach {name} on CPU {cpu}")))?;
         }
     }
-    let mut tracepoints = Tracepoints::default();
-    if options.filter == (Filter::Targets { follow_forks: true }) {
-        targets::attach_fork_follower(&mut ebpf, &mut tracepoints)?;
-    }
-    Ok(Loaded { ebpf, tracepoints })
+    Ok(())
 }
 
 /// One key's counts, as the table holds them.

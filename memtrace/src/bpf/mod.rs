@@ -8,6 +8,7 @@
 //! kernel. Every program, link and map is owned by file descriptors of this process, never
 //! pinned: whatever way memtrace ends, even SIGKILL, the kernel releases them with the process.
 
+pub mod attribution;
 pub mod drops;
 pub mod faults;
 pub mod oom;
@@ -34,6 +35,7 @@ pub enum Object {
     Syscalls,
     Oom,
     Pressure,
+    Attribution,
 }
 
 impl Object {
@@ -43,6 +45,7 @@ impl Object {
             Object::Syscalls => objects::SYSCALLS,
             Object::Oom => objects::OOM,
             Object::Pressure => objects::PRESSURE,
+            Object::Attribution => objects::ATTRIBUTION,
         }
     }
 
@@ -55,6 +58,9 @@ impl Object {
             Object::Oom => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oom")),
             Object::Pressure => {
                 aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pressure"))
+            }
+            Object::Attribution => {
+                aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/attribution"))
             }
         }
     }

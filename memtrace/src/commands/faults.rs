@@ -6,7 +6,8 @@
 //! turns them into rates, writes the rows and retires exited processes; the end is a summary.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -14,6 +15,7 @@ use anyhow::Context as _;
 use memtrace_common::{
     DropSource,
     faults::{FaultKey, MAX_FAULT_KEYS},
+    stacks::MAX_STACKS,
     targets::TargetFlags,
 };
 use tokio::time::{Interval, MissedTickBehavior, interval_at};
@@ -22,19 +24,22 @@ use crate::{
     aggregate::faults::{Counts, FaultAggregator, Row, busiest},
     bpf::{
         self, Loaded,
+        attribution::{self, Tables},
         faults::{LOSSES, Options, Sample},
         targets::{Filter, TargetTable},
         tracepoints::Release,
     },
-    cli::FaultsArgs,
+    cli::{FaultsArgs, FaultsBy},
     counters::{self, OpenError, ProcessCounters},
     error::Failure,
     output::{
         Format, Sink, Timestamp,
         faults::{Command, Interval as IntervalRecord, Rate, Start, Summary, Total, Totals},
+        stacks::{StackRow, Stacks as StacksRecord},
     },
     procfs,
     session::{self, End, Ending, Job, Session, Target},
+    stacks::{Stacks, folded, symbols::Symbols},
 };
 
 /// Rows per interval when not every target is shown.
@@ -51,6 +56,11 @@ pub struct FaultsConfig {
     pub top: usize,
     /// Capacity of the kernel's counting table.
     pub max_processes: u32,
+    pub by: FaultsBy,
+    /// Where to draw the flame graph of the stacks.
+    pub flamegraph: Option<PathBuf>,
+    /// Capacity of the kernel's stack tables.
+    pub max_stacks: u32,
 }
 
 impl TryFrom<FaultsArgs> for FaultsConfig {
@@ -58,10 +68,25 @@ impl TryFrom<FaultsArgs> for FaultsConfig {
 
     fn try_from(args: FaultsArgs) -> Result<Self, Failure> {
         let target = Target::from_flags(args.command, args.comm, args.pids)?;
+        let by = if args.stacks {
+            FaultsBy::Stack
+        } else {
+            args.by
+        };
+        if by == FaultsBy::Process && (args.folded || args.flamegraph.is_some()) {
+            return Err(Failure::Usage(
+                "--folded and --flamegraph draw stacks: add --stacks".into(),
+            ));
+        }
+        let format = if args.folded {
+            Format::Folded
+        } else {
+            Format::json(args.json)
+        };
         Ok(FaultsConfig {
             session: session::Options {
                 target,
-                format: Format::json(args.json),
+                format,
                 output: args.output,
                 duration: args.duration,
             },
@@ -72,6 +97,9 @@ impl TryFrom<FaultsArgs> for FaultsConfig {
                 usize::try_from(top).unwrap_or(usize::MAX)
             }),
             max_processes: args.max_processes.unwrap_or(MAX_FAULT_KEYS),
+            by,
+            flamegraph: args.flamegraph,
+            max_stacks: args.max_stacks.unwrap_or(MAX_STACKS),
         })
     }
 }
@@ -84,7 +112,9 @@ impl FaultsConfig {
     /// Whether the targets are counted by perf's counting events rather than a program per
     /// fault: explicit processes, each counted as a whole.
     fn counts_with_perf(&self) -> bool {
-        matches!(self.session.target, Target::Pids(_)) && !self.per_thread
+        matches!(self.session.target, Target::Pids(_))
+            && !self.per_thread
+            && self.by == FaultsBy::Process
     }
 
     /// Whether each interval shows every target, rather than only the busiest few.
@@ -106,7 +136,103 @@ enum Source {
     Counters(Vec<ProcessCounters>),
     /// The `faults` object's counting table.
     Kernel(Loaded),
+    /// The `attribution` object: counts per stack, summed per process.
+    Attribution(Box<Attributed>),
 }
+
+/// Faults counted per stack: the object, its tables, and what was learnt of the stacks.
+struct Attributed {
+    loaded: Loaded,
+    tables: Tables,
+    stacks: Stacks,
+    /// Processes retired from the rates (their stacks stay for the report).
+    retired: HashSet<u32>,
+}
+
+impl Attributed {
+    fn load(config: &FaultsConfig) -> anyhow::Result<Attributed> {
+        let mut loaded = attribution::load(&attribution::Options {
+            filter: config.filter(),
+            max_stacks: config.max_stacks,
+            ring_bytes: SNAPSHOT_RING_BYTES,
+        })?;
+        let tables = Tables::open(&mut loaded.ebpf)?;
+        Ok(Attributed {
+            loaded,
+            tables,
+            stacks: Stacks::default(),
+            retired: HashSet::new(),
+        })
+    }
+
+    /// Unwinds the snapshots waiting and teaches the kernel their stacks.
+    fn drain(&mut self) {
+        let Attributed { tables, stacks, .. } = self;
+        tables.drain(|record, kernel| stacks.take(record, kernel));
+    }
+
+    /// Each process's faults, all stacks together.
+    fn samples(&self) -> anyhow::Result<Vec<Sample>> {
+        let kernel = self.tables.counts()?;
+        let mut sums: HashMap<u32, Counts> = HashMap::new();
+        for process in self.stacks.report(&kernel) {
+            let sum = sums.entry(process.pid).or_default();
+            for (_, [minor, major]) in process.stacks {
+                sum.minor += minor;
+                sum.major += major;
+            }
+        }
+        Ok(sums
+            .into_iter()
+            .filter(|(pid, _)| !self.retired.contains(pid))
+            .map(|(pid, counts)| Sample {
+                key: FaultKey { tgid: pid, tid: 0 },
+                counts,
+                comm: self.stacks.comm(pid).unwrap_or_default().to_owned(),
+                memcg: 0,
+            })
+            .collect())
+    }
+
+    /// The stacks report, symbolized, busiest stack first.
+    fn report(&self) -> anyhow::Result<StacksRecord> {
+        let processes = self.stacks.report(&self.tables.counts()?);
+        let mut symbols = Symbols::default();
+        symbols.resolve(
+            self.stacks.modules(),
+            processes
+                .iter()
+                .flat_map(|p| &p.stacks)
+                .flat_map(|(id, _)| self.stacks.stack(*id)),
+        );
+        let mut rows: Vec<StackRow> = processes
+            .iter()
+            .flat_map(|process| {
+                process.stacks.iter().map(|&(id, [minor, major])| StackRow {
+                    pid: process.pid,
+                    comm: process.comm.clone(),
+                    minor,
+                    major,
+                    stack: self
+                        .stacks
+                        .stack(id)
+                        .iter()
+                        .map(|frame| symbols.named(frame))
+                        .collect(),
+                })
+            })
+            .collect();
+        rows.sort_by_key(|row| std::cmp::Reverse(row.total()));
+        Ok(StacksRecord {
+            stacks: rows,
+            losses: self.stacks.losses,
+            unnamed_frames: symbols.unnamed,
+        })
+    }
+}
+
+/// Bytes of the ring that carries stacks to memtrace: 16 MiB, about 800 stacks in flight.
+const SNAPSHOT_RING_BYTES: u32 = 16 << 20;
 
 /// The `faults` job: a reading every interval.
 struct Faults<'a> {
@@ -123,6 +249,13 @@ impl<'a> Faults<'a> {
         let pids = session.watched().pids();
         let mut source = match count_with_perf(config, &pids)? {
             Some(counters) => Source::Counters(counters),
+            None if config.by == FaultsBy::Stack => {
+                let mut attributed = Attributed::load(config)?;
+                for &pid in &pids {
+                    attributed.loaded.ebpf.insert(pid, TargetFlags::COUNT)?;
+                }
+                Source::Attribution(Box::new(attributed))
+            }
             None => {
                 let mut loaded = bpf::faults::load(&Options {
                     filter: config.filter(),
@@ -136,10 +269,14 @@ impl<'a> Faults<'a> {
                 Source::Kernel(loaded)
             }
         };
-        if let (Target::Command(argv), Source::Kernel(loaded)) =
-            (&config.session.target, &mut source)
-        {
-            session.spawn(argv, &mut loaded.ebpf)?;
+        if let Target::Command(argv) = &config.session.target {
+            match &mut source {
+                Source::Kernel(loaded) => session.spawn(argv, &mut loaded.ebpf)?,
+                Source::Attribution(attributed) => {
+                    session.spawn(argv, &mut attributed.loaded.ebpf)?
+                }
+                Source::Counters(_) => {}
+            }
         }
 
         let mut aggregator = FaultAggregator::default();
@@ -189,6 +326,7 @@ impl<'a> Faults<'a> {
                 })
                 .collect(),
             Source::Kernel(loaded) => bpf::faults::read(&loaded.ebpf),
+            Source::Attribution(attributed) => attributed.samples(),
         }
     }
 
@@ -197,6 +335,7 @@ impl<'a> Faults<'a> {
         match &self.source {
             Source::Counters(_) => Ok(LOSSES.iter().map(|&source| (source, 0)).collect()),
             Source::Kernel(loaded) => bpf::faults::drops(&loaded.ebpf),
+            Source::Attribution(attributed) => attribution::drops(&attributed.loaded.ebpf),
         }
     }
 
@@ -224,22 +363,47 @@ impl<'a> Faults<'a> {
                     loaded.ebpf.remove(key.tgid)?;
                 }
             }
+            Source::Attribution(attributed) => {
+                attributed.retired.insert(key.tgid);
+            }
         }
         self.aggregator.retire(key);
         Ok(())
     }
 }
 
-impl Job for Faults<'_> {
-    type Work = ();
+/// What wakes the `faults` job.
+enum Wake {
+    /// An interval's end.
+    Tick,
+    /// Stacks sent by the kernel (with `--stacks`).
+    Snapshots,
+}
 
-    async fn next(&mut self) -> anyhow::Result<()> {
-        self.ticker.tick().await;
-        Ok(())
+impl Job for Faults<'_> {
+    type Work = Wake;
+
+    async fn next(&mut self) -> anyhow::Result<Wake> {
+        match &mut self.source {
+            Source::Attribution(attributed) => tokio::select! {
+                _ = self.ticker.tick() => Ok(Wake::Tick),
+                ready = attributed.tables.readable() => ready.map(|()| Wake::Snapshots),
+            },
+            _ => {
+                self.ticker.tick().await;
+                Ok(Wake::Tick)
+            }
+        }
     }
 
-    /// One interval: a reading, its rows, and exited processes retired.
-    fn work(&mut self, (): (), sink: &mut Sink) -> anyhow::Result<Option<End>> {
+    /// One interval: a reading, its rows, and exited processes retired. Or stacks to learn.
+    fn work(&mut self, wake: Wake, sink: &mut Sink) -> anyhow::Result<Option<End>> {
+        if let Source::Attribution(attributed) = &mut self.source {
+            attributed.drain();
+        }
+        if let Wake::Snapshots = wake {
+            return Ok(None);
+        }
         let now = Instant::now();
         let elapsed = now - self.last;
         // Liveness is judged *before* reading, so a retired key's final count is in this read.
@@ -293,6 +457,9 @@ impl Job for Faults<'_> {
     }
 
     fn finish(&mut self, ending: &Ending, sink: &mut Sink) -> anyhow::Result<()> {
+        if let Source::Attribution(attributed) = &mut self.source {
+            attributed.drain();
+        }
         // A last reading, complete for every target that has exited, with final names.
         let (_, samples) = self.take_reading(Duration::ZERO)?;
         for sample in &samples {
@@ -327,12 +494,27 @@ impl Job for Faults<'_> {
             command: ending.command.map(Command::of),
             per_thread: self.config.per_thread,
         })?;
+        if let Source::Attribution(attributed) = &self.source {
+            let report = attributed.report()?;
+            sink.emit(&report)?;
+            if let Some(path) = &self.config.flamegraph {
+                folded::flamegraph(
+                    &report.folded_lines(),
+                    "Page faults by stack",
+                    "faults",
+                    path,
+                )
+                .with_context(|| format!("draw the flame graph into {}", path.display()))?;
+            }
+        }
         Ok(())
     }
 
     fn release(self) {
-        if let Source::Kernel(loaded) = self.source {
-            loaded.release(Release::Background);
+        match self.source {
+            Source::Kernel(loaded) => loaded.release(Release::Background),
+            Source::Attribution(attributed) => attributed.loaded.release(Release::Background),
+            Source::Counters(_) => {}
         }
     }
 }

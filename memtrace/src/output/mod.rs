@@ -6,6 +6,7 @@ pub mod faults;
 pub mod oom;
 pub mod pressure;
 pub mod prometheus;
+pub mod stacks;
 pub mod trace;
 
 use std::{
@@ -28,6 +29,8 @@ pub enum Format {
     Human,
     /// One JSON object per line, each with its `"type"` first (schemas in the README).
     Json,
+    /// Folded stacks only (`comm;outermost;...;innermost COUNT`): what flame graph tools read.
+    Folded,
 }
 
 impl Format {
@@ -45,6 +48,11 @@ pub trait Record: Serialize {
     /// Writes the record for people. What is not the report itself (a banner, a closing line)
     /// goes to stderr, so that the report can be piped.
     fn human(&self, out: &mut dyn Write) -> io::Result<()>;
+
+    /// Writes the record's folded stacks, if it has any: nothing else is folded.
+    fn folded(&self, _out: &mut dyn Write) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// What a session traces, as its start record says it.
@@ -107,6 +115,7 @@ impl Sink {
     pub fn emit<R: Record>(&mut self, record: &R) -> io::Result<()> {
         match self.format {
             Format::Human => record.human(&mut self.out),
+            Format::Folded => record.folded(&mut self.out),
             Format::Json => {
                 let tagged = Tagged {
                     r#type: R::TYPE,

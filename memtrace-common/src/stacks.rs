@@ -1,0 +1,137 @@
+//! User stacks: what the kernel sends of one, and how it recognises a stack it has sent before
+//! without unwinding it.
+//!
+//! The kernel cannot unwind code built without frame pointers by itself. It copies the stack
+//! (a [`Snapshot`]) and userspace unwinds it with the binaries' unwind tables. Userspace then
+//! teaches the kernel, per place a stack starts (a [`SiteKey`]: process, instruction and stack
+//! pointer), which stack words its unwinding read (a [`Recipe`]). The next event at that place
+//! hashes just those words ([`stack_hash`]): equal words unwind to the same frames, since every
+//! step of an unwinding depends only on the registers and the words it has read so far. A hash
+//! userspace has confirmed (an entry in the counting table) is counted in the kernel; anything
+//! else is sent whole again, so no event is ever attributed to a stack it did not have.
+
+/// Bytes of a memory page, the unit in which the kernel copies a stack.
+pub const PAGE_BYTES: usize = 4096;
+
+/// Pages a snapshot copies, starting at the one holding the stack pointer: at least
+/// [`STACK_BYTES`] above it.
+pub const SNAPSHOT_PAGES: usize = 5;
+
+/// Bytes of stack above the stack pointer that unwinding may read (16 KiB, twice perf's
+/// default): a deeper stack is shown cut short, and counted as such.
+pub const STACK_BYTES: usize = 16384;
+
+/// Stack words a recipe can check: twice the frames of the deepest stack counted in the kernel
+/// (each frame reads its return address, and often a saved frame pointer).
+pub const RECIPE_WORDS: usize = 128;
+
+/// Default capacity of the recipe and counting tables (distinct places and stacks).
+pub const MAX_STACKS: u32 = 65_536;
+
+/// Where a stack starts: the registers of the user context, in a process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SiteKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub ip: u64,
+    pub sp: u64,
+}
+
+/// Which stack words identify the stacks starting at one [`SiteKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recipe {
+    /// How many entries of `words` are used.
+    pub len: u32,
+    /// Bytes to read from the stack pointer to hold every word: `8 * (max word + 1)`.
+    pub window: u32,
+    /// Non-zero when the frame pointer register takes part in the unwinding (it is hashed).
+    pub uses_bp: u32,
+    pub _pad: u32,
+    /// Stack words, as indexes of 8-byte words above the stack pointer.
+    pub words: [u16; RECIPE_WORDS],
+}
+
+/// One counted stack: a process, what happened there, and the stack's hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StackKey {
+    pub tgid: u32,
+    /// What is counted: an [`EventKind`] value.
+    pub kind: u32,
+    pub hash: u64,
+}
+
+/// What a stack is attached to.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventKind {
+    MinorFault = 0,
+    MajorFault = 1,
+}
+
+impl EventKind {
+    pub fn from_u32(value: u32) -> Option<EventKind> {
+        match value {
+            0 => Some(EventKind::MinorFault),
+            1 => Some(EventKind::MajorFault),
+            _ => None,
+        }
+    }
+}
+
+/// The fixed part of a snapshot; the stack pages follow it in the ring record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotHeader {
+    pub tgid: u32,
+    pub tid: u32,
+    /// An [`EventKind`] value.
+    pub kind: u32,
+    /// Pages copied, from the one holding `sp`: fewer than [`SNAPSHOT_PAGES`] at the top of
+    /// a stack.
+    pub pages: u32,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// The faulting address.
+    pub addr: u64,
+    pub comm: [u8; crate::COMM_LEN],
+}
+
+/// A snapshot as the kernel builds it before sending its used part.
+#[repr(C)]
+pub struct Snapshot {
+    pub header: SnapshotHeader,
+    pub pages: [u8; SNAPSHOT_PAGES * PAGE_BYTES],
+}
+
+/// The seed of a stack's hash: its registers (`bp` only when the recipe uses it, else 0).
+#[inline(always)]
+pub const fn hash_seed(ip: u64, sp: u64, bp: u64) -> u64 {
+    hash_word(hash_word(hash_word(0x6d65_6d74_7261_6365, ip), sp), bp)
+}
+
+/// Folds one word into a stack's hash. Both sides compute it: it must stay the same.
+#[inline(always)]
+pub const fn hash_word(hash: u64, word: u64) -> u64 {
+    (hash.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95)
+}
+
+const _: () = assert!(size_of::<SiteKey>() == 24);
+const _: () = assert!(size_of::<Recipe>() == 16 + 2 * RECIPE_WORDS);
+const _: () = assert!(size_of::<StackKey>() == 16);
+const _: () = assert!(size_of::<SnapshotHeader>() == 64);
+const _: () = assert!(STACK_BYTES + PAGE_BYTES <= SNAPSHOT_PAGES * PAGE_BYTES);
+const _: () = assert!(STACK_BYTES.is_power_of_two());
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are `repr(C)`, made only of integers and arrays of them, with no padding.
+    unsafe impl aya::Pod for super::SiteKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Recipe {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::StackKey {}
+}

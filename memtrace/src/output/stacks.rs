@@ -1,0 +1,114 @@
+//! The stacks report: each process's events per user stack, as a table of stacks for people,
+//! JSON, or folded lines.
+
+use std::{
+    collections::BTreeMap,
+    io::{self, Write},
+};
+
+use serde::Serialize;
+
+use super::Record;
+use crate::stacks::{StackLosses, folded, symbols::Named};
+
+/// Stacks a table shows before saying how many more there are.
+const STACK_ROWS: usize = 20;
+
+/// One process's events on one stack.
+#[derive(Serialize)]
+pub struct StackRow {
+    pub pid: u32,
+    pub comm: String,
+    pub minor: u64,
+    pub major: u64,
+    /// Innermost frame first.
+    pub stack: Vec<Named>,
+}
+
+impl StackRow {
+    pub fn total(&self) -> u64 {
+        self.minor + self.major
+    }
+}
+
+/// Every stack of the session, busiest first.
+#[derive(Serialize)]
+pub struct Stacks {
+    pub stacks: Vec<StackRow>,
+    /// Stacks cut short, sent whole, or not taught to the kernel.
+    pub losses: StackLosses,
+    /// Frames in a file that its symbols did not name.
+    pub unnamed_frames: u64,
+}
+
+impl Stacks {
+    /// One folded line per distinct stack as named (stacks that differ only in what symbols
+    /// cannot tell apart are added together), busiest first.
+    pub fn folded_lines(&self) -> Vec<String> {
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for row in &self.stacks {
+            let names: Vec<String> = row.stack.iter().map(Named::short).collect();
+            *counts
+                .entry(folded::stack(&row.comm, names.iter().map(String::as_str)))
+                .or_default() += row.total();
+        }
+        let mut lines: Vec<(String, u64)> = counts.into_iter().collect();
+        lines.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        lines
+            .into_iter()
+            .map(|(stack, count)| format!("{stack} {count}"))
+            .collect()
+    }
+}
+
+impl Record for Stacks {
+    const TYPE: &'static str = "stacks";
+
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        let all: u64 = self.stacks.iter().map(StackRow::total).sum();
+        writeln!(
+            out,
+            "\nStacks: {} distinct, {all} faults ({} stacks sent whole, {} cut short, {} \
+             unrecognised, {} frames unnamed)",
+            self.stacks.len(),
+            self.losses.snapshots,
+            self.losses.cut_short,
+            self.losses.unrecognised,
+            self.unnamed_frames,
+        )?;
+        for row in self.stacks.iter().take(STACK_ROWS) {
+            let share = if all > 0 {
+                100.0 * row.total() as f64 / all as f64
+            } else {
+                0.0
+            };
+            writeln!(
+                out,
+                "\n{} faults ({} minor, {} major, {share:.1}%) in {}[{}]",
+                row.total(),
+                row.minor,
+                row.major,
+                row.comm,
+                row.pid
+            )?;
+            for frame in &row.stack {
+                writeln!(out, " > {}", frame.line())?;
+            }
+        }
+        if self.stacks.len() > STACK_ROWS {
+            writeln!(
+                out,
+                "\n... and {} more stacks (--json or --folded list all)",
+                self.stacks.len() - STACK_ROWS
+            )?;
+        }
+        Ok(())
+    }
+
+    fn folded(&self, out: &mut dyn Write) -> io::Result<()> {
+        for line in self.folded_lines() {
+            writeln!(out, "{line}")?;
+        }
+        Ok(())
+    }
+}

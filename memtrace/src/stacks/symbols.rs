@@ -1,0 +1,152 @@
+//! Frames named: function and offset from the file's symbol tables, `file:line` from its debug
+//! information (in the file, or a separate debug file found by build id or `.gnu_debuglink`),
+//! through blazesym.
+
+use std::collections::HashMap;
+
+use blazesym::symbolize::{
+    Input, Symbolized, Symbolizer,
+    source::{Elf, Source},
+};
+use serde::Serialize;
+
+use super::{Frame, Module};
+
+/// A frame as reports show it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Named {
+    /// The file the frame is in, as its process sees it (`null` outside any file).
+    pub module: Option<String>,
+    /// Offset in that file (or the address, without a file), as strace -k prints it.
+    pub offset: u64,
+    /// The function, if the file's symbols name it.
+    pub symbol: Option<String>,
+    /// Offset of the frame's address from the function's start.
+    pub symbol_offset: Option<u64>,
+    /// Source file and line, where debug information was found.
+    pub file: Option<String>,
+    pub line: Option<u32>,
+}
+
+impl Named {
+    /// `function+0x1d` if named, else `module+0x1234`: one frame of a folded stack.
+    pub fn short(&self) -> String {
+        match (&self.symbol, &self.module) {
+            (Some(symbol), _) => symbol.clone(),
+            (None, Some(module)) => format!("{}+{:#x}", basename(module), self.offset),
+            (None, None) => format!("[unknown] {:#x}", self.offset),
+        }
+    }
+
+    /// strace -k's line: `module(function+0xoff) [0xoffset]`, and `file:line` when known.
+    pub fn line(&self) -> String {
+        let module = self.module.as_deref().unwrap_or("?");
+        let symbol = match (&self.symbol, self.symbol_offset) {
+            (Some(symbol), Some(offset)) => format!("{symbol}+{offset:#x}"),
+            _ => String::new(),
+        };
+        let mut line = format!("{module}({symbol}) [{:#x}]", self.offset);
+        if let Some(file) = &self.file {
+            line.push_str(&format!(" {}", basename(file)));
+            if let Some(number) = self.line {
+                line.push_str(&format!(":{number}"));
+            }
+        }
+        line
+    }
+}
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Names frames, each file's frames in one batch; remembers what it named.
+pub struct Symbols {
+    symbolizer: Symbolizer,
+    named: HashMap<Frame, Named>,
+    /// Frames in a file but not named by it (stripped, or unreadable once its process exited).
+    pub unnamed: u64,
+}
+
+impl Default for Symbols {
+    fn default() -> Self {
+        Symbols {
+            symbolizer: Symbolizer::builder().enable_inlined_fns(false).build(),
+            named: HashMap::new(),
+            unnamed: 0,
+        }
+    }
+}
+
+impl Symbols {
+    /// Names every frame of `frames` not named yet.
+    pub fn resolve<'a>(&mut self, modules: &[Module], frames: impl IntoIterator<Item = &'a Frame>) {
+        let mut by_module: HashMap<u32, Vec<Frame>> = HashMap::new();
+        for frame in frames {
+            if self.named.contains_key(frame) {
+                continue;
+            }
+            match frame.module {
+                Some(module) => {
+                    let batch = by_module.entry(module).or_default();
+                    if !batch.contains(frame) {
+                        batch.push(*frame);
+                    }
+                }
+                None => {
+                    self.named.insert(
+                        *frame,
+                        Named {
+                            offset: frame.offset,
+                            ..Named::default()
+                        },
+                    );
+                }
+            }
+        }
+        for (module, frames) in by_module {
+            let module = &modules[module as usize];
+            // A return address is looked up inside its call: one byte before.
+            let lookups: Vec<u64> = frames
+                .iter()
+                .map(|f| f.offset - u64::from(f.returns && f.offset > 0))
+                .collect();
+            let source = Source::Elf(Elf::new(&module.open_path));
+            let found = self
+                .symbolizer
+                .symbolize(&source, Input::FileOffset(&lookups))
+                .unwrap_or_default();
+            for (i, frame) in frames.into_iter().enumerate() {
+                let mut named = Named {
+                    module: Some(module.path.clone()),
+                    offset: frame.offset,
+                    ..Named::default()
+                };
+                match found.get(i) {
+                    Some(Symbolized::Sym(sym)) => {
+                        named.symbol = Some(sym.name.to_string());
+                        named.symbol_offset = Some(sym.offset as u64 + u64::from(frame.returns));
+                        if let Some(code) = &sym.code_info {
+                            let file = match &code.dir {
+                                Some(dir) => dir.join(&*code.file).display().to_string(),
+                                None => code.file.to_string_lossy().into_owned(),
+                            };
+                            named.file = Some(file);
+                            named.line = code.line;
+                        }
+                    }
+                    _ => self.unnamed += 1,
+                }
+                self.named.insert(frame, named);
+            }
+        }
+    }
+
+    /// A frame as named by [`Symbols::resolve`].
+    pub fn named(&self, frame: &Frame) -> Named {
+        self.named.get(frame).cloned().unwrap_or(Named {
+            offset: frame.offset,
+            ..Named::default()
+        })
+    }
+}
