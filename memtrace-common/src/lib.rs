@@ -118,6 +118,9 @@ pub mod maps {
     /// Hash: [`crate::stacks::StackKey`] → `u64` events; entries created by userspace once it
     /// knows the stack.
     pub const STACK_COUNTS: &str = "STACK_COUNTS";
+    /// Hash: [`crate::stacks::StackKey`] (with a whole copy's hash) → `u64` events waiting for
+    /// the stack userspace is unwinding.
+    pub const STACK_PENDING: &str = "STACK_PENDING";
     /// Ring buffer of stack snapshots ([`crate::stacks::SnapshotHeader`] and pages).
     pub const STACK_SNAPSHOTS: &str = "STACK_SNAPSHOTS";
 }

@@ -5,10 +5,15 @@
 //! (a [`Snapshot`]) and userspace unwinds it with the binaries' unwind tables. Userspace then
 //! teaches the kernel, per place a stack starts (a [`SiteKey`]: process, instruction and stack
 //! pointer), which stack words its unwinding read (a [`Recipe`]). The next event at that place
-//! hashes just those words ([`stack_hash`]): equal words unwind to the same frames, since every
+//! hashes just those words ([`hash_word`]): equal words unwind to the same frames, since every
 //! step of an unwinding depends only on the registers and the words it has read so far. A hash
-//! userspace has confirmed (an entry in the counting table) is counted in the kernel; anything
-//! else is sent whole again, so no event is ever attributed to a stack it did not have.
+//! userspace has confirmed (an entry in the counting table) is counted in the kernel.
+//!
+//! Anything else is copied and hashed whole (every word within reach of unwinding): the first
+//! copy with a given whole hash is sent, and until userspace has taught the kernel, events
+//! whose copies hash the same are counted as pending under that hash (same bytes, same
+//! stack). So a fault storm that begins before memtrace has learnt its stack costs one copy on
+//! the ring, not one per fault, and no event is ever attributed to a stack it did not have.
 
 /// Bytes of a memory page, the unit in which the kernel copies a stack.
 pub const PAGE_BYTES: usize = 4096;
@@ -97,6 +102,9 @@ pub struct SnapshotHeader {
     pub bp: u64,
     /// The faulting address.
     pub addr: u64,
+    /// The whole copy's hash, under which identical stacks are counted as pending until
+    /// userspace knows this one (0: not counted so).
+    pub pending: u64,
     pub comm: [u8; crate::COMM_LEN],
 }
 
@@ -122,7 +130,7 @@ pub const fn hash_word(hash: u64, word: u64) -> u64 {
 const _: () = assert!(size_of::<SiteKey>() == 24);
 const _: () = assert!(size_of::<Recipe>() == 16 + 2 * RECIPE_WORDS);
 const _: () = assert!(size_of::<StackKey>() == 16);
-const _: () = assert!(size_of::<SnapshotHeader>() == 64);
+const _: () = assert!(size_of::<SnapshotHeader>() == 72);
 const _: () = assert!(STACK_BYTES + PAGE_BYTES <= SNAPSHOT_PAGES * PAGE_BYTES);
 const _: () = assert!(STACK_BYTES.is_power_of_two());
 

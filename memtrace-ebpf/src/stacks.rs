@@ -3,7 +3,7 @@
 //! userspace has confirmed is counted here, anything else is copied whole to userspace.
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, pt_regs},
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, pt_regs},
     helpers::{
         bpf_get_current_comm, bpf_probe_read_kernel, bpf_probe_read_user_buf,
         generated::{bpf_get_current_task_btf, bpf_ringbuf_output, bpf_task_pt_regs},
@@ -28,6 +28,10 @@ static RECIPES: HashMap<SiteKey, Recipe> = HashMap::with_max_entries(MAX_STACKS,
 /// Shared by every CPU (counts added atomically); entries created by userspace.
 #[map(name = "STACK_COUNTS")]
 static COUNTS: HashMap<StackKey, u64> = HashMap::with_max_entries(MAX_STACKS, BPF_F_NO_PREALLOC);
+
+/// Events whose stack is on its way to userspace, by the whole copy's hash.
+#[map(name = "STACK_PENDING")]
+static PENDING: HashMap<StackKey, u64> = HashMap::with_max_entries(MAX_STACKS, BPF_F_NO_PREALLOC);
 
 /// Sized by userspace.
 #[map(name = "STACK_SNAPSHOTS")]
@@ -76,6 +80,7 @@ pub fn count(tgid: u32, tid: u32, kind: EventKind, addr: u64) {
         sp,
         bp,
         addr,
+        pending: 0,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     });
 }
@@ -112,15 +117,16 @@ fn known_hash(tgid: u32, ip: u64, sp: u64, bp: u64) -> Option<u64> {
     }
 }
 
-/// Copies the stack, from the page holding `sp`, and sends it with `header`. A stack that
-/// cannot be sent is counted as a drop.
+/// Copies the stack, from the page holding `sp`, and sends it with `header`, unless an
+/// identical copy is already on its way: then the event is counted as pending under it. A
+/// stack that cannot be sent is counted as a drop.
 #[inline(always)]
 fn send(header: SnapshotHeader) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     let first_page = header.sp & !(PAGE_BYTES as u64 - 1);
-    // SAFETY: the scratch is this CPU's own; every copy stays inside its pages.
+    // SAFETY: the scratch is this CPU's own; every copy and read stays inside its pages.
     unsafe {
         let pages = &mut (*scratch).pages;
         let mut copied = 0u32;
@@ -133,8 +139,24 @@ fn send(header: SnapshotHeader) {
             }
             copied += 1;
         }
+        let key = StackKey {
+            tgid: header.tgid,
+            kind: header.kind,
+            hash: whole_hash(&header, pages, copied),
+        };
+        if let Some(waiting) = PENDING.get_ptr_mut(key) {
+            atomic::add(waiting, 1);
+            return;
+        }
+        // This event travels with its copy; the next identical ones wait under its hash.
+        let pending = if PENDING.insert(key, 0, u64::from(BPF_NOEXIST)).is_ok() {
+            key.hash
+        } else {
+            0
+        };
         (*scratch).header = SnapshotHeader {
             pages: copied,
+            pending,
             ..header
         };
         let size = size_of::<SnapshotHeader>() + copied as usize * PAGE_BYTES;
@@ -149,6 +171,36 @@ fn send(header: SnapshotHeader) {
         );
         if sent < 0 {
             drops::count(DropSource::StackRingFull);
+            if pending != 0 {
+                // Nothing will tell userspace what stack this hash is.
+                let _ = PENDING.remove(key);
+            }
         }
     }
+}
+
+/// The hash of the registers and of every copied word unwinding could read (up to
+/// [`STACK_BYTES`] above `sp`): copies with equal hashes unwind alike.
+#[inline(always)]
+fn whole_hash(
+    header: &SnapshotHeader,
+    pages: &[u8; SNAPSHOT_PAGES * PAGE_BYTES],
+    copied: u32,
+) -> u64 {
+    let start = (header.sp as usize) & (PAGE_BYTES - 1);
+    let end = copied as usize * PAGE_BYTES;
+    let mut hash = hash_word(
+        hash_seed(header.ip, header.sp, header.bp),
+        u64::from(copied),
+    );
+    for i in 0..STACK_BYTES / 8 {
+        let at = start + 8 * i;
+        if at + 8 > end || at + 8 > pages.len() {
+            break;
+        }
+        // SAFETY: bounds checked just above.
+        let word = unsafe { pages.as_ptr().add(at).cast::<u64>().read_unaligned() };
+        hash = hash_word(hash, word);
+    }
+    hash
 }

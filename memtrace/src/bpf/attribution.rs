@@ -18,7 +18,7 @@ use super::{
     targets::{self, Filter},
     tracepoints::Tracepoints,
 };
-use crate::stacks::Teach;
+use crate::stacks::{KernelCounts, Teach};
 
 /// What the object loses.
 pub const LOSSES: [DropSource; 2] = [DropSource::StackRingFull, DropSource::TargetTableFull];
@@ -57,6 +57,7 @@ pub struct Tables {
     snapshots: AsyncFd<RingBuf<MapData>>,
     recipes: HashMap<MapData, SiteKey, Recipe>,
     counts: HashMap<MapData, StackKey, u64>,
+    pending: HashMap<MapData, StackKey, u64>,
 }
 
 impl Tables {
@@ -78,6 +79,8 @@ impl Tables {
                 .context("STACK_RECIPES map")?,
             counts: HashMap::try_from(take(ebpf, maps::STACK_COUNTS)?)
                 .context("STACK_COUNTS map")?,
+            pending: HashMap::try_from(take(ebpf, maps::STACK_PENDING)?)
+                .context("STACK_PENDING map")?,
         })
     }
 
@@ -98,6 +101,7 @@ impl Tables {
             snapshots,
             recipes,
             counts,
+            ..
         } = self;
         let mut teacher = Teacher { recipes, counts };
         let ring = snapshots.get_mut();
@@ -109,18 +113,29 @@ impl Tables {
         n
     }
 
-    /// Every stack the kernel counted, with its count.
-    pub fn counts(&self) -> anyhow::Result<Vec<(StackKey, u64)>> {
-        let mut entries = Vec::new();
-        for entry in self.counts.iter() {
-            match entry {
-                Ok(entry) => entries.push(entry),
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(err) => return Err(anyhow::Error::new(err).context("read STACK_COUNTS")),
-            }
-        }
-        Ok(entries)
+    /// Everything the kernel counted per stack.
+    pub fn counts(&self) -> anyhow::Result<KernelCounts> {
+        Ok(KernelCounts {
+            known: entries(&self.counts, maps::STACK_COUNTS)?,
+            pending: entries(&self.pending, maps::STACK_PENDING)?,
+        })
     }
+}
+
+/// Every entry of a table, skipping those deleted while it is read.
+fn entries(
+    table: &HashMap<MapData, StackKey, u64>,
+    name: &str,
+) -> anyhow::Result<Vec<(StackKey, u64)>> {
+    let mut entries = Vec::new();
+    for entry in table.iter() {
+        match entry {
+            Ok(entry) => entries.push(entry),
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(err) => return Err(anyhow::Error::new(err).context(format!("read {name}"))),
+        }
+    }
+    Ok(entries)
 }
 
 /// `BPF_NOEXIST`: create, never replace.

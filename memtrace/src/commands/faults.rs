@@ -203,7 +203,7 @@ impl Attributed {
             processes
                 .iter()
                 .flat_map(|p| &p.stacks)
-                .flat_map(|(id, _)| self.stacks.stack(*id)),
+                .flat_map(|(id, _)| &self.stacks.stack(*id).frames),
         );
         let mut rows: Vec<StackRow> = processes
             .iter()
@@ -216,9 +216,11 @@ impl Attributed {
                     stack: self
                         .stacks
                         .stack(id)
+                        .frames
                         .iter()
                         .map(|frame| symbols.named(frame))
                         .collect(),
+                    complete: self.stacks.stack(id).complete,
                 })
             })
             .collect();

@@ -23,6 +23,8 @@ pub struct StackRow {
     pub major: u64,
     /// Innermost frame first.
     pub stack: Vec<Named>,
+    /// Whether unwinding reached the stack's root; else the outermost frames are missing.
+    pub complete: bool,
 }
 
 impl StackRow {
@@ -93,6 +95,9 @@ impl Record for Stacks {
             )?;
             for frame in &row.stack {
                 writeln!(out, " > {}", frame.line())?;
+            }
+            if !row.complete {
+                writeln!(out, " > [cut short: the next frame could not be unwound]")?;
             }
         }
         if self.stacks.len() > STACK_ROWS {

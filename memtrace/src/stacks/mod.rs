@@ -47,6 +47,15 @@ pub struct Frame {
     pub returns: bool,
 }
 
+/// A stack as unwound.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Stack {
+    /// Innermost first.
+    pub frames: Vec<Frame>,
+    /// Whether unwinding reached the root (else it stopped short: see [`StackLosses`]).
+    pub complete: bool,
+}
+
 /// Index in [`Stacks::stack`].
 pub type StackId = u32;
 
@@ -105,11 +114,13 @@ pub struct Stacks {
     module_ids: HashMap<Module, u32>,
     processes: HashMap<u32, Process>,
     cache: CacheX86_64,
-    stacks: Vec<Vec<Frame>>,
-    stack_ids: HashMap<Vec<Frame>, StackId>,
+    stacks: Vec<Stack>,
+    stack_ids: HashMap<Stack, StackId>,
     places: HashMap<SiteKey, Place>,
     /// The kernel's hashes, per process and kind, and the stack each stands for.
     known: HashMap<StackKey, StackId>,
+    /// The whole copies' hashes the kernel counts pending events under, and their stacks.
+    pending: HashMap<StackKey, StackId>,
     /// Events counted here: those whose stacks came whole.
     counted: HashMap<(u32, StackId), [u64; 2]>,
     pub losses: StackLosses,
@@ -120,7 +131,7 @@ impl Stacks {
         &self.modules
     }
 
-    pub fn stack(&self, id: StackId) -> &[Frame] {
+    pub fn stack(&self, id: StackId) -> &Stack {
         &self.stacks[id as usize]
     }
 
@@ -150,8 +161,19 @@ impl Stacks {
             self.losses.cut_short += 1;
         }
         let frames = self.frames(header.tgid, &walk.addresses);
-        let id = self.intern(frames);
+        let id = self.intern(Stack {
+            frames,
+            complete: walk.complete,
+        });
         self.counted.entry((header.tgid, id)).or_default()[kind as usize] += 1;
+        if header.pending != 0 {
+            let key = StackKey {
+                tgid: header.tgid,
+                kind: header.kind,
+                hash: header.pending,
+            };
+            self.pending.insert(key, id);
+        }
         if !self.teach(&header, kind, &stack, &walk, id, kernel) {
             self.losses.unrecognised += 1;
         }
@@ -192,15 +214,16 @@ impl Stacks {
         let mut frames = Vec::with_capacity(addresses.len());
         for (i, &address) in addresses.iter().enumerate() {
             let process = &self.processes[&pid];
-            let mapping = process
-                .unwinder
-                .mapping_of(address)
-                .filter(|m| m.is_file())
-                .cloned();
+            let mapping = process.unwinder.mapping_of(address).cloned();
             let frame = match mapping {
-                Some(mapping) => {
+                // Files, and the regions the kernel names (`[vdso]`); not anonymous memory.
+                Some(mapping) if mapping.is_file() || mapping.path.starts_with('[') => {
                     let module = Module {
-                        open_path: format!("{}{}", process.root, mapping.path),
+                        open_path: if mapping.is_file() {
+                            format!("{}{}", process.root, mapping.path)
+                        } else {
+                            String::new()
+                        },
                         path: mapping.path.clone(),
                     };
                     let next = u32::try_from(self.modules.len()).unwrap_or(u32::MAX);
@@ -214,7 +237,7 @@ impl Stacks {
                         returns: i > 0,
                     }
                 }
-                None => Frame {
+                _ => Frame {
                     module: None,
                     offset: address,
                     returns: i > 0,
@@ -225,8 +248,8 @@ impl Stacks {
         frames
     }
 
-    fn intern(&mut self, frames: Vec<Frame>) -> StackId {
-        match self.stack_ids.entry(frames) {
+    fn intern(&mut self, stack: Stack) -> StackId {
+        match self.stack_ids.entry(stack) {
             Entry::Occupied(entry) => *entry.get(),
             Entry::Vacant(entry) => {
                 let id = StackId::try_from(self.stacks.len()).unwrap_or(StackId::MAX);
@@ -316,16 +339,21 @@ impl Stacks {
         process.unwinder.walk(&mut self.cache, &other) != *walk
     }
 
-    /// Every process's stacks with their counts: the kernel's (`kernel`, read from its table)
-    /// added to those counted here. Busiest process first, busiest stack first.
-    pub fn report(&self, kernel: &[(StackKey, u64)]) -> Vec<ProcessStacks> {
+    /// Every process's stacks with their counts: the kernel's (read from its tables: counted
+    /// on known stacks, and pending on stacks sent whole) added to those counted here. Busiest
+    /// process first, busiest stack first.
+    pub fn report(&self, kernel: &KernelCounts) -> Vec<ProcessStacks> {
         let mut counts: HashMap<(u32, StackId), [u64; 2]> = self.counted.clone();
-        for (key, n) in kernel {
-            let (Some(&id), Some(kind)) = (self.known.get(key), EventKind::from_u32(key.kind))
-            else {
-                continue;
-            };
-            counts.entry((key.tgid, id)).or_default()[kind as usize] += n;
+        for (table, ids) in [
+            (&kernel.known, &self.known),
+            (&kernel.pending, &self.pending),
+        ] {
+            for (key, n) in table {
+                let (Some(&id), Some(kind)) = (ids.get(key), EventKind::from_u32(key.kind)) else {
+                    continue;
+                };
+                counts.entry((key.tgid, id)).or_default()[kind as usize] += n;
+            }
         }
         let mut by_process: HashMap<u32, Vec<(StackId, [u64; 2])>> = HashMap::new();
         for ((pid, id), n) in counts {
@@ -345,6 +373,15 @@ impl Stacks {
         report.sort_by_key(|p| (std::cmp::Reverse(total(p)), p.pid));
         report
     }
+}
+
+/// What the kernel's tables counted.
+#[derive(Default)]
+pub struct KernelCounts {
+    /// On stacks userspace taught it.
+    pub known: Vec<(StackKey, u64)>,
+    /// On stacks on their way to userspace, by the whole copy's hash.
+    pub pending: Vec<(StackKey, u64)>,
 }
 
 /// A process's events, all stacks and kinds.

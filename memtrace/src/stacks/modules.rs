@@ -14,6 +14,8 @@ pub struct ModuleFile {
     pub sections: ExplicitModuleSectionInfo<Bytes>,
     /// Loadable segments: file range and the address the file says they load at.
     segments: Vec<(Range<u64>, u64)>,
+    /// The entry point (`_start`): the root of every stack of a process's main thread.
+    pub entry: u64,
 }
 
 impl ModuleFile {
@@ -55,19 +57,24 @@ impl ModuleFile {
                 ..Default::default()
             },
             segments,
+            entry: elf.entry(),
         })
     }
 
-    /// Where the file's address 0 is in a process that maps `offset` of it at `start`.
+    /// Where the file's address 0 is in a process that maps `offset` of it at `start`. The
+    /// mapping begins at a page boundary, which may lie in the previous segment's last page: the
+    /// segment is the last one whose pages hold `offset`.
     pub fn base_address(&self, start: u64, offset: u64) -> Option<u64> {
-        let (file_range, address) = self
-            .segments
-            .iter()
-            .find(|(file_range, _)| file_range.contains(&offset))?;
-        let svma = address + (offset - file_range.start);
+        let (file_range, address) = self.segments.iter().rev().find(|(file_range, _)| {
+            (file_range.start & !(PAGE - 1)..file_range.end).contains(&offset)
+        })?;
+        let svma = (address + offset).checked_sub(file_range.start)?;
         start.checked_sub(svma)
     }
 }
+
+/// Pages are the unit of mappings.
+const PAGE: u64 = 4096;
 
 /// Files read so far, by the path they were opened at and their inode.
 #[derive(Default)]

@@ -106,6 +106,18 @@ impl Symbols {
         }
         for (module, frames) in by_module {
             let module = &modules[module as usize];
+            if module.open_path.is_empty() {
+                // A region the kernel names (`[vdso]`): no file to read symbols from.
+                for frame in frames {
+                    let named = Named {
+                        module: Some(module.path.clone()),
+                        offset: frame.offset,
+                        ..Named::default()
+                    };
+                    self.named.insert(frame, named);
+                }
+                continue;
+            }
             // A return address is looked up inside its call: one byte before.
             let lookups: Vec<u64> = frames
                 .iter()

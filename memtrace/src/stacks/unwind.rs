@@ -59,7 +59,12 @@ pub struct ProcessUnwinder {
     unwinder: UnwinderX86_64<Bytes>,
     /// Executable file mappings that got a module.
     modules: Vec<Range<u64>>,
+    /// Addresses of the entry points of the files mapped (their `_start`).
+    entries: Vec<u64>,
 }
+
+/// Bytes of an entry point's code within which a frame is the root: `_start` calls on at once.
+const ENTRY_CODE: u64 = 64;
 
 impl ProcessUnwinder {
     /// Reads the process's mappings and the unwind tables of its executable files. `root`
@@ -69,6 +74,7 @@ impl ProcessUnwinder {
         let mappings = maps::read(pid).unwrap_or_default();
         let mut unwinder = UnwinderX86_64::new();
         let mut modules = Vec::new();
+        let mut entries = Vec::new();
         for mapping in mappings.iter().filter(|m| m.executable && m.is_file()) {
             let Some(file) = files.get(&format!("{root}{}", mapping.path), mapping.inode) else {
                 continue;
@@ -83,11 +89,13 @@ impl ProcessUnwinder {
                 file.sections.clone(),
             ));
             modules.push(mapping.start..mapping.end);
+            entries.push(base + file.entry);
         }
         ProcessUnwinder {
             mappings,
             unwinder,
             modules,
+            entries,
         }
     }
 
@@ -126,6 +134,20 @@ impl ProcessUnwinder {
                     Err(_) => break false,
                 }
             }
+        };
+        // `_start` has no caller: unwind tables rarely say so, and what lies above it is the
+        // process's arguments, not a frame.
+        let root = addresses.iter().position(|&address| {
+            self.entries
+                .iter()
+                .any(|&entry| (entry..entry + ENTRY_CODE).contains(&address))
+        });
+        let complete = match root {
+            Some(root) => {
+                addresses.truncate(root + 1);
+                true
+            }
+            None => complete,
         };
         Walk {
             addresses,

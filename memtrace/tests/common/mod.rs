@@ -143,23 +143,41 @@ pub fn run_memtrace(args: &[&str]) -> Output {
 
 /// Builds `tests/workloads/NAME.c` once per test run.
 pub fn workload(name: &str) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/workloads/{name}.c"));
+    workload_built(name, "", &[])
+}
+
+/// Builds `tests/workloads/NAME.c` (`NAME.rs` when `flags` start with `rustc`) with extra
+/// compiler flags, as the binary `NAME` + `variant`.
+pub fn workload_built(name: &str, variant: &str, flags: &[&str]) -> PathBuf {
+    let rust = flags.first() == Some(&"rustc");
+    let extension = if rust { "rs" } else { "c" };
+    let source =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/workloads/{name}.{extension}"));
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("workloads");
     fs::create_dir_all(&dir).unwrap();
-    let binary = dir.join(name);
+    let binary = dir.join(format!("{name}{variant}"));
     let fresh = |b: &Path| {
         let built = fs::metadata(b).and_then(|m| m.modified());
         let src = fs::metadata(&source).and_then(|m| m.modified());
         matches!((built, src), (Ok(b), Ok(s)) if b >= s)
     };
     if !fresh(&binary) {
-        let status = Command::new("cc")
-            .args(["-O2", "-Wall", "-pthread", "-o"])
+        let mut compiler = if rust {
+            let mut rustc = Command::new("rustc");
+            rustc.args(["--edition", "2024"]).args(&flags[1..]);
+            rustc
+        } else {
+            let mut cc = Command::new("cc");
+            cc.args(["-O2", "-Wall", "-pthread"]).args(flags);
+            cc
+        };
+        let status = compiler
+            .arg("-o")
             .arg(&binary)
             .arg(&source)
             .status()
-            .expect("run cc");
-        assert!(status.success(), "cc {name}.c failed");
+            .expect("run the compiler");
+        assert!(status.success(), "building {name}.{extension} failed");
     }
     binary
 }
