@@ -485,17 +485,7 @@ impl Job for Faults<'_> {
                 minor: t.minor + p.minor,
                 major: t.major + p.major,
             });
-        let dropped = self.drops()?;
-        sink.emit(&Summary {
-            timestamp: Timestamp::now(),
-            duration_s: ending.duration.as_secs_f64(),
-            reason: ending.end.reason(),
-            processes,
-            total,
-            dropped: &dropped,
-            command: ending.command.map(Command::of),
-            per_thread: self.config.per_thread,
-        })?;
+        // The stacks come before the summary, which is always a report's last record.
         if let Source::Attribution(attributed) = &self.source {
             let report = attributed.report()?;
             sink.emit(&report)?;
@@ -509,6 +499,17 @@ impl Job for Faults<'_> {
                 .with_context(|| format!("draw the flame graph into {}", path.display()))?;
             }
         }
+        let dropped = self.drops()?;
+        sink.emit(&Summary {
+            timestamp: Timestamp::now(),
+            duration_s: ending.duration.as_secs_f64(),
+            reason: ending.end.reason(),
+            processes,
+            total,
+            dropped: &dropped,
+            command: ending.command.map(Command::of),
+            per_thread: self.config.per_thread,
+        })?;
         Ok(())
     }
 

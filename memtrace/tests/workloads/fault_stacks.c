@@ -1,7 +1,7 @@
 // Faults in known functions, for `faults --stacks`: N pages in touch_near, M pages in
 // touch_deep through a deeper chain, and a file evicted from the page cache read through a
 // mapping in read_mapped. Prints the kernel's own counts of each phase (getrusage deltas).
-// Built -O2 -fomit-frame-pointer: the stacks must come from the unwind tables.
+// The tests build it with and without frame pointers: the stacks must be right either way.
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,7 +78,8 @@ int main(int argc, char **argv) {
     counts(&m2, &j2);
     long sum = read_mapped(f, file_pages);
     counts(&m3, &j3);
-    printf("near %ld %ld\ndeep %ld %ld\nfile %ld %ld\nsum %ld\n", m1 - m0, j1 - j0, m2 - m1,
-           j2 - j1, m3 - m2, j3 - j2, sum);
-    return 0;
+    // On stderr: stdout may be the tracer's report.
+    fprintf(stderr, "near %ld %ld\ndeep %ld %ld\nfile %ld %ld\n", m1 - m0, j1 - j0, m2 - m1,
+            j2 - j1, m3 - m2, j3 - j2);
+    return sum == 42;  // keeps the reads; random data never sums to exactly that
 }

@@ -1,0 +1,266 @@
+//! `memtrace faults --stacks` against the kernel's own accounting: a program faults known
+//! numbers of pages in known functions, and tells its `getrusage` deltas per phase; memtrace's
+//! counts per stack must equal them, with the right frames, whether the program was built with
+//! frame pointers or without (then only the unwind tables can give the stack), in C and in Rust.
+
+mod common;
+
+use std::{collections::HashMap, fs, path::Path};
+
+use common::{disk_dir, memtrace, workload_built};
+use serde_json::Value;
+
+const NEAR: u64 = 3000;
+const DEEP: u64 = 5000;
+
+/// A file of `pages` pages on a real disk, for major faults once evicted; one per test, so that
+/// tests run in parallel do not rewrite each other's.
+fn data_file(name: &str, pages: u64) -> std::path::PathBuf {
+    let path = disk_dir().join(format!("stacks-{name}.data"));
+    let bytes: Vec<u8> = (0..pages * 4096)
+        .map(|i| (i * 7 + i / 4096) as u8)
+        .collect();
+    fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Runs `memtrace faults --stacks` on a command; returns its records and the workload's
+/// counts per phase (from its stderr).
+fn run(extra: &[&str], command: &[&str]) -> (Vec<Value>, HashMap<String, (u64, u64)>) {
+    let output = memtrace()
+        .args(["faults", "--stacks", "--json"])
+        .args(extra)
+        .arg("--")
+        .args(command)
+        .output()
+        .expect("run memtrace");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "memtrace failed: {stderr}");
+    let records = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}")))
+        .collect();
+    let phases = phase_counts(&stderr);
+    (records, phases)
+}
+
+/// The workload's `PHASE MINOR MAJOR` lines.
+fn phase_counts(stderr: &str) -> HashMap<String, (u64, u64)> {
+    stderr
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let phase = words.next()?;
+            let minor = words.next()?.parse().ok()?;
+            let major = words.next()?.parse().ok()?;
+            Some((phase.to_owned(), (minor, major)))
+        })
+        .collect()
+}
+
+fn record<'a>(records: &'a [Value], kind: &str) -> &'a Value {
+    records
+        .iter()
+        .find(|r| r["type"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} record"))
+}
+
+/// The functions of a stack, innermost first, with the paths' last parts for the rest.
+fn functions(stack: &Value) -> Vec<String> {
+    stack["stack"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|frame| {
+            let symbol = frame["symbol"].as_str().unwrap_or("?");
+            // Rust symbols come with their module path.
+            symbol.rsplit("::").next().unwrap().to_owned()
+        })
+        .collect()
+}
+
+/// (minor, major) over the stacks whose innermost frames are `innermost`.
+fn faults_under(stacks: &[Value], innermost: &[&str]) -> (u64, u64) {
+    stacks
+        .iter()
+        .filter(|s| {
+            functions(s).starts_with(&innermost.iter().map(|f| f.to_string()).collect::<Vec<_>>())
+        })
+        .fold((0, 0), |(minor, major), s| {
+            (
+                minor + s["minor"].as_u64().unwrap(),
+                major + s["major"].as_u64().unwrap(),
+            )
+        })
+}
+
+/// Checks a run of the fault_stacks workload: each phase's faults under its function's stack
+/// equal the kernel's count of that phase, and the stacks add up to the process's total.
+fn assert_phases(records: &[Value], phases: &HashMap<String, (u64, u64)>, file: bool) {
+    let stacks = record(records, "stacks")["stacks"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let summary = record(records, "summary");
+    assert_eq!(records.last().unwrap()["type"], "summary");
+    for (source, n) in summary["dropped"].as_object().unwrap() {
+        assert_eq!(n, 0, "dropped ({source})");
+    }
+    let near = faults_under(&stacks, &["touch_near", "main"]);
+    assert_eq!(near, phases["near"], "faults under touch_near <- main");
+    let deep = faults_under(
+        &stacks,
+        &["touch_deep", "middle_deep", "outer_deep", "main"],
+    );
+    assert_eq!(
+        deep, phases["deep"],
+        "faults under touch_deep <- middle_deep <- outer_deep"
+    );
+    if file {
+        let mapped = faults_under(&stacks, &["read_mapped", "main"]);
+        assert_eq!(mapped, phases["file"], "faults under read_mapped <- main");
+        assert!(
+            mapped.1 > 0,
+            "the evicted file took no major fault: {mapped:?}"
+        );
+    }
+    let process = &summary["processes"][0];
+    let per_stack: (u64, u64) = stacks.iter().fold((0, 0), |(minor, major), s| {
+        (
+            minor + s["minor"].as_u64().unwrap(),
+            major + s["major"].as_u64().unwrap(),
+        )
+    });
+    assert_eq!(
+        per_stack,
+        (
+            process["minor"].as_u64().unwrap(),
+            process["major"].as_u64().unwrap()
+        ),
+        "the stacks' counts add up to the process total"
+    );
+    // The frames are named from the program's own debug information.
+    let deep_stack = stacks
+        .iter()
+        .find(|s| functions(s).first().map(String::as_str) == Some("touch_deep"))
+        .unwrap();
+    let innermost = &deep_stack["stack"][0];
+    assert!(
+        innermost["file"]
+            .as_str()
+            .is_some_and(|f| f.contains("fault_stacks")),
+        "{innermost}"
+    );
+    assert!(innermost["line"].as_u64().is_some(), "{innermost}");
+}
+
+fn c_workload_run(variant: &str, flags: &[&str]) {
+    let binary = workload_built("fault_stacks", variant, flags);
+    let file = data_file(variant, 512);
+    let (records, phases) = run(
+        &[],
+        &[
+            binary.to_str().unwrap(),
+            &NEAR.to_string(),
+            &DEEP.to_string(),
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(phases["near"].0, NEAR);
+    assert_phases(&records, &phases, true);
+}
+
+#[test]
+fn stacks_without_frame_pointers_equal_the_kernels_counts_per_function() {
+    require_root!();
+    c_workload_run("-nofp", &["-g", "-fomit-frame-pointer"]);
+}
+
+#[test]
+fn stacks_with_frame_pointers_equal_the_kernels_counts_per_function() {
+    require_root!();
+    c_workload_run("-fp", &["-g", "-fno-omit-frame-pointer"]);
+}
+
+#[test]
+fn stacks_of_a_rust_program_equal_the_kernels_counts_per_function() {
+    require_root!();
+    let binary = workload_built(
+        "fault_stacks",
+        "-rust",
+        &["rustc", "-C", "opt-level=2", "-C", "debuginfo=2"],
+    );
+    let (records, phases) = run(
+        &[],
+        &[
+            binary.to_str().unwrap(),
+            &NEAR.to_string(),
+            &DEEP.to_string(),
+        ],
+    );
+    assert_phases(&records, &phases, false);
+}
+
+#[test]
+fn folded_lines_and_the_flame_graph_carry_the_same_counts() {
+    require_root!();
+    let binary = workload_built("fault_stacks", "-nofp", &["-g", "-fomit-frame-pointer"]);
+    let file = data_file("folded", 64);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let folded_path = dir.join("faults.folded");
+    let svg_path = dir.join("faults.svg");
+    let _ = fs::remove_file(&svg_path);
+    let output = memtrace()
+        .args(["faults", "--stacks", "--folded", "-o"])
+        .arg(&folded_path)
+        .arg("--flamegraph")
+        .arg(&svg_path)
+        .arg("--")
+        .arg(&binary)
+        .args([&NEAR.to_string(), &DEEP.to_string()])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let phases = phase_counts(&stderr);
+    let folded = fs::read_to_string(&folded_path).unwrap();
+    let mut lines: HashMap<String, u64> = HashMap::new();
+    for line in folded.lines() {
+        let (stack, count) = line.rsplit_once(' ').expect("STACK COUNT");
+        assert!(
+            lines
+                .insert(stack.to_owned(), count.parse().unwrap())
+                .is_none(),
+            "one line per distinct stack: {stack}"
+        );
+    }
+    let ending = |suffix: &str| -> u64 {
+        lines
+            .iter()
+            .filter(|(stack, _)| stack.ends_with(suffix))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    // Root first: the process name, then the outermost frame.
+    assert!(
+        lines.keys().all(|stack| stack.starts_with("fault_stacks")),
+        "{folded}"
+    );
+    let total = |phase: &str| phases[phase].0 + phases[phase].1;
+    assert_eq!(ending(";main;touch_near"), total("near"), "{folded}");
+    assert_eq!(
+        ending(";main;outer_deep;middle_deep;touch_deep"),
+        total("deep"),
+        "{folded}"
+    );
+    let svg = fs::read_to_string(&svg_path).expect("the flame graph");
+    assert!(
+        svg.starts_with("<?xml") && svg.contains("touch_deep"),
+        "not a flame graph of the stacks"
+    );
+}
