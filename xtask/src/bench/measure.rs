@@ -21,6 +21,12 @@ use super::{
 /// round so that no mode always follows another), so drift in the machine's speed hits every
 /// mode alike. The first mode must be the untraced baseline.
 pub fn overhead(suite: &Suite, title: &str, workload: &Workload, modes: &[Mode]) -> Result<String> {
+    let modes: Vec<Mode> = modes
+        .iter()
+        .filter(|mode| suite.runs(mode.command.as_deref()))
+        .cloned()
+        .collect();
+    let modes = modes.as_slice();
     let rounds = suite.rounds;
     eprintln!("bench: {title} ({rounds} rounds)");
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];

@@ -42,6 +42,11 @@ pub struct BenchArgs {
     /// Run only these rows (default: all)
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Row>,
+
+    /// Leave memtrace's own modes out of the overhead and stack-report tables: only the untraced
+    /// baseline and the peers run (to check a row's peers before memtrace has its flags)
+    #[arg(long)]
+    pub without_memtrace: bool,
 }
 
 /// Debian packages providing the peers.
@@ -61,6 +66,8 @@ pub struct Suite {
     rounds: usize,
     /// Whether `perf stat -e instructions` counts on this machine.
     instructions: bool,
+    /// `--without-memtrace`: run only the baseline and the peers.
+    without_memtrace: bool,
 }
 
 impl Suite {
@@ -69,6 +76,13 @@ impl Suite {
         std::iter::once(self.memtrace.to_string_lossy().into_owned())
             .chain(args.iter().map(|&arg| arg.to_owned()))
             .collect()
+    }
+
+    /// Whether `command` is to run: any, unless it is memtrace's and `--without-memtrace` is set.
+    fn runs(&self, command: Option<&[String]>) -> bool {
+        let memtrace = self.memtrace.to_string_lossy();
+        !(self.without_memtrace
+            && command.and_then(<[String]>::first).is_some_and(|program| *program == memtrace))
     }
 
     /// Rounds for the slow peers (strace, perf trace: 20–70× the untraced time), which would
@@ -102,6 +116,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         quick: args.quick,
         rounds: args.rounds.unwrap_or(if args.quick { 3 } else { 7 }),
         instructions,
+        without_memtrace: args.without_memtrace,
     };
     let selected: Vec<Row> = if args.only.is_empty() {
         Row::value_variants().to_vec()
@@ -139,6 +154,9 @@ fn header(suite: &Suite, secs: f64) -> String {
          attached; modes run interleaved round by round, the order rotating.\n\n",
         if suite.quick { " --quick" } else { "" }
     );
+    if suite.without_memtrace {
+        out.push_str("**--without-memtrace**: memtrace's own modes left out.\n\n");
+    }
     if suite.quick {
         out.push_str(
             "**--quick**: smaller workloads and 3 rounds; strace and perf trace run once; \
