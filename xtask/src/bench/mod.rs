@@ -82,7 +82,9 @@ impl Suite {
     fn runs(&self, command: Option<&[String]>) -> bool {
         let memtrace = self.memtrace.to_string_lossy();
         !(self.without_memtrace
-            && command.and_then(<[String]>::first).is_some_and(|program| *program == memtrace))
+            && command
+                .and_then(<[String]>::first)
+                .is_some_and(|program| *program == memtrace))
     }
 
     /// Rounds for the slow peers (strace, perf trace: 20–70× the untraced time), which would
@@ -93,7 +95,13 @@ impl Suite {
 
     /// Builds `xtask/workloads/NAME.c` into the bench directory.
     fn compile(&self, name: &str) -> Result<PathBuf> {
-        compile(&self.dir, name)
+        compile(&self.dir, name, name, &[])
+    }
+
+    /// Builds `xtask/workloads/NAME.c` with extra compiler flags into the bench directory as
+    /// `binary` (so that builds of one source with different flags do not overwrite each other).
+    fn compile_with(&self, name: &str, binary: &str, flags: &[&str]) -> Result<PathBuf> {
+        compile(&self.dir, name, binary, flags)
     }
 }
 
@@ -177,11 +185,13 @@ fn header(suite: &Suite, secs: f64) -> String {
     out
 }
 
-fn compile(dir: &Path, name: &str) -> Result<PathBuf> {
+fn compile(dir: &Path, name: &str, binary: &str, flags: &[&str]) -> Result<PathBuf> {
     let source = workspace_root().join(format!("xtask/workloads/{name}.c"));
-    let binary = dir.join(name);
+    let binary = dir.join(binary);
     Cmd::new("cc")
-        .args(["-O2", "-Wall", "-pthread", "-o"])
+        .args(["-O2", "-Wall", "-pthread"])
+        .args(flags)
+        .args(["-o"])
         .args([&binary, &source])
         .run()?;
     Ok(binary)
