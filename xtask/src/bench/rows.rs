@@ -40,6 +40,9 @@ pub enum Row {
     /// Minor faults (no frame pointers) counted per user stack (`faults --stacks --folded`), per
     /// mapping and per file, beside perf record's DWARF call graphs and bpftrace's ustack
     Stacks,
+    /// brk/mmap/munmap calls under `trace --stack` beside `trace` and `trace -c`, and, on a
+    /// workload small enough for it, beside `strace -k`
+    TraceStacks,
 }
 
 impl Row {
@@ -55,6 +58,7 @@ impl Row {
             Row::Pressure => pressure(suite),
             Row::Oom => oom(suite),
             Row::Stacks => stacks(suite),
+            Row::TraceStacks => trace_stacks(suite),
         }
     }
 }
@@ -359,6 +363,69 @@ fn trace(suite: &Suite) -> Result<String> {
         },
         &modes,
     )
+}
+
+/// Each allocation call with its user stack, against the same calls without: two tables, as
+/// `strace -k` (~900× untraced here: its unwinding reads the tracee's memory through ptrace)
+/// cannot run on the `trace` row's workload. The first, at the `trace` row's size, for memtrace's
+/// own modes; the second at a size where strace -k takes about 20 s, for the peers.
+fn trace_stacks(suite: &Suite) -> Result<String> {
+    let binary = suite.compile("alloc_loop")?;
+    let workload = |calls: u64| Workload {
+        binary: binary.clone(),
+        args: vec![calls.to_string()],
+    };
+    let tracing = |label: &str, args: &[&str]| {
+        Mode::traced(
+            label,
+            suite.memtrace(&[&["trace", "--pid", "{pid}", "-o", "/dev/null"], args].concat()),
+            Ready::StderrLine("memtrace: tracing"),
+        )
+    };
+    let stack = || tracing("memtrace trace --stack (every call printed)", &["--stack"]);
+    let calls: u64 = if suite.quick { 100_000 } else { 810_000 };
+    let own = measure::overhead(
+        suite,
+        &format!("{calls} brk/mmap/munmap calls — memtrace trace --stack --pid"),
+        &workload(calls),
+        &[
+            Mode::untraced(),
+            tracing("memtrace trace -c (counting)", &["-c"]),
+            tracing("memtrace trace (every call printed, human)", &[]),
+            stack(),
+            empty_syscall_programs(ALLOC_SYSCALLS),
+        ],
+    )?;
+    // strace -k: ~0.7 ms a call here, so 27,000 calls take ~19 s (9,000 with --quick).
+    let calls: u64 = if suite.quick { 9_000 } else { 27_000 };
+    let strace = |label: String, stacks: bool| {
+        let mut argv = words(&["strace"]);
+        if stacks {
+            argv.push("-k".into());
+        }
+        argv.extend(words(&[
+            "-f",
+            "-e",
+            &format!("trace={ALLOC_SYSCALLS}"),
+            "-p",
+            "{pid}",
+            "-o",
+            "/dev/null",
+        ]));
+        Mode::traced(label, argv, Ready::StderrLine("strace: Process"))
+    };
+    let peers = measure::overhead(
+        suite,
+        &format!("{calls} brk/mmap/munmap calls — memtrace trace --stack --pid beside strace -k"),
+        &workload(calls),
+        &[
+            Mode::untraced(),
+            stack(),
+            strace(format!("strace -f -e trace={ALLOC_SYSCALLS}"), false),
+            strace(format!("strace -k -f -e trace={ALLOC_SYSCALLS}"), true).slow(),
+        ],
+    )?;
+    Ok(format!("{own}\n{peers}"))
 }
 
 /// What memtrace trace --json writes first, once attached.
