@@ -2,7 +2,8 @@
 //! one run so the figures are comparable: `cargo xtask bench [--quick] [--only ROW,...]`.
 //!
 //! `rows` says what each row runs, `measure` how (interleaved rounds, the event storm, launch
-//! to ready), `runner` the mechanics of one run, `report` the statistics and markdown.
+//! to ready), `stack_report` the time to symbolize a report of many stacks, `runner` the
+//! mechanics of one run, `report` the statistics and markdown.
 
 mod cgroup;
 mod measure;
@@ -10,6 +11,7 @@ mod memory;
 mod report;
 mod rows;
 mod runner;
+mod stack_report;
 mod startup;
 
 use std::{

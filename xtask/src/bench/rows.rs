@@ -11,7 +11,7 @@ use super::{
     cgroup::BenchCgroup,
     measure, memory,
     runner::{self, Mode, Ready, Workload},
-    startup,
+    stack_report, startup,
 };
 
 /// A row of the suite, as named by `--only`.
@@ -43,6 +43,9 @@ pub enum Row {
     /// brk/mmap/munmap calls under `trace --stack` beside `trace` and `trace -c`, and, on a
     /// workload small enough for it, beside `strace -k`
     TraceStacks,
+    /// A report of 16384 distinct stacks (`faults --stacks --folded -o FILE -- COMMAND`): the
+    /// time from the command's exit to memtrace's, beside perf record + perf script
+    DistinctStacks,
 }
 
 impl Row {
@@ -59,6 +62,7 @@ impl Row {
             Row::Oom => oom(suite),
             Row::Stacks => stacks(suite),
             Row::TraceStacks => trace_stacks(suite),
+            Row::DistinctStacks => distinct_stacks(suite),
         }
     }
 }
@@ -426,6 +430,63 @@ fn trace_stacks(suite: &Suite) -> Result<String> {
         ],
     )?;
     Ok(format!("{own}\n{peers}"))
+}
+
+/// Symbolizing a report of many distinct stacks: a workload whose 16384 call paths (14 levels
+/// of two functions each) each take one fault, built -O2 -g without frame pointers, run to its
+/// end under each tool, which then has 16384 distinct stacks to symbolize and write.
+fn distinct_stacks(suite: &Suite) -> Result<String> {
+    let binary = suite.compile_with(
+        "distinct_stacks",
+        "distinct_stacks",
+        &["-g", "-fomit-frame-pointer"],
+    )?;
+    let workload = binary.to_string_lossy().into_owned();
+    let command = |tool: &[&str]| {
+        let mut argv = words(tool);
+        argv.extend([workload.clone(), "{stamp}".into()]);
+        argv
+    };
+    let tools = [
+        stack_report::Tool {
+            label: "untraced".into(),
+            argv: command(&[]),
+            stacks: stack_report::Stacks::None,
+        },
+        stack_report::Tool {
+            label: "memtrace faults --stacks --folded -o FILE -- COMMAND".into(),
+            argv: [
+                suite.memtrace(&["faults", "--stacks", "--folded", "-o", "{out}", "--"]),
+                command(&[]),
+            ]
+            .concat(),
+            stacks: stack_report::Stacks::Folded,
+        },
+        stack_report::Tool {
+            label: "perf record -c 1 -e page-faults --call-graph dwarf, then perf script".into(),
+            argv: command(&[
+                "perf",
+                "record",
+                "-q",
+                "-c",
+                "1",
+                "-e",
+                "page-faults",
+                "--call-graph",
+                "dwarf",
+                "-o",
+                "{data}",
+                "--",
+            ]),
+            stacks: stack_report::Stacks::PerfScript,
+        },
+    ];
+    stack_report::table(
+        suite,
+        "16384 distinct stacks, one fault each — memtrace faults --stacks --folded",
+        &tools,
+        "touch_page",
+    )
 }
 
 /// What memtrace trace --json writes first, once attached.
