@@ -21,6 +21,12 @@ use super::{
 /// round so that no mode always follows another), so drift in the machine's speed hits every
 /// mode alike. The first mode must be the untraced baseline.
 pub fn overhead(suite: &Suite, title: &str, workload: &Workload, modes: &[Mode]) -> Result<String> {
+    let modes: Vec<Mode> = modes
+        .iter()
+        .filter(|mode| suite.runs(mode.command.as_deref()))
+        .cloned()
+        .collect();
+    let modes = modes.as_slice();
     let rounds = suite.rounds;
     eprintln!("bench: {title} ({rounds} rounds)");
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
@@ -98,6 +104,15 @@ pub fn parse_perf_stat(output: &str) -> Option<u64> {
             .then(|| value.parse().ok())
             .flatten()
     })
+}
+
+/// The samples `perf record` says it wrote, from its last line:
+/// `[ perf record: Captured and wrote 522.040 MB perf.data (64914 samples) ]`.
+pub fn parse_perf_record_samples(line: &str) -> Option<u64> {
+    let (_, tail) = line.rsplit_once('(')?;
+    let mut words = tail.split_whitespace();
+    let samples = words.next()?.parse().ok()?;
+    (words.next()? == "samples)").then_some(samples)
 }
 
 /// Whether `perf stat` can count instructions here (virtual machines often lack the PMU).
@@ -210,6 +225,20 @@ mod tests {
         );
         assert_eq!(
             parse_perf_stat("<not supported>,,instructions,0,100.00,,"),
+            None
+        );
+    }
+
+    #[test]
+    fn perf_record_says_how_many_samples_it_wrote() {
+        assert_eq!(
+            parse_perf_record_samples(
+                "[ perf record: Captured and wrote 522.040 MB /t/p.data (64914 samples) ]"
+            ),
+            Some(64914)
+        );
+        assert_eq!(
+            parse_perf_record_samples("Processed 200009 samples and lost 67.54%!"),
             None
         );
     }

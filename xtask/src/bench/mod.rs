@@ -2,7 +2,8 @@
 //! one run so the figures are comparable: `cargo xtask bench [--quick] [--only ROW,...]`.
 //!
 //! `rows` says what each row runs, `measure` how (interleaved rounds, the event storm, launch
-//! to ready), `runner` the mechanics of one run, `report` the statistics and markdown.
+//! to ready), `stack_report` the time to symbolize a report of many stacks, `runner` the
+//! mechanics of one run, `report` the statistics and markdown.
 
 mod cgroup;
 mod measure;
@@ -10,6 +11,7 @@ mod memory;
 mod report;
 mod rows;
 mod runner;
+mod stack_report;
 mod startup;
 
 use std::{
@@ -42,6 +44,11 @@ pub struct BenchArgs {
     /// Run only these rows (default: all)
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Row>,
+
+    /// Leave memtrace's own modes out of the overhead and stack-report tables: only the untraced
+    /// baseline and the peers run (to check a row's peers before memtrace has its flags)
+    #[arg(long)]
+    pub without_memtrace: bool,
 }
 
 /// Debian packages providing the peers.
@@ -61,6 +68,8 @@ pub struct Suite {
     rounds: usize,
     /// Whether `perf stat -e instructions` counts on this machine.
     instructions: bool,
+    /// `--without-memtrace`: run only the baseline and the peers.
+    without_memtrace: bool,
 }
 
 impl Suite {
@@ -71,6 +80,15 @@ impl Suite {
             .collect()
     }
 
+    /// Whether `command` is to run: any, unless it is memtrace's and `--without-memtrace` is set.
+    fn runs(&self, command: Option<&[String]>) -> bool {
+        let memtrace = self.memtrace.to_string_lossy();
+        !(self.without_memtrace
+            && command
+                .and_then(<[String]>::first)
+                .is_some_and(|program| *program == memtrace))
+    }
+
     /// Rounds for the slow peers (strace, perf trace: 20–70× the untraced time), which would
     /// otherwise take most of the suite's time for figures that need no precision.
     fn slow_rounds(&self) -> usize {
@@ -79,7 +97,13 @@ impl Suite {
 
     /// Builds `xtask/workloads/NAME.c` into the bench directory.
     fn compile(&self, name: &str) -> Result<PathBuf> {
-        compile(&self.dir, name)
+        compile(&self.dir, name, name, &[])
+    }
+
+    /// Builds `xtask/workloads/NAME.c` with extra compiler flags into the bench directory as
+    /// `binary` (so that builds of one source with different flags do not overwrite each other).
+    fn compile_with(&self, name: &str, binary: &str, flags: &[&str]) -> Result<PathBuf> {
+        compile(&self.dir, name, binary, flags)
     }
 }
 
@@ -102,6 +126,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         quick: args.quick,
         rounds: args.rounds.unwrap_or(if args.quick { 3 } else { 7 }),
         instructions,
+        without_memtrace: args.without_memtrace,
     };
     let selected: Vec<Row> = if args.only.is_empty() {
         Row::value_variants().to_vec()
@@ -139,6 +164,9 @@ fn header(suite: &Suite, secs: f64) -> String {
          attached; modes run interleaved round by round, the order rotating.\n\n",
         if suite.quick { " --quick" } else { "" }
     );
+    if suite.without_memtrace {
+        out.push_str("**--without-memtrace**: memtrace's own modes left out.\n\n");
+    }
     if suite.quick {
         out.push_str(
             "**--quick**: smaller workloads and 3 rounds; strace and perf trace run once; \
@@ -159,11 +187,13 @@ fn header(suite: &Suite, secs: f64) -> String {
     out
 }
 
-fn compile(dir: &Path, name: &str) -> Result<PathBuf> {
+fn compile(dir: &Path, name: &str, binary: &str, flags: &[&str]) -> Result<PathBuf> {
     let source = workspace_root().join(format!("xtask/workloads/{name}.c"));
-    let binary = dir.join(name);
+    let binary = dir.join(binary);
     Cmd::new("cc")
-        .args(["-O2", "-Wall", "-pthread", "-o"])
+        .args(["-O2", "-Wall", "-pthread"])
+        .args(flags)
+        .args(["-o"])
         .args([&binary, &source])
         .run()?;
     Ok(binary)

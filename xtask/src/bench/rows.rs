@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::ValueEnum;
 
 use super::{
@@ -11,7 +11,7 @@ use super::{
     cgroup::BenchCgroup,
     measure, memory,
     runner::{self, Mode, Ready, Workload},
-    startup,
+    stack_report, startup,
 };
 
 /// A row of the suite, as named by `--only`.
@@ -37,6 +37,15 @@ pub enum Row {
     /// `memtrace oom` left waiting (sampling victims' histories) on the fault and allocation
     /// workloads, and its own CPU and RSS idle
     Oom,
+    /// Minor faults (no frame pointers) counted per user stack (`faults --stacks --folded`), per
+    /// mapping and per file, beside perf record's DWARF call graphs and bpftrace's ustack
+    Stacks,
+    /// brk/mmap/munmap calls under `trace --stack` beside `trace` and `trace -c`, and, on a
+    /// workload small enough for it, beside `strace -k`
+    TraceStacks,
+    /// A report of 16384 distinct stacks (`faults --stacks --folded -o FILE -- COMMAND`): the
+    /// time from the command's exit to memtrace's, beside perf record + perf script
+    DistinctStacks,
 }
 
 impl Row {
@@ -51,6 +60,9 @@ impl Row {
             Row::Daemon => daemon(suite),
             Row::Pressure => pressure(suite),
             Row::Oom => oom(suite),
+            Row::Stacks => stacks(suite),
+            Row::TraceStacks => trace_stacks(suite),
+            Row::DistinctStacks => distinct_stacks(suite),
         }
     }
 }
@@ -102,15 +114,7 @@ fn fault_modes(suite: &Suite, memtrace_args: &[&str]) -> Vec<Mode> {
             ]),
             Ready::After(Duration::from_millis(500)),
         ),
-        Mode::traced(
-            "floor: bpftrace, empty program on software:minor-faults:1",
-            words(&[
-                "bpftrace",
-                "-e",
-                "BEGIN { printf(\"ready\\n\"); } software:minor-faults:1 { }",
-            ]),
-            Ready::StdoutLine("ready"),
-        ),
+        empty_fault_program(),
         Mode::traced(
             "bpftrace software:minor-faults:1 count",
             words(&[
@@ -138,6 +142,125 @@ fn fault_modes(suite: &Suite, memtrace_args: &[&str]) -> Vec<Mode> {
         )
         .slow(),
     ]
+}
+
+/// The floor any tracer of page faults pays: bpftrace with an empty program on the perf
+/// software event memtrace's fault programs run on.
+fn empty_fault_program() -> Mode {
+    Mode::traced(
+        "floor: bpftrace, empty program on software:minor-faults:1",
+        words(&[
+            "bpftrace",
+            "-e",
+            "BEGIN { printf(\"ready\\n\"); } software:minor-faults:1 { }",
+        ]),
+        Ready::StdoutLine("ready"),
+    )
+}
+
+/// Faults attributed to their user stacks, mappings and files, against counting them alone, on
+/// a workload built without frame pointers: its stacks can only be unwound from the call frame
+/// information (`.eh_frame`), as memtrace does, as perf record does from the 8 KiB of stack it
+/// copies per sample, and as bpftrace's `ustack` (frame pointers) cannot, past the first frame.
+/// memtrace counts system-wide, as in the `faults` row; the peers follow the workload's pid.
+fn stacks(suite: &Suite) -> Result<String> {
+    let faults: u64 = if suite.quick { 200_000 } else { 1_000_000 };
+    let binary = suite.compile_with("fault_loop", "fault_loop_nofp", &["-fomit-frame-pointer"])?;
+    let workload = Workload {
+        binary,
+        args: vec![faults.to_string(), "2".into()],
+    };
+    let counting = |label: &str, args: &[&str]| {
+        Mode::traced(
+            label,
+            suite.memtrace(&[&["faults"], args].concat()),
+            Ready::StderrLine("memtrace: counting"),
+        )
+    };
+    // Not `{out}`, which the runner reads back whole: a million faults with their stacks are
+    // gigabytes of perf.data.
+    let perf_data = suite.dir.join("stacks-perf.data");
+    let perf_record = perf_record_dwarf(&perf_data);
+    let modes = [
+        Mode::untraced(),
+        counting("memtrace faults (system-wide)", &["-o", "/dev/null"]),
+        counting(
+            "memtrace faults --stacks --folded -o FILE",
+            &["--stacks", "--folded", "-o", "{out}"],
+        ),
+        counting(
+            "memtrace faults --by mapping",
+            &["--by", "mapping", "-o", "/dev/null"],
+        ),
+        counting(
+            "memtrace faults --by file",
+            &["--by", "file", "-o", "/dev/null"],
+        ),
+        empty_fault_program(),
+        Mode::traced(
+            "bpftrace software:page-faults:1 @[ustack] = count()",
+            words(&[
+                "bpftrace",
+                "-e",
+                "BEGIN { printf(\"ready\\n\"); } software:page-faults:1 /pid == {pid}/ { @[ustack] = count(); }",
+            ]),
+            Ready::StdoutLine("ready"),
+        ),
+        perf_record.clone(),
+    ];
+    let title = format!(
+        "{faults} minor faults, 2 threads, no frame pointers — memtrace faults --stacks, --by \
+         mapping, --by file (system-wide)"
+    );
+    let table = measure::overhead(suite, &title, &workload, &modes)?;
+
+    // What perf record kept and wrote, in one more run: its stderr's last line (in `{out}`)
+    // and its file's size.
+    let run = runner::run_once(&workload, &perf_record, &suite.dir, None)
+        .with_context(|| format!("{title}: perf.data size"))?;
+    let bytes = std::fs::metadata(&perf_data).map(|meta| meta.len());
+    let _ = std::fs::remove_file(&perf_data);
+    let _ = std::fs::remove_file(perf_data.with_extension("data.old"));
+    let samples = run
+        .last_output_line
+        .as_deref()
+        .and_then(measure::parse_perf_record_samples);
+    let kept = match (samples, run.count) {
+        (Some(samples), Some(faults)) if faults > 0 => format!(
+            "; it wrote {samples} samples for the workload's {faults} faults ({:.0} %), losing \
+             the rest (its reader does not keep up)",
+            samples as f64 / faults as f64 * 100.0
+        ),
+        _ => String::new(),
+    };
+    let size = match bytes {
+        Ok(bytes) => format!("{:.0} MB", bytes as f64 / 1e6),
+        Err(err) => format!("unknown ({err})"),
+    };
+    Ok(format!(
+        "{table}\nperf record's perf.data, in one more run: {size}{kept}.\n"
+    ))
+}
+
+/// `perf record` sampling every page fault with its user stack copied for DWARF unwinding,
+/// writing to `data` (any earlier file, and perf's `.old` copy of it, removed first); its stderr
+/// goes to `{out}`, whose last line says how many samples it wrote.
+fn perf_record_dwarf(data: &std::path::Path) -> Mode {
+    Mode::traced(
+        "perf record -c 1 -e page-faults --call-graph dwarf",
+        words(&[
+            "sh",
+            "-c",
+            "rm -f \"$1\" \"$1.old\"; exec perf record -c 1 -e page-faults --call-graph dwarf \
+             -p \"$2\" -o \"$1\" 2>\"$3\"",
+            "sh",
+            &data.to_string_lossy(),
+            "{pid}",
+            "{out}",
+        ]),
+        // perf record prints nothing when attached.
+        Ready::After(Duration::from_millis(1500)),
+    )
 }
 
 /// The allocation syscalls `alloc_loop` makes, as the peers name them.
@@ -243,6 +366,126 @@ fn trace(suite: &Suite) -> Result<String> {
             args: vec![calls.to_string()],
         },
         &modes,
+    )
+}
+
+/// Each allocation call with its user stack, against the same calls without: two tables, as
+/// `strace -k` (~900× untraced here: its unwinding reads the tracee's memory through ptrace)
+/// cannot run on the `trace` row's workload. The first, at the `trace` row's size, for memtrace's
+/// own modes; the second at a size where strace -k takes about 20 s, for the peers.
+fn trace_stacks(suite: &Suite) -> Result<String> {
+    let binary = suite.compile("alloc_loop")?;
+    let workload = |calls: u64| Workload {
+        binary: binary.clone(),
+        args: vec![calls.to_string()],
+    };
+    let tracing = |label: &str, args: &[&str]| {
+        Mode::traced(
+            label,
+            suite.memtrace(&[&["trace", "--pid", "{pid}", "-o", "/dev/null"], args].concat()),
+            Ready::StderrLine("memtrace: tracing"),
+        )
+    };
+    let stack = || tracing("memtrace trace --stack (every call printed)", &["--stack"]);
+    let calls: u64 = if suite.quick { 100_000 } else { 810_000 };
+    let own = measure::overhead(
+        suite,
+        &format!("{calls} brk/mmap/munmap calls — memtrace trace --stack --pid"),
+        &workload(calls),
+        &[
+            Mode::untraced(),
+            tracing("memtrace trace -c (counting)", &["-c"]),
+            tracing("memtrace trace (every call printed, human)", &[]),
+            stack(),
+            empty_syscall_programs(ALLOC_SYSCALLS),
+        ],
+    )?;
+    // strace -k: ~0.7 ms a call here, so 27,000 calls take ~19 s (9,000 with --quick).
+    let calls: u64 = if suite.quick { 9_000 } else { 27_000 };
+    let strace = |label: String, stacks: bool| {
+        let mut argv = words(&["strace"]);
+        if stacks {
+            argv.push("-k".into());
+        }
+        argv.extend(words(&[
+            "-f",
+            "-e",
+            &format!("trace={ALLOC_SYSCALLS}"),
+            "-p",
+            "{pid}",
+            "-o",
+            "/dev/null",
+        ]));
+        Mode::traced(label, argv, Ready::StderrLine("strace: Process"))
+    };
+    let peers = measure::overhead(
+        suite,
+        &format!("{calls} brk/mmap/munmap calls — memtrace trace --stack --pid beside strace -k"),
+        &workload(calls),
+        &[
+            Mode::untraced(),
+            stack(),
+            strace(format!("strace -f -e trace={ALLOC_SYSCALLS}"), false),
+            strace(format!("strace -k -f -e trace={ALLOC_SYSCALLS}"), true).slow(),
+        ],
+    )?;
+    Ok(format!("{own}\n{peers}"))
+}
+
+/// Symbolizing a report of many distinct stacks: a workload whose 16384 call paths (14 levels
+/// of two functions each) each take one fault, built -O2 -g without frame pointers, run to its
+/// end under each tool, which then has 16384 distinct stacks to symbolize and write.
+fn distinct_stacks(suite: &Suite) -> Result<String> {
+    let binary = suite.compile_with(
+        "distinct_stacks",
+        "distinct_stacks",
+        &["-g", "-fomit-frame-pointer"],
+    )?;
+    let workload = binary.to_string_lossy().into_owned();
+    let command = |tool: &[&str]| {
+        let mut argv = words(tool);
+        argv.extend([workload.clone(), "{stamp}".into()]);
+        argv
+    };
+    let tools = [
+        stack_report::Tool {
+            label: "untraced".into(),
+            argv: command(&[]),
+            stacks: stack_report::Stacks::None,
+        },
+        stack_report::Tool {
+            label: "memtrace faults --stacks --folded -o FILE -- COMMAND".into(),
+            argv: [
+                suite.memtrace(&["faults", "--stacks", "--folded", "-o", "{out}", "--"]),
+                command(&[]),
+            ]
+            .concat(),
+            stacks: stack_report::Stacks::Folded,
+        },
+        stack_report::Tool {
+            label: "perf record -c 1 -e page-faults --call-graph dwarf, then perf script".into(),
+            argv: command(&[
+                "perf",
+                "record",
+                "-q",
+                "-c",
+                "1",
+                "-e",
+                "page-faults",
+                "--call-graph",
+                "dwarf",
+                "-o",
+                "{data}",
+                "--",
+            ]),
+            stacks: stack_report::Stacks::PerfScript,
+        },
+    ];
+    stack_report::table(
+        suite,
+        "16384 distinct stacks, one fault each — memtrace faults --stacks --folded",
+        &tools,
+        "touch_page",
     )
 }
 

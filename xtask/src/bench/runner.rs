@@ -236,20 +236,34 @@ pub fn dies_with_bench(command: &mut Command, signal: libc::c_int) -> &mut Comma
 }
 
 /// Reads lines until one starts with `prefix`, then keeps draining on another thread so the
-/// tracer never blocks on a full pipe.
+/// tracer never blocks on a full pipe. A tracer that ends first is reported with what it said:
+/// its first error line (clap's "unexpected argument" names the flag a row needs, above its
+/// usage text), else its last line.
 fn wait_line(stream: impl Read + Send + 'static, prefix: &str, program: &str) -> Result<()> {
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
+    let mut said: Option<String> = None;
     loop {
         line.clear();
         if reader.read_line(&mut line)? == 0 {
-            bail!("{program} exited before it was ready");
+            match said {
+                Some(said) => bail!("{program} exited before it was ready: {said}"),
+                None => bail!("{program} exited before it was ready"),
+            }
         }
         if line.starts_with(prefix) {
             drain(reader);
             return Ok(());
         }
+        let error_known = said.as_deref().is_some_and(is_error_line);
+        if !line.trim().is_empty() && !error_known {
+            said = Some(line.trim().to_owned());
+        }
     }
+}
+
+fn is_error_line(line: &str) -> bool {
+    line.to_ascii_lowercase().contains("error")
 }
 
 fn wait_file_line(child: &mut Child, out: &Path, prefix: &str, program: &str) -> Result<()> {
