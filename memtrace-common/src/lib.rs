@@ -69,6 +69,8 @@ pub mod globals {
     pub const SELF_TGID: &str = "SELF_TGID";
     /// `u32`: non-zero to also count per process and syscall in `SYSCALL_PROC_STATS` (`serve`).
     pub const SYSCALL_PER_PROCESS: &str = "SYSCALL_PER_PROCESS";
+    /// `u32`: non-zero to take each traced call's user stack (`trace --stack`).
+    pub const SYSCALL_STACKS: &str = "SYSCALL_STACKS";
     /// [`crate::oom::OomLayout`]: field offsets of `oom:mark_victim`.
     pub const OOM_LAYOUT: &str = "OOM_LAYOUT";
 }
@@ -121,6 +123,9 @@ pub mod maps {
     /// Hash: [`crate::stacks::StackKey`] (with a whole copy's hash) → `u64` events waiting for
     /// the stack userspace is unwinding.
     pub const STACK_PENDING: &str = "STACK_PENDING";
+    /// Array indexed by CPU: a [`crate::stacks::Snapshot`] being built (one entry when the
+    /// object copies no stack).
+    pub const STACK_SCRATCH: &str = "STACK_SCRATCH";
     /// Ring buffer of stack snapshots ([`crate::stacks::SnapshotHeader`] and pages).
     pub const STACK_SNAPSHOTS: &str = "STACK_SNAPSHOTS";
 }

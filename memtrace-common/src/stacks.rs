@@ -74,6 +74,8 @@ pub struct StackKey {
 pub enum EventKind {
     MinorFault = 0,
     MajorFault = 1,
+    /// A traced syscall (`trace --stack`).
+    Syscall = 2,
 }
 
 impl EventKind {
@@ -81,22 +83,50 @@ impl EventKind {
         match value {
             0 => Some(EventKind::MinorFault),
             1 => Some(EventKind::MajorFault),
+            2 => Some(EventKind::Syscall),
             _ => None,
         }
     }
+}
+
+/// The `kind` tag of a snapshot record, first in it: it shares `trace`'s ring with the
+/// syscall records (`crate::syscalls::RECORD_SYSCALL`), which come after their stack.
+pub const RECORD_STACK: u32 = 2;
+
+/// How an event's stack is known, as a syscall record carries it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackRef {
+    /// A [`StackKey::hash`] under `how`; 0 with [`StackRef::NONE`].
+    pub hash: u64,
+    /// [`StackRef::NONE`], [`StackRef::KNOWN`] or [`StackRef::PENDING`].
+    pub how: u32,
+    pub _pad: u32,
+}
+
+impl StackRef {
+    /// No stack (not asked for, or it could not be copied).
+    pub const NONE: u32 = 0;
+    /// A stack userspace taught the kernel: the hash by its recipe.
+    pub const KNOWN: u32 = 1;
+    /// A stack sent whole: the whole copy's hash (its snapshot came first on the ring).
+    pub const PENDING: u32 = 2;
 }
 
 /// The fixed part of a snapshot; the stack pages follow it in the ring record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotHeader {
-    pub tgid: u32,
-    pub tid: u32,
+    /// Always [`RECORD_STACK`].
+    pub record: u32,
     /// An [`EventKind`] value.
     pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
     /// Pages copied, from the one holding `sp`: fewer than [`SNAPSHOT_PAGES`] at the top of
     /// a stack.
     pub pages: u32,
+    pub _pad: u32,
     pub ip: u64,
     pub sp: u64,
     pub bp: u64,
@@ -130,7 +160,8 @@ pub const fn hash_word(hash: u64, word: u64) -> u64 {
 const _: () = assert!(size_of::<SiteKey>() == 24);
 const _: () = assert!(size_of::<Recipe>() == 16 + 2 * RECIPE_WORDS);
 const _: () = assert!(size_of::<StackKey>() == 16);
-const _: () = assert!(size_of::<SnapshotHeader>() == 72);
+const _: () = assert!(size_of::<SnapshotHeader>() == 80);
+const _: () = assert!(size_of::<StackRef>() == 16);
 const _: () = assert!(STACK_BYTES + PAGE_BYTES <= SNAPSHOT_PAGES * PAGE_BYTES);
 const _: () = assert!(STACK_BYTES.is_power_of_two());
 

@@ -109,6 +109,8 @@ pub struct PendingCall {
     /// renamed (`exec`, `prctl(PR_SET_NAME)`, a write to its `comm` file), so that no call
     /// pays for reading it.
     pub comm: [u8; crate::COMM_LEN],
+    /// The call's user stack (`trace --stack`), taken at entry.
+    pub stack: crate::stacks::StackRef,
 }
 
 /// One completed call, as it crosses to userspace.
@@ -133,6 +135,8 @@ pub struct SyscallRecord {
     pub ret: i64,
     /// For `brk`: the process's break before this call, or 0 if unknown. Otherwise 0.
     pub prev_brk: u64,
+    /// The call's user stack (`trace --stack`; else none).
+    pub stack: crate::stacks::StackRef,
 }
 
 /// Per-syscall totals of completed calls (per CPU; userspace combines them). Per CPU because
@@ -180,8 +184,8 @@ pub struct ProcSyscallCounts {
 
 const _: () = assert!(size_of::<ProcSyscallKey>() == 8);
 const _: () = assert!(size_of::<ProcSyscallCounts>() == 32);
-const _: () = assert!(size_of::<PendingCall>() == 80);
-const _: () = assert!(size_of::<SyscallRecord>() == 112);
+const _: () = assert!(size_of::<PendingCall>() == 96);
+const _: () = assert!(size_of::<SyscallRecord>() == 128);
 const _: () = assert!(size_of::<SyscallStats>() == 64);
 
 /// Whether a raw return value is an error (`-4095..=-1`, as the kernel's `IS_ERR_VALUE`).

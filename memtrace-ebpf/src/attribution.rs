@@ -15,8 +15,21 @@ mod runtime;
 mod stacks;
 mod targets;
 
-use aya_ebpf::{macros::perf_event, programs::PerfEventContext};
+use aya_ebpf::{
+    Global,
+    macros::{map, perf_event},
+    maps::RingBuf,
+    programs::PerfEventContext,
+};
 use memtrace_common::stacks::EventKind;
+
+/// Stacks sent whole; sized by userspace.
+#[map(name = "STACK_SNAPSHOTS")]
+static SNAPSHOTS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
+
+/// memtrace's own process: never attributed (unwinding a stack faults, which would be sent).
+#[unsafe(no_mangle)]
+static SELF_TGID: Global<u32> = Global::new(0);
 
 #[perf_event]
 pub fn mt_attr_minor(ctx: PerfEventContext) -> u32 {
@@ -34,10 +47,10 @@ pub fn mt_attr_major(ctx: PerfEventContext) -> u32 {
 #[inline(always)]
 fn attribute(ctx: &PerfEventContext, kind: EventKind) {
     let (tgid, tid) = targets::current_ids();
-    if !targets::is_counted(tgid) {
+    if tgid == SELF_TGID.load() || !targets::is_counted(tgid) {
         return;
     }
-    stacks::count(tgid, tid, kind, fault_address(ctx));
+    stacks::identify(tgid, tid, kind, fault_address(ctx), &SNAPSHOTS);
 }
 
 /// The faulting address: the sample's `addr`, which the fault events carry.

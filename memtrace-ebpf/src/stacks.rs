@@ -1,21 +1,24 @@
-//! Counting events per user stack without unwinding in the kernel (see
-//! `memtrace_common::stacks`): a known place's recipe names the stack words to hash; a hash
-//! userspace has confirmed is counted here, anything else is copied whole to userspace.
+//! Knowing events' user stacks without unwinding in the kernel (see `memtrace_common::stacks`):
+//! a known place's recipe names the stack words to hash; a hash userspace has confirmed is
+//! counted here, anything else is copied whole to userspace, over the ring its object gives.
+
+use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, pt_regs},
     helpers::{
-        bpf_get_current_comm, bpf_probe_read_kernel, bpf_probe_read_user_buf,
-        generated::{bpf_get_current_task_btf, bpf_ringbuf_output, bpf_task_pt_regs},
+        bpf_get_current_comm, bpf_get_smp_processor_id, bpf_probe_read_kernel,
+        bpf_probe_read_user_buf,
+        generated::{bpf_get_current_task_btf, bpf_loop, bpf_ringbuf_output, bpf_task_pt_regs},
     },
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, RingBuf},
 };
 use memtrace_common::{
     COMM_LEN, DropSource,
     stacks::{
-        EventKind, MAX_STACKS, PAGE_BYTES, RECIPE_WORDS, Recipe, SNAPSHOT_PAGES, STACK_BYTES,
-        SiteKey, Snapshot, SnapshotHeader, StackKey, hash_seed, hash_word,
+        EventKind, MAX_STACKS, PAGE_BYTES, RECIPE_WORDS, RECORD_STACK, Recipe, SNAPSHOT_PAGES,
+        STACK_BYTES, SiteKey, Snapshot, SnapshotHeader, StackKey, StackRef, hash_seed, hash_word,
     },
 };
 
@@ -33,13 +36,17 @@ static COUNTS: HashMap<StackKey, u64> = HashMap::with_max_entries(MAX_STACKS, BP
 #[map(name = "STACK_PENDING")]
 static PENDING: HashMap<StackKey, u64> = HashMap::with_max_entries(MAX_STACKS, BPF_F_NO_PREALLOC);
 
-/// Sized by userspace.
-#[map(name = "STACK_SNAPSHOTS")]
-static SNAPSHOTS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
-
-/// A stack copy in progress, per CPU: too big for the program's own stack.
+/// A stack copy in progress, one per CPU (indexed by CPU): too big for a program's own stack.
+/// An array rather than a per-CPU one so that an object that copies no stack sizes it to one
+/// entry, which no CPU beyond the first finds (a per-CPU array has every CPU's copy).
 #[map(name = "STACK_SCRATCH")]
-static SCRATCH: PerCpuArray<Snapshot> = PerCpuArray::with_max_entries(1, 0);
+static SCRATCH: Array<Snapshot> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn scratch() -> Option<*mut Snapshot> {
+    // SAFETY: no preconditions.
+    SCRATCH.get_ptr_mut(unsafe { bpf_get_smp_processor_id() })
+}
 
 /// The user registers of the current task: where it entered the kernel (a fault in user mode,
 /// or the syscall during which the kernel faulted on user memory).
@@ -54,11 +61,13 @@ fn user_registers() -> Option<(u64, u64, u64)> {
     }
 }
 
-/// Counts one event of `kind` under its user stack, or sends the stack to userspace.
+/// Identifies the current task's user stack for an event of `kind`: a stack userspace taught
+/// is counted under its hash; any other is sent over `ring` (or counted pending under an
+/// identical copy already sent).
 #[inline(always)]
-pub fn count(tgid: u32, tid: u32, kind: EventKind, addr: u64) {
+pub fn identify(tgid: u32, tid: u32, kind: EventKind, addr: u64, ring: &RingBuf) -> StackRef {
     let Some((ip, sp, bp)) = user_registers() else {
-        return;
+        return StackRef::default();
     };
     if let Some(hash) = known_hash(tgid, ip, sp, bp)
         && let Some(counter) = COUNTS.get_ptr_mut(StackKey {
@@ -69,20 +78,29 @@ pub fn count(tgid: u32, tid: u32, kind: EventKind, addr: u64) {
     {
         // SAFETY: a value pointer from a successful lookup, only ever changed atomically.
         unsafe { atomic::add(counter, 1) };
-        return;
+        return StackRef {
+            hash,
+            how: StackRef::KNOWN,
+            _pad: 0,
+        };
     }
-    send(SnapshotHeader {
-        tgid,
-        tid,
-        kind: kind as u32,
-        pages: 0,
-        ip,
-        sp,
-        bp,
-        addr,
-        pending: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-    });
+    send(
+        SnapshotHeader {
+            record: RECORD_STACK,
+            kind: kind as u32,
+            tgid,
+            tid,
+            pages: 0,
+            _pad: 0,
+            ip,
+            sp,
+            bp,
+            addr,
+            pending: 0,
+            comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        },
+        ring,
+    )
 }
 
 /// The stack's hash by the recipe of its place, if the place has one.
@@ -94,7 +112,7 @@ fn known_hash(tgid: u32, ip: u64, sp: u64, bp: u64) -> Option<u64> {
         ip,
         sp,
     })?;
-    let scratch = SCRATCH.get_ptr_mut(0)?;
+    let scratch = scratch()?;
     // SAFETY: map value pointers from successful lookups; the scratch is this CPU's own.
     unsafe {
         let window = (*recipe).window as usize;
@@ -121,9 +139,9 @@ fn known_hash(tgid: u32, ip: u64, sp: u64, bp: u64) -> Option<u64> {
 /// identical copy is already on its way: then the event is counted as pending under it. A
 /// stack that cannot be sent is counted as a drop.
 #[inline(always)]
-fn send(header: SnapshotHeader) {
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return;
+fn send(header: SnapshotHeader, ring: &RingBuf) -> StackRef {
+    let Some(scratch) = scratch() else {
+        return StackRef::default();
     };
     let first_page = header.sp & !(PAGE_BYTES as u64 - 1);
     // SAFETY: the scratch is this CPU's own; every copy and read stays inside its pages.
@@ -142,11 +160,16 @@ fn send(header: SnapshotHeader) {
         let key = StackKey {
             tgid: header.tgid,
             kind: header.kind,
-            hash: whole_hash(&header, pages, copied),
+            hash: whole_hash(&header, copied),
         };
-        if let Some(waiting) = PENDING.get_ptr_mut(key) {
-            atomic::add(waiting, 1);
-            return;
+        let waiting = StackRef {
+            hash: key.hash,
+            how: StackRef::PENDING,
+            _pad: 0,
+        };
+        if let Some(count) = PENDING.get_ptr_mut(key) {
+            atomic::add(count, 1);
+            return waiting;
         }
         // This event travels with its copy; the next identical ones wait under its hash.
         let pending = if PENDING.insert(key, 0, u64::from(BPF_NOEXIST)).is_ok() {
@@ -159,14 +182,12 @@ fn send(header: SnapshotHeader) {
             pending,
             ..header
         };
-        let size = size_of::<SnapshotHeader>() + copied as usize * PAGE_BYTES;
-        if size > size_of::<Snapshot>() {
-            return;
-        }
+        // Always the whole record: a size that depended on the pages copied would make the
+        // verifier check everything after this once per possible size.
         let sent = bpf_ringbuf_output(
-            (&raw const SNAPSHOTS).cast_mut().cast(),
+            core::ptr::from_ref(ring).cast_mut().cast(),
             scratch.cast(),
-            size as u64,
+            size_of::<Snapshot>() as u64,
             0,
         );
         if sent < 0 {
@@ -175,32 +196,66 @@ fn send(header: SnapshotHeader) {
                 // Nothing will tell userspace what stack this hash is.
                 let _ = PENDING.remove(key);
             }
+            return StackRef::default();
         }
+        if pending == 0 {
+            // Sent, but with no hash to name it by: the record that follows comes right after.
+            return StackRef::default();
+        }
+        waiting
     }
 }
 
 /// The hash of the registers and of every copied word unwinding could read (up to
-/// [`STACK_BYTES`] above `sp`): copies with equal hashes unwind alike.
+/// [`STACK_BYTES`] above `sp`): copies with equal hashes unwind alike. A `bpf_loop`, so the
+/// verifier checks one step rather than thousands.
 #[inline(always)]
-fn whole_hash(
-    header: &SnapshotHeader,
-    pages: &[u8; SNAPSHOT_PAGES * PAGE_BYTES],
-    copied: u32,
-) -> u64 {
-    let start = (header.sp as usize) & (PAGE_BYTES - 1);
-    let end = copied as usize * PAGE_BYTES;
-    let mut hash = hash_word(
-        hash_seed(header.ip, header.sp, header.bp),
-        u64::from(copied),
-    );
-    for i in 0..STACK_BYTES / 8 {
-        let at = start + 8 * i;
-        if at + 8 > end || at + 8 > pages.len() {
-            break;
-        }
-        // SAFETY: bounds checked just above.
-        let word = unsafe { pages.as_ptr().add(at).cast::<u64>().read_unaligned() };
-        hash = hash_word(hash, word);
+fn whole_hash(header: &SnapshotHeader, copied: u32) -> u64 {
+    let mut walk = HashWalk {
+        // Whole words: a stack pointer is 8-byte aligned, and the pages are.
+        start: ((header.sp as usize) & (PAGE_BYTES - 1) & !7) as u64,
+        end: (copied as usize * PAGE_BYTES) as u64,
+        hash: hash_word(
+            hash_seed(header.ip, header.sp, header.bp),
+            u64::from(copied),
+        ),
+    };
+    // SAFETY: the callback only reads this CPU's scratch and writes `walk`, which outlives the
+    // call.
+    unsafe {
+        bpf_loop(
+            (STACK_BYTES / 8) as u32,
+            hash_step as *mut c_void,
+            (&raw mut walk).cast(),
+            0,
+        );
     }
-    hash
+    walk.hash
+}
+
+/// The copy [`hash_step`] walks.
+#[repr(C)]
+struct HashWalk {
+    start: u64,
+    end: u64,
+    hash: u64,
+}
+
+/// Word `index` of [`whole_hash`]: 1 stops the loop. The offset comes from the loop's index,
+/// which the verifier does not track, so it checks this step once rather than per word.
+extern "C" fn hash_step(index: u64, walk: *mut c_void) -> i64 {
+    let walk = walk.cast::<HashWalk>();
+    let Some(scratch) = scratch() else {
+        return 1;
+    };
+    // SAFETY: `walk` is the caller's; the read is bounds-checked against the pages.
+    unsafe {
+        let at = ((*walk).start + 8 * index) as usize;
+        if at + 8 > (*walk).end as usize || at > SNAPSHOT_PAGES * PAGE_BYTES - 8 {
+            return 1;
+        }
+        let word = (*scratch).pages.as_ptr().add(at).cast::<u64>().read();
+        (*walk).hash = hash_word((*walk).hash, word);
+    }
+    0
 }

@@ -12,6 +12,7 @@ mod atomic;
 mod drops;
 mod record;
 mod runtime;
+mod stacks;
 mod targets;
 
 use aya_ebpf::{
@@ -24,6 +25,7 @@ use aya_ebpf::{
 };
 use memtrace_common::{
     COMM_LEN, DropSource,
+    stacks::{EventKind, StackRef},
     syscalls::{
         MAX_ARGS, MAX_BREAKS, MAX_PENDING, MAX_PROC_SYSCALLS, MAX_SYSCALL_NR, MAX_TRACED, NO_CALL,
         PendingCall, ProcSyscallCounts, ProcSyscallKey, RECORD_SYSCALL, RING_BYTES,
@@ -94,6 +96,9 @@ static SYSCALL_MIN_SIZE: Global<u64> = Global::new(0);
 static SELF_TGID: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static SYSCALL_PER_PROCESS: Global<u32> = Global::new(0);
+/// Non-zero to take each call's user stack (`trace --stack`).
+#[unsafe(no_mangle)]
+static SYSCALL_STACKS: Global<u32> = Global::new(0);
 
 /// Entry programs, one per number of arguments (`memtrace_common::syscalls::ENTRY_PROGRAMS`).
 macro_rules! entry_programs {
@@ -142,6 +147,7 @@ fn try_enter<const ARITY: usize>(ctx: &TracePointContext) -> Result<(), i64> {
         unsafe {
             (*slot).args = args;
             (*slot).nr = nr as u32;
+            (*slot).stack = user_stack(tgid, tid);
             (*slot).start_ns = bpf_ktime_get_ns();
         }
         return Ok(());
@@ -154,6 +160,7 @@ fn try_enter<const ARITY: usize>(ctx: &TracePointContext) -> Result<(), i64> {
         args,
         nr: nr as u32,
         _pad: 0,
+        stack: user_stack(tgid, tid),
         // SAFETY: no preconditions.
         start_ns: unsafe { bpf_ktime_get_ns() },
     };
@@ -261,9 +268,20 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         args: call.args,
         ret,
         prev_brk,
+        stack: call.stack,
     });
     slot.submit(u64::from(wakeup_flag()));
     Ok(())
+}
+
+/// The calling thread's user stack, when asked for: a stack sent whole goes on the records'
+/// own ring, so it is read before the call's record.
+#[inline(always)]
+fn user_stack(tgid: u32, tid: u32) -> StackRef {
+    if SYSCALL_STACKS.load() == 0 {
+        return StackRef::default();
+    }
+    stacks::identify(tgid, tid, EventKind::Syscall, 0, &EVENTS)
 }
 
 /// The call's `ARITY` arguments, the other slots zero: each loaded at its standard offset when

@@ -423,7 +423,9 @@ EXAMPLES:
   sudo memtrace trace --failed -- ./myprog         # only calls that failed
   sudo memtrace trace -c -- make -j2               # per-syscall counts, latencies and bytes
   sudo memtrace trace -c --duration 30             # the same for the whole system, for 30 s
-  sudo memtrace trace --json -o calls.jsonl -- ./myprog";
+  sudo memtrace trace --json -o calls.jsonl -- ./myprog
+  sudo memtrace trace -k -e mmap -- ./myprog       # each call with its user stack
+  sudo memtrace trace -c -k -- ./myprog            # calls and bytes per stack";
 
 /// Allocation syscalls call by call, paired and filtered in the kernel.
 ///
@@ -450,9 +452,22 @@ pub struct TraceArgs {
     #[arg(long, value_name = "BYTES", allow_negative_numbers = true)]
     pub min_size: Option<u64>,
 
-    /// Count per syscall in the kernel and print only a summary table at the end
+    /// Count per syscall in the kernel and print only a summary table at the end (with
+    /// --stack: calls and bytes per syscall and user stack, busiest first)
     #[arg(short = 'c', long)]
     pub summary: bool,
+
+    /// Show each call's user stack under it, one frame a line, as strace -k does:
+    /// `> module(function+0xoff) [0xoffset] file:line`. Unwound with the binaries' unwind
+    /// tables, so code without frame pointers is right too
+    #[arg(short = 'k', long)]
+    pub stack: bool,
+
+    /// With --stack: capacity of the kernel's stack tables (distinct stacks and places;
+    /// default 65536)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..),
+          requires = "stack")]
+    pub max_stacks: Option<u32>,
 
     /// One JSON object per line (schema in the README)
     #[arg(long)]

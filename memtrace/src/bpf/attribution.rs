@@ -5,16 +5,14 @@
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, RingBuf},
+    maps::{MapData, RingBuf},
 };
-use memtrace_common::{
-    DropSource, maps,
-    stacks::{Recipe, SiteKey, StackKey},
-};
+use memtrace_common::{DropSource, globals, maps};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{
     Config, Loaded, Object,
+    stacks::StackTables,
     targets::{self, Filter},
     tracepoints::Tracepoints,
 };
@@ -38,10 +36,10 @@ pub struct Options {
 pub fn load(options: &Options) -> anyhow::Result<Loaded> {
     let mut config = Config::default();
     options.filter.configure(&mut config)?;
+    super::stacks::configure(&mut config, options.max_stacks)?;
     config
-        .size(maps::STACK_RECIPES, options.max_stacks)
-        .size(maps::STACK_COUNTS, options.max_stacks)
-        .size(maps::STACK_SNAPSHOTS, options.ring_bytes);
+        .size(maps::STACK_SNAPSHOTS, options.ring_bytes)
+        .u32(globals::SELF_TGID, std::process::id());
     let mut ebpf = super::load(Object::Attribution, &config)?;
     super::forward_kernel_logs(&mut ebpf);
     super::faults::attach_fault_programs(&mut ebpf, "mt_attr_minor", "mt_attr_major")?;
@@ -52,22 +50,18 @@ pub fn load(options: &Options) -> anyhow::Result<Loaded> {
     Ok(Loaded { ebpf, tracepoints })
 }
 
-/// The tables userspace writes and the ring it reads, taken out of the object.
+/// The ring it sends stacks over and the tables userspace writes, taken out of the object.
 pub struct Tables {
     snapshots: AsyncFd<RingBuf<MapData>>,
-    recipes: HashMap<MapData, SiteKey, Recipe>,
-    counts: HashMap<MapData, StackKey, u64>,
-    pending: HashMap<MapData, StackKey, u64>,
+    pub stacks: StackTables,
 }
 
 impl Tables {
     pub fn open(ebpf: &mut Ebpf) -> anyhow::Result<Tables> {
-        let take = |ebpf: &mut Ebpf, name: &str| {
-            ebpf.take_map(name)
-                .with_context(|| format!("the BPF object has no {name} map"))
-        };
-        let ring =
-            RingBuf::try_from(take(ebpf, maps::STACK_SNAPSHOTS)?).context("STACK_SNAPSHOTS map")?;
+        let ring = ebpf
+            .take_map(maps::STACK_SNAPSHOTS)
+            .context("the BPF object has no STACK_SNAPSHOTS map")?;
+        let ring = RingBuf::try_from(ring).context("STACK_SNAPSHOTS map")?;
         // SAFETY: the AsyncFd owns the ring buffer, and with it the map's descriptor, for its
         // whole life.
         let snapshots = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -75,12 +69,7 @@ impl Tables {
             .context("watch the STACK_SNAPSHOTS ring buffer")?;
         Ok(Tables {
             snapshots,
-            recipes: HashMap::try_from(take(ebpf, maps::STACK_RECIPES)?)
-                .context("STACK_RECIPES map")?,
-            counts: HashMap::try_from(take(ebpf, maps::STACK_COUNTS)?)
-                .context("STACK_COUNTS map")?,
-            pending: HashMap::try_from(take(ebpf, maps::STACK_PENDING)?)
-                .context("STACK_PENDING map")?,
+            stacks: StackTables::open(ebpf)?,
         })
     }
 
@@ -97,17 +86,10 @@ impl Tables {
 
     /// Hands every waiting snapshot to `each`, with the tables to teach; returns how many.
     pub fn drain(&mut self, mut each: impl FnMut(&[u8], &mut dyn Teach)) -> usize {
-        let Tables {
-            snapshots,
-            recipes,
-            counts,
-            ..
-        } = self;
-        let mut teacher = Teacher { recipes, counts };
-        let ring = snapshots.get_mut();
+        let ring = self.snapshots.get_mut();
         let mut n = 0;
         while let Some(item) = ring.next() {
-            each(&item, &mut teacher);
+            each(&item, &mut self.stacks);
             n += 1;
         }
         n
@@ -115,46 +97,7 @@ impl Tables {
 
     /// Everything the kernel counted per stack.
     pub fn counts(&self) -> anyhow::Result<KernelCounts> {
-        Ok(KernelCounts {
-            known: entries(&self.counts, maps::STACK_COUNTS)?,
-            pending: entries(&self.pending, maps::STACK_PENDING)?,
-        })
-    }
-}
-
-/// Every entry of a table, skipping those deleted while it is read.
-fn entries(
-    table: &HashMap<MapData, StackKey, u64>,
-    name: &str,
-) -> anyhow::Result<Vec<(StackKey, u64)>> {
-    let mut entries = Vec::new();
-    for entry in table.iter() {
-        match entry {
-            Ok(entry) => entries.push(entry),
-            Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(err) => return Err(anyhow::Error::new(err).context(format!("read {name}"))),
-        }
-    }
-    Ok(entries)
-}
-
-/// `BPF_NOEXIST`: create, never replace.
-const BPF_NOEXIST: u64 = 1;
-
-struct Teacher<'a> {
-    recipes: &'a mut HashMap<MapData, SiteKey, Recipe>,
-    counts: &'a mut HashMap<MapData, StackKey, u64>,
-}
-
-impl Teach for Teacher<'_> {
-    fn recipe(&mut self, site: SiteKey, recipe: &Recipe) -> bool {
-        self.recipes.insert(site, recipe, 0).is_ok()
-    }
-
-    fn confirm(&mut self, key: StackKey) -> bool {
-        let created = self.counts.insert(key, 0, BPF_NOEXIST);
-        // An existing counter (another kind's confirmation raced this one) is as good.
-        created.is_ok() || self.counts.get(&key, 0).is_ok()
+        self.stacks.counts()
     }
 }
 

@@ -14,6 +14,7 @@ pub mod faults;
 pub mod oom;
 pub mod pressure;
 pub mod release;
+pub mod stacks;
 pub mod syscalls;
 pub mod targets;
 pub mod tracepoints;
@@ -405,6 +406,14 @@ where
     program
         .try_into()
         .with_context(|| format!("program {name} has an unexpected type"))
+}
+
+/// How many CPUs the kernel may ever run (its `possible` mask): the entries of a table indexed
+/// by CPU.
+pub fn possible_cpus() -> anyhow::Result<u32> {
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(path, err)| anyhow::Error::new(err).context(format!("read {path}")))?;
+    u32::try_from(cpus).context("number of CPUs")
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use aya::{
 };
 use memtrace_common::{
     COMM_LEN, DropSource, globals, maps,
+    stacks::RECORD_STACK,
     syscalls::{
         ENTRY_PROGRAMS, MAX_TRACED, ProcSyscallCounts, ProcSyscallKey, RING_BYTES,
         STANDARD_ARGS_OFFSET, STANDARD_NR_OFFSET, STANDARD_RET_OFFSET, SyscallClass, SyscallStats,
@@ -70,6 +71,8 @@ pub struct Options {
     /// Capacity of the per-process table, in (process, syscall) pairs, when counting per
     /// process.
     pub max_process_keys: u32,
+    /// With each call's user stack (`trace --stack`): the capacity of the stack tables.
+    pub stacks: Option<u32>,
 }
 
 /// Loads the object, sized for what `options` asks, and attaches its programs to each traced
@@ -87,6 +90,9 @@ pub fn load(options: &Options) -> anyhow::Result<Loaded> {
             maps::SYSCALL_EVENTS,
             if filter.count_only {
                 MIN_RING_BYTES
+            } else if options.stacks.is_some() {
+                // Stacks sent whole share the ring: each is up to 20 KiB.
+                RING_BYTES * 4
             } else {
                 RING_BYTES
             },
@@ -99,6 +105,16 @@ pub fn load(options: &Options) -> anyhow::Result<Loaded> {
                 1
             },
         );
+    match options.stacks {
+        Some(max_stacks) => {
+            config.u32(globals::SYSCALL_STACKS, 1);
+            super::stacks::configure(&mut config, max_stacks)?;
+        }
+        None => {
+            super::stacks::configure(&mut config, 1)?;
+            config.size(maps::STACK_SCRATCH, 1);
+        }
+    }
     let mut ebpf = super::load(Object::Syscalls, &config)?;
     super::forward_kernel_logs(&mut ebpf);
     let mut tracepoints = Tracepoints::default();
@@ -282,6 +298,12 @@ pub fn drops(ebpf: &Ebpf, per_process: bool) -> anyhow::Result<Vec<(DropSource, 
     super::drops::read(ebpf, &sources)
 }
 
+/// One record of the ring: a completed call, or the stack of a call, sent whole before it.
+pub enum Item<'a> {
+    Call(Result<Call, DecodeError>),
+    Stack(&'a [u8]),
+}
+
 /// The ring buffer of completed calls, readable from tokio.
 pub struct Records {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -315,12 +337,16 @@ impl Records {
 
     /// Decodes the records waiting, in order, at most `max`, handing each to `each`; returns
     /// how many.
-    pub fn drain(&mut self, max: usize, mut each: impl FnMut(Result<Call, DecodeError>)) -> usize {
+    pub fn drain(&mut self, max: usize, mut each: impl FnMut(Item)) -> usize {
         let ring = self.ring.get_mut();
         let mut n = 0;
         while n < max {
             let Some(item) = ring.next() else { break };
-            each(decode::syscalls::call(&item));
+            if decode::kind(&item) == Ok(RECORD_STACK) {
+                each(Item::Stack(&item));
+            } else {
+                each(Item::Call(decode::syscalls::call(&item)));
+            }
             n += 1;
         }
         n

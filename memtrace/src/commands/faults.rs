@@ -168,7 +168,9 @@ impl Attributed {
     /// Unwinds the snapshots waiting and teaches the kernel their stacks.
     fn drain(&mut self) {
         let Attributed { tables, stacks, .. } = self;
-        tables.drain(|record, kernel| stacks.take(record, kernel));
+        tables.drain(|record, kernel| {
+            stacks.take(record, kernel);
+        });
     }
 
     /// Each process's faults, all stacks together.

@@ -6,11 +6,12 @@
 //! spawned) → the ring buffer drained into lines or JSON until the session ends → the kernel's
 //! per-syscall statistics as the summary.
 
-use std::{io, time::Duration};
+use std::{collections::HashMap, io, time::Duration};
 
 use anyhow::Context as _;
 use memtrace_common::{
     DropSource,
+    stacks::{EventKind, MAX_STACKS},
     syscalls::{MAX_PENDING, MAX_PENDING_TARGETED},
     targets::TargetFlags,
 };
@@ -19,7 +20,8 @@ use tokio::time::{Interval, MissedTickBehavior, interval};
 use crate::{
     bpf::{
         self, Loaded,
-        syscalls::{KernelFilter, Options, Records},
+        stacks::StackTables,
+        syscalls::{Item, KernelFilter, Options, Records},
         targets::{Filter, TargetTable},
         tracepoints::Release,
     },
@@ -28,10 +30,15 @@ use crate::{
     error::Failure,
     output::{
         Format, Sink,
+        stacks::{CallStackRow, CallStacks as CallStacksRecord},
         trace::{CallRecord, Start, Summary, WallClock},
     },
     session::{self, End, Ending, Job, Session, Target},
-    syscalls::{self, Syscall},
+    stacks::{
+        StackId, Stacks,
+        symbols::{Named, Symbols},
+    },
+    syscalls::{self, Call, Syscall},
 };
 
 /// How often the ring buffer is drained when the kernel has not signalled a backlog.
@@ -50,6 +57,10 @@ pub struct TraceConfig {
     pub filter: KernelFilter,
     /// Capacity of the kernel's table of traced threads.
     pub max_threads: u32,
+    /// `-c`: only a summary at the end (with `stacks`, per stack, from the records).
+    pub summary: bool,
+    /// With each call's user stack, and this capacity of the kernel's stack tables.
+    pub stacks: Option<u32>,
 }
 
 impl TryFrom<TraceArgs> for TraceConfig {
@@ -79,12 +90,15 @@ impl TryFrom<TraceArgs> for TraceConfig {
             },
             syscalls,
             filter: KernelFilter {
-                count_only: args.summary,
+                // Per stack, the calls are counted here, from their records.
+                count_only: args.summary && !args.stack,
                 failed_only: args.failed,
                 min_size: args.min_size.unwrap_or(0),
                 per_process: false,
             },
             max_threads: args.max_threads.unwrap_or(default_threads),
+            summary: args.summary,
+            stacks: args.stack.then(|| args.max_stacks.unwrap_or(MAX_STACKS)),
         })
     }
 }
@@ -120,6 +134,8 @@ struct Trace<'a> {
     loaded: Loaded,
     /// `None` with `-c`: no record crosses.
     records: Option<Records>,
+    /// With `--stack`.
+    stacks: Option<CallStacks>,
     clock: WallClock,
     poll: Interval,
     drop_check: Interval,
@@ -142,6 +158,7 @@ impl<'a> Trace<'a> {
             targets: config.filter(),
             max_threads: config.max_threads,
             max_process_keys: 1,
+            stacks: config.stacks,
         })?;
         let flags = if config.follow {
             TargetFlags::COUNT | TargetFlags::FOLLOW
@@ -155,6 +172,10 @@ impl<'a> Trace<'a> {
             None
         } else {
             Some(Records::open(&mut loaded.ebpf)?)
+        };
+        let stacks = match config.stacks {
+            Some(_) => Some(CallStacks::open(&mut loaded.ebpf)?),
+            None => None,
         };
         if let Target::Command(argv) = &config.session.target {
             session.spawn(argv, &mut loaded.ebpf)?;
@@ -172,6 +193,7 @@ impl<'a> Trace<'a> {
             config,
             loaded,
             records,
+            stacks,
             clock: WallClock::now(),
             poll,
             drop_check,
@@ -189,18 +211,35 @@ impl<'a> Trace<'a> {
         let mut result = Ok(());
         let (clock, received, undecodable) =
             (self.clock, &mut self.received, &mut self.undecodable);
-        let n = records.drain(BATCH, |record| match record {
-            Ok(mut call) => {
+        let mut stacks = self.stacks.as_mut();
+        let summary_only = self.config.summary;
+        let n = records.drain(BATCH, |item| match item {
+            Item::Stack(bytes) => {
+                if let Some(stacks) = stacks.as_mut() {
+                    stacks.take(bytes);
+                }
+            }
+            Item::Call(Ok(mut call)) => {
                 *received += 1;
+                let stack = stacks.as_mut().and_then(|stacks| stacks.of(&call));
+                if summary_only {
+                    if let Some(stacks) = stacks.as_mut() {
+                        stacks.count(&call, stack);
+                    }
+                    return;
+                }
                 fds::name_fd(&mut call);
                 if result.is_ok() {
+                    let stack =
+                        stack.map(|id| stacks.as_mut().map(|s| s.named(id)).unwrap_or_default());
                     result = sink.emit(&CallRecord {
                         ts_ns: clock.unix_ns(call.start_ns),
                         call: &call,
+                        stack: stack.as_deref(),
                     });
                 }
             }
-            Err(err) => {
+            Item::Call(Err(err)) => {
                 *undecodable += 1;
                 log::warn!("undecodable record from the kernel: {err}");
             }
@@ -256,6 +295,9 @@ impl Job for Trace<'_> {
         if ending.end != End::OutputClosed {
             while self.drain(sink).context("write the report")? == BATCH {}
         }
+        if let (Some(stacks), true) = (&mut self.stacks, self.config.summary) {
+            sink.emit(&stacks.report())?;
+        }
         let stats = bpf::syscalls::stats(&self.loaded.ebpf, &self.config.syscalls)?;
         let dropped = self.drops()?;
         sink.emit(&Summary {
@@ -266,7 +308,7 @@ impl Job for Trace<'_> {
             syscalls: &stats,
             dropped: &dropped,
             command: ending.command,
-            table: self.config.filter.count_only,
+            table: self.config.summary,
         })?;
         Ok(())
     }
@@ -274,5 +316,95 @@ impl Job for Trace<'_> {
     fn release(self) {
         drop(self.records);
         self.loaded.release(Release::Background);
+    }
+}
+
+/// The calls' user stacks: learnt from the stacks the kernel sends whole (on the records' ring,
+/// before their call), and taught back to it.
+struct CallStacks {
+    tables: StackTables,
+    stacks: Stacks,
+    symbols: Symbols,
+    /// Per thread, the stack it last sent whole, for a call whose record names none (the
+    /// kernel's pending table was full).
+    last_sent: HashMap<u32, StackId>,
+    /// `-c --stack`: calls and bytes per syscall, process and stack.
+    counts: HashMap<(Syscall, u32, StackId), (u64, u64)>,
+    /// Calls whose stack was not known.
+    unknown: u64,
+}
+
+impl CallStacks {
+    fn open(ebpf: &mut aya::Ebpf) -> anyhow::Result<CallStacks> {
+        Ok(CallStacks {
+            tables: StackTables::open(ebpf)?,
+            stacks: Stacks::default(),
+            symbols: Symbols::default(),
+            last_sent: HashMap::new(),
+            counts: HashMap::new(),
+            unknown: 0,
+        })
+    }
+
+    fn take(&mut self, bytes: &[u8]) {
+        if let Some((tid, id)) = self.stacks.take(bytes, &mut self.tables) {
+            self.last_sent.insert(tid, id);
+        }
+    }
+
+    /// The stack of a call.
+    fn of(&mut self, call: &Call) -> Option<StackId> {
+        let last = self.last_sent.remove(&call.tid);
+        let id = self
+            .stacks
+            .lookup(call.pid, EventKind::Syscall, call.stack)
+            .or(last);
+        if id.is_none() {
+            self.unknown += 1;
+        }
+        id
+    }
+
+    /// A stack's frames, named.
+    fn named(&mut self, id: StackId) -> Vec<Named> {
+        let frames = &self.stacks.stack(id).frames;
+        self.symbols.resolve(self.stacks.modules(), frames);
+        frames
+            .iter()
+            .map(|frame| self.symbols.named(frame))
+            .collect()
+    }
+
+    /// Counts a call under its stack (`-c --stack`).
+    fn count(&mut self, call: &Call, stack: Option<StackId>) {
+        let Some(id) = stack else {
+            return;
+        };
+        let entry = self.counts.entry((call.syscall, call.pid, id)).or_default();
+        entry.0 += 1;
+        entry.1 += call.bytes();
+    }
+
+    /// Calls and bytes per syscall and stack, busiest first.
+    fn report(&mut self) -> CallStacksRecord {
+        let mut counts: Vec<_> = self.counts.iter().map(|(&k, &v)| (k, v)).collect();
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let rows = counts
+            .into_iter()
+            .map(|((syscall, pid, id), (calls, bytes))| CallStackRow {
+                syscall: syscall.name(),
+                pid,
+                comm: self.stacks.comm(pid).unwrap_or_default().to_owned(),
+                calls,
+                bytes,
+                stack: self.named(id),
+                complete: self.stacks.stack(id).complete,
+            })
+            .collect();
+        CallStacksRecord {
+            stacks: rows,
+            losses: self.stacks.losses,
+            unknown_stacks: self.unknown,
+        }
     }
 }

@@ -26,7 +26,7 @@ pub enum DecodeError {
 }
 
 /// The kind tag at the start of a record.
-fn kind(bytes: &[u8]) -> Result<u32, DecodeError> {
+pub fn kind(bytes: &[u8]) -> Result<u32, DecodeError> {
     bytes
         .first_chunk::<4>()
         .map(|tag| u32::from_ne_bytes(*tag))

@@ -27,6 +27,7 @@ pub fn call(bytes: &[u8]) -> Result<Call, DecodeError> {
         ret: record.ret,
         prev_brk: (record.prev_brk != 0).then_some(record.prev_brk),
         fd_path: None,
+        stack: record.stack,
     })
 }
 
@@ -51,6 +52,7 @@ mod tests {
             args: [0, 4096, 3, 0x22, u64::MAX, 0],
             ret: 0x7f00_0000_0000,
             prev_brk: 0,
+            stack: Default::default(),
         }
     }
 
@@ -167,6 +169,7 @@ mod tests {
                     args,
                     ret,
                     prev_brk,
+                    stack: Default::default(),
                 };
                 let decoded = call(&bytes_of(&record)).unwrap();
                 prop_assert_eq!(&decoded, &Call {
@@ -180,6 +183,7 @@ mod tests {
                     ret,
                     prev_brk: (prev_brk != 0).then_some(prev_brk),
                     fd_path: None,
+                    stack: Default::default(),
                 });
                 prop_assert_eq!(decoded.errno().is_some(), (-4095..0).contains(&ret));
                 render_all(&decoded);

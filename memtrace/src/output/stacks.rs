@@ -71,11 +71,12 @@ impl Record for Stacks {
         writeln!(
             out,
             "\nStacks: {} distinct, {all} faults ({} stacks sent whole, {} cut short, {} \
-             unrecognised, {} frames unnamed)",
+             unrecognised, {} of exited processes, {} frames unnamed)",
             self.stacks.len(),
             self.losses.snapshots,
             self.losses.cut_short,
             self.losses.unrecognised,
+            self.losses.unmapped,
             self.unnamed_frames,
         )?;
         for row in self.stacks.iter().take(STACK_ROWS) {
@@ -115,5 +116,66 @@ impl Record for Stacks {
             writeln!(out, "{line}")?;
         }
         Ok(())
+    }
+}
+
+/// One syscall's calls from one stack (`trace -c --stack`).
+#[derive(Serialize)]
+pub struct CallStackRow {
+    pub syscall: &'static str,
+    pub pid: u32,
+    pub comm: String,
+    pub calls: u64,
+    /// Bytes the calls were about (length argument, or the break's movement).
+    pub bytes: u64,
+    /// Innermost frame first.
+    pub stack: Vec<Named>,
+    pub complete: bool,
+}
+
+/// Calls per syscall and stack, busiest first.
+#[derive(Serialize)]
+pub struct CallStacks {
+    pub stacks: Vec<CallStackRow>,
+    pub losses: StackLosses,
+    /// Calls whose stack could not be known (it could not be copied or sent).
+    pub unknown_stacks: u64,
+}
+
+impl Record for CallStacks {
+    const TYPE: &'static str = "stacks";
+
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(
+            out,
+            "Stacks: {} distinct ({} sent whole, {} cut short, {} of exited processes, {} calls \
+             without a stack)",
+            self.stacks.len(),
+            self.losses.snapshots,
+            self.losses.cut_short,
+            self.losses.unmapped,
+            self.unknown_stacks
+        )?;
+        for row in self.stacks.iter().take(STACK_ROWS) {
+            writeln!(
+                out,
+                "\n{} {} calls, {} bytes in {}[{}]",
+                row.calls, row.syscall, row.bytes, row.comm, row.pid
+            )?;
+            for frame in &row.stack {
+                writeln!(out, " > {}", frame.line())?;
+            }
+            if !row.complete {
+                writeln!(out, " > [cut short: the next frame could not be unwound]")?;
+            }
+        }
+        if self.stacks.len() > STACK_ROWS {
+            writeln!(
+                out,
+                "\n... and {} more stacks (--json lists all)",
+                self.stacks.len() - STACK_ROWS
+            )?;
+        }
+        writeln!(out)
     }
 }

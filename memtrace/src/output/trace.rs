@@ -15,6 +15,7 @@ use super::{Record, Targets, Timestamp, drops_json, round_secs};
 use crate::{
     aggregate::syscalls::{avg_ns, grand_total},
     session::CommandOutcome,
+    stacks::symbols::Named,
     syscalls::{
         Call, Syscall,
         render::{self, latency},
@@ -107,6 +108,8 @@ impl Record for Start<'_> {
 pub struct CallRecord<'a> {
     pub call: &'a Call,
     pub ts_ns: u64,
+    /// Its user stack, innermost frame first (`--stack`).
+    pub stack: Option<&'a [Named]>,
 }
 
 impl Serialize for CallRecord<'_> {
@@ -127,6 +130,8 @@ impl Serialize for CallRecord<'_> {
             #[serde(skip_serializing_if = "Option::is_none")]
             fd_path: Option<Cow<'a, str>>,
             latency_ns: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            stack: Option<&'a [Named]>,
         }
         let call = self.call;
         Json {
@@ -144,6 +149,7 @@ impl Serialize for CallRecord<'_> {
                 .as_ref()
                 .map(|path| String::from_utf8_lossy(&path.link)),
             latency_ns: call.latency_ns,
+            stack: self.stack,
         }
         .serialize(s)
     }
@@ -153,7 +159,11 @@ impl Record for CallRecord<'_> {
     const TYPE: &'static str = "syscall";
 
     fn human(&self, out: &mut dyn Write) -> io::Result<()> {
-        writeln!(out, "{}", human_line(self.call, self.ts_ns))
+        writeln!(out, "{}", human_line(self.call, self.ts_ns))?;
+        for frame in self.stack.unwrap_or_default() {
+            writeln!(out, " > {}", frame.line())?;
+        }
+        Ok(())
     }
 }
 
@@ -316,6 +326,7 @@ mod tests {
             ret: 0x7f3a_1c00_0000,
             prev_brk: None,
             fd_path: None,
+            stack: Default::default(),
         };
         let line = human_line(&call, 1_000_000_123_456);
         let (time, rest) = line.split_once(' ').unwrap();

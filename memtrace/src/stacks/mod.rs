@@ -17,7 +17,7 @@ use memtrace_common::{
     COMM_LEN,
     stacks::{
         EventKind, PAGE_BYTES, RECIPE_WORDS, Recipe, STACK_BYTES, SiteKey, SnapshotHeader,
-        StackKey, hash_seed, hash_word,
+        StackKey, StackRef, hash_seed, hash_word,
     },
 };
 use serde::Serialize;
@@ -79,6 +79,9 @@ pub struct StackLosses {
     /// Events at places whose stacks the kernel cannot be taught to recognise (more stack
     /// words than a recipe holds, or tables full): each is sent whole, and costs more.
     pub unrecognised: u64,
+    /// Stacks sent whole by processes that had exited before memtrace could read their
+    /// mappings (a process living a few milliseconds): shown as bare addresses.
+    pub unmapped: u64,
 }
 
 /// A process's counted stacks.
@@ -140,13 +143,10 @@ impl Stacks {
     }
 
     /// Takes one snapshot record: unwinds it, counts its event, and teaches the kernel.
-    pub fn take(&mut self, record: &[u8], kernel: &mut dyn Teach) {
-        let Some(header) = read_header(record) else {
-            return;
-        };
-        let Some(kind) = EventKind::from_u32(header.kind) else {
-            return;
-        };
+    /// Returns the thread it came from and its stack.
+    pub fn take(&mut self, record: &[u8], kernel: &mut dyn Teach) -> Option<(u32, StackId)> {
+        let header = read_header(record)?;
+        let kind = EventKind::from_u32(header.kind)?;
         let pages = &record[size_of::<SnapshotHeader>()..];
         let pages = &pages[..pages.len().min(header.pages as usize * PAGE_BYTES)];
         let stack = StackCopy {
@@ -165,7 +165,15 @@ impl Stacks {
             frames,
             complete: walk.complete,
         });
-        self.counted.entry((header.tgid, id)).or_default()[kind as usize] += 1;
+        // Faults are counted per stack here; calls are counted by whoever reads their records.
+        if let Some(count) = self
+            .counted
+            .entry((header.tgid, id))
+            .or_default()
+            .get_mut(kind as usize)
+        {
+            *count += 1;
+        }
         if header.pending != 0 {
             let key = StackKey {
                 tgid: header.tgid,
@@ -176,6 +184,21 @@ impl Stacks {
         }
         if !self.teach(&header, kind, &stack, &walk, id, kernel) {
             self.losses.unrecognised += 1;
+        }
+        Some((header.tid, id))
+    }
+
+    /// The stack an event's [`StackRef`] names, if it was learnt.
+    pub fn lookup(&self, tgid: u32, kind: EventKind, stack: StackRef) -> Option<StackId> {
+        let key = StackKey {
+            tgid,
+            kind: kind as u32,
+            hash: stack.hash,
+        };
+        match stack.how {
+            StackRef::KNOWN => self.known.get(&key).copied(),
+            StackRef::PENDING => self.pending.get(&key).copied(),
+            _ => None,
         }
     }
 
@@ -206,6 +229,9 @@ impl Stacks {
         }
         let process = self.processes.get_mut(&pid).expect("inserted above");
         process.comm = procfs::comm_from_bytes(&header.comm[..COMM_LEN]);
+        if process.unwinder.mappings.is_empty() {
+            self.losses.unmapped += 1;
+        }
         process.unwinder.walk(&mut self.cache, stack)
     }
 
@@ -352,7 +378,13 @@ impl Stacks {
                 let (Some(&id), Some(kind)) = (ids.get(key), EventKind::from_u32(key.kind)) else {
                     continue;
                 };
-                counts.entry((key.tgid, id)).or_default()[kind as usize] += n;
+                if let Some(count) = counts
+                    .entry((key.tgid, id))
+                    .or_default()
+                    .get_mut(kind as usize)
+                {
+                    *count += n;
+                }
             }
         }
         let mut by_process: HashMap<u32, Vec<(StackId, [u64; 2])>> = HashMap::new();

@@ -169,6 +169,8 @@ pub struct Call {
     pub prev_brk: Option<u64>,
     /// What the file descriptor argument named, when memtrace could still read it.
     pub fd_path: Option<FdPath>,
+    /// How the kernel identified the call's user stack (`trace --stack`).
+    pub stack: memtrace_common::stacks::StackRef,
 }
 
 /// What a file descriptor named, read from `/proc` after the call (see [`crate::enrich::fds`]).
@@ -205,6 +207,17 @@ impl Call {
     /// The errno, if the call failed.
     pub fn errno(&self) -> Option<i32> {
         is_error(self.ret).then(|| (-self.ret) as i32)
+    }
+
+    /// The bytes the call is about, as `--min-size` measures them: its length argument, the
+    /// larger of mremap's two lengths, or how far brk moved the break.
+    pub fn bytes(&self) -> u64 {
+        match self.syscall.class() {
+            SyscallClass::Brk => self.brk_growth().map_or(0, i64::unsigned_abs),
+            SyscallClass::Mremap => self.args[1].max(self.args[2]),
+            SyscallClass::Other => 0,
+            _ => self.args[1],
+        }
     }
 
     /// For brk: how far the break moved, when the previous one is known and the call asked to

@@ -205,6 +205,7 @@ mod tests {
             ret,
             prev_brk: None,
             fd_path: None,
+            stack: Default::default(),
         }
     }
 

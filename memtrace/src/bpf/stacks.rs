@@ -1,0 +1,86 @@
+//! The stack tables an object that identifies user stacks shares with userspace (the kernel
+//! module `stacks` of the `attribution` and `syscalls` objects): recipes and confirmed stacks
+//! that userspace writes, and the counts it reads.
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData},
+};
+use memtrace_common::{
+    maps,
+    stacks::{Recipe, SiteKey, StackKey},
+};
+
+use super::Config;
+use crate::stacks::{KernelCounts, Teach};
+
+/// Sizes an object's stack tables: `max_stacks` places and stacks, and a scratch copy per CPU.
+pub fn configure(config: &mut Config, max_stacks: u32) -> anyhow::Result<()> {
+    config
+        .size(maps::STACK_RECIPES, max_stacks)
+        .size(maps::STACK_COUNTS, max_stacks)
+        .size(maps::STACK_PENDING, max_stacks)
+        .size(maps::STACK_SCRATCH, super::possible_cpus()?);
+    Ok(())
+}
+
+/// The tables, taken out of their object.
+pub struct StackTables {
+    recipes: HashMap<MapData, SiteKey, Recipe>,
+    counts: HashMap<MapData, StackKey, u64>,
+    pending: HashMap<MapData, StackKey, u64>,
+}
+
+impl StackTables {
+    pub fn open(ebpf: &mut Ebpf) -> anyhow::Result<StackTables> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("the BPF object has no {name} map"))
+        };
+        Ok(StackTables {
+            recipes: HashMap::try_from(take(maps::STACK_RECIPES)?).context("STACK_RECIPES map")?,
+            counts: HashMap::try_from(take(maps::STACK_COUNTS)?).context("STACK_COUNTS map")?,
+            pending: HashMap::try_from(take(maps::STACK_PENDING)?).context("STACK_PENDING map")?,
+        })
+    }
+
+    /// Everything the kernel counted per stack.
+    pub fn counts(&self) -> anyhow::Result<KernelCounts> {
+        Ok(KernelCounts {
+            known: entries(&self.counts, maps::STACK_COUNTS)?,
+            pending: entries(&self.pending, maps::STACK_PENDING)?,
+        })
+    }
+}
+
+/// Every entry of a table, skipping those deleted while it is read.
+fn entries(
+    table: &HashMap<MapData, StackKey, u64>,
+    name: &str,
+) -> anyhow::Result<Vec<(StackKey, u64)>> {
+    let mut entries = Vec::new();
+    for entry in table.iter() {
+        match entry {
+            Ok(entry) => entries.push(entry),
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(err) => return Err(anyhow::Error::new(err).context(format!("read {name}"))),
+        }
+    }
+    Ok(entries)
+}
+
+/// `BPF_NOEXIST`: create, never replace.
+const BPF_NOEXIST: u64 = 1;
+
+impl Teach for StackTables {
+    fn recipe(&mut self, site: SiteKey, recipe: &Recipe) -> bool {
+        self.recipes.insert(site, recipe, 0).is_ok()
+    }
+
+    fn confirm(&mut self, key: StackKey) -> bool {
+        let created = self.counts.insert(key, 0, BPF_NOEXIST);
+        // An existing counter (a confirmation that raced this one) is as good.
+        created.is_ok() || self.counts.get(&key, 0).is_ok()
+    }
+}
