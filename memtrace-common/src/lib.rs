@@ -69,6 +69,11 @@ pub mod globals {
     pub const SELF_TGID: &str = "SELF_TGID";
     /// `u32`: non-zero to also count per process and syscall in `SYSCALL_PROC_STATS` (`serve`).
     pub const SYSCALL_PER_PROCESS: &str = "SYSCALL_PER_PROCESS";
+    /// `u32`: what the `attribution` object attributes faults to
+    /// ([`crate::stacks::attribute_by`]).
+    pub const ATTRIBUTE_BY: &str = "ATTRIBUTE_BY";
+    /// [`crate::stacks::VmaLayout`]: where a mapping's start, flags and file are.
+    pub const VMA_LAYOUT: &str = "VMA_LAYOUT";
     /// `u32`: non-zero to take each traced call's user stack (`trace --stack`).
     pub const SYSCALL_STACKS: &str = "SYSCALL_STACKS";
     /// [`crate::oom::OomLayout`]: field offsets of `oom:mark_victim`.
@@ -126,6 +131,8 @@ pub mod maps {
     /// Array indexed by CPU: a [`crate::stacks::Snapshot`] being built (one entry when the
     /// object copies no stack).
     pub const STACK_SCRATCH: &str = "STACK_SCRATCH";
+    /// Hash: [`crate::stacks::MappingKey`] → `u64` faults (`faults --by mapping|file`).
+    pub const MAPPING_COUNTS: &str = "MAPPING_COUNTS";
     /// Ring buffer of stack snapshots ([`crate::stacks::SnapshotHeader`] and pages).
     pub const STACK_SNAPSHOTS: &str = "STACK_SNAPSHOTS";
 }
@@ -157,10 +164,12 @@ pub enum DropSource {
     /// An event's stack had to be sent whole but found the `STACK_SNAPSHOTS` ring full: the
     /// event is counted for its process only, under an unknown stack.
     StackRingFull = 9,
+    /// A fault's mapping had no room in `MAPPING_COUNTS`.
+    MappingTableFull = 10,
 }
 
 impl DropSource {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
     pub const ALL: [DropSource; Self::COUNT as usize] = [
         DropSource::FaultTableFull,
         DropSource::TargetTableFull,
@@ -172,6 +181,7 @@ impl DropSource {
         DropSource::StallStartFull,
         DropSource::NewProcessRingFull,
         DropSource::StackRingFull,
+        DropSource::MappingTableFull,
     ];
 
     /// A stable, machine-friendly name (used in JSON output).
@@ -187,6 +197,7 @@ impl DropSource {
             DropSource::StallStartFull => "stall_start_full",
             DropSource::NewProcessRingFull => "new_process_ring_full",
             DropSource::StackRingFull => "stack_ring_full",
+            DropSource::MappingTableFull => "mapping_table_full",
         }
     }
 }

@@ -174,3 +174,109 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::StackKey {}
 }
+
+/// What the `attribution` object attributes faults to (its `ATTRIBUTE_BY` global).
+pub mod attribute_by {
+    /// User stacks.
+    pub const STACK: u32 = 0;
+    /// The mapping (and file) holding the faulting address.
+    pub const MAPPING: u32 = 1;
+}
+
+/// Where the kernel keeps what a mapping is, from its BTF (byte offsets), for `--by mapping`:
+/// `vma->vm_start`, `vma->vm_flags`, `vma->vm_file->f_inode->{i_ino, i_sb->s_dev}`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmaLayout {
+    pub vm_start: u32,
+    pub vm_flags: u32,
+    pub vm_file: u32,
+    pub file_inode: u32,
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
+    /// `file->f_path.dentry`.
+    pub file_dentry: u32,
+    /// `dentry->d_name.name`.
+    pub dentry_name: u32,
+    pub dentry_parent: u32,
+}
+
+impl VmaLayout {
+    /// The layout as the bytes of the `VMA_LAYOUT` global.
+    pub fn to_ne_bytes(&self) -> [u8; size_of::<VmaLayout>()] {
+        let words = [
+            self.vm_start,
+            self.vm_flags,
+            self.vm_file,
+            self.file_inode,
+            self.inode_ino,
+            self.inode_sb,
+            self.sb_dev,
+            self.file_dentry,
+            self.dentry_name,
+            self.dentry_parent,
+        ];
+        let mut bytes = [0; size_of::<VmaLayout>()];
+        for (chunk, word) in bytes.chunks_exact_mut(4).zip(words) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        bytes
+    }
+}
+
+/// One counted mapping: a process, the fault's kind, and the mapping holding the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MappingKey {
+    pub tgid: u32,
+    /// An [`EventKind`] value.
+    pub kind: u32,
+    /// The mapping's first address (0: the kernel could not look it up).
+    pub start: u64,
+    /// The mapped file's inode number, 0 for anonymous memory.
+    pub ino: u64,
+    /// The file's device (the kernel's `dev_t`).
+    pub dev: u32,
+    /// [`MappingKey::GROWS_DOWN`] (a stack) or 0.
+    pub flags: u32,
+}
+
+impl MappingKey {
+    /// The mapping grows down: a stack.
+    pub const GROWS_DOWN: u32 = 1;
+    /// The kernel could not look the mapping up (its lock was taken for writing).
+    pub const UNKNOWN: u32 = 2;
+}
+
+/// Names of a mapped file's directories the kernel records, innermost first (the file's own
+/// name, its directory's, ...): enough to name the file after its process has gone.
+pub const PATH_PARTS: usize = 12;
+/// Bytes kept of each name (NUL-padded; longer ones are cut).
+pub const PATH_PART_BYTES: usize = 40;
+
+/// A mapping's faults, and what the kernel recorded of it when it first counted it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MappingCount {
+    pub count: u64,
+    /// The process's name.
+    pub comm: [u8; crate::COMM_LEN],
+    /// The file's path, one name per part, innermost first, up to its filesystem's root.
+    pub path: [[u8; PATH_PART_BYTES]; PATH_PARTS],
+}
+
+/// `VM_GROWSDOWN` in `vm_flags`.
+pub const VM_GROWSDOWN: u64 = 0x100;
+
+const _: () = assert!(size_of::<VmaLayout>() == 40);
+const _: () = assert!(size_of::<MappingCount>() == 24 + PATH_PARTS * PATH_PART_BYTES);
+const _: () = assert!(size_of::<MappingKey>() == 32);
+
+#[cfg(feature = "user")]
+mod mapping_pod {
+    // SAFETY: `repr(C)`, integers only, no padding.
+    unsafe impl aya::Pod for super::MappingKey {}
+    // SAFETY: as above (byte arrays).
+    unsafe impl aya::Pod for super::MappingCount {}
+}

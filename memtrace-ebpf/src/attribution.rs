@@ -1,8 +1,9 @@
-//! The `attribution` object: page faults counted per user stack. Programs on the perf software
-//! events `minor-faults` / `major-faults` (sample period 1, where the kernel counts each fault
-//! for its task) hash the few stack words userspace said identify the stack at that place
-//! (`stacks`), and count the fault under that stack in the kernel. A fault at a place or on a
-//! stack not yet known sends its stack whole, once, for userspace to unwind.
+//! The `attribution` object: page faults counted per user stack, or per mapping. Programs on
+//! the perf software events `minor-faults` / `major-faults` (sample period 1, where the kernel
+//! counts each fault for its task) either hash the few stack words userspace said identify the
+//! stack at that place (`stacks`), and count the fault under that stack in the kernel (a fault
+//! at a place or on a stack not yet known sends its stack whole, once, for userspace to
+//! unwind); or look up the mapping that holds the faulting address and count it there.
 #![no_std]
 #![no_main]
 // The atomic add is written in BPF assembly (see `atomic`).
@@ -15,17 +16,56 @@ mod runtime;
 mod stacks;
 mod targets;
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     Global,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    helpers::{
+        bpf_get_current_comm, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        generated::{bpf_find_vma, bpf_get_current_task_btf},
+    },
     macros::{map, perf_event},
-    maps::RingBuf,
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::PerfEventContext,
 };
-use memtrace_common::stacks::EventKind;
+use memtrace_common::{
+    COMM_LEN, DropSource,
+    stacks::{
+        EventKind, MAX_STACKS, MappingCount, MappingKey, PATH_PART_BYTES, PATH_PARTS, VM_GROWSDOWN,
+        VmaLayout, attribute_by,
+    },
+};
 
 /// Stacks sent whole; sized by userspace.
 #[map(name = "STACK_SNAPSHOTS")]
 static SNAPSHOTS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
+
+/// Faults per mapping (`--by mapping|file`); allocated as mappings are met.
+#[map(name = "MAPPING_COUNTS")]
+static MAPPINGS: HashMap<MappingKey, MappingCount> =
+    HashMap::with_max_entries(MAX_STACKS, BPF_F_NO_PREALLOC);
+
+/// A new mapping's entry being built.
+#[map(name = "MAPPING_SCRATCH")]
+static NEW_MAPPING: PerCpuArray<MappingCount> = PerCpuArray::with_max_entries(1, 0);
+
+#[unsafe(no_mangle)]
+static ATTRIBUTE_BY: Global<u32> = Global::new(attribute_by::STACK);
+
+#[unsafe(no_mangle)]
+static VMA_LAYOUT: Global<VmaLayout> = Global::new(VmaLayout {
+    vm_start: 0,
+    vm_flags: 0,
+    vm_file: 0,
+    file_inode: 0,
+    inode_ino: 0,
+    inode_sb: 0,
+    sb_dev: 0,
+    file_dentry: 0,
+    dentry_name: 0,
+    dentry_parent: 0,
+});
 
 /// memtrace's own process: never attributed (unwinding a stack faults, which would be sent).
 #[unsafe(no_mangle)]
@@ -50,7 +90,144 @@ fn attribute(ctx: &PerfEventContext, kind: EventKind) {
     if tgid == SELF_TGID.load() || !targets::is_counted(tgid) {
         return;
     }
-    stacks::identify(tgid, tid, kind, fault_address(ctx), &SNAPSHOTS);
+    if ATTRIBUTE_BY.load() == attribute_by::MAPPING {
+        count_mapping(tgid, kind, fault_address(ctx));
+    } else {
+        stacks::identify(tgid, tid, kind, fault_address(ctx), &SNAPSHOTS);
+    }
+}
+
+/// Counts a fault under the mapping holding its address.
+#[inline(always)]
+fn count_mapping(tgid: u32, kind: EventKind, addr: u64) {
+    let mut key = MappingKey {
+        tgid,
+        kind: kind as u32,
+        ..MappingKey::default()
+    };
+    // SAFETY: the current task, valid while it runs this program; the callback only reads the
+    // mapping through checked reads, and counts.
+    let found = unsafe {
+        bpf_find_vma(
+            bpf_get_current_task_btf(),
+            addr,
+            mapping_found as *mut c_void,
+            (&raw mut key).cast(),
+            0,
+        )
+    };
+    if found != 0 {
+        // The mapping lock was taken for writing (another thread maps or unmaps meanwhile).
+        key.flags = MappingKey::UNKNOWN;
+        count(&key, core::ptr::null());
+    }
+}
+
+/// Adds a fault to a mapping's count; a new mapping records its process's name and, for a
+/// file, the file's path (`file`: the mapping's file, or null).
+#[inline(always)]
+fn count(key: &MappingKey, file: *const u8) {
+    if let Some(value) = MAPPINGS.get_ptr_mut(key) {
+        // SAFETY: a value pointer from a successful lookup, only ever changed atomically.
+        unsafe { atomic::add(&raw mut (*value).count, 1) };
+        return;
+    }
+    // Built in a per-CPU slot: it is too big for the program's stack.
+    let Some(first) = NEW_MAPPING.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's own slot; programs do not nest on one CPU here.
+    let first = unsafe { &mut *first };
+    first.count = 1;
+    first.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    first.path = [[0; PATH_PART_BYTES]; PATH_PARTS];
+    if !file.is_null() {
+        read_path(file, &mut first.path);
+    }
+    if MAPPINGS
+        .insert(key, shared(first), u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
+        return;
+    }
+    match MAPPINGS.get_ptr_mut(key) {
+        // SAFETY: as above.
+        Some(value) => unsafe { atomic::add(&raw mut (*value).count, 1) },
+        None => drops::count(DropSource::MappingTableFull),
+    }
+}
+
+/// The slot by reference: the map copies it from there (by value, it would be copied onto the
+/// program's stack, which it does not fit).
+#[inline(always)]
+fn shared(slot: &mut MappingCount) -> &MappingCount {
+    slot
+}
+
+/// The names of a file's dentry and its parents, innermost first, up to its filesystem's root.
+#[inline(always)]
+fn read_path(file: *const u8, path: &mut [[u8; PATH_PART_BYTES]; PATH_PARTS]) {
+    let layout = VMA_LAYOUT.load();
+    // SAFETY: reads at offsets from the kernel's BTF, each checked by the helper.
+    unsafe {
+        let mut dentry = read_u64(file, layout.file_dentry) as *const u8;
+        for part in path.iter_mut() {
+            if dentry.is_null() {
+                break;
+            }
+            let name = read_u64(dentry, layout.dentry_name) as *const u8;
+            if name.is_null() || bpf_probe_read_kernel_str_bytes(name, part).is_err() {
+                break;
+            }
+            let parent = read_u64(dentry, layout.dentry_parent) as *const u8;
+            if parent == dentry {
+                break;
+            }
+            dentry = parent;
+        }
+    }
+}
+
+/// The `u64` at `offset` of a kernel object, 0 if it cannot be read.
+///
+/// # Safety
+/// Only reads, through the checked helper.
+#[inline(always)]
+unsafe fn read_u64(base: *const u8, offset: u32) -> u64 {
+    // SAFETY: the helper checks the address.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<u64>()).unwrap_or(0) }
+}
+
+/// `bpf_find_vma`'s callback: what the mapping is, and its count.
+extern "C" fn mapping_found(_task: *mut c_void, vma: *mut c_void, key: *mut c_void) -> i64 {
+    let layout = VMA_LAYOUT.load();
+    let vma = vma.cast::<u8>().cast_const();
+    let key = key.cast::<MappingKey>();
+    // SAFETY: reads at offsets from the kernel's BTF, each checked by the helper; `key` is
+    // the caller's.
+    unsafe {
+        (*key).start = read_u64(vma, layout.vm_start);
+        if read_u64(vma, layout.vm_flags) & VM_GROWSDOWN != 0 {
+            (*key).flags = MappingKey::GROWS_DOWN;
+        }
+        let file = read_u64(vma, layout.vm_file) as *const u8;
+        if !file.is_null() {
+            let inode = read_u64(file, layout.file_inode) as *const u8;
+            if !inode.is_null() {
+                (*key).ino = read_u64(inode, layout.inode_ino);
+                let sb = read_u64(inode, layout.inode_sb) as *const u8;
+                if !sb.is_null() {
+                    (*key).dev = bpf_probe_read_kernel(
+                        sb.wrapping_add(layout.sb_dev as usize).cast::<u32>(),
+                    )
+                    .unwrap_or(0);
+                }
+            }
+        }
+        // Counted here, while the mapping (and its file) cannot go away.
+        count(&*key, file);
+    }
+    0
 }
 
 /// The faulting address: the sample's `addr`, which the fault events carry.

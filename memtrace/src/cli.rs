@@ -105,6 +105,10 @@ pub enum FaultsBy {
     Process,
     /// Per process and user stack
     Stack,
+    /// Per process and mapping: a file, [heap], [stack], anonymous memory, ...
+    Mapping,
+    /// Per file (major faults: which files are being paged in)
+    File,
 }
 
 /// How `pressure` groups its rows.
@@ -377,8 +381,9 @@ pub struct FaultsArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_processes: Option<u32>,
 
-    /// What to count faults by: process (rates each interval), or stack (each process's faults
-    /// per user stack, reported at the end, beside the rates)
+    /// What to count faults by: process (rates each interval); stack, mapping or file (each
+    /// process's faults per user stack, per mapping, or per file, reported at the end, beside
+    /// the rates)
     #[arg(
         long,
         value_enum,
@@ -391,12 +396,13 @@ pub struct FaultsArgs {
     #[arg(long, conflicts_with_all = ["by", "threads"])]
     pub stacks: bool,
 
-    /// With --stacks: write only folded stacks at the end (`comm;outermost;...;innermost
-    /// COUNT`, one line per distinct stack), for flamegraph.pl, inferno or speedscope
+    /// With --stacks (or --by mapping|file): write only folded lines at the end
+    /// (`comm;outermost;...;innermost COUNT`, one line per distinct stack), for flamegraph.pl,
+    /// inferno or speedscope
     #[arg(long, conflicts_with = "json")]
     pub folded: bool,
 
-    /// With --stacks: also draw the flame graph of the faults into FILE (SVG)
+    /// With --stacks (or --by mapping|file): also draw the flame graph into FILE (SVG)
     #[arg(long, value_name = "FILE.svg")]
     pub flamegraph: Option<PathBuf>,
 

@@ -264,3 +264,90 @@ fn folded_lines_and_the_flame_graph_carry_the_same_counts() {
         "not a flame graph of the stacks"
     );
 }
+
+/// Runs `faults --by BY --json` on the C workload; returns the report record and the phases.
+fn by(by: &str, file: &Path) -> (Vec<Value>, HashMap<String, (u64, u64)>) {
+    let binary = workload_built("fault_stacks", "-nofp", &["-g", "-fomit-frame-pointer"]);
+    let output = memtrace()
+        .args(["faults", "--json", "--by", by, "--"])
+        .arg(&binary)
+        .args([&NEAR.to_string(), &DEEP.to_string()])
+        .arg(file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let records = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    (records, phase_counts(&stderr))
+}
+
+fn counts(row: &Value) -> (u64, u64) {
+    (
+        row["minor"].as_u64().unwrap(),
+        row["major"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn faults_by_mapping_tell_the_file_from_anonymous_memory() {
+    require_root!();
+    let file = data_file("by-mapping", 256);
+    let (records, phases) = by("mapping", &file);
+    let rows = record(&records, "mappings")["mappings"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let path = file.to_str().unwrap();
+    let file_rows: Vec<&Value> = rows.iter().filter(|r| r["mapping"] == path).collect();
+    assert_eq!(file_rows.len(), 1, "one mapping of {path}: {rows:#?}");
+    assert_eq!(file_rows[0]["file"], true);
+    assert_eq!(
+        counts(file_rows[0]),
+        phases["file"],
+        "faults on the mapped file"
+    );
+    let anonymous: u64 = rows
+        .iter()
+        .filter(|r| r["file"] == false)
+        .map(|r| counts(r).0)
+        .sum();
+    let touched = phases["near"].0 + phases["deep"].0;
+    assert!(
+        anonymous >= touched,
+        "{anonymous} minor faults on anonymous memory, but the program touched {touched} fresh pages"
+    );
+    let summary = record(&records, "summary");
+    let total: (u64, u64) = rows
+        .iter()
+        .map(counts)
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    assert_eq!(
+        total,
+        totals(summary),
+        "the mappings add up to the process total"
+    );
+}
+
+#[test]
+fn faults_by_file_name_the_file_being_paged_in() {
+    require_root!();
+    let file = data_file("by-file", 256);
+    let (records, phases) = by("file", &file);
+    let report = record(&records, "files");
+    let files = report["files"].as_array().unwrap();
+    // Most major faults first: the evicted file.
+    assert_eq!(files[0]["path"], file.to_str().unwrap(), "{report:#}");
+    assert_eq!(counts(&files[0]), phases["file"]);
+    assert!(files[0]["major"].as_u64().unwrap() > 0);
+}
+
+fn totals(summary: &Value) -> (u64, u64) {
+    let process = &summary["processes"][0];
+    (
+        process["minor"].as_u64().unwrap(),
+        process["major"].as_u64().unwrap(),
+    )
+}

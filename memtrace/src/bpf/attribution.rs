@@ -7,11 +7,14 @@ use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
 };
-use memtrace_common::{DropSource, globals, maps};
+use memtrace_common::{
+    DropSource, globals, maps,
+    stacks::{MappingCount, MappingKey, VmaLayout, attribute_by},
+};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{
-    Config, Loaded, Object,
+    Config, Loaded, MIN_RING_BYTES, Object,
     stacks::StackTables,
     targets::{self, Filter},
     tracepoints::Tracepoints,
@@ -19,12 +22,25 @@ use super::{
 use crate::stacks::{KernelCounts, Teach};
 
 /// What the object loses.
-pub const LOSSES: [DropSource; 2] = [DropSource::StackRingFull, DropSource::TargetTableFull];
+pub const LOSSES: [DropSource; 3] = [
+    DropSource::StackRingFull,
+    DropSource::MappingTableFull,
+    DropSource::TargetTableFull,
+];
+
+/// What faults are attributed to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum By {
+    Stack,
+    /// The mapping holding the address, with where the kernel keeps what a mapping is.
+    Mapping(VmaLayout),
+}
 
 /// How the object is set up.
 #[derive(Clone, Debug)]
 pub struct Options {
     pub filter: Filter,
+    pub by: By,
     /// Capacity of the recipe and counting tables.
     pub max_stacks: u32,
     /// Bytes of the snapshot ring (a power of two, at least a page).
@@ -36,10 +52,24 @@ pub struct Options {
 pub fn load(options: &Options) -> anyhow::Result<Loaded> {
     let mut config = Config::default();
     options.filter.configure(&mut config)?;
-    super::stacks::configure(&mut config, options.max_stacks)?;
-    config
-        .size(maps::STACK_SNAPSHOTS, options.ring_bytes)
-        .u32(globals::SELF_TGID, std::process::id());
+    config.u32(globals::SELF_TGID, std::process::id());
+    match options.by {
+        By::Stack => {
+            super::stacks::configure(&mut config, options.max_stacks)?;
+            config
+                .size(maps::STACK_SNAPSHOTS, options.ring_bytes)
+                .size(maps::MAPPING_COUNTS, 1);
+        }
+        By::Mapping(layout) => {
+            super::stacks::configure(&mut config, 1)?;
+            config
+                .size(maps::STACK_SCRATCH, 1)
+                .size(maps::STACK_SNAPSHOTS, MIN_RING_BYTES)
+                .size(maps::MAPPING_COUNTS, options.max_stacks)
+                .u32(globals::ATTRIBUTE_BY, attribute_by::MAPPING)
+                .bytes(globals::VMA_LAYOUT, &layout.to_ne_bytes());
+        }
+    }
     let mut ebpf = super::load(Object::Attribution, &config)?;
     super::forward_kernel_logs(&mut ebpf);
     super::faults::attach_fault_programs(&mut ebpf, "mt_attr_minor", "mt_attr_major")?;
@@ -99,6 +129,27 @@ impl Tables {
     pub fn counts(&self) -> anyhow::Result<KernelCounts> {
         self.stacks.counts()
     }
+}
+
+/// Where the kernel keeps what a mapping is, from its BTF; `None` if a field is missing.
+pub fn vma_layout(btf: &crate::btf::Btf) -> Option<VmaLayout> {
+    Some(VmaLayout {
+        vm_start: btf.member_offset("vm_area_struct", "vm_start")?,
+        vm_flags: btf.member_offset("vm_area_struct", "vm_flags")?,
+        vm_file: btf.member_offset("vm_area_struct", "vm_file")?,
+        file_inode: btf.member_offset("file", "f_inode")?,
+        inode_ino: btf.member_offset("inode", "i_ino")?,
+        inode_sb: btf.member_offset("inode", "i_sb")?,
+        sb_dev: btf.member_offset("super_block", "s_dev")?,
+        file_dentry: btf.member_offset("file", "f_path")? + btf.member_offset("path", "dentry")?,
+        dentry_name: btf.member_offset("dentry", "d_name")? + btf.member_offset("qstr", "name")?,
+        dentry_parent: btf.member_offset("dentry", "d_parent")?,
+    })
+}
+
+/// Faults per process, kind and mapping, with what the kernel recorded of each.
+pub fn mapping_counts(ebpf: &Ebpf) -> anyhow::Result<Vec<(MappingKey, MappingCount)>> {
+    super::entries(ebpf, maps::MAPPING_COUNTS)
 }
 
 /// Events the object could not attribute, per source.

@@ -6,7 +6,7 @@
 //! turns them into rates, writes the rows and retires exited processes; the end is a summary.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -20,11 +20,11 @@ use memtrace_common::{
 };
 use tokio::time::{Interval, MissedTickBehavior, interval_at};
 
+use super::attributed::Attributed;
 use crate::{
     aggregate::faults::{Counts, FaultAggregator, Row, busiest},
     bpf::{
-        self, Loaded,
-        attribution::{self, Tables},
+        self, Loaded, attribution,
         faults::{LOSSES, Options, Sample},
         targets::{Filter, TargetTable},
         tracepoints::Release,
@@ -35,11 +35,9 @@ use crate::{
     output::{
         Format, Sink, Timestamp,
         faults::{Command, Interval as IntervalRecord, Rate, Start, Summary, Total, Totals},
-        stacks::{StackRow, Stacks as StacksRecord},
     },
     procfs,
     session::{self, End, Ending, Job, Session, Target},
-    stacks::{Stacks, folded, symbols::Symbols},
 };
 
 /// Rows per interval when not every target is shown.
@@ -136,107 +134,9 @@ enum Source {
     Counters(Vec<ProcessCounters>),
     /// The `faults` object's counting table.
     Kernel(Loaded),
-    /// The `attribution` object: counts per stack, summed per process.
+    /// The `attribution` object: counts per stack or mapping, summed per process.
     Attribution(Box<Attributed>),
 }
-
-/// Faults counted per stack: the object, its tables, and what was learnt of the stacks.
-struct Attributed {
-    loaded: Loaded,
-    tables: Tables,
-    stacks: Stacks,
-    /// Processes retired from the rates (their stacks stay for the report).
-    retired: HashSet<u32>,
-}
-
-impl Attributed {
-    fn load(config: &FaultsConfig) -> anyhow::Result<Attributed> {
-        let mut loaded = attribution::load(&attribution::Options {
-            filter: config.filter(),
-            max_stacks: config.max_stacks,
-            ring_bytes: SNAPSHOT_RING_BYTES,
-        })?;
-        let tables = Tables::open(&mut loaded.ebpf)?;
-        Ok(Attributed {
-            loaded,
-            tables,
-            stacks: Stacks::default(),
-            retired: HashSet::new(),
-        })
-    }
-
-    /// Unwinds the snapshots waiting and teaches the kernel their stacks.
-    fn drain(&mut self) {
-        let Attributed { tables, stacks, .. } = self;
-        tables.drain(|record, kernel| {
-            stacks.take(record, kernel);
-        });
-    }
-
-    /// Each process's faults, all stacks together.
-    fn samples(&self) -> anyhow::Result<Vec<Sample>> {
-        let kernel = self.tables.counts()?;
-        let mut sums: HashMap<u32, Counts> = HashMap::new();
-        for process in self.stacks.report(&kernel) {
-            let sum = sums.entry(process.pid).or_default();
-            for (_, [minor, major]) in process.stacks {
-                sum.minor += minor;
-                sum.major += major;
-            }
-        }
-        Ok(sums
-            .into_iter()
-            .filter(|(pid, _)| !self.retired.contains(pid))
-            .map(|(pid, counts)| Sample {
-                key: FaultKey { tgid: pid, tid: 0 },
-                counts,
-                comm: self.stacks.comm(pid).unwrap_or_default().to_owned(),
-                memcg: 0,
-            })
-            .collect())
-    }
-
-    /// The stacks report, symbolized, busiest stack first.
-    fn report(&self) -> anyhow::Result<StacksRecord> {
-        let processes = self.stacks.report(&self.tables.counts()?);
-        let mut symbols = Symbols::default();
-        symbols.resolve(
-            self.stacks.modules(),
-            processes
-                .iter()
-                .flat_map(|p| &p.stacks)
-                .flat_map(|(id, _)| &self.stacks.stack(*id).frames),
-        );
-        let mut rows: Vec<StackRow> = processes
-            .iter()
-            .flat_map(|process| {
-                process.stacks.iter().map(|&(id, [minor, major])| StackRow {
-                    pid: process.pid,
-                    comm: process.comm.clone(),
-                    minor,
-                    major,
-                    stack: self
-                        .stacks
-                        .stack(id)
-                        .frames
-                        .iter()
-                        .map(|frame| symbols.named(frame))
-                        .collect(),
-                    complete: self.stacks.stack(id).complete,
-                })
-            })
-            .collect();
-        rows.sort_by_key(|row| std::cmp::Reverse(row.total()));
-        Ok(StacksRecord {
-            stacks: rows,
-            losses: self.stacks.losses,
-            unnamed_frames: symbols.unnamed,
-        })
-    }
-}
-
-/// Bytes of the ring that carries stacks to memtrace: 16 MiB, about 800 stacks in flight.
-const SNAPSHOT_RING_BYTES: u32 = 16 << 20;
 
 /// The `faults` job: a reading every interval.
 struct Faults<'a> {
@@ -253,8 +153,9 @@ impl<'a> Faults<'a> {
         let pids = session.watched().pids();
         let mut source = match count_with_perf(config, &pids)? {
             Some(counters) => Source::Counters(counters),
-            None if config.by == FaultsBy::Stack => {
-                let mut attributed = Attributed::load(config)?;
+            None if config.by != FaultsBy::Process => {
+                let mut attributed =
+                    Attributed::load(config.filter(), config.by, config.max_stacks)?;
                 for &pid in &pids {
                     attributed.loaded.ebpf.insert(pid, TargetFlags::COUNT)?;
                 }
@@ -311,8 +212,8 @@ impl<'a> Faults<'a> {
     }
 
     /// One reading of every count.
-    fn read(&self) -> anyhow::Result<Vec<Sample>> {
-        match &self.source {
+    fn read(&mut self) -> anyhow::Result<Vec<Sample>> {
+        match &mut self.source {
             Source::Counters(counters) => counters
                 .iter()
                 .map(|process| {
@@ -391,7 +292,7 @@ impl Job for Faults<'_> {
         match &mut self.source {
             Source::Attribution(attributed) => tokio::select! {
                 _ = self.ticker.tick() => Ok(Wake::Tick),
-                ready = attributed.tables.readable() => ready.map(|()| Wake::Snapshots),
+                ready = attributed.readable() => ready.map(|()| Wake::Snapshots),
             },
             _ => {
                 self.ticker.tick().await;
@@ -487,19 +388,9 @@ impl Job for Faults<'_> {
                 minor: t.minor + p.minor,
                 major: t.major + p.major,
             });
-        // The stacks come before the summary, which is always a report's last record.
-        if let Source::Attribution(attributed) = &self.source {
-            let report = attributed.report()?;
-            sink.emit(&report)?;
-            if let Some(path) = &self.config.flamegraph {
-                folded::flamegraph(
-                    &report.folded_lines(),
-                    "Page faults by stack",
-                    "faults",
-                    path,
-                )
-                .with_context(|| format!("draw the flame graph into {}", path.display()))?;
-            }
+        // The stacks (or mappings) come before the summary, always a report's last record.
+        if let Source::Attribution(attributed) = &mut self.source {
+            attributed.report(sink, self.config.flamegraph.as_deref())?;
         }
         let dropped = self.drops()?;
         sink.emit(&Summary {
@@ -518,7 +409,7 @@ impl Job for Faults<'_> {
     fn release(self) {
         match self.source {
             Source::Kernel(loaded) => loaded.release(Release::Background),
-            Source::Attribution(attributed) => attributed.loaded.release(Release::Background),
+            Source::Attribution(attributed) => attributed.release(),
             Source::Counters(_) => {}
         }
     }

@@ -1,6 +1,7 @@
 //! One module per subcommand, each with an `execute` that returns the process exit code: it
 //! validates its flags, opens the session (`crate::session`), and runs its job in it.
 
+mod attributed;
 pub mod faults;
 pub mod oom;
 pub mod pressure;

@@ -1,0 +1,157 @@
+//! Faults by mapping and by file (`faults --by mapping|file`): tables for people, JSON, and
+//! folded lines (`comm;mapping COUNT`) for flame graph tools.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use super::Record;
+use crate::stacks::folded;
+
+/// Rows a table shows before saying how many more there are.
+const ROWS: usize = 30;
+
+/// One process's faults in one mapping.
+#[derive(Serialize)]
+pub struct MappingRow {
+    pub pid: u32,
+    pub comm: String,
+    /// Its file's path, a kernel name (`[heap]`, `[stack]`, `[vdso]`), `[anonymous]`, or
+    /// `[inode N on MAJ:MIN]` for a file mapped by a process gone before memtrace read it.
+    pub mapping: String,
+    /// Whether it maps a file.
+    pub file: bool,
+    /// Its first address.
+    pub start: u64,
+    pub minor: u64,
+    pub major: u64,
+}
+
+#[derive(Serialize)]
+pub struct Mappings {
+    pub mappings: Vec<MappingRow>,
+}
+
+impl Mappings {
+    pub fn folded_lines(&self) -> Vec<String> {
+        self.mappings
+            .iter()
+            .map(|row| {
+                format!(
+                    "{} {}",
+                    folded::stack(&row.comm, std::iter::once(row.mapping.as_str())),
+                    row.minor + row.major
+                )
+            })
+            .collect()
+    }
+}
+
+impl Record for Mappings {
+    const TYPE: &'static str = "mappings";
+
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(
+            out,
+            "\nFaults by mapping:\n{:>8} {:<16} {:>10} {:>8}  MAPPING",
+            "PID", "COMM", "MINOR", "MAJOR"
+        )?;
+        for row in self.mappings.iter().take(ROWS) {
+            writeln!(
+                out,
+                "{:>8} {:<16} {:>10} {:>8}  {}",
+                row.pid, row.comm, row.minor, row.major, row.mapping
+            )?;
+        }
+        if self.mappings.len() > ROWS {
+            writeln!(
+                out,
+                "  ... and {} more (--json lists all)",
+                self.mappings.len() - ROWS
+            )?;
+        }
+        Ok(())
+    }
+
+    fn folded(&self, out: &mut dyn Write) -> io::Result<()> {
+        for line in self.folded_lines() {
+            writeln!(out, "{line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One file's faults, every process and mapping of it together.
+#[derive(Serialize)]
+pub struct FileRow {
+    pub path: String,
+    pub inode: u64,
+    /// `MAJ:MIN` of its device.
+    pub device: String,
+    pub minor: u64,
+    /// Pages read from storage: the file is being paged in.
+    pub major: u64,
+    /// How many processes faulted on it.
+    pub processes: usize,
+}
+
+#[derive(Serialize)]
+pub struct Files {
+    pub files: Vec<FileRow>,
+    /// Faults on anonymous memory, for scale.
+    pub anonymous_minor: u64,
+    pub anonymous_major: u64,
+}
+
+impl Files {
+    pub fn folded_lines(&self) -> Vec<String> {
+        self.files
+            .iter()
+            .map(|row| {
+                format!(
+                    "{} {}",
+                    folded::stack("files", std::iter::once(row.path.as_str())),
+                    row.minor + row.major
+                )
+            })
+            .collect()
+    }
+}
+
+impl Record for Files {
+    const TYPE: &'static str = "files";
+
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(
+            out,
+            "\nFaults by file (most major faults first):\n{:>8} {:>10} {:>6}  FILE",
+            "MAJOR", "MINOR", "PROCS"
+        )?;
+        for row in self.files.iter().take(ROWS) {
+            writeln!(
+                out,
+                "{:>8} {:>10} {:>6}  {}",
+                row.major, row.minor, row.processes, row.path
+            )?;
+        }
+        if self.files.len() > ROWS {
+            writeln!(
+                out,
+                "  ... and {} more (--json lists all)",
+                self.files.len() - ROWS
+            )?;
+        }
+        writeln!(
+            out,
+            "{:>8} {:>10} {:>6}  [anonymous memory]",
+            self.anonymous_major, self.anonymous_minor, ""
+        )
+    }
+
+    fn folded(&self, out: &mut dyn Write) -> io::Result<()> {
+        for line in self.folded_lines() {
+            writeln!(out, "{line}")?;
+        }
+        Ok(())
+    }
+}
