@@ -50,9 +50,10 @@ pub trait Record: Serialize {
     /// goes to stderr, so that the report can be piped.
     fn human(&self, out: &mut dyn Write) -> io::Result<()>;
 
-    /// Writes the record's folded stacks, if it has any: nothing else is folded.
+    /// Writes the record's folded stacks, if it has any: nothing else is folded. What a
+    /// record tells people on stderr (the banner) is still told.
     fn folded(&self, _out: &mut dyn Write) -> io::Result<()> {
-        Ok(())
+        self.human(&mut io::sink())
     }
 }
 
