@@ -36,8 +36,9 @@ use crate::{
     },
 };
 
-/// Bytes of the ring that carries stacks to memtrace: 16 MiB, about 800 stacks in flight.
-const SNAPSHOT_RING_BYTES: u32 = 16 << 20;
+/// Bytes of the ring that carries stacks to memtrace: 32 MiB, about 1600 stacks in flight
+/// while memtrace learns them (a program starting up meets thousands in its first second).
+const SNAPSHOT_RING_BYTES: u32 = 32 << 20;
 
 /// The object and what was learnt from it.
 pub struct Attributed {

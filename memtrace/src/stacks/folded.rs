@@ -27,6 +27,9 @@ pub fn flamegraph(lines: &[String], title: &str, count_name: &str, path: &Path) 
     options.title = title.to_owned();
     options.count_name = count_name.to_owned();
     options.deterministic = true;
+    // Frames narrower than half a pixel cannot be seen nor clicked: leaving them out keeps the
+    // SVG of a program with thousands of stacks small enough to open and share.
+    options.min_width = 0.5;
     let file = std::fs::File::create(path)?;
     flamegraph::from_lines(
         &mut options,
