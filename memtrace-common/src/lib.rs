@@ -76,6 +76,8 @@ pub mod globals {
     pub const VMA_LAYOUT: &str = "VMA_LAYOUT";
     /// `u32`: non-zero to take each traced call's user stack (`trace --stack`).
     pub const SYSCALL_STACKS: &str = "SYSCALL_STACKS";
+    /// `u32`: non-zero to take each traced call's kernel stack too (`trace --kernel-stack`).
+    pub const SYSCALL_KERNEL_STACKS: &str = "SYSCALL_KERNEL_STACKS";
     /// [`crate::oom::OomLayout`]: field offsets of `oom:mark_victim`.
     pub const OOM_LAYOUT: &str = "OOM_LAYOUT";
 }
@@ -131,6 +133,11 @@ pub mod maps {
     /// Array indexed by CPU: a [`crate::stacks::Snapshot`] being built (one entry when the
     /// object copies no stack).
     pub const STACK_SCRATCH: &str = "STACK_SCRATCH";
+    /// LRU hash: [`crate::stacks::RegionKey`] → [`crate::stacks::CachedMapping`], the mapping
+    /// last found in each region (`faults --by mapping|file`).
+    pub const MAPPING_CACHE: &str = "MAPPING_CACHE";
+    /// Stack trace map: the kernel stacks of traced calls (`trace --kernel-stack`).
+    pub const KERNEL_STACKS: &str = "KERNEL_STACKS";
     /// Hash: [`crate::stacks::MappingKey`] → `u64` faults (`faults --by mapping|file`).
     pub const MAPPING_COUNTS: &str = "MAPPING_COUNTS";
     /// Ring buffer of stack snapshots ([`crate::stacks::SnapshotHeader`] and pages).

@@ -101,7 +101,8 @@ pub struct StackRef {
     pub hash: u64,
     /// [`StackRef::NONE`], [`StackRef::KNOWN`] or [`StackRef::PENDING`].
     pub how: u32,
-    pub _pad: u32,
+    /// The kernel stack's id in `KERNEL_STACKS` plus one (`trace --kernel-stack`), or 0.
+    pub kernel: u32,
 }
 
 impl StackRef {
@@ -189,6 +190,11 @@ pub mod attribute_by {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VmaLayout {
     pub vm_start: u32,
+    pub vm_end: u32,
+    /// `task->mm`.
+    pub task_mm: u32,
+    /// `mm->mm_lock_seq.sequence`: changes whenever any mapping of the process changes.
+    pub mm_lock_seq: u32,
     pub vm_flags: u32,
     pub vm_file: u32,
     pub file_inode: u32,
@@ -207,6 +213,9 @@ impl VmaLayout {
     pub fn to_ne_bytes(&self) -> [u8; size_of::<VmaLayout>()] {
         let words = [
             self.vm_start,
+            self.vm_end,
+            self.task_mm,
+            self.mm_lock_seq,
             self.vm_flags,
             self.vm_file,
             self.file_inode,
@@ -266,10 +275,38 @@ pub struct MappingCount {
     pub path: [[u8; PATH_PART_BYTES]; PATH_PARTS],
 }
 
+/// A process's 2 MiB region of addresses: the key of the kernel's cache of the mapping last
+/// found there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegionKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// The address shifted right by [`REGION_SHIFT`].
+    pub region: u64,
+}
+
+/// Bits of address a cached region spans (2 MiB).
+pub const REGION_SHIFT: u32 = 21;
+
+/// The mapping last found in a region, valid while the process's mappings have not changed
+/// (its `mm_lock_seq` is the same) and for addresses inside it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedMapping {
+    pub start: u64,
+    pub end: u64,
+    pub ino: u64,
+    pub dev: u32,
+    pub flags: u32,
+    pub seq: u32,
+    pub _pad: u32,
+}
+
 /// `VM_GROWSDOWN` in `vm_flags`.
 pub const VM_GROWSDOWN: u64 = 0x100;
 
-const _: () = assert!(size_of::<VmaLayout>() == 40);
+const _: () = assert!(size_of::<VmaLayout>() == 52);
 const _: () = assert!(size_of::<MappingCount>() == 24 + PATH_PARTS * PATH_PART_BYTES);
 const _: () = assert!(size_of::<MappingKey>() == 32);
 

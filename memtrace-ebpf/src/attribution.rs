@@ -26,14 +26,14 @@ use aya_ebpf::{
         generated::{bpf_find_vma, bpf_get_current_task_btf},
     },
     macros::{map, perf_event},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::PerfEventContext,
 };
 use memtrace_common::{
     COMM_LEN, DropSource,
     stacks::{
-        EventKind, MAX_STACKS, MappingCount, MappingKey, PATH_PART_BYTES, PATH_PARTS, VM_GROWSDOWN,
-        VmaLayout, attribute_by,
+        CachedMapping, EventKind, MAX_STACKS, MappingCount, MappingKey, PATH_PART_BYTES,
+        PATH_PARTS, REGION_SHIFT, RegionKey, VM_GROWSDOWN, VmaLayout, attribute_by,
     },
 };
 
@@ -46,6 +46,11 @@ static SNAPSHOTS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
 static MAPPINGS: HashMap<MappingKey, MappingCount> =
     HashMap::with_max_entries(MAX_STACKS, BPF_F_NO_PREALLOC);
 
+/// The mapping last found in each region of a process: most faults are counted from here,
+/// without looking the mapping up (which costs an inter-processor interrupt to unlock).
+#[map(name = "MAPPING_CACHE")]
+static CACHE: LruHashMap<RegionKey, CachedMapping> = LruHashMap::with_max_entries(1, 0);
+
 /// A new mapping's entry being built.
 #[map(name = "MAPPING_SCRATCH")]
 static NEW_MAPPING: PerCpuArray<MappingCount> = PerCpuArray::with_max_entries(1, 0);
@@ -56,6 +61,9 @@ static ATTRIBUTE_BY: Global<u32> = Global::new(attribute_by::STACK);
 #[unsafe(no_mangle)]
 static VMA_LAYOUT: Global<VmaLayout> = Global::new(VmaLayout {
     vm_start: 0,
+    vm_end: 0,
+    task_mm: 0,
+    mm_lock_seq: 0,
     vm_flags: 0,
     vm_file: 0,
     file_inode: 0,
@@ -97,29 +105,84 @@ fn attribute(ctx: &PerfEventContext, kind: EventKind) {
     }
 }
 
-/// Counts a fault under the mapping holding its address.
+/// Counts a fault under the mapping holding its address: from the region's cached mapping if
+/// the process's mappings have not changed since, else by looking it up.
 #[inline(always)]
 fn count_mapping(tgid: u32, kind: EventKind, addr: u64) {
-    let mut key = MappingKey {
+    let seq = mappings_sequence();
+    let region = RegionKey {
         tgid,
-        kind: kind as u32,
-        ..MappingKey::default()
+        _pad: 0,
+        region: addr >> REGION_SHIFT,
+    };
+    if let Some(cached) = CACHE.get_ptr(region) {
+        // SAFETY: a value pointer from a successful lookup, copied at once.
+        let cached = unsafe { *cached };
+        // An odd sequence: a writer is changing the mappings right now.
+        if seq & 1 == 0 && cached.seq == seq && (cached.start..cached.end).contains(&addr) {
+            let key = MappingKey {
+                tgid,
+                kind: kind as u32,
+                start: cached.start,
+                ino: cached.ino,
+                dev: cached.dev,
+                flags: cached.flags,
+            };
+            if let Some(value) = MAPPINGS.get_ptr_mut(key) {
+                // SAFETY: a value pointer from a successful lookup, changed only atomically.
+                unsafe { atomic::add(&raw mut (*value).count, 1) };
+                return;
+            }
+        }
+    }
+    let mut found = Found {
+        key: MappingKey {
+            tgid,
+            kind: kind as u32,
+            ..MappingKey::default()
+        },
+        region,
+        seq,
     };
     // SAFETY: the current task, valid while it runs this program; the callback only reads the
     // mapping through checked reads, and counts.
-    let found = unsafe {
+    let looked_up = unsafe {
         bpf_find_vma(
             bpf_get_current_task_btf(),
             addr,
             mapping_found as *mut c_void,
-            (&raw mut key).cast(),
+            (&raw mut found).cast(),
             0,
         )
     };
-    if found != 0 {
+    if looked_up != 0 {
         // The mapping lock was taken for writing (another thread maps or unmaps meanwhile).
-        key.flags = MappingKey::UNKNOWN;
-        count(&key, core::ptr::null());
+        found.key.flags = MappingKey::UNKNOWN;
+        count(&found.key, core::ptr::null());
+    }
+}
+
+/// What the lookup's callback needs besides the mapping.
+#[repr(C)]
+struct Found {
+    key: MappingKey,
+    region: RegionKey,
+    seq: u32,
+}
+
+/// The current process's `mm_lock_seq`, or 1 (odd: never cached) if it cannot be read.
+#[inline(always)]
+fn mappings_sequence() -> u32 {
+    let layout = VMA_LAYOUT.load();
+    // SAFETY: the current task; reads at offsets from the kernel's BTF, checked by the helper.
+    unsafe {
+        let task = bpf_get_current_task_btf().cast::<u8>().cast_const();
+        let mm = read_u64(task, layout.task_mm) as *const u8;
+        if mm.is_null() {
+            return 1;
+        }
+        bpf_probe_read_kernel(mm.wrapping_add(layout.mm_lock_seq as usize).cast::<u32>())
+            .unwrap_or(1)
     }
 }
 
@@ -198,34 +261,47 @@ unsafe fn read_u64(base: *const u8, offset: u32) -> u64 {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<u64>()).unwrap_or(0) }
 }
 
-/// `bpf_find_vma`'s callback: what the mapping is, and its count.
-extern "C" fn mapping_found(_task: *mut c_void, vma: *mut c_void, key: *mut c_void) -> i64 {
+/// `bpf_find_vma`'s callback: what the mapping is, and its count; the region remembers it.
+extern "C" fn mapping_found(_task: *mut c_void, vma: *mut c_void, found: *mut c_void) -> i64 {
     let layout = VMA_LAYOUT.load();
     let vma = vma.cast::<u8>().cast_const();
-    let key = key.cast::<MappingKey>();
-    // SAFETY: reads at offsets from the kernel's BTF, each checked by the helper; `key` is
+    let found = found.cast::<Found>();
+    // SAFETY: reads at offsets from the kernel's BTF, each checked by the helper; `found` is
     // the caller's.
     unsafe {
-        (*key).start = read_u64(vma, layout.vm_start);
+        let key = &mut (*found).key;
+        key.start = read_u64(vma, layout.vm_start);
         if read_u64(vma, layout.vm_flags) & VM_GROWSDOWN != 0 {
-            (*key).flags = MappingKey::GROWS_DOWN;
+            key.flags = MappingKey::GROWS_DOWN;
         }
         let file = read_u64(vma, layout.vm_file) as *const u8;
         if !file.is_null() {
             let inode = read_u64(file, layout.file_inode) as *const u8;
             if !inode.is_null() {
-                (*key).ino = read_u64(inode, layout.inode_ino);
+                key.ino = read_u64(inode, layout.inode_ino);
                 let sb = read_u64(inode, layout.inode_sb) as *const u8;
                 if !sb.is_null() {
-                    (*key).dev = bpf_probe_read_kernel(
+                    key.dev = bpf_probe_read_kernel(
                         sb.wrapping_add(layout.sb_dev as usize).cast::<u32>(),
                     )
                     .unwrap_or(0);
                 }
             }
         }
+        if (*found).seq & 1 == 0 {
+            let cached = CachedMapping {
+                start: key.start,
+                end: read_u64(vma, layout.vm_end),
+                ino: key.ino,
+                dev: key.dev,
+                flags: key.flags,
+                seq: (*found).seq,
+                _pad: 0,
+            };
+            let _ = CACHE.insert((*found).region, cached, 0);
+        }
         // Counted here, while the mapping (and its file) cannot go away.
-        count(&*key, file);
+        count(key, file);
     }
     0
 }

@@ -81,7 +81,7 @@ pub fn identify(tgid: u32, tid: u32, kind: EventKind, addr: u64, ring: &RingBuf)
         return StackRef {
             hash,
             how: StackRef::KNOWN,
-            _pad: 0,
+            kernel: 0,
         };
     }
     send(
@@ -165,7 +165,7 @@ fn send(header: SnapshotHeader, ring: &RingBuf) -> StackRef {
         let waiting = StackRef {
             hash: key.hash,
             how: StackRef::PENDING,
-            _pad: 0,
+            kernel: 0,
         };
         if let Some(count) = PENDING.get_ptr_mut(key) {
             atomic::add(count, 1);

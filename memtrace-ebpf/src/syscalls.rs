@@ -20,8 +20,8 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{RawTracePointContext, TracePointContext},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    programs::{RawTracePointContext, TracePointContext, tracing::StackIdContext as _},
 };
 use memtrace_common::{
     COMM_LEN, DropSource,
@@ -99,6 +99,13 @@ static SYSCALL_PER_PROCESS: Global<u32> = Global::new(0);
 /// Non-zero to take each call's user stack (`trace --stack`).
 #[unsafe(no_mangle)]
 static SYSCALL_STACKS: Global<u32> = Global::new(0);
+/// Non-zero to take each call's kernel stack too (`trace --kernel-stack`).
+#[unsafe(no_mangle)]
+static SYSCALL_KERNEL_STACKS: Global<u32> = Global::new(0);
+
+/// Kernel stacks, by id (sized by userspace: one entry unless asked for).
+#[map(name = "KERNEL_STACKS")]
+static KERNEL_STACKS: StackTrace = StackTrace::with_max_entries(1, 0);
 
 /// Entry programs, one per number of arguments (`memtrace_common::syscalls::ENTRY_PROGRAMS`).
 macro_rules! entry_programs {
@@ -147,7 +154,7 @@ fn try_enter<const ARITY: usize>(ctx: &TracePointContext) -> Result<(), i64> {
         unsafe {
             (*slot).args = args;
             (*slot).nr = nr as u32;
-            (*slot).stack = user_stack(tgid, tid);
+            (*slot).stack = user_stack(ctx, tgid, tid);
             (*slot).start_ns = bpf_ktime_get_ns();
         }
         return Ok(());
@@ -160,7 +167,7 @@ fn try_enter<const ARITY: usize>(ctx: &TracePointContext) -> Result<(), i64> {
         args,
         nr: nr as u32,
         _pad: 0,
-        stack: user_stack(tgid, tid),
+        stack: user_stack(ctx, tgid, tid),
         // SAFETY: no preconditions.
         start_ns: unsafe { bpf_ktime_get_ns() },
     };
@@ -277,11 +284,19 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
 /// The calling thread's user stack, when asked for: a stack sent whole goes on the records'
 /// own ring, so it is read before the call's record.
 #[inline(always)]
-fn user_stack(tgid: u32, tid: u32) -> StackRef {
+fn user_stack(ctx: &TracePointContext, tgid: u32, tid: u32) -> StackRef {
     if SYSCALL_STACKS.load() == 0 {
         return StackRef::default();
     }
-    stacks::identify(tgid, tid, EventKind::Syscall, 0, &EVENTS)
+    let mut stack = stacks::identify(tgid, tid, EventKind::Syscall, 0, &EVENTS);
+    if SYSCALL_KERNEL_STACKS.load() != 0 {
+        // The kernel's own walk (ORC): right for kernel code. Identical stacks share an id.
+        stack.kernel = match ctx.get_stackid(&KERNEL_STACKS, 0) {
+            Ok(id) => id as u32 + 1,
+            Err(_) => 0,
+        };
+    }
+    stack
 }
 
 /// The call's `ARITY` arguments, the other slots zero: each loaded at its standard offset when

@@ -469,6 +469,11 @@ pub struct TraceArgs {
     #[arg(short = 'k', long)]
     pub stack: bool,
 
+    /// With --stack: also show the kernel's frames of each call (from /proc/kallsyms), above
+    /// the user frames
+    #[arg(long, requires = "stack")]
+    pub kernel_stack: bool,
+
     /// With --stack: capacity of the kernel's stack tables (distinct stacks and places;
     /// default 65536)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..),

@@ -253,3 +253,61 @@ fn json_stacks_name_functions_files_and_lines() {
         );
     }
 }
+
+#[test]
+fn kernel_stack_adds_the_kernels_frames_above_the_users() {
+    require_root!();
+    let binary = workload_built("map_nested", "-nofp", &["-g", "-fomit-frame-pointer"]);
+    let output = common::memtrace()
+        .args([
+            "trace",
+            "--stack",
+            "--kernel-stack",
+            "--json",
+            "-e",
+            "mmap",
+            "--",
+        ])
+        .arg(&binary)
+        .args(["2", "0"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let calls: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|r: &serde_json::Value| r["type"] == "syscall")
+        .collect();
+    let nested: Vec<&serde_json::Value> = calls
+        .iter()
+        .filter(|c| {
+            c["stack"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["symbol"] == "map_inner")
+        })
+        .collect();
+    assert_eq!(nested.len(), 2, "{calls:#?}");
+    for call in nested {
+        let stack = call["stack"].as_array().unwrap();
+        let kernel: Vec<&serde_json::Value> = stack
+            .iter()
+            .take_while(|f| f["module"] == "[kernel]")
+            .collect();
+        // The syscall's entry into the kernel, named from kallsyms.
+        assert!(
+            kernel.iter().any(|f| f["symbol"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("do_syscall_64"))),
+            "{call}"
+        );
+        // Then the user frames, innermost first: libc's mmap, then the program's.
+        let user = &stack[kernel.len()..];
+        assert!(
+            user[0]["module"].as_str().unwrap().contains("libc"),
+            "{call}"
+        );
+        assert_eq!(user[1]["symbol"], "map_inner", "{call}");
+    }
+}

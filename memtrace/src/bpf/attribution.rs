@@ -28,6 +28,9 @@ pub const LOSSES: [DropSource; 3] = [
     DropSource::TargetTableFull,
 ];
 
+/// Regions (2 MiB of a process's addresses) whose mapping the kernel remembers: 1.2 MiB.
+const MAPPING_CACHE_REGIONS: u32 = 16_384;
+
 /// What faults are attributed to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum By {
@@ -58,7 +61,8 @@ pub fn load(options: &Options) -> anyhow::Result<Loaded> {
             super::stacks::configure(&mut config, options.max_stacks)?;
             config
                 .size(maps::STACK_SNAPSHOTS, options.ring_bytes)
-                .size(maps::MAPPING_COUNTS, 1);
+                .size(maps::MAPPING_COUNTS, 1)
+                .size(maps::MAPPING_CACHE, 1);
         }
         By::Mapping(layout) => {
             super::stacks::configure(&mut config, 1)?;
@@ -66,6 +70,7 @@ pub fn load(options: &Options) -> anyhow::Result<Loaded> {
                 .size(maps::STACK_SCRATCH, 1)
                 .size(maps::STACK_SNAPSHOTS, MIN_RING_BYTES)
                 .size(maps::MAPPING_COUNTS, options.max_stacks)
+                .size(maps::MAPPING_CACHE, MAPPING_CACHE_REGIONS)
                 .u32(globals::ATTRIBUTE_BY, attribute_by::MAPPING)
                 .bytes(globals::VMA_LAYOUT, &layout.to_ne_bytes());
         }
@@ -135,6 +140,10 @@ impl Tables {
 pub fn vma_layout(btf: &crate::btf::Btf) -> Option<VmaLayout> {
     Some(VmaLayout {
         vm_start: btf.member_offset("vm_area_struct", "vm_start")?,
+        vm_end: btf.member_offset("vm_area_struct", "vm_end")?,
+        task_mm: btf.member_offset("task_struct", "mm")?,
+        mm_lock_seq: btf.member_offset("mm_struct", "mm_lock_seq")?
+            + btf.member_offset("seqcount", "sequence")?,
         vm_flags: btf.member_offset("vm_area_struct", "vm_flags")?,
         vm_file: btf.member_offset("vm_area_struct", "vm_file")?,
         file_inode: btf.member_offset("file", "f_inode")?,

@@ -84,3 +84,37 @@ impl Teach for StackTables {
         created.is_ok() || self.counts.get(&key, 0).is_ok()
     }
 }
+
+/// Kernel stacks by id (`KERNEL_STACKS`, filled by `bpf_get_stackid`), named from kallsyms.
+pub struct KernelStacks {
+    map: aya::maps::StackTraceMap<MapData>,
+    symbols: crate::stacks::symbols::KernelSymbols,
+    named: std::collections::HashMap<u32, Vec<crate::stacks::symbols::Named>>,
+}
+
+impl KernelStacks {
+    pub fn open(ebpf: &mut Ebpf) -> anyhow::Result<KernelStacks> {
+        let map = ebpf
+            .take_map(maps::KERNEL_STACKS)
+            .context("the BPF object has no KERNEL_STACKS map")?;
+        Ok(KernelStacks {
+            map: aya::maps::StackTraceMap::try_from(map).context("KERNEL_STACKS map")?,
+            symbols: crate::stacks::symbols::KernelSymbols::default(),
+            named: std::collections::HashMap::new(),
+        })
+    }
+
+    /// The frames of stack `id`, named, innermost first; none if it cannot be read.
+    pub fn frames(&mut self, id: u32) -> Vec<crate::stacks::symbols::Named> {
+        if let Some(named) = self.named.get(&id) {
+            return named.clone();
+        }
+        let addresses: Vec<u64> = match self.map.get(&id, 0) {
+            Ok(stack) => stack.frames().iter().map(|frame| frame.ip).collect(),
+            Err(_) => return Vec::new(),
+        };
+        let named = self.symbols.name(&addresses);
+        self.named.insert(id, named.clone());
+        named
+    }
+}

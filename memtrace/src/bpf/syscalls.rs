@@ -73,6 +73,8 @@ pub struct Options {
     pub max_process_keys: u32,
     /// With each call's user stack (`trace --stack`): the capacity of the stack tables.
     pub stacks: Option<u32>,
+    /// With each call's kernel stack too (`trace --kernel-stack`).
+    pub kernel_stacks: bool,
 }
 
 /// Loads the object, sized for what `options` asks, and attaches its programs to each traced
@@ -109,6 +111,11 @@ pub fn load(options: &Options) -> anyhow::Result<Loaded> {
         Some(max_stacks) => {
             config.u32(globals::SYSCALL_STACKS, 1);
             super::stacks::configure(&mut config, max_stacks)?;
+            if options.kernel_stacks {
+                config
+                    .u32(globals::SYSCALL_KERNEL_STACKS, 1)
+                    .size(maps::KERNEL_STACKS, max_stacks);
+            }
         }
         None => {
             super::stacks::configure(&mut config, 1)?;

@@ -20,7 +20,7 @@ use tokio::time::{Interval, MissedTickBehavior, interval};
 use crate::{
     bpf::{
         self, Loaded,
-        stacks::StackTables,
+        stacks::{KernelStacks, StackTables},
         syscalls::{Item, KernelFilter, Options, Records},
         targets::{Filter, TargetTable},
         tracepoints::Release,
@@ -61,6 +61,8 @@ pub struct TraceConfig {
     pub summary: bool,
     /// With each call's user stack, and this capacity of the kernel's stack tables.
     pub stacks: Option<u32>,
+    /// With each call's kernel stack too.
+    pub kernel_stacks: bool,
 }
 
 impl TryFrom<TraceArgs> for TraceConfig {
@@ -98,6 +100,7 @@ impl TryFrom<TraceArgs> for TraceConfig {
             },
             max_threads: args.max_threads.unwrap_or(default_threads),
             summary: args.summary,
+            kernel_stacks: args.kernel_stack,
             stacks: args.stack.then(|| args.max_stacks.unwrap_or(MAX_STACKS)),
         })
     }
@@ -159,6 +162,7 @@ impl<'a> Trace<'a> {
             max_threads: config.max_threads,
             max_process_keys: 1,
             stacks: config.stacks,
+            kernel_stacks: config.kernel_stacks,
         })?;
         let flags = if config.follow {
             TargetFlags::COUNT | TargetFlags::FOLLOW
@@ -174,7 +178,7 @@ impl<'a> Trace<'a> {
             Some(Records::open(&mut loaded.ebpf)?)
         };
         let stacks = match config.stacks {
-            Some(_) => Some(CallStacks::open(&mut loaded.ebpf)?),
+            Some(_) => Some(CallStacks::open(&mut loaded.ebpf, config.kernel_stacks)?),
             None => None,
         };
         if let Target::Command(argv) = &config.session.target {
@@ -222,6 +226,10 @@ impl<'a> Trace<'a> {
             Item::Call(Ok(mut call)) => {
                 *received += 1;
                 let stack = stacks.as_mut().and_then(|stacks| stacks.of(&call));
+                let kernel = stacks
+                    .as_mut()
+                    .map(|stacks| stacks.kernel_frames(&call))
+                    .unwrap_or_default();
                 if summary_only {
                     if let Some(stacks) = stacks.as_mut() {
                         stacks.count(&call, stack);
@@ -230,8 +238,11 @@ impl<'a> Trace<'a> {
                 }
                 fds::name_fd(&mut call);
                 if result.is_ok() {
-                    let stack =
-                        stack.map(|id| stacks.as_mut().map(|s| s.named(id)).unwrap_or_default());
+                    let stack = stack.map(|id| {
+                        let mut frames = kernel;
+                        frames.extend(stacks.as_mut().map(|s| s.named(id)).unwrap_or_default());
+                        frames
+                    });
                     result = sink.emit(&CallRecord {
                         ts_ns: clock.unix_ns(call.start_ns),
                         call: &call,
@@ -322,6 +333,8 @@ impl Job for Trace<'_> {
 /// The calls' user stacks: learnt from the stacks the kernel sends whole (on the records' ring,
 /// before their call), and taught back to it.
 struct CallStacks {
+    /// With `--kernel-stack`.
+    kernel_stacks: Option<KernelStacks>,
     tables: StackTables,
     stacks: Stacks,
     symbols: Symbols,
@@ -335,8 +348,13 @@ struct CallStacks {
 }
 
 impl CallStacks {
-    fn open(ebpf: &mut aya::Ebpf) -> anyhow::Result<CallStacks> {
+    fn open(ebpf: &mut aya::Ebpf, kernel: bool) -> anyhow::Result<CallStacks> {
+        let kernel_stacks = match kernel {
+            true => Some(KernelStacks::open(ebpf)?),
+            false => None,
+        };
         Ok(CallStacks {
+            kernel_stacks,
             tables: StackTables::open(ebpf)?,
             stacks: Stacks::default(),
             symbols: Symbols::default(),
@@ -363,6 +381,14 @@ impl CallStacks {
             self.unknown += 1;
         }
         id
+    }
+
+    /// The call's kernel frames, named, innermost first (none without `--kernel-stack`).
+    fn kernel_frames(&mut self, call: &Call) -> Vec<Named> {
+        match (&mut self.kernel_stacks, call.stack.kernel) {
+            (Some(kernel), id) if id > 0 => kernel.frames(id - 1),
+            _ => Vec::new(),
+        }
     }
 
     /// A stack's frames, named.

@@ -162,3 +162,48 @@ impl Symbols {
         })
     }
 }
+
+/// Kernel frames named from `/proc/kallsyms` (readable in full as root).
+pub struct KernelSymbols {
+    symbolizer: Symbolizer,
+}
+
+impl Default for KernelSymbols {
+    fn default() -> Self {
+        KernelSymbols {
+            symbolizer: Symbolizer::builder().enable_code_info(false).build(),
+        }
+    }
+}
+
+impl KernelSymbols {
+    /// Names kernel addresses (innermost first, as the kernel walked them): module `[kernel]`,
+    /// `offset` the address.
+    pub fn name(&mut self, addresses: &[u64]) -> Vec<Named> {
+        let kernel = blazesym::symbolize::source::Kernel {
+            // Only kallsyms: a vmlinux image with debug information is rarely installed.
+            vmlinux: blazesym::MaybeDefault::None,
+            ..Default::default()
+        };
+        let found = self
+            .symbolizer
+            .symbolize(&Source::Kernel(kernel), Input::AbsAddr(addresses))
+            .unwrap_or_default();
+        addresses
+            .iter()
+            .enumerate()
+            .map(|(i, &address)| {
+                let mut named = Named {
+                    module: Some("[kernel]".into()),
+                    offset: address,
+                    ..Named::default()
+                };
+                if let Some(Symbolized::Sym(sym)) = found.get(i) {
+                    named.symbol = Some(sym.name.to_string());
+                    named.symbol_offset = Some(sym.offset as u64);
+                }
+                named
+            })
+            .collect()
+    }
+}
