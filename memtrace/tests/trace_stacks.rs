@@ -208,22 +208,29 @@ fn stacks_of_threads_equal_strace_k() {
     assert_same_stacks_as_strace(&[binary.to_str().unwrap(), "10", "3"], false);
 }
 
-#[test]
-fn json_stacks_name_functions_files_and_lines() {
-    require_root!();
+/// The `syscall` records of `trace FLAGS --json -e mmap` on the workload doing `rounds`.
+fn json_calls(flags: &[&str], rounds: &str) -> Vec<serde_json::Value> {
     let binary = workload_built("map_nested", "-nofp", &["-g", "-fomit-frame-pointer"]);
     let output = common::memtrace()
-        .args(["trace", "--stack", "--json", "-e", "mmap", "--"])
+        .arg("trace")
+        .args(flags)
+        .args(["--json", "-e", "mmap", "--"])
         .arg(&binary)
-        .args(["3", "0"])
+        .args([rounds, "0"])
         .output()
         .unwrap();
     assert!(output.status.success());
-    let calls: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+    String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .filter(|r: &serde_json::Value| r["type"] == "syscall")
-        .collect();
+        .collect()
+}
+
+#[test]
+fn json_stacks_name_functions_files_and_lines() {
+    require_root!();
+    let calls = json_calls(&["--stack"], "3");
     let nested: Vec<&serde_json::Value> = calls
         .iter()
         .filter(|c| c["stack"][1]["symbol"] == "map_inner")
@@ -257,27 +264,7 @@ fn json_stacks_name_functions_files_and_lines() {
 #[test]
 fn kernel_stack_adds_the_kernels_frames_above_the_users() {
     require_root!();
-    let binary = workload_built("map_nested", "-nofp", &["-g", "-fomit-frame-pointer"]);
-    let output = common::memtrace()
-        .args([
-            "trace",
-            "--stack",
-            "--kernel-stack",
-            "--json",
-            "-e",
-            "mmap",
-            "--",
-        ])
-        .arg(&binary)
-        .args(["2", "0"])
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    let calls: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .filter(|r: &serde_json::Value| r["type"] == "syscall")
-        .collect();
+    let calls = json_calls(&["--stack", "--kernel-stack"], "2");
     let nested: Vec<&serde_json::Value> = calls
         .iter()
         .filter(|c| {

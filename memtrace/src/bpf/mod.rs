@@ -360,6 +360,20 @@ where
 /// (a process retired meanwhile) is skipped, not an error.
 pub fn entries<K: aya::Pod, V: aya::Pod>(ebpf: &Ebpf, name: &str) -> anyhow::Result<Vec<(K, V)>> {
     let table: aya::maps::HashMap<&aya::maps::MapData, K, V> = map(ebpf, name)?;
+    entries_of(&table, name)
+}
+
+/// Every entry of a hash map already opened (taken out of its object), as [`entries`] reads
+/// them.
+pub fn entries_of<T, K, V>(
+    table: &aya::maps::HashMap<T, K, V>,
+    name: &str,
+) -> anyhow::Result<Vec<(K, V)>>
+where
+    T: std::borrow::Borrow<aya::maps::MapData>,
+    K: aya::Pod,
+    V: aya::Pod,
+{
     let mut entries = Vec::new();
     for entry in table.iter() {
         match entry {

@@ -48,26 +48,10 @@ impl StackTables {
     /// Everything the kernel counted per stack.
     pub fn counts(&self) -> anyhow::Result<KernelCounts> {
         Ok(KernelCounts {
-            known: entries(&self.counts, maps::STACK_COUNTS)?,
-            pending: entries(&self.pending, maps::STACK_PENDING)?,
+            known: super::entries_of(&self.counts, maps::STACK_COUNTS)?,
+            pending: super::entries_of(&self.pending, maps::STACK_PENDING)?,
         })
     }
-}
-
-/// Every entry of a table, skipping those deleted while it is read.
-fn entries(
-    table: &HashMap<MapData, StackKey, u64>,
-    name: &str,
-) -> anyhow::Result<Vec<(StackKey, u64)>> {
-    let mut entries = Vec::new();
-    for entry in table.iter() {
-        match entry {
-            Ok(entry) => entries.push(entry),
-            Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(err) => return Err(anyhow::Error::new(err).context(format!("read {name}"))),
-        }
-    }
-    Ok(entries)
 }
 
 /// `BPF_NOEXIST`: create, never replace.

@@ -5,7 +5,10 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::Record;
+use super::{
+    Record,
+    stacks::{write_lines, write_more},
+};
 use crate::stacks::folded;
 
 /// Rows a table shows before saying how many more there are.
@@ -63,21 +66,16 @@ impl Record for Mappings {
                 row.pid, row.comm, row.minor, row.major, row.mapping
             )?;
         }
-        if self.mappings.len() > ROWS {
-            writeln!(
-                out,
-                "  ... and {} more (--json lists all)",
-                self.mappings.len() - ROWS
-            )?;
-        }
-        Ok(())
+        write_more(
+            out,
+            self.mappings.len(),
+            ROWS,
+            "mappings (--json lists all)",
+        )
     }
 
     fn folded(&self, out: &mut dyn Write) -> io::Result<()> {
-        for line in self.folded_lines() {
-            writeln!(out, "{line}")?;
-        }
-        Ok(())
+        write_lines(out, &self.folded_lines())
     }
 }
 
@@ -134,13 +132,7 @@ impl Record for Files {
                 row.major, row.minor, row.processes, row.path
             )?;
         }
-        if self.files.len() > ROWS {
-            writeln!(
-                out,
-                "  ... and {} more (--json lists all)",
-                self.files.len() - ROWS
-            )?;
-        }
+        write_more(out, self.files.len(), ROWS, "files (--json lists all)")?;
         writeln!(
             out,
             "{:>8} {:>10} {:>6}  [anonymous memory]",
@@ -149,9 +141,6 @@ impl Record for Files {
     }
 
     fn folded(&self, out: &mut dyn Write) -> io::Result<()> {
-        for line in self.folded_lines() {
-            writeln!(out, "{line}")?;
-        }
-        Ok(())
+        write_lines(out, &self.folded_lines())
     }
 }

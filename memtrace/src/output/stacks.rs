@@ -94,29 +94,46 @@ impl Record for Stacks {
                 row.comm,
                 row.pid
             )?;
-            for frame in &row.stack {
-                writeln!(out, " > {}", frame.line())?;
-            }
-            if !row.complete {
-                writeln!(out, " > [cut short: the next frame could not be unwound]")?;
-            }
+            write_frames(out, &row.stack, row.complete)?;
         }
-        if self.stacks.len() > STACK_ROWS {
-            writeln!(
-                out,
-                "\n... and {} more stacks (--json or --folded list all)",
-                self.stacks.len() - STACK_ROWS
-            )?;
-        }
-        Ok(())
+        write_more(
+            out,
+            self.stacks.len(),
+            STACK_ROWS,
+            "stacks (--json or --folded list all)",
+        )
     }
 
     fn folded(&self, out: &mut dyn Write) -> io::Result<()> {
-        for line in self.folded_lines() {
-            writeln!(out, "{line}")?;
-        }
-        Ok(())
+        write_lines(out, &self.folded_lines())
     }
+}
+
+/// A stack's frames under what they belong to, one a line, and the mark of one cut short.
+pub fn write_frames(out: &mut dyn Write, frames: &[Named], complete: bool) -> io::Result<()> {
+    for frame in frames {
+        writeln!(out, " > {}", frame.line())?;
+    }
+    if !complete {
+        writeln!(out, " > [cut short: the next frame could not be unwound]")?;
+    }
+    Ok(())
+}
+
+/// How many rows a table left out, if any: `... and N more WHAT`.
+pub fn write_more(out: &mut dyn Write, rows: usize, shown: usize, what: &str) -> io::Result<()> {
+    if rows > shown {
+        writeln!(out, "\n... and {} more {what}", rows - shown)?;
+    }
+    Ok(())
+}
+
+/// Folded lines, one a line.
+pub fn write_lines(out: &mut dyn Write, lines: &[String]) -> io::Result<()> {
+    for line in lines {
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
 }
 
 /// One syscall's calls from one stack (`trace -c --stack`).
@@ -162,20 +179,14 @@ impl Record for CallStacks {
                 "\n{} {} calls, {} bytes in {}[{}]",
                 row.calls, row.syscall, row.bytes, row.comm, row.pid
             )?;
-            for frame in &row.stack {
-                writeln!(out, " > {}", frame.line())?;
-            }
-            if !row.complete {
-                writeln!(out, " > [cut short: the next frame could not be unwound]")?;
-            }
+            write_frames(out, &row.stack, row.complete)?;
         }
-        if self.stacks.len() > STACK_ROWS {
-            writeln!(
-                out,
-                "\n... and {} more stacks (--json lists all)",
-                self.stacks.len() - STACK_ROWS
-            )?;
-        }
+        write_more(
+            out,
+            self.stacks.len(),
+            STACK_ROWS,
+            "stacks (--json lists all)",
+        )?;
         writeln!(out)
     }
 }
