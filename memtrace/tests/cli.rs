@@ -92,6 +92,12 @@ fn usage_errors_found_by_the_parser_are_exit_2() {
         (&["pressure", "--by", "thread"], "--by"),
         (&["pressure", "--pid", "1", "--", "true"], "--pid"),
         (&["pressure", "--interval", "0"], "--interval"),
+        (&["faults", "--stacks", "--threads"], "--threads"),
+        (&["faults", "--by", "nosuch"], "--by"),
+        (&["faults", "--stacks", "--folded", "--json"], "--json"),
+        (&["faults", "--stacks", "--max-stacks", "0"], "--max-stacks"),
+        (&["trace", "--kernel-stack"], "required arguments"),
+        (&["trace", "--max-stacks", "5"], "required arguments"),
     ];
     for (args, needle) in cases {
         let out = unprivileged(args);
@@ -112,6 +118,8 @@ fn usage_errors_found_by_memtrace_are_one_line_exit_2() {
         (&["trace", "-e", ""], "-e: no syscall named"),
         (&["trace", "-e", ","], "-e: no syscall named"),
         (&["trace", "-f"], "-f/--follow"),
+        (&["faults", "--folded"], "add --stacks"),
+        (&["faults", "--flamegraph", "x.svg"], "add --stacks"),
         (
             &["oom", "--cgroup", "/memtrace-no-such-cgroup"],
             "no such cgroup",
@@ -144,6 +152,18 @@ fn unwritable_output_is_exit_2_for_every_subcommand() {
             assert_one_line(&out, 2, &format!("cannot write to {}", target.display()));
         }
     }
+    // The flame graph's file is checked at start too, not after tracing.
+    let out = unprivileged(&[
+        "faults",
+        "--stacks",
+        "--flamegraph",
+        missing_dir.to_str().unwrap(),
+    ]);
+    assert_one_line(
+        &out,
+        2,
+        &format!("cannot write to {}", missing_dir.display()),
+    );
     assert_eq!(fs::read_to_string(&read_only).unwrap(), "keep");
     assert!(!missing_dir.parent().unwrap().exists());
 }

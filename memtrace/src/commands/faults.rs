@@ -76,6 +76,9 @@ impl TryFrom<FaultsArgs> for FaultsConfig {
                 "--folded and --flamegraph draw stacks: add --stacks".into(),
             ));
         }
+        if let Some(path) = &args.flamegraph {
+            crate::output::create_file(path)?;
+        }
         let format = if args.folded {
             Format::Folded
         } else {

@@ -134,6 +134,12 @@ impl Sink {
     }
 }
 
+/// Creates (or truncates) a report file as [`Sink::open`] does: a path that cannot be written
+/// is a usage error, found at start rather than after tracing (`--flamegraph`).
+pub fn create_file(path: &Path) -> Result<std::fs::File, Failure> {
+    create(path, false)
+}
+
 fn create(path: &Path, append: bool) -> Result<std::fs::File, Failure> {
     OpenOptions::new()
         .write(true)

@@ -21,8 +21,13 @@ fn clean(name: &str) -> String {
     name.replace(';', ":").replace('\n', " ")
 }
 
-/// Draws the flame graph of folded `lines` into an SVG file.
-pub fn flamegraph(lines: &[String], title: &str, count_name: &str, path: &Path) -> io::Result<()> {
+/// Draws the flame graph of folded `lines` into an SVG file (created at start, so writable).
+pub fn flamegraph(
+    lines: &[String],
+    title: &str,
+    count_name: &str,
+    path: &Path,
+) -> anyhow::Result<()> {
     let mut options = flamegraph::Options::default();
     options.title = title.to_owned();
     options.count_name = count_name.to_owned();
@@ -30,11 +35,11 @@ pub fn flamegraph(lines: &[String], title: &str, count_name: &str, path: &Path) 
     // Frames narrower than half a pixel cannot be seen nor clicked: leaving them out keeps the
     // SVG of a program with thousands of stacks small enough to open and share.
     options.min_width = 0.5;
-    let file = std::fs::File::create(path)?;
+    let file = crate::output::create_file(path)?;
     flamegraph::from_lines(
         &mut options,
         lines.iter().map(String::as_str),
         io::BufWriter::new(file),
-    )
-    .map_err(io::Error::other)
+    )?;
+    Ok(())
 }
