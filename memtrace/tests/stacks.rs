@@ -351,3 +351,45 @@ fn totals(summary: &Value) -> (u64, u64) {
         process["major"].as_u64().unwrap(),
     )
 }
+
+#[test]
+fn stacks_of_processes_that_exit_mid_trace_are_kept_when_their_kernel_entries_go() {
+    require_root!();
+    let binary = workload_built("fault_stacks", "-nofp", &["-g", "-fomit-frame-pointer"]);
+    let file = data_file("exits", 64);
+    // Two runs a second apart: the first has exited, been read for the last time and had its
+    // kernel entries deleted (several intervals) before the second starts.
+    let once = format!("{} {NEAR} {DEEP} {}", binary.display(), file.display());
+    let script = format!("{once}; sleep 1; {once}");
+    let (records, _) = run(&["--interval", "0.2"], &["sh", "-c", &script]);
+    let stacks = record(&records, "stacks")["stacks"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let summary = record(&records, "summary");
+    let toucher_pids: Vec<u64> = summary["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["comm"] == "fault_stacks-no")
+        .map(|p| p["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(toucher_pids.len(), 2, "{summary:#}");
+    for pid in toucher_pids {
+        let theirs: Vec<Value> = stacks.iter().filter(|s| s["pid"] == pid).cloned().collect();
+        assert_eq!(
+            faults_under(&theirs, &["touch_near", "main"]).0,
+            NEAR,
+            "process {pid}'s faults in touch_near"
+        );
+        assert_eq!(
+            faults_under(
+                &theirs,
+                &["touch_deep", "middle_deep", "outer_deep", "main"]
+            )
+            .0,
+            DEEP,
+            "process {pid}'s faults in touch_deep"
+        );
+    }
+}

@@ -156,6 +156,16 @@ pub fn vma_layout(btf: &crate::btf::Btf) -> Option<VmaLayout> {
     })
 }
 
+/// Deletes an exited process's mappings, whose counts userspace has taken over.
+pub fn forget_mappings(ebpf: &mut Ebpf, keys: &[MappingKey]) -> anyhow::Result<()> {
+    let mut table: aya::maps::HashMap<&mut MapData, MappingKey, MappingCount> =
+        super::map_mut(ebpf, maps::MAPPING_COUNTS)?;
+    for key in keys {
+        super::deleted(table.remove(key)).context("delete from MAPPING_COUNTS")?;
+    }
+    Ok(())
+}
+
 /// Faults per process, kind and mapping, with what the kernel recorded of each.
 pub fn mapping_counts(ebpf: &Ebpf) -> anyhow::Result<Vec<(MappingKey, MappingCount)>> {
     super::entries(ebpf, maps::MAPPING_COUNTS)

@@ -54,6 +54,23 @@ impl StackTables {
     }
 }
 
+impl StackTables {
+    /// Deletes what the kernel holds for an exited process: its counts (`counts`, already
+    /// taken over by userspace) and its places' recipes.
+    pub fn forget(&mut self, counts: &KernelCounts, sites: &[SiteKey]) -> anyhow::Result<()> {
+        for (key, _) in &counts.known {
+            super::deleted(self.counts.remove(key)).context("delete from STACK_COUNTS")?;
+        }
+        for (key, _) in &counts.pending {
+            super::deleted(self.pending.remove(key)).context("delete from STACK_PENDING")?;
+        }
+        for site in sites {
+            super::deleted(self.recipes.remove(site)).context("delete from STACK_RECIPES")?;
+        }
+        Ok(())
+    }
+}
+
 /// `BPF_NOEXIST`: create, never replace.
 const BPF_NOEXIST: u64 = 1;
 

@@ -19,7 +19,7 @@ use crate::{
         self, Loaded,
         attribution::{self, By, Tables},
         faults::Sample,
-        targets::Filter,
+        targets::{Filter, TargetTable as _},
     },
     cli::FaultsBy,
     error::Failure,
@@ -30,7 +30,7 @@ use crate::{
     },
     procfs,
     stacks::{
-        Stacks, folded,
+        KernelCounts, Stacks, folded,
         maps::{self, Mapping},
         symbols::Symbols,
     },
@@ -51,7 +51,11 @@ pub struct Attributed {
     /// Names the kernel recorded when it counted (for processes that exited since).
     comms: HashMap<u32, String>,
     /// Processes retired from the rates (their faults stay for the report).
-    pub retired: HashSet<u32>,
+    retired: HashSet<u32>,
+    /// Retired processes whose kernel entries are yet to be taken over and deleted.
+    exited: Vec<u32>,
+    /// Mappings of processes whose kernel entries were deleted.
+    gone_mappings: Vec<(MappingKey, MappingCount)>,
 }
 
 impl Attributed {
@@ -75,6 +79,8 @@ impl Attributed {
             mappings: HashMap::new(),
             comms: HashMap::new(),
             retired: HashSet::new(),
+            exited: Vec::new(),
+            gone_mappings: Vec::new(),
         })
     }
 
@@ -94,8 +100,68 @@ impl Attributed {
         });
     }
 
+    /// An exited process, read for the last time: out of the rates, and its kernel entries
+    /// taken over at the next reading, so that the kernel's tables hold only live processes.
+    pub fn retire(&mut self, pid: u32) -> anyhow::Result<()> {
+        self.retired.insert(pid);
+        if !procfs::is_alive(pid) {
+            // Unregistered, so that a new process reusing the pid is not taken for it.
+            self.loaded.ebpf.remove(pid)?;
+            self.exited.push(pid);
+        }
+        Ok(())
+    }
+
+    /// Takes over the exited processes' counts and deletes their kernel entries: a process that
+    /// has exited faults no more.
+    fn absorb_exited(&mut self) -> anyhow::Result<()> {
+        if self.exited.is_empty() {
+            return Ok(());
+        }
+        let exited: HashSet<u32> = self.exited.drain(..).collect();
+        if self.by == FaultsBy::Stack {
+            let all = self.tables.counts()?;
+            for &pid in &exited {
+                let theirs = KernelCounts {
+                    known: all
+                        .known
+                        .iter()
+                        .filter(|(k, _)| k.tgid == pid)
+                        .copied()
+                        .collect(),
+                    pending: all
+                        .pending
+                        .iter()
+                        .filter(|(k, _)| k.tgid == pid)
+                        .copied()
+                        .collect(),
+                };
+                let sites = self.stacks.absorb(pid, &theirs);
+                self.tables.stacks.forget(&theirs, &sites)?;
+            }
+        } else {
+            let theirs: Vec<(MappingKey, MappingCount)> =
+                attribution::mapping_counts(&self.loaded.ebpf)?
+                    .into_iter()
+                    .filter(|(key, _)| exited.contains(&key.tgid))
+                    .collect();
+            let keys: Vec<MappingKey> = theirs.iter().map(|(key, _)| *key).collect();
+            attribution::forget_mappings(&mut self.loaded.ebpf, &keys)?;
+            self.gone_mappings.extend(theirs);
+        }
+        Ok(())
+    }
+
+    /// Every mapping counted: the kernel's, and those of exited processes taken over.
+    fn mapping_counts(&self) -> anyhow::Result<Vec<(MappingKey, MappingCount)>> {
+        let mut counts = attribution::mapping_counts(&self.loaded.ebpf)?;
+        counts.extend(self.gone_mappings.iter().copied());
+        Ok(counts)
+    }
+
     /// Each process's faults, every stack or mapping together.
     pub fn samples(&mut self) -> anyhow::Result<Vec<Sample>> {
+        self.absorb_exited()?;
         let mut sums: HashMap<u32, Counts> = HashMap::new();
         if self.by == FaultsBy::Stack {
             for process in self.stacks.report(&self.tables.counts()?) {
@@ -106,7 +172,7 @@ impl Attributed {
                 }
             }
         } else {
-            for (key, value) in attribution::mapping_counts(&self.loaded.ebpf)? {
+            for (key, value) in self.mapping_counts()? {
                 let sum = sums.entry(key.tgid).or_default();
                 match EventKind::from_u32(key.kind) {
                     Some(EventKind::MajorFault) => sum.major += value.count,
@@ -219,7 +285,7 @@ impl Attributed {
 
     /// Faults per process and mapping, busiest first.
     fn mapping_report(&mut self) -> anyhow::Result<Mappings> {
-        let counts = attribution::mapping_counts(&self.loaded.ebpf)?;
+        let counts = self.mapping_counts()?;
         self.read_mappings(counts.iter().map(|(key, _)| key.tgid));
         let mut rows: BTreeMap<(u32, u64, u64, u32, u32), MappingRow> = BTreeMap::new();
         for (key, value) in counts {
@@ -247,7 +313,7 @@ impl Attributed {
 
     /// Faults per file (every process and mapping of it together), most major faults first.
     fn file_report(&mut self) -> anyhow::Result<Files> {
-        let counts = attribution::mapping_counts(&self.loaded.ebpf)?;
+        let counts = self.mapping_counts()?;
         self.read_mappings(counts.iter().map(|(key, _)| key.tgid));
         let mut rows: BTreeMap<(u32, u64), (FileRow, HashSet<u32>)> = BTreeMap::new();
         let mut anonymous = (0, 0);

@@ -271,9 +271,7 @@ impl<'a> Faults<'a> {
                     loaded.ebpf.remove(key.tgid)?;
                 }
             }
-            Source::Attribution(attributed) => {
-                attributed.retired.insert(key.tgid);
-            }
+            Source::Attribution(attributed) => attributed.retire(key.tgid)?,
         }
         self.aggregator.retire(key);
         Ok(())

@@ -188,6 +188,40 @@ impl Stacks {
         Some((header.tid, id))
     }
 
+    /// Takes over the kernel's counts of an exited process (`kernel`: its entries only), so
+    /// that its entries can be deleted there; returns the places whose recipes go with them.
+    pub fn absorb(&mut self, pid: u32, kernel: &KernelCounts) -> Vec<SiteKey> {
+        for (table, ids) in [
+            (&kernel.known, &mut self.known),
+            (&kernel.pending, &mut self.pending),
+        ] {
+            for (key, n) in table {
+                let (Some(id), Some(kind)) = (ids.remove(key), EventKind::from_u32(key.kind))
+                else {
+                    continue;
+                };
+                if let Some(count) = self
+                    .counted
+                    .entry((pid, id))
+                    .or_default()
+                    .get_mut(kind as usize)
+                {
+                    *count += n;
+                }
+            }
+        }
+        let sites: Vec<SiteKey> = self
+            .places
+            .keys()
+            .filter(|site| site.tgid == pid)
+            .copied()
+            .collect();
+        for site in &sites {
+            self.places.remove(site);
+        }
+        sites
+    }
+
     /// The stack an event's [`StackRef`] names, if it was learnt.
     pub fn lookup(&self, tgid: u32, kind: EventKind, stack: StackRef) -> Option<StackId> {
         let key = StackKey {
