@@ -56,6 +56,16 @@ pub struct Attributed {
     exited: Vec<u32>,
     /// Mappings of processes whose kernel entries were deleted.
     gone_mappings: Vec<(MappingKey, MappingCount)>,
+    /// The kernel's counts as last read: the report at the end is made of the same reading as
+    /// the summary's totals, so that the two agree while targets go on faulting.
+    last: Reading,
+}
+
+/// One reading of the kernel's counts.
+#[derive(Default)]
+struct Reading {
+    stacks: KernelCounts,
+    mappings: Vec<(MappingKey, MappingCount)>,
 }
 
 impl Attributed {
@@ -81,6 +91,7 @@ impl Attributed {
             retired: HashSet::new(),
             exited: Vec::new(),
             gone_mappings: Vec::new(),
+            last: Reading::default(),
         })
     }
 
@@ -164,7 +175,8 @@ impl Attributed {
         self.absorb_exited()?;
         let mut sums: HashMap<u32, Counts> = HashMap::new();
         if self.by == FaultsBy::Stack {
-            for process in self.stacks.report(&self.tables.counts()?) {
+            self.last.stacks = self.tables.counts()?;
+            for process in self.stacks.report(&self.last.stacks) {
                 let sum = sums.entry(process.pid).or_default();
                 for (_, [minor, major]) in process.stacks {
                     sum.minor += minor;
@@ -172,7 +184,8 @@ impl Attributed {
                 }
             }
         } else {
-            for (key, value) in self.mapping_counts()? {
+            self.last.mappings = self.mapping_counts()?;
+            for &(key, value) in &self.last.mappings {
                 let sum = sums.entry(key.tgid).or_default();
                 match EventKind::from_u32(key.kind) {
                     Some(EventKind::MajorFault) => sum.major += value.count,
@@ -247,7 +260,7 @@ impl Attributed {
 
     /// The stacks, symbolized, busiest first.
     fn stack_report(&self) -> anyhow::Result<StacksRecord> {
-        let processes = self.stacks.report(&self.tables.counts()?);
+        let processes = self.stacks.report(&self.last.stacks);
         let mut symbols = Symbols::default();
         symbols.resolve(
             self.stacks.modules(),
@@ -285,7 +298,7 @@ impl Attributed {
 
     /// Faults per process and mapping, busiest first.
     fn mapping_report(&mut self) -> anyhow::Result<Mappings> {
-        let counts = self.mapping_counts()?;
+        let counts = std::mem::take(&mut self.last.mappings);
         self.read_mappings(counts.iter().map(|(key, _)| key.tgid));
         let mut rows: BTreeMap<(u32, u64, u64, u32, u32), MappingRow> = BTreeMap::new();
         for (key, value) in counts {
@@ -313,7 +326,7 @@ impl Attributed {
 
     /// Faults per file (every process and mapping of it together), most major faults first.
     fn file_report(&mut self) -> anyhow::Result<Files> {
-        let counts = self.mapping_counts()?;
+        let counts = std::mem::take(&mut self.last.mappings);
         self.read_mappings(counts.iter().map(|(key, _)| key.tgid));
         let mut rows: BTreeMap<(u32, u64), (FileRow, HashSet<u32>)> = BTreeMap::new();
         let mut anonymous = (0, 0);
