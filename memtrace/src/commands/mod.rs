@@ -2,6 +2,7 @@
 //! validates its flags, opens the session (`crate::session`), and runs its job in it.
 
 mod attributed;
+mod call_stacks;
 pub mod faults;
 pub mod oom;
 pub mod pressure;
