@@ -78,6 +78,77 @@ pub enum Command {
     /// The node daemon: faults, allocation syscalls and OOM kills as Prometheus metrics
     #[command(after_help = SERVE_EXAMPLES)]
     Serve(ServeArgs),
+    /// What processes have mapped and not unmapped (mmap, mremap, brk growth), by the stack
+    /// that mapped it, with its age and how much of it is resident: on a running process, with
+    /// no restart
+    #[command(after_help = LEAKS_EXAMPLES)]
+    Leaks(LeaksArgs),
+}
+
+const LEAKS_EXAMPLES: &str = "\
+OUTPUT (every --interval, and at the end):
+  BYTES in REGIONS regions (RESIDENT resident, oldest AGE) in COMM[PID], then the stack that
+  mapped them, innermost frame first. Only what was mapped since memtrace attached counts: a
+  region mapped before is not a leak it can see. For a COMMAND, the end is what was still
+  mapped when it exited (as heaptrack's \"leaked\").
+
+EXAMPLES:
+  sudo memtrace leaks --pid 4242                   # a running service, every 5 s
+  sudo memtrace leaks --min-age 60 --pid 4242      # only what has stayed mapped a minute
+  sudo memtrace leaks -- ./myprog                  # what it still had mapped at exit
+  sudo memtrace leaks --folded -o maps.folded --pid 4242   # bytes per stack, for flame graphs
+
+This is the mapping level: large allocations (glibc serves 128 KiB and more by mmap), arenas,
+heap growth (brk), file mappings. malloc/free themselves (--malloc, uprobes) come next.";
+
+/// What processes have mapped and not unmapped, by stack.
+#[derive(Debug, Args)]
+pub struct LeaksArgs {
+    /// Trace this running process (repeat for several)
+    #[arg(short, long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pids: Vec<u32>,
+
+    /// Seconds between reports (fractions allowed)
+    #[arg(short, long, value_name = "SECS", default_value = "5", value_parser = parse_seconds,
+          allow_negative_numbers = true)]
+    pub interval: Duration,
+
+    /// Stop after this many seconds (default: until Ctrl-C, or until every target has exited)
+    #[arg(short, long, value_name = "SECS", value_parser = parse_seconds,
+          allow_negative_numbers = true)]
+    pub duration: Option<Duration>,
+
+    /// Leave out regions mapped less than SECS ago (memleak's -o)
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds, allow_negative_numbers = true)]
+    pub min_age: Option<Duration>,
+
+    /// Stacks per report, most bytes first (default 10)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub top: Option<u64>,
+
+    /// One JSON object per line (schema in the README)
+    #[arg(long)]
+    pub json: bool,
+
+    /// Write only the final report as folded stacks (`comm;outermost;...;innermost BYTES`)
+    #[arg(long, conflicts_with = "json")]
+    pub folded: bool,
+
+    /// Also draw the final report's flame graph (bytes outstanding per stack) into FILE (SVG)
+    #[arg(long, value_name = "FILE.svg")]
+    pub flamegraph: Option<PathBuf>,
+
+    /// Write the report to FILE instead of standard output
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Capacity of the kernel's stack tables (default 65536)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_stacks: Option<u32>,
+
+    /// Start COMMAND and trace it with all its descendants; memtrace exits with its status
+    #[arg(last = true, value_name = "COMMAND", conflicts_with = "pids")]
+    pub command: Vec<String>,
 }
 
 const PRESSURE_EXAMPLES: &str = "\

@@ -17,6 +17,7 @@ pub mod counters;
 pub mod decode;
 pub mod enrich;
 pub mod error;
+pub mod leaks;
 pub mod model;
 pub mod output;
 pub mod perf;

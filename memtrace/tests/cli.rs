@@ -119,6 +119,7 @@ fn usage_errors_found_by_memtrace_are_one_line_exit_2() {
         (&["trace", "-e", ","], "-e: no syscall named"),
         (&["trace", "-f"], "-f/--follow"),
         (&["faults", "--folded"], "add --stacks"),
+        (&["leaks"], "leaks needs --pid PID or a COMMAND"),
         (&["faults", "--flamegraph", "x.svg"], "add --stacks"),
         (
             &["oom", "--cgroup", "/memtrace-no-such-cgroup"],

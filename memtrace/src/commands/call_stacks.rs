@@ -68,6 +68,21 @@ impl CallStacks {
         id
     }
 
+    /// Whether a stack's unwinding reached its root.
+    pub fn complete(&self, id: StackId) -> bool {
+        self.stacks.stack(id).complete
+    }
+
+    /// What was lost learning stacks.
+    pub fn losses(&self) -> crate::stacks::StackLosses {
+        self.stacks.losses
+    }
+
+    /// Calls whose stack was not known.
+    pub fn unknown(&self) -> u64 {
+        self.unknown
+    }
+
     /// The call's kernel frames, named, innermost first (none without `--kernel-stack`).
     pub fn kernel_frames(&mut self, call: &Call) -> Vec<Named> {
         match (&mut self.kernel_stacks, call.stack.kernel) {

@@ -4,6 +4,7 @@
 mod attributed;
 mod call_stacks;
 pub mod faults;
+pub mod leaks;
 pub mod oom;
 pub mod pressure;
 pub mod serve;
@@ -18,5 +19,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Oom(args) => oom::execute(args).await,
         Command::Pressure(args) => pressure::execute(args).await,
         Command::Serve(args) => serve::execute(args).await,
+        Command::Leaks(args) => leaks::execute(args).await,
     }
 }

@@ -397,6 +397,11 @@ fn trace_stacks(suite: &Suite) -> Result<String> {
             tracing("memtrace trace -c (counting)", &["-c"]),
             tracing("memtrace trace (every call printed, human)", &[]),
             stack(),
+            Mode::traced(
+                "memtrace leaks (mapping level, report every 5 s)",
+                suite.memtrace(&["leaks", "--pid", "{pid}", "-o", "/dev/null"]),
+                Ready::StderrLine("memtrace: watching"),
+            ),
             empty_syscall_programs(ALLOC_SYSCALLS),
         ],
     )?;

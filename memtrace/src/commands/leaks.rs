@@ -1,0 +1,347 @@
+//! `memtrace leaks`, mapping level: the allocation syscalls of the targets (mmap, munmap,
+//! mremap, brk) with their stacks, as `trace --stack` takes them, kept as each process's
+//! outstanding regions; every interval, and at the end, the regions per stack with their bytes,
+//! age and resident share.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use memtrace_common::{
+    DropSource, stacks::MAX_STACKS, syscalls::MAX_PENDING_TARGETED, targets::TargetFlags,
+};
+use tokio::time::{Interval, MissedTickBehavior, interval, interval_at};
+
+use super::call_stacks::CallStacks;
+use crate::{
+    bpf::{
+        self, Loaded,
+        syscalls::{Item, KernelFilter, Options, Records},
+        targets::TargetTable,
+        tracepoints::Release,
+    },
+    cli::LeaksArgs,
+    error::Failure,
+    leaks::{regions::Regions, resident},
+    output::{
+        Format, Sink, Timestamp,
+        leaks::{LeakRow, Leaks, Start},
+    },
+    session::{self, End, Ending, Job, Session, Target},
+    stacks::{StackId, folded},
+    syscalls::{Call, Syscall},
+};
+
+/// How often the ring is drained when the kernel has not signalled a backlog.
+const POLL: Duration = Duration::from_millis(20);
+/// Records handled before the loop looks at signals and timers again.
+const BATCH: usize = 65_536;
+/// Stacks per report by default.
+const DEFAULT_TOP: usize = 10;
+/// The calls that map and unmap.
+const SYSCALLS: [Syscall; 4] = [
+    Syscall::Mmap,
+    Syscall::Munmap,
+    Syscall::Mremap,
+    Syscall::Brk,
+];
+/// Bytes of a page: mappings are whole pages.
+const PAGE: u64 = 4096;
+
+/// Validated `leaks` flags.
+#[derive(Clone, Debug)]
+pub struct LeaksConfig {
+    pub session: session::Options,
+    pub interval: Duration,
+    pub min_age: Duration,
+    pub top: usize,
+    pub flamegraph: Option<PathBuf>,
+    pub max_stacks: u32,
+}
+
+impl TryFrom<LeaksArgs> for LeaksConfig {
+    type Error = Failure;
+
+    fn try_from(args: LeaksArgs) -> Result<Self, Failure> {
+        let target = Target::from_flags(args.command, None, args.pids)?;
+        if target == Target::System {
+            return Err(Failure::Usage(
+                "leaks needs --pid PID or a COMMAND: every process's mappings would be too much"
+                    .into(),
+            ));
+        }
+        if let Some(path) = &args.flamegraph {
+            crate::output::create_file(path)?;
+        }
+        let format = if args.folded {
+            Format::Folded
+        } else {
+            Format::json(args.json)
+        };
+        Ok(LeaksConfig {
+            session: session::Options {
+                target,
+                format,
+                output: args.output,
+                duration: args.duration,
+            },
+            interval: args.interval,
+            min_age: args.min_age.unwrap_or_default(),
+            top: args.top.map_or(DEFAULT_TOP, |top| {
+                usize::try_from(top).unwrap_or(usize::MAX)
+            }),
+            flamegraph: args.flamegraph,
+            max_stacks: args.max_stacks.unwrap_or(MAX_STACKS),
+        })
+    }
+}
+
+pub async fn execute(args: LeaksArgs) -> anyhow::Result<u8> {
+    let config = LeaksConfig::try_from(args)?;
+    let mut session = Session::open(&config.session)?;
+    let job = LeaksJob::start(&config, &mut session)?;
+    session.run(job).await
+}
+
+struct LeaksJob<'a> {
+    config: &'a LeaksConfig,
+    loaded: Loaded,
+    records: Records,
+    stacks: CallStacks,
+    /// Each process's outstanding regions, and its name.
+    processes: BTreeMap<u32, (String, Regions)>,
+    poll: Interval,
+    report: Interval,
+}
+
+enum Wake {
+    Records,
+    Report,
+}
+
+impl<'a> LeaksJob<'a> {
+    fn start(config: &'a LeaksConfig, session: &mut Session) -> anyhow::Result<LeaksJob<'a>> {
+        let follow = matches!(config.session.target, Target::Command(_));
+        let mut loaded = bpf::syscalls::load(&Options {
+            syscalls: SYSCALLS.to_vec(),
+            kernel: KernelFilter {
+                count_only: false,
+                failed_only: false,
+                min_size: 0,
+                per_process: false,
+            },
+            targets: config.session.target.filter(follow),
+            max_threads: MAX_PENDING_TARGETED,
+            max_process_keys: 1,
+            stacks: Some(config.max_stacks),
+            kernel_stacks: false,
+        })?;
+        let flags = if follow {
+            TargetFlags::COUNT | TargetFlags::FOLLOW
+        } else {
+            TargetFlags::COUNT
+        };
+        for pid in session.watched().pids() {
+            loaded.ebpf.insert(pid, flags)?;
+        }
+        let records = Records::open(&mut loaded.ebpf)?;
+        let stacks = CallStacks::open(&mut loaded.ebpf, false)?;
+        if let Target::Command(argv) = &config.session.target {
+            session.spawn(argv, &mut loaded.ebpf)?;
+        }
+        let start = Start {
+            targets: session.targets(config.session.target.describe()),
+            interval_s: config.interval.as_secs_f64(),
+        };
+        session.sink().emit(&start).context("write the report")?;
+        let mut poll = interval(POLL);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let first = tokio::time::Instant::now() + config.interval;
+        let mut report = interval_at(first, config.interval);
+        report.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Ok(LeaksJob {
+            config,
+            loaded,
+            records,
+            stacks,
+            processes: BTreeMap::new(),
+            poll,
+            report,
+        })
+    }
+
+    /// Applies the calls waiting to the processes' regions; returns how many records were read.
+    fn drain(&mut self) -> usize {
+        let LeaksJob {
+            records,
+            stacks,
+            processes,
+            ..
+        } = self;
+        records.drain(BATCH, |item| match item {
+            Item::Stack(bytes) => stacks.take(bytes),
+            Item::Call(Ok(call)) => {
+                let stack = stacks.of(&call);
+                let (comm, regions) = processes
+                    .entry(call.pid)
+                    .or_insert_with(|| (call.comm.clone(), Regions::default()));
+                comm.clone_from(&call.comm);
+                apply(regions, &call, stack);
+            }
+            Item::Call(Err(err)) => log::warn!("undecodable record from the kernel: {err}"),
+        })
+    }
+
+    /// The outstanding regions per process and stack, most bytes first.
+    fn report(&mut self) -> anyhow::Result<Vec<LeakRow>> {
+        let now = monotonic_ns();
+        let min_age_ns = u64::try_from(self.config.min_age.as_nanos()).unwrap_or(u64::MAX);
+        let mut rows = Vec::new();
+        for (&pid, (comm, regions)) in &self.processes {
+            let mappings = resident::read(pid);
+            let mut per_stack: HashMap<Option<StackId>, (u64, u64, Option<u64>, u64)> =
+                HashMap::new();
+            for (start, region) in regions.iter() {
+                if now.saturating_sub(region.born_ns) < min_age_ns {
+                    continue;
+                }
+                let entry = per_stack.entry(region.stack).or_insert((
+                    0,
+                    0,
+                    mappings.as_ref().map(|_| 0),
+                    u64::MAX,
+                ));
+                entry.0 += region.len;
+                entry.1 += 1;
+                if let (Some(resident), Some(mappings)) = (entry.2.as_mut(), &mappings) {
+                    *resident += resident::of(mappings, start, region.len);
+                }
+                entry.3 = entry.3.min(region.born_ns);
+            }
+            for (stack, (bytes, count, resident_bytes, born)) in per_stack {
+                let (frames, complete) = match stack {
+                    Some(id) => (self.stacks.named(id), self.stacks.complete(id)),
+                    None => (Vec::new(), false),
+                };
+                rows.push(LeakRow {
+                    pid,
+                    comm: comm.clone(),
+                    bytes,
+                    regions: count,
+                    // None once the process has gone (its smaps with it).
+                    resident_bytes,
+                    oldest_s: now.saturating_sub(born) as f64 / 1e9,
+                    stack: frames,
+                    complete,
+                });
+            }
+        }
+        rows.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.pid.cmp(&b.pid)));
+        Ok(rows)
+    }
+
+    fn emit(&mut self, sink: &mut Sink, last: bool) -> anyhow::Result<()> {
+        let rows = self.report()?;
+        let dropped = self.drops()?;
+        let record = Leaks {
+            timestamp: Timestamp::now(),
+            last,
+            total_bytes: rows.iter().map(|row| row.bytes).sum(),
+            total_regions: rows.iter().map(|row| row.regions).sum(),
+            stacks: rows,
+            losses: self.stacks.losses(),
+            unknown_stacks: self.stacks.unknown(),
+            dropped: &dropped,
+            shown: self.config.top,
+        };
+        sink.emit(&record)?;
+        if last && let Some(path) = &self.config.flamegraph {
+            folded::flamegraph(
+                &record.folded_lines(),
+                "Bytes mapped and kept, by stack",
+                "bytes",
+                path,
+            )
+            .with_context(|| format!("draw the flame graph into {}", path.display()))?;
+        }
+        sink.flush()?;
+        Ok(())
+    }
+
+    fn drops(&self) -> anyhow::Result<Vec<(DropSource, u64)>> {
+        bpf::syscalls::drops(&self.loaded.ebpf, false)
+    }
+}
+
+/// What a completed call did to the regions.
+fn apply(regions: &mut Regions, call: &Call, stack: Option<StackId>) {
+    if call.errno().is_some() {
+        return;
+    }
+    let pages = |len: u64| len.div_ceil(PAGE) * PAGE;
+    let at = call.start_ns;
+    match call.syscall {
+        Syscall::Mmap => regions.map(call.ret as u64, pages(call.args[1]), stack, at),
+        Syscall::Munmap => regions.unmap(call.args[0], pages(call.args[1])),
+        Syscall::Mremap => regions.remap(
+            (call.args[0], pages(call.args[1])),
+            (call.ret as u64, pages(call.args[2])),
+            stack,
+            at,
+        ),
+        Syscall::Brk => match (call.prev_brk, call.brk_growth()) {
+            (Some(prev), Some(growth)) if growth > 0 => {
+                regions.map(prev, growth.unsigned_abs(), stack, at)
+            }
+            (Some(_), Some(growth)) if growth < 0 => {
+                regions.unmap(call.ret as u64, growth.unsigned_abs())
+            }
+            _ => {}
+        },
+        _ => {}
+    }
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock of the kernel's timestamps.
+fn monotonic_ns() -> u64 {
+    // SAFETY: all-zero is a valid timespec; clock_gettime only writes into it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid clock id and a pointer to a timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+impl Job for LeaksJob<'_> {
+    type Work = Wake;
+
+    async fn next(&mut self) -> anyhow::Result<Wake> {
+        tokio::select! {
+            ready = self.records.backlog() => { ready?; Ok(Wake::Records) }
+            _ = self.poll.tick() => Ok(Wake::Records),
+            _ = self.report.tick() => Ok(Wake::Report),
+        }
+    }
+
+    fn work(&mut self, wake: Wake, sink: &mut Sink) -> anyhow::Result<Option<End>> {
+        self.drain();
+        if let Wake::Report = wake {
+            self.emit(sink, false).context("write the report")?;
+        }
+        Ok(None)
+    }
+
+    fn finish(&mut self, ending: &Ending, sink: &mut Sink) -> anyhow::Result<()> {
+        if ending.end != End::OutputClosed {
+            while self.drain() == BATCH {}
+        }
+        self.emit(sink, true).context("write the report")
+    }
+
+    fn release(self) {
+        drop(self.records);
+        self.loaded.release(Release::Background);
+    }
+}
