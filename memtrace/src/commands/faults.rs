@@ -76,14 +76,7 @@ impl TryFrom<FaultsArgs> for FaultsConfig {
                 "--folded and --flamegraph draw stacks: add --stacks".into(),
             ));
         }
-        if let Some(path) = &args.flamegraph {
-            crate::output::create_file(path)?;
-        }
-        let format = if args.folded {
-            Format::Folded
-        } else {
-            Format::json(args.json)
-        };
+        let format = Format::of_stacks(args.folded, args.json, args.flamegraph.as_deref())?;
         Ok(FaultsConfig {
             session: session::Options {
                 target,

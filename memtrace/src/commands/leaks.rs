@@ -73,14 +73,7 @@ impl TryFrom<LeaksArgs> for LeaksConfig {
                     .into(),
             ));
         }
-        if let Some(path) = &args.flamegraph {
-            crate::output::create_file(path)?;
-        }
-        let format = if args.folded {
-            Format::Folded
-        } else {
-            Format::json(args.json)
-        };
+        let format = Format::of_stacks(args.folded, args.json, args.flamegraph.as_deref())?;
         Ok(LeaksConfig {
             session: session::Options {
                 target,

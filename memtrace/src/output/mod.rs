@@ -39,6 +39,23 @@ impl Format {
     pub fn json(json: bool) -> Format {
         if json { Format::Json } else { Format::Human }
     }
+
+    /// The format of a report of stacks (`--folded`, `--json`, else tables), with the flame
+    /// graph's file checked now: a path that cannot be written is a usage error before tracing.
+    pub fn of_stacks(
+        folded: bool,
+        json: bool,
+        flamegraph: Option<&Path>,
+    ) -> Result<Format, Failure> {
+        if let Some(path) = flamegraph {
+            create_file(path)?;
+        }
+        Ok(if folded {
+            Format::Folded
+        } else {
+            Format::json(json)
+        })
+    }
 }
 
 /// One thing a report says. Its JSON form is its `Serialize` (the sink puts `"type": TYPE`
