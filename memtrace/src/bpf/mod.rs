@@ -425,9 +425,16 @@ where
 /// How many CPUs the kernel may ever run (its `possible` mask): the entries of a table indexed
 /// by CPU.
 pub fn possible_cpus() -> anyhow::Result<u32> {
-    let cpus = aya::util::nr_cpus()
-        .map_err(|(path, err)| anyhow::Error::new(err).context(format!("read {path}")))?;
-    u32::try_from(cpus).context("number of CPUs")
+    // The highest id plus one: the mask may have holes (`0-3,8-11`).
+    const POSSIBLE: &str = "/sys/devices/system/cpu/possible";
+    let mask = std::fs::read_to_string(POSSIBLE).with_context(|| format!("read {POSSIBLE}"))?;
+    let highest = mask
+        .trim()
+        .split(',')
+        .filter_map(|range| range.rsplit('-').next()?.parse::<u32>().ok())
+        .max()
+        .with_context(|| format!("{POSSIBLE}: no CPU in `{}`", mask.trim()))?;
+    Ok(highest + 1)
 }
 
 #[cfg(test)]

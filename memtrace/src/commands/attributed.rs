@@ -382,10 +382,12 @@ impl Attributed {
         if key.flags & MappingKey::UNKNOWN != 0 {
             return "[unknown]".into();
         }
-        let seen = self
-            .mappings
-            .get(&key.tgid)
-            .and_then(|mappings| mappings.iter().find(|m| m.start == key.start));
+        let seen = self.mappings.get(&key.tgid).and_then(|mappings| {
+            // The same start and file: what is mapped there may have changed since.
+            mappings
+                .iter()
+                .find(|m| m.start == key.start && m.inode == key.ino)
+        });
         match seen {
             Some(mapping) if !mapping.path.is_empty() => mapping.path.clone(),
             _ if key.ino != 0 => kernel_path(key, value)

@@ -242,6 +242,27 @@ impl Stacks {
         let pid = header.tgid;
         let fresh = !self.processes.contains_key(&pid);
         if fresh || !self.processes[&pid].unwinder.knows(header.ip) {
+            self.read_mappings(header, fresh);
+        }
+        let walk = self.walk_known(header, stack);
+        // A return address in code not known when the mappings were read: a library loaded
+        // since (dlopen). Read them again once, rather than teach a stack cut at it.
+        let process = &self.processes[&pid];
+        if !fresh
+            && walk.addresses[1..]
+                .iter()
+                .any(|&address| process.unwinder.mapping_of(address).is_none())
+        {
+            self.read_mappings(header, false);
+            return self.walk_known(header, stack);
+        }
+        walk
+    }
+
+    /// Reads (again) a process's mappings and the unwind tables of its files.
+    fn read_mappings(&mut self, header: &SnapshotHeader, fresh: bool) {
+        let pid = header.tgid;
+        {
             let root = if fresh {
                 own_root(pid)
             } else {
@@ -261,7 +282,11 @@ impl Stacks {
                 );
             }
         }
-        let process = self.processes.get_mut(&pid).expect("inserted above");
+    }
+
+    /// Unwinds with the mappings as last read.
+    fn walk_known(&mut self, header: &SnapshotHeader, stack: &StackCopy) -> Walk {
+        let process = self.processes.get_mut(&header.tgid).expect("read before");
         process.comm = procfs::comm_from_bytes(&header.comm[..COMM_LEN]);
         if process.unwinder.mappings.is_empty() {
             self.losses.unmapped += 1;
