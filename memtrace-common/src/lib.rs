@@ -76,6 +76,8 @@ pub mod globals {
     pub const VMA_LAYOUT: &str = "VMA_LAYOUT";
     /// `u32`: non-zero to take each traced call's user stack (`trace --stack`).
     pub const SYSCALL_STACKS: &str = "SYSCALL_STACKS";
+    /// `u32`: non-zero to send an exec record when a traced process runs `exec` (`leaks`).
+    pub const SYSCALL_EXECS: &str = "SYSCALL_EXECS";
     /// `u32`: non-zero to take each traced call's kernel stack too (`trace --kernel-stack`).
     pub const SYSCALL_KERNEL_STACKS: &str = "SYSCALL_KERNEL_STACKS";
     /// [`crate::oom::OomLayout`]: field offsets of `oom:mark_victim`.
@@ -168,8 +170,8 @@ pub enum DropSource {
     /// An `exec` found the `NEW_PROCESSES` ring buffer full: its process is sampled for OOM
     /// histories only from the next scan.
     NewProcessRingFull = 8,
-    /// An event's stack had to be sent whole but found the `STACK_SNAPSHOTS` ring full: the
-    /// event is counted for its process only, under an unknown stack.
+    /// An event's stack had to be sent whole but found the ring full: the event (and those on
+    /// the same stack counted meanwhile) is lost, counted here only.
     StackRingFull = 9,
     /// A fault's mapping had no room in `MAPPING_COUNTS`.
     MappingTableFull = 10,

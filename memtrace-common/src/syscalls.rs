@@ -37,6 +37,19 @@ pub const MAX_ARGS: usize = 6;
 /// The `kind` tag of a [`SyscallRecord`], first in every ring-buffer record.
 pub const RECORD_SYSCALL: u32 = 1;
 
+/// The `kind` tag of an [`ExecRecord`] (`crate::stacks::RECORD_STACK` is 2).
+pub const RECORD_EXEC: u32 = 3;
+
+/// A traced process ran `exec`: its address space is new (`leaks` forgets its regions). Sent
+/// only when asked for, in order with the process's calls.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecRecord {
+    /// Always [`RECORD_EXEC`].
+    pub kind: u32,
+    pub tgid: u32,
+}
+
 /// The entry program for syscalls of each number of arguments (index): each loads exactly its
 /// syscalls' arguments, so a record's unused argument slots are zero. One program cannot serve
 /// them all: the kernel refuses to attach a program that may load past the end of a tracepoint's
@@ -206,3 +219,5 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProcSyscallCounts {}
 }
+
+const _: () = assert!(size_of::<ExecRecord>() == 8);

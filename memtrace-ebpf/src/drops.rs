@@ -9,8 +9,14 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropSource::COUNT
 
 #[inline(always)]
 pub fn count(source: DropSource) {
+    count_n(source, 1);
+}
+
+/// Counts `n` losses at once.
+#[inline(always)]
+pub fn count_n(source: DropSource, n: u64) {
     if let Some(slot) = DROPS.get_ptr_mut(source as u32) {
         // SAFETY: the slot is this CPU's own; BPF programs do not nest on one CPU here.
-        unsafe { *slot += 1 };
+        unsafe { *slot += n };
     }
 }

@@ -191,11 +191,17 @@ fn send(header: SnapshotHeader, ring: &RingBuf) -> StackRef {
             0,
         );
         if sent < 0 {
-            drops::count(DropSource::StackRingFull);
+            let mut lost = 1;
             if pending != 0 {
-                // Nothing will tell userspace what stack this hash is.
+                // Nothing will tell userspace what stack this hash is: the events other CPUs
+                // counted under it meanwhile are lost with this one, and counted so; the next
+                // event on this stack tries again.
+                // A value pointer from a successful lookup, read at once (inside this block's
+                // `unsafe`).
+                lost += PENDING.get_ptr(key).map_or(0, |count| *count);
                 let _ = PENDING.remove(key);
             }
+            drops::count_n(DropSource::StackRingFull, lost);
             return StackRef::default();
         }
         if pending == 0 {

@@ -27,10 +27,10 @@ use memtrace_common::{
     COMM_LEN, DropSource,
     stacks::{EventKind, StackRef},
     syscalls::{
-        MAX_ARGS, MAX_BREAKS, MAX_PENDING, MAX_PROC_SYSCALLS, MAX_SYSCALL_NR, MAX_TRACED, NO_CALL,
-        PendingCall, ProcSyscallCounts, ProcSyscallKey, RECORD_SYSCALL, RING_BYTES,
-        STANDARD_ARGS_OFFSET, STANDARD_NR_OFFSET, STANDARD_RET_OFFSET, SyscallClass, SyscallRecord,
-        SyscallStats, WAKEUP_RECORDS, class_of, is_error, slot_of,
+        ExecRecord, MAX_ARGS, MAX_BREAKS, MAX_PENDING, MAX_PROC_SYSCALLS, MAX_SYSCALL_NR,
+        MAX_TRACED, NO_CALL, PendingCall, ProcSyscallCounts, ProcSyscallKey, RECORD_EXEC,
+        RECORD_SYSCALL, RING_BYTES, STANDARD_ARGS_OFFSET, STANDARD_NR_OFFSET, STANDARD_RET_OFFSET,
+        SyscallClass, SyscallRecord, SyscallStats, WAKEUP_RECORDS, class_of, is_error, slot_of,
     },
     targets::FilterMode,
 };
@@ -196,6 +196,28 @@ fn try_rename(ctx: &TracePointContext) -> Result<(), i64> {
     // thread's own programs only read (a call ending meanwhile may see either name).
     unsafe { (*slot).comm = comm };
     Ok(())
+}
+
+/// Non-zero to tell userspace when a traced process runs `exec` (`leaks`).
+#[unsafe(no_mangle)]
+static SYSCALL_EXECS: Global<u32> = Global::new(0);
+
+/// A traced process ran `exec`: its old mappings are gone. On the records' ring, so in order
+/// with its calls.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn mt_sys_exec(_ctx: RawTracePointContext) -> i32 {
+    let (tgid, _) = targets::current_ids();
+    if SYSCALL_EXECS.load() == 0 || !targets::is_counted(tgid) {
+        return 0;
+    }
+    let record = ExecRecord {
+        kind: RECORD_EXEC,
+        tgid,
+    };
+    if EVENTS.output::<ExecRecord>(&record, 0).is_err() {
+        drops::count(DropSource::SyscallRingFull);
+    }
+    0
 }
 
 /// Frees an exiting thread's slot (the only place slots are deleted).

@@ -89,17 +89,10 @@ fn attached_to_a_running_process_it_reports_what_was_kept_since_per_function() {
     }
 }
 
-#[test]
-fn a_command_s_report_is_what_it_still_had_mapped_when_it_exited() {
-    require_root!();
-    let binary = workload_built("keep_maps", "-nofp", &["-g", "-fomit-frame-pointer"]);
-    // Fed its lines a little apart: it lives long enough for memtrace to read its mappings.
-    let script = format!(
-        "(sleep 0.3; echo go; sleep 0.3; echo exit) | {}",
-        binary.display()
-    );
+/// The final `leaks` report of `memtrace leaks -- sh -c SCRIPT`.
+fn final_report(script: &str) -> Value {
     let output = common::memtrace()
-        .args(["leaks", "--json", "--", "sh", "-c", &script])
+        .args(["leaks", "--json", "--", "sh", "-c", script])
         .output()
         .unwrap();
     assert!(
@@ -107,12 +100,28 @@ fn a_command_s_report_is_what_it_still_had_mapped_when_it_exited() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let records: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+    String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter(|line| line.starts_with('{'))
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
-    let last = records.iter().rev().find(|r| r["type"] == "leaks").unwrap();
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .rfind(|record| record["type"] == "leaks")
+        .unwrap()
+}
+
+/// The workload fed its lines a little apart (so that it lives long enough for memtrace to
+/// read its mappings), run through `launcher` (`exec`, or `exec env X=1`).
+fn keep_maps_through(launcher: &str) -> Value {
+    let binary = workload_built("keep_maps", "-nofp", &["-g", "-fomit-frame-pointer"]);
+    final_report(&format!(
+        "(sleep 0.3; echo go; sleep 0.3; echo exit) | {launcher} {}",
+        binary.display()
+    ))
+}
+
+#[test]
+fn a_command_s_report_is_what_it_still_had_mapped_when_it_exited() {
+    require_root!();
+    let last = keep_maps_through("exec");
     assert_eq!(last["final"], true);
     // From birth: what it mapped before "ready" counts too, and all it kept, at its exit.
     for (function, bytes) in [
@@ -121,7 +130,7 @@ fn a_command_s_report_is_what_it_still_had_mapped_when_it_exited() {
         ("keep_big", 4096 * KIB),
         ("keep_grown", 256 * KIB),
     ] {
-        let rows = by_function(last, function);
+        let rows = by_function(&last, function);
         assert_eq!(rows.len(), 1, "{function}: {last:#}");
         assert_eq!(rows[0]["bytes"], bytes, "{function}");
         assert_eq!(
@@ -130,5 +139,30 @@ fn a_command_s_report_is_what_it_still_had_mapped_when_it_exited() {
             "the process is gone"
         );
     }
-    assert!(by_function(last, "churn").is_empty(), "{last:#}");
+    assert!(by_function(&last, "churn").is_empty(), "{last:#}");
+}
+
+#[test]
+fn exec_forgets_what_the_previous_program_mapped() {
+    require_root!();
+    // env maps its libraries, then runs exec: those mappings went with its address space.
+    let direct = keep_maps_through("exec");
+    let through_env = keep_maps_through("exec env X=1");
+    // Everything the workload's process still had mapped: the shell before it and env before
+    // that ran in the same process, and their mappings must not count.
+    let kept = |report: &Value| -> u64 {
+        report["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|row| row["comm"] == "keep_maps-nofp")
+            .map(|row| row["bytes"].as_u64().unwrap())
+            .sum()
+    };
+    assert!(kept(&direct) > 0, "{direct:#}");
+    assert_eq!(
+        kept(&through_env),
+        kept(&direct),
+        "what the workload's process kept, run directly and through env"
+    );
 }

@@ -12,6 +12,7 @@ use aya::{
 use memtrace_common::{
     COMM_LEN, DropSource, globals, maps,
     stacks::RECORD_STACK,
+    syscalls::RECORD_EXEC,
     syscalls::{
         ENTRY_PROGRAMS, MAX_TRACED, ProcSyscallCounts, ProcSyscallKey, RING_BYTES,
         STANDARD_ARGS_OFFSET, STANDARD_NR_OFFSET, STANDARD_RET_OFFSET, SyscallClass, SyscallStats,
@@ -75,6 +76,8 @@ pub struct Options {
     pub stacks: Option<u32>,
     /// With each call's kernel stack too (`trace --kernel-stack`).
     pub kernel_stacks: bool,
+    /// With a record when a target runs `exec` (`leaks`).
+    pub execs: bool,
 }
 
 /// Loads the object, sized for what `options` asks, and attaches its programs to each traced
@@ -107,6 +110,7 @@ pub fn load(options: &Options) -> anyhow::Result<Loaded> {
                 1
             },
         );
+    config.u32(globals::SYSCALL_EXECS, u32::from(options.execs));
     match options.stacks {
         Some(max_stacks) => {
             config.u32(globals::SYSCALL_STACKS, 1);
@@ -129,6 +133,13 @@ pub fn load(options: &Options) -> anyhow::Result<Loaded> {
         targets::attach_fork_follower(&mut ebpf, &mut tracepoints)?;
     }
     attach(&mut ebpf, &mut tracepoints, &options.syscalls, filter)?;
+    if options.execs {
+        let exec: &mut RawTracePoint = program_mut(&mut ebpf, "mt_sys_exec")?;
+        exec.load()
+            .map_err(|err| kernel_refusal(err, "load mt_sys_exec"))?;
+        exec.attach("sched_process_exec")
+            .map_err(|err| kernel_refusal(err, "attach the raw tracepoint sched_process_exec"))?;
+    }
     Ok(Loaded { ebpf, tracepoints })
 }
 
@@ -305,10 +316,12 @@ pub fn drops(ebpf: &Ebpf, per_process: bool) -> anyhow::Result<Vec<(DropSource, 
     super::drops::read(ebpf, &sources)
 }
 
-/// One record of the ring: a completed call, or the stack of a call, sent whole before it.
+/// One record of the ring: a completed call, the stack of a call (sent whole before it), or a
+/// process's `exec`.
 pub enum Item<'a> {
     Call(Result<Call, DecodeError>),
     Stack(&'a [u8]),
+    Exec(u32),
 }
 
 /// The ring buffer of completed calls, readable from tokio.
@@ -349,10 +362,10 @@ impl Records {
         let mut n = 0;
         while n < max {
             let Some(item) = ring.next() else { break };
-            if decode::kind(&item) == Ok(RECORD_STACK) {
-                each(Item::Stack(&item));
-            } else {
-                each(Item::Call(decode::syscalls::call(&item)));
+            match decode::kind(&item) {
+                Ok(RECORD_STACK) => each(Item::Stack(&item)),
+                Ok(RECORD_EXEC) => each(Item::Exec(decode::syscalls::exec(&item))),
+                _ => each(Item::Call(decode::syscalls::call(&item))),
             }
             n += 1;
         }

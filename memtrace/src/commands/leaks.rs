@@ -50,6 +50,8 @@ const SYSCALLS: [Syscall; 4] = [
 ];
 /// Bytes of a page: mappings are whole pages.
 const PAGE: u64 = 4096;
+/// mremap's flag that leaves the old range mapped.
+const MREMAP_DONTUNMAP: u64 = 4;
 
 /// Validated `leaks` flags.
 #[derive(Clone, Debug)]
@@ -131,6 +133,7 @@ impl<'a> LeaksJob<'a> {
             max_process_keys: 1,
             stacks: Some(config.max_stacks),
             kernel_stacks: false,
+            execs: true,
         })?;
         let flags = if follow {
             TargetFlags::COUNT | TargetFlags::FOLLOW
@@ -176,6 +179,10 @@ impl<'a> LeaksJob<'a> {
         } = self;
         records.drain(BATCH, |item| match item {
             Item::Stack(bytes) => stacks.take(bytes),
+            // A new address space: what the old one kept is gone with it.
+            Item::Exec(pid) => {
+                processes.remove(&pid);
+            }
             Item::Call(Ok(call)) => {
                 let stack = stacks.of(&call);
                 let (comm, regions) = processes
@@ -279,6 +286,10 @@ fn apply(regions: &mut Regions, call: &Call, stack: Option<StackId>) {
     match call.syscall {
         Syscall::Mmap => regions.map(call.ret as u64, pages(call.args[1]), stack, at),
         Syscall::Munmap => regions.unmap(call.args[0], pages(call.args[1])),
+        // MREMAP_DONTUNMAP leaves the old range mapped: a new region, as a mapping.
+        Syscall::Mremap if call.args[3] & MREMAP_DONTUNMAP != 0 => {
+            regions.map(call.ret as u64, pages(call.args[2]), stack, at)
+        }
         Syscall::Mremap => regions.remap(
             (call.args[0], pages(call.args[1])),
             (call.ret as u64, pages(call.args[2])),

@@ -158,6 +158,7 @@ impl<'a> Trace<'a> {
             max_process_keys: 1,
             stacks: config.stacks,
             kernel_stacks: config.kernel_stacks,
+            execs: false,
         })?;
         let flags = if config.follow {
             TargetFlags::COUNT | TargetFlags::FOLLOW
@@ -245,6 +246,7 @@ impl<'a> Trace<'a> {
                     });
                 }
             }
+            Item::Exec(_) => {}
             Item::Call(Err(err)) => {
                 *undecodable += 1;
                 log::warn!("undecodable record from the kernel: {err}");

@@ -8,6 +8,14 @@ use crate::{
     syscalls::{Call, Syscall},
 };
 
+/// The process of an exec record (0 if it is cut short).
+pub fn exec(bytes: &[u8]) -> u32 {
+    bytes
+        .get(4..8)
+        .and_then(|tgid| tgid.try_into().ok())
+        .map_or(0, u32::from_ne_bytes)
+}
+
 /// Decodes one record of the `SYSCALL_EVENTS` ring buffer.
 pub fn call(bytes: &[u8]) -> Result<Call, DecodeError> {
     let kind = kind(bytes)?;

@@ -147,6 +147,7 @@ fn load(config: &ServeConfig) -> anyhow::Result<[Loaded; 4]> {
         max_process_keys: config.max_processes.saturating_mul(2),
         stacks: None,
         kernel_stacks: false,
+        execs: false,
     })?;
     let oom = bpf::oom::load(&bpf::oom::layout()?, !config.history.is_zero())
         .context("attach oom:mark_victim and console")?;
