@@ -241,14 +241,16 @@ impl Stacks {
     fn walk(&mut self, header: &SnapshotHeader, stack: &StackCopy) -> Walk {
         let pid = header.tgid;
         let fresh = !self.processes.contains_key(&pid);
-        if fresh || !self.processes[&pid].unwinder.knows(header.ip) {
+        let read = fresh || !self.processes[&pid].unwinder.knows(header.ip);
+        if read {
             self.read_mappings(header, fresh);
         }
         let walk = self.walk_known(header, stack);
         // A return address in code not known when the mappings were read: a library loaded
-        // since (dlopen). Read them again once, rather than teach a stack cut at it.
+        // since (dlopen). Read them again once (unless just read), rather than teach a stack
+        // cut at it.
         let process = &self.processes[&pid];
-        if !fresh
+        if !read
             && walk.addresses[1..]
                 .iter()
                 .any(|&address| process.unwinder.mapping_of(address).is_none())
