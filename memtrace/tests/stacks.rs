@@ -24,12 +24,12 @@ fn data_file(name: &str, pages: u64) -> std::path::PathBuf {
     path
 }
 
-/// Runs `memtrace faults --stacks` on a command; returns its records and the workload's
+/// Runs `memtrace faults --json FLAGS` on a command; returns its records and the workload's
 /// counts per phase (from its stderr).
-fn run(extra: &[&str], command: &[&str]) -> (Vec<Value>, HashMap<String, (u64, u64)>) {
+fn run(flags: &[&str], command: &[&str]) -> (Vec<Value>, HashMap<String, (u64, u64)>) {
     let output = memtrace()
-        .args(["faults", "--stacks", "--json"])
-        .args(extra)
+        .args(["faults", "--json"])
+        .args(flags)
         .arg("--")
         .args(command)
         .output()
@@ -158,7 +158,7 @@ fn c_workload_run(variant: &str, flags: &[&str]) {
     let binary = workload_built("fault_stacks", variant, flags);
     let file = data_file(variant, 512);
     let (records, phases) = run(
-        &[],
+        &["--stacks"],
         &[
             binary.to_str().unwrap(),
             &NEAR.to_string(),
@@ -191,7 +191,7 @@ fn stacks_of_a_rust_program_equal_the_kernels_counts_per_function() {
         &["rustc", "-C", "opt-level=2", "-C", "debuginfo=2"],
     );
     let (records, phases) = run(
-        &[],
+        &["--stacks"],
         &[
             binary.to_str().unwrap(),
             &NEAR.to_string(),
@@ -268,20 +268,15 @@ fn folded_lines_and_the_flame_graph_carry_the_same_counts() {
 /// Runs `faults --by BY --json` on the C workload; returns the report record and the phases.
 fn by(by: &str, file: &Path) -> (Vec<Value>, HashMap<String, (u64, u64)>) {
     let binary = workload_built("fault_stacks", "-nofp", &["-g", "-fomit-frame-pointer"]);
-    let output = memtrace()
-        .args(["faults", "--json", "--by", by, "--"])
-        .arg(&binary)
-        .args([&NEAR.to_string(), &DEEP.to_string()])
-        .arg(file)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    let records = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
-    (records, phase_counts(&stderr))
+    run(
+        &["--by", by],
+        &[
+            binary.to_str().unwrap(),
+            &NEAR.to_string(),
+            &DEEP.to_string(),
+            file.to_str().unwrap(),
+        ],
+    )
 }
 
 fn counts(row: &Value) -> (u64, u64) {
@@ -361,7 +356,7 @@ fn stacks_of_processes_that_exit_mid_trace_are_kept_when_their_kernel_entries_go
     // kernel entries deleted (several intervals) before the second starts.
     let once = format!("{} {NEAR} {DEEP} {}", binary.display(), file.display());
     let script = format!("{once}; sleep 1; {once}");
-    let (records, _) = run(&["--interval", "0.2"], &["sh", "-c", &script]);
+    let (records, _) = run(&["--stacks", "--interval", "0.2"], &["sh", "-c", &script]);
     let stacks = record(&records, "stacks")["stacks"]
         .as_array()
         .unwrap()

@@ -1,20 +1,17 @@
 //! The records of a `memtrace leaks` report: a start, the outstanding mappings per stack every
 //! interval, and the same at the end (for a command: what it still had mapped when it exited).
 
-use std::{
-    collections::BTreeMap,
-    io::{self, Write},
-};
+use std::io::{self, Write};
 
 use memtrace_common::DropSource;
 use serde::Serialize;
 
 use super::{
     Record, Targets, Timestamp, drops_json, size_kb,
-    stacks::{write_frames, write_lines, write_more},
+    stacks::{fold, write_frames, write_lines, write_more},
     unix_seconds,
 };
-use crate::stacks::{StackLosses, folded, symbols::Named};
+use crate::stacks::{StackLosses, symbols::Named};
 
 /// What is watched, told once at the start.
 #[derive(Serialize)]
@@ -74,19 +71,13 @@ pub struct Leaks<'a> {
 }
 
 impl Leaks<'_> {
-    /// One folded line per distinct stack as named: bytes outstanding.
+    /// One folded line per distinct stack as named: bytes outstanding, most first.
     pub fn folded_lines(&self) -> Vec<String> {
-        let mut bytes: BTreeMap<String, u64> = BTreeMap::new();
-        for row in &self.stacks {
-            let names: Vec<String> = row.stack.iter().map(Named::short).collect();
-            *bytes
-                .entry(folded::stack(&row.comm, names.iter().map(String::as_str)))
-                .or_default() += row.bytes;
-        }
-        bytes
-            .into_iter()
-            .map(|(stack, n)| format!("{stack} {n}"))
-            .collect()
+        fold(
+            self.stacks
+                .iter()
+                .map(|row| (row.comm.as_str(), row.stack.as_slice(), row.bytes)),
+        )
     }
 }
 

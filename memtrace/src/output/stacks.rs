@@ -44,23 +44,33 @@ pub struct Stacks {
 }
 
 impl Stacks {
-    /// One folded line per distinct stack as named (stacks that differ only in what symbols
-    /// cannot tell apart are added together), busiest first.
+    /// One folded line per distinct stack as named: faults, busiest first.
     pub fn folded_lines(&self) -> Vec<String> {
-        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-        for row in &self.stacks {
-            let names: Vec<String> = row.stack.iter().map(Named::short).collect();
-            *counts
-                .entry(folded::stack(&row.comm, names.iter().map(String::as_str)))
-                .or_default() += row.total();
-        }
-        let mut lines: Vec<(String, u64)> = counts.into_iter().collect();
-        lines.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        lines
-            .into_iter()
-            .map(|(stack, count)| format!("{stack} {count}"))
-            .collect()
+        fold(
+            self.stacks
+                .iter()
+                .map(|row| (row.comm.as_str(), row.stack.as_slice(), row.total())),
+        )
     }
+}
+
+/// Folded lines of named stacks (process name, frames innermost first, count): one line per
+/// distinct stack as named (stacks that differ only in what symbols cannot tell apart are
+/// added together), busiest first.
+pub fn fold<'a>(rows: impl IntoIterator<Item = (&'a str, &'a [Named], u64)>) -> Vec<String> {
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for (comm, stack, count) in rows {
+        let names: Vec<String> = stack.iter().map(Named::short).collect();
+        *counts
+            .entry(folded::stack(comm, names.iter().map(String::as_str)))
+            .or_default() += count;
+    }
+    let mut lines: Vec<(String, u64)> = counts.into_iter().collect();
+    lines.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    lines
+        .into_iter()
+        .map(|(stack, count)| format!("{stack} {count}"))
+        .collect()
 }
 
 impl Record for Stacks {
