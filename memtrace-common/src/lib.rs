@@ -5,6 +5,7 @@
 //! that the loader and the programs cannot drift apart.
 #![no_std]
 
+pub mod allocs;
 pub mod faults;
 pub mod oom;
 pub mod pressure;
@@ -28,6 +29,8 @@ pub mod objects {
     pub const PRESSURE: &str = "pressure";
     /// Attribution: page faults by user stack (and by mapping), stacks copied for unwinding.
     pub const ATTRIBUTION: &str = "attribution";
+    /// Allocator calls (`leaks --malloc`): uprobes on malloc and its kin, live allocations.
+    pub const ALLOCS: &str = "allocs";
 }
 
 /// Names of the global variables userspace sets before load (`EbpfLoader::override_global`).
@@ -82,6 +85,10 @@ pub mod globals {
     pub const SYSCALL_KERNEL_STACKS: &str = "SYSCALL_KERNEL_STACKS";
     /// [`crate::oom::OomLayout`]: field offsets of `oom:mark_victim`.
     pub const OOM_LAYOUT: &str = "OOM_LAYOUT";
+    /// `u64`: record only allocations of at least this many bytes (`leaks --min-size`).
+    pub const ALLOC_MIN_SIZE: &str = "ALLOC_MIN_SIZE";
+    /// `u32`: record one allocation in this many, at random (`leaks --sample`); 1 for all.
+    pub const ALLOC_SAMPLE: &str = "ALLOC_SAMPLE";
 }
 
 /// Names of the maps userspace reads and writes.
@@ -144,6 +151,15 @@ pub mod maps {
     pub const MAPPING_COUNTS: &str = "MAPPING_COUNTS";
     /// Ring buffer of stack snapshots ([`crate::stacks::SnapshotHeader`] and pages).
     pub const STACK_SNAPSHOTS: &str = "STACK_SNAPSHOTS";
+    /// Hash: [`crate::allocs::AllocKey`] → [`crate::allocs::Allocation`], the live allocations
+    /// (`leaks --malloc`).
+    pub const ALLOCATIONS: &str = "ALLOCATIONS";
+    /// LRU hash: thread id → [`crate::allocs::AllocCall`], its allocation call in progress.
+    pub const ALLOC_CALLS: &str = "ALLOC_CALLS";
+    /// Per-CPU array of one [`crate::allocs::AllocStats`].
+    pub const ALLOC_STATS: &str = "ALLOC_STATS";
+    /// Hash: traced process id → CLOCK_MONOTONIC ns of its last `exec` (0 before any).
+    pub const ALLOC_EXECS: &str = "ALLOC_EXECS";
 }
 
 /// Why the kernel side failed to record something. Each has its own slot in [`maps::DROPS`], so
@@ -175,10 +191,12 @@ pub enum DropSource {
     StackRingFull = 9,
     /// A fault's mapping had no room in `MAPPING_COUNTS`.
     MappingTableFull = 10,
+    /// An allocation found `ALLOCATIONS` full: it is not reported (its free is unmatched).
+    AllocTableFull = 11,
 }
 
 impl DropSource {
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
     pub const ALL: [DropSource; Self::COUNT as usize] = [
         DropSource::FaultTableFull,
         DropSource::TargetTableFull,
@@ -191,6 +209,7 @@ impl DropSource {
         DropSource::NewProcessRingFull,
         DropSource::StackRingFull,
         DropSource::MappingTableFull,
+        DropSource::AllocTableFull,
     ];
 
     /// A stable, machine-friendly name (used in JSON output).
@@ -207,6 +226,7 @@ impl DropSource {
             DropSource::NewProcessRingFull => "new_process_ring_full",
             DropSource::StackRingFull => "stack_ring_full",
             DropSource::MappingTableFull => "mapping_table_full",
+            DropSource::AllocTableFull => "alloc_table_full",
         }
     }
 }

@@ -76,6 +76,8 @@ pub enum EventKind {
     MajorFault = 1,
     /// A traced syscall (`trace --stack`).
     Syscall = 2,
+    /// An allocator call (`leaks --malloc`).
+    Allocation = 3,
 }
 
 impl EventKind {
@@ -84,6 +86,7 @@ impl EventKind {
             0 => Some(EventKind::MinorFault),
             1 => Some(EventKind::MajorFault),
             2 => Some(EventKind::Syscall),
+            3 => Some(EventKind::Allocation),
             _ => None,
         }
     }
@@ -95,7 +98,7 @@ pub const RECORD_STACK: u32 = 2;
 
 /// How an event's stack is known, as a syscall record carries it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct StackRef {
     /// A [`StackKey::hash`] under `how`; 0 with [`StackRef::NONE`].
     pub hash: u64,

@@ -78,30 +78,41 @@ pub enum Command {
     /// The node daemon: faults, allocation syscalls and OOM kills as Prometheus metrics
     #[command(after_help = SERVE_EXAMPLES)]
     Serve(ServeArgs),
-    /// What processes have mapped and not unmapped (mmap, mremap, brk growth), by the stack
-    /// that mapped it, with its age and how much of it is resident: on a running process, with
-    /// no restart
+    /// What processes have mapped and not unmapped (mmap, mremap, brk growth), or with
+    /// --malloc allocated and not freed, by the stack that did it, with its age: on a running
+    /// process, with no restart
     #[command(after_help = LEAKS_EXAMPLES)]
     Leaks(LeaksArgs),
 }
 
 const LEAKS_EXAMPLES: &str = "\
-OUTPUT (every --interval, and at the end):
-  BYTES in REGIONS regions (RESIDENT resident, oldest AGE) in COMM[PID], then the stack that
-  mapped them, innermost frame first. Only what was mapped since memtrace attached counts: a
-  region mapped before is not a leak it can see. For a COMMAND, the end is what was still
-  mapped when it exited (as heaptrack's \"leaked\").
+OUTPUT (every --interval, and at the end), one paragraph per stack, most bytes first:
+  mappings: BYTES in N regions (RESIDENT resident, oldest AGE) in COMM[PID]
+  --malloc: BYTES in N blocks (oldest AGE, CALLS calls) in COMM[PID]
+  then the stack that mapped or allocated them, innermost frame first. Only what was mapped or
+  allocated since memtrace attached counts. For a COMMAND, the end is what was still mapped or
+  allocated when it exited (heaptrack's \"leaked\"). CALLS: every allocation the stack made,
+  freed or not.
+
+TWO LEVELS:
+  mappings (default)  mmap/munmap/mremap/brk, from their syscalls: large allocations (glibc
+                      serves 128 KiB and more by mmap), arenas, heap growth, file mappings.
+                      Cheap enough to leave on.
+  --malloc            uprobes on the target's own allocator (malloc, calloc, realloc,
+                      reallocarray, free, posix_memalign, aligned_alloc, memalign, valloc,
+                      pvalloc of its libc, or of jemalloc/tcmalloc/mimalloc when it uses one):
+                      every block, exact. Each call traps (~1 us): use --sample or --min-size
+                      on allocation-heavy programs. Descendants of a COMMAND are not followed.
 
 EXAMPLES:
-  sudo memtrace leaks --pid 4242                   # a running service, every 5 s
-  sudo memtrace leaks --min-age 60 --pid 4242      # only what has stayed mapped a minute
-  sudo memtrace leaks -- ./myprog                  # what it still had mapped at exit
-  sudo memtrace leaks --folded -o maps.folded --pid 4242   # bytes per stack, for flame graphs
+  sudo memtrace leaks --pid 4242                   # a running service's mappings, every 5 s
+  sudo memtrace leaks --malloc --pid 4242          # its malloc'ed blocks not yet freed
+  sudo memtrace leaks --malloc --min-age 60 --pid 4242   # only blocks a minute old or more
+  sudo memtrace leaks --malloc --sample 100 --pid 4242   # 1 allocation in 100: cheap
+  sudo memtrace leaks --malloc -- ./myprog         # what it had not freed at exit
+  sudo memtrace leaks --folded -o maps.folded --pid 4242   # bytes per stack, for flame graphs";
 
-This is the mapping level: large allocations (glibc serves 128 KiB and more by mmap), arenas,
-heap growth (brk), file mappings. malloc/free themselves (--malloc, uprobes) come next.";
-
-/// What processes have mapped and not unmapped, by stack.
+/// What processes have mapped (or allocated) and not released, by stack.
 #[derive(Debug, Args)]
 pub struct LeaksArgs {
     /// Trace this running process (repeat for several)
@@ -118,7 +129,7 @@ pub struct LeaksArgs {
           allow_negative_numbers = true)]
     pub duration: Option<Duration>,
 
-    /// Leave out regions mapped less than SECS ago (memleak's -o)
+    /// Leave out regions mapped (or blocks allocated) less than SECS ago (memleak's -o)
     #[arg(long, value_name = "SECS", value_parser = parse_seconds, allow_negative_numbers = true)]
     pub min_age: Option<Duration>,
 
@@ -146,7 +157,32 @@ pub struct LeaksArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_stacks: Option<u32>,
 
-    /// Start COMMAND and trace it with all its descendants; memtrace exits with its status
+    /// Trace the allocator (malloc, free, ...) with uprobes instead of the mappings
+    #[arg(long)]
+    pub malloc: bool,
+
+    /// With --malloc: record one allocation in N, at random (default: every one)
+    #[arg(long, value_name = "N", requires = "malloc",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub sample: Option<u32>,
+
+    /// With --malloc: record only allocations of at least BYTES bytes
+    #[arg(long, value_name = "BYTES", requires = "malloc")]
+    pub min_size: Option<u64>,
+
+    /// With --malloc: the library (or program) whose malloc and free to trace, instead of the
+    /// one the target's own symbol lookup would find
+    #[arg(long, value_name = "PATH", requires = "malloc")]
+    pub allocator: Option<PathBuf>,
+
+    /// With --malloc: live blocks the kernel's table holds at most (default 1048576; 16 bytes
+    /// per block of capacity up front, about 100 more per live block)
+    #[arg(long, value_name = "N", requires = "malloc",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_allocations: Option<u32>,
+
+    /// Start COMMAND and trace it (with all its descendants at the mapping level; only itself
+    /// with --malloc); memtrace exits with its status
     #[arg(last = true, value_name = "COMMAND", conflicts_with = "pids")]
     pub command: Vec<String>,
 }

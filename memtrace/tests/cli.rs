@@ -98,6 +98,14 @@ fn usage_errors_found_by_the_parser_are_exit_2() {
         (&["faults", "--stacks", "--max-stacks", "0"], "--max-stacks"),
         (&["trace", "--kernel-stack"], "required arguments"),
         (&["trace", "--max-stacks", "5"], "required arguments"),
+        (
+            &["leaks", "--sample", "10", "--pid", "1"],
+            "required arguments",
+        ),
+        (
+            &["leaks", "--malloc", "--sample", "0", "--pid", "1"],
+            "--sample",
+        ),
     ];
     for (args, needle) in cases {
         let out = unprivileged(args);
@@ -219,10 +227,16 @@ fn a_command_that_cannot_run_is_exit_126_or_127() {
     let not_executable = scratch("not-executable");
     fs::write(&not_executable, "#!/bin/sh\n").unwrap();
     fs::set_permissions(&not_executable, fs::Permissions::from_mode(0o644)).unwrap();
-    for subcommand in ["faults", "trace"] {
-        let out = run_memtrace(&[subcommand, "--", "/memtrace/no/such/command"]);
+    for subcommand in ["faults", "trace", "leaks --malloc"] {
+        let subcommand: Vec<&str> = subcommand.split(' ').collect();
+        let run = |command: &str| {
+            let mut args = subcommand.clone();
+            args.extend(["--", command]);
+            run_memtrace(&args)
+        };
+        let out = run("/memtrace/no/such/command");
         assert_one_line(&out, 127, "cannot run `/memtrace/no/such/command`");
-        let out = run_memtrace(&[subcommand, "--", not_executable.to_str().unwrap()]);
+        let out = run(not_executable.to_str().unwrap());
         assert_one_line(&out, 126, "Permission denied");
     }
 }

@@ -13,14 +13,17 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the privileged tests use, by the binary that shows each is there: bpftool
 /// lists loaded programs, strace is the reference for syscall tracing, Prometheus scrapes the
 /// daemon (and its promtool checks the exposition), systemd-analyze verifies the unit,
-/// bpftrace counts the same kernel events as `pressure` independently.
-const PACKAGES: [(&str, &str); 6] = [
+/// bpftrace counts the same kernel events as `pressure` independently, heaptrack is the
+/// reference for `leaks --malloc`.
+const PACKAGES: [(&str, &str); 8] = [
     ("bpftool", "bpftool"),
     ("strace", "strace"),
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
     ("systemd-analyze", "systemd"),
     ("bpftrace", "bpftrace"),
+    ("heaptrack", "heaptrack"),
+    ("heaptrack_print", "heaptrack"),
 ];
 
 /// The Kubernetes schema validator the deployment test uses (schemas bundled: works offline).

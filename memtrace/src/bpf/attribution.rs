@@ -3,23 +3,17 @@
 //! (`crate::stacks`).
 
 use anyhow::Context as _;
-use aya::{
-    Ebpf,
-    maps::{MapData, RingBuf},
-};
+use aya::{Ebpf, maps::MapData};
 use memtrace_common::{
     DropSource, globals, maps,
     stacks::{MappingCount, MappingKey, VmaLayout, attribute_by},
 };
-use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{
     Config, Loaded, MIN_RING_BYTES, Object,
-    stacks::StackTables,
     targets::{self, Filter},
     tracepoints::Tracepoints,
 };
-use crate::stacks::{KernelCounts, Teach};
 
 /// What the object loses.
 pub const LOSSES: [DropSource; 3] = [
@@ -83,57 +77,6 @@ pub fn load(options: &Options) -> anyhow::Result<Loaded> {
         targets::attach_fork_follower(&mut ebpf, &mut tracepoints)?;
     }
     Ok(Loaded { ebpf, tracepoints })
-}
-
-/// The ring it sends stacks over and the tables userspace writes, taken out of the object.
-pub struct Tables {
-    snapshots: AsyncFd<RingBuf<MapData>>,
-    pub stacks: StackTables,
-}
-
-impl Tables {
-    pub fn open(ebpf: &mut Ebpf) -> anyhow::Result<Tables> {
-        let ring = ebpf
-            .take_map(maps::STACK_SNAPSHOTS)
-            .context("the BPF object has no STACK_SNAPSHOTS map")?;
-        let ring = RingBuf::try_from(ring).context("STACK_SNAPSHOTS map")?;
-        // SAFETY: the AsyncFd owns the ring buffer, and with it the map's descriptor, for its
-        // whole life.
-        let snapshots = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(|err| err.into_parts().1)
-            .context("watch the STACK_SNAPSHOTS ring buffer")?;
-        Ok(Tables {
-            snapshots,
-            stacks: StackTables::open(ebpf)?,
-        })
-    }
-
-    /// Resolves when snapshots are waiting.
-    pub async fn readable(&mut self) -> anyhow::Result<()> {
-        let mut guard = self
-            .snapshots
-            .readable_mut()
-            .await
-            .context("wait for STACK_SNAPSHOTS")?;
-        guard.clear_ready();
-        Ok(())
-    }
-
-    /// Hands every waiting snapshot to `each`, with the tables to teach; returns how many.
-    pub fn drain(&mut self, mut each: impl FnMut(&[u8], &mut dyn Teach)) -> usize {
-        let ring = self.snapshots.get_mut();
-        let mut n = 0;
-        while let Some(item) = ring.next() {
-            each(&item, &mut self.stacks);
-            n += 1;
-        }
-        n
-    }
-
-    /// Everything the kernel counted per stack.
-    pub fn counts(&self) -> anyhow::Result<KernelCounts> {
-        self.stacks.counts()
-    }
 }
 
 /// Where the kernel keeps what a mapping is, from its BTF; `None` if a field is missing.

@@ -8,6 +8,7 @@
 //! kernel. Every program, link and map is owned by file descriptors of this process, never
 //! pinned: whatever way memtrace ends, even SIGKILL, the kernel releases them with the process.
 
+pub mod allocs;
 pub mod attribution;
 pub mod drops;
 pub mod faults;
@@ -37,6 +38,7 @@ pub enum Object {
     Oom,
     Pressure,
     Attribution,
+    Allocs,
 }
 
 impl Object {
@@ -47,6 +49,7 @@ impl Object {
             Object::Oom => objects::OOM,
             Object::Pressure => objects::PRESSURE,
             Object::Attribution => objects::ATTRIBUTION,
+            Object::Allocs => objects::ALLOCS,
         }
     }
 
@@ -63,6 +66,7 @@ impl Object {
             Object::Attribution => {
                 aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/attribution"))
             }
+            Object::Allocs => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/allocs")),
         }
     }
 }

@@ -1,16 +1,17 @@
 //! The stack tables an object that identifies user stacks shares with userspace (the kernel
-//! module `stacks` of the `attribution` and `syscalls` objects): recipes and confirmed stacks
-//! that userspace writes, and the counts it reads.
+//! module `stacks` of the `attribution`, `syscalls` and `allocs` objects): recipes and confirmed
+//! stacks that userspace writes, the counts it reads, and the ring stacks come whole over.
 
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData},
+    maps::{HashMap, MapData, RingBuf},
 };
 use memtrace_common::{
     maps,
     stacks::{Recipe, SiteKey, StackKey},
 };
+use tokio::io::{Interest, unix::AsyncFd};
 
 use super::Config;
 use crate::stacks::{KernelCounts, Teach};
@@ -68,6 +69,57 @@ impl StackTables {
             super::deleted(self.recipes.remove(site)).context("delete from STACK_RECIPES")?;
         }
         Ok(())
+    }
+}
+
+/// The ring an object sends stacks over and the tables userspace writes, taken out of it.
+pub struct SnapshotTables {
+    snapshots: AsyncFd<RingBuf<MapData>>,
+    pub stacks: StackTables,
+}
+
+impl SnapshotTables {
+    pub fn open(ebpf: &mut Ebpf) -> anyhow::Result<SnapshotTables> {
+        let ring = ebpf
+            .take_map(maps::STACK_SNAPSHOTS)
+            .context("the BPF object has no STACK_SNAPSHOTS map")?;
+        let ring = RingBuf::try_from(ring).context("STACK_SNAPSHOTS map")?;
+        // SAFETY: the AsyncFd owns the ring buffer, and with it the map's descriptor, for its
+        // whole life.
+        let snapshots = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|err| err.into_parts().1)
+            .context("watch the STACK_SNAPSHOTS ring buffer")?;
+        Ok(SnapshotTables {
+            snapshots,
+            stacks: StackTables::open(ebpf)?,
+        })
+    }
+
+    /// Resolves when snapshots are waiting.
+    pub async fn readable(&mut self) -> anyhow::Result<()> {
+        let mut guard = self
+            .snapshots
+            .readable_mut()
+            .await
+            .context("wait for STACK_SNAPSHOTS")?;
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Hands every waiting snapshot to `each`, with the tables to teach; returns how many.
+    pub fn drain(&mut self, mut each: impl FnMut(&[u8], &mut dyn Teach)) -> usize {
+        let ring = self.snapshots.get_mut();
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            each(&item, &mut self.stacks);
+            n += 1;
+        }
+        n
+    }
+
+    /// Everything the kernel counted per stack.
+    pub fn counts(&self) -> anyhow::Result<KernelCounts> {
+        self.stacks.counts()
     }
 }
 

@@ -17,8 +17,9 @@ use crate::{
     aggregate::faults::Counts,
     bpf::{
         self, Loaded,
-        attribution::{self, By, Tables},
+        attribution::{self, By},
         faults::Sample,
+        stacks::SnapshotTables,
         targets::{Filter, TargetTable as _},
     },
     cli::FaultsBy,
@@ -43,7 +44,7 @@ const SNAPSHOT_RING_BYTES: u32 = 32 << 20;
 /// The object and what was learnt from it.
 pub struct Attributed {
     pub loaded: Loaded,
-    tables: Tables,
+    tables: SnapshotTables,
     by: FaultsBy,
     stacks: Stacks,
     /// Each process's mappings as last read, to name the mappings the kernel counted.
@@ -80,7 +81,7 @@ impl Attributed {
             max_stacks,
             ring_bytes: SNAPSHOT_RING_BYTES,
         })?;
-        let tables = Tables::open(&mut loaded.ebpf)?;
+        let tables = SnapshotTables::open(&mut loaded.ebpf)?;
         Ok(Attributed {
             loaded,
             tables,

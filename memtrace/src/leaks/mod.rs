@@ -1,5 +1,7 @@
-//! `memtrace leaks`, mapping level: what each process has mapped and not unmapped since
-//! tracing began, grouped by the stack that mapped it.
+//! `memtrace leaks`: what each process has mapped and not unmapped (the mapping level), or
+//! allocated and not freed (`--malloc`), since tracing began, grouped by the stack that did it.
 
+pub mod allocator;
+pub mod blocks;
 pub mod regions;
 pub mod resident;

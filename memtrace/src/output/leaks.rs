@@ -1,5 +1,6 @@
-//! The records of a `memtrace leaks` report: a start, the outstanding mappings per stack every
-//! interval, and the same at the end (for a command: what it still had mapped when it exited).
+//! The records of a `memtrace leaks` report: a start, the outstanding mappings (or, with
+//! `--malloc`, blocks) per stack every interval, and the same at the end (for a command: what
+//! it still had when it exited).
 
 use std::io::{self, Write};
 
@@ -13,35 +14,85 @@ use super::{
 };
 use crate::stacks::{StackLosses, symbols::Named};
 
+/// What `leaks` follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Mapped regions, from the allocation syscalls.
+    Mappings,
+    /// The allocator's blocks (`--malloc`).
+    Malloc,
+}
+
+/// The allocator traced with `--malloc`, per process.
+#[derive(Serialize)]
+pub struct TracedAllocator {
+    pub pid: u32,
+    /// The file its functions are in, as the process sees it.
+    pub file: String,
+    pub functions: Vec<&'static str>,
+}
+
 /// What is watched, told once at the start.
 #[derive(Serialize)]
 pub struct Start {
     #[serde(flatten)]
     pub targets: Targets,
     pub interval_s: f64,
+    pub level: Level,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allocators: Vec<TracedAllocator>,
+    /// `--sample N`: one allocation in N is recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample: Option<u32>,
 }
 
 impl Record for Start {
     const TYPE: &'static str = "start";
 
     fn human(&self, _out: &mut dyn Write) -> io::Result<()> {
-        eprintln!(
-            "memtrace: watching what {} maps and keeps (Ctrl-C to stop)",
-            self.targets.description
-        );
+        match self.level {
+            Level::Mappings => eprintln!(
+                "memtrace: watching what {} maps and keeps (Ctrl-C to stop)",
+                self.targets.description
+            ),
+            Level::Malloc => {
+                eprintln!(
+                    "memtrace: watching what {} allocates and does not free (Ctrl-C to stop)",
+                    self.targets.description
+                );
+                for allocator in &self.allocators {
+                    eprintln!(
+                        "memtrace: pid {}: {} ({})",
+                        allocator.pid,
+                        allocator.file,
+                        allocator.functions.join(", ")
+                    );
+                }
+                if let Some(n) = self.sample {
+                    eprintln!("memtrace: recording one allocation in {n}, at random");
+                }
+            }
+        }
         Ok(())
     }
 }
 
-/// One process's outstanding regions mapped by one stack.
+/// One process's outstanding regions (or blocks) from one stack.
 #[derive(Serialize)]
 pub struct LeakRow {
     pub pid: u32,
     pub comm: String,
     pub bytes: u64,
-    pub regions: u64,
-    /// Resident bytes of those regions (`null` once the process has exited).
-    pub resident_bytes: Option<u64>,
+    /// Regions mapped (mapping level).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub regions: Option<u64>,
+    /// Blocks allocated (`--malloc`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<u64>,
+    /// Mapping level: resident bytes of the regions (`null` once the process has exited).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resident_bytes: Option<Option<u64>>,
     /// Age of the oldest, in seconds.
     pub oldest_s: f64,
     /// Innermost frame first; empty when the stack could not be known.
@@ -49,7 +100,24 @@ pub struct LeakRow {
     pub complete: bool,
 }
 
-/// The outstanding mappings, most bytes first.
+/// What the allocator programs saw (`--malloc`), since attaching.
+#[derive(Serialize)]
+pub struct MallocCounts {
+    /// Calls that returned a block.
+    pub allocations: u64,
+    /// Of those, recorded (the others: sampled out, smaller than --min-size, or dropped).
+    pub recorded: u64,
+    /// Calls that returned no block.
+    pub failed: u64,
+    pub frees: u64,
+    /// Frees of blocks memtrace did not record: allocated before it attached, sampled out,
+    /// smaller than --min-size, or dropped.
+    pub unmatched_frees: u64,
+    /// Kernel bytes of the live-blocks table.
+    pub table_bytes: Option<u64>,
+}
+
+/// The outstanding mappings (or blocks), most bytes first.
 #[derive(Serialize)]
 pub struct Leaks<'a> {
     #[serde(serialize_with = "unix_seconds")]
@@ -57,8 +125,16 @@ pub struct Leaks<'a> {
     /// The last report: at the end of tracing (for a command, its state when it exited).
     #[serde(rename = "final")]
     pub last: bool,
+    pub level: Level,
     pub total_bytes: u64,
-    pub total_regions: u64,
+    /// Mapping level: regions in all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_regions: Option<u64>,
+    /// `--malloc`: blocks in all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_blocks: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub malloc: Option<MallocCounts>,
     /// Every stack with regions outstanding (the table shows `shown`).
     pub stacks: Vec<LeakRow>,
     pub losses: StackLosses,
@@ -68,6 +144,15 @@ pub struct Leaks<'a> {
     pub dropped: &'a [(DropSource, u64)],
     #[serde(skip)]
     pub shown: usize,
+}
+
+/// Bytes for people: exact below 10 KiB (small blocks matter), else in KiB or more.
+fn size_bytes(bytes: u64) -> String {
+    if bytes < 10 * 1024 {
+        format!("{bytes} B")
+    } else {
+        size_kb(bytes / 1024)
+    }
 }
 
 impl Leaks<'_> {
@@ -90,21 +175,29 @@ impl Record for Leaks<'_> {
         } else {
             self.timestamp.local_hms()
         };
+        let (done, count, unit) = match self.level {
+            Level::Mappings => ("mapped and kept", self.total_regions, "regions"),
+            Level::Malloc => ("allocated and not freed", self.total_blocks, "blocks"),
+        };
         writeln!(
             out,
-            "\n{when}: {} mapped and kept in {} regions",
-            size_kb(self.total_bytes / 1024),
-            self.total_regions
+            "\n{when}: {} {done} in {} {unit}",
+            size_bytes(self.total_bytes),
+            count.unwrap_or_default(),
         )?;
         for row in self.stacks.iter().take(self.shown) {
-            let resident = row
-                .resident_bytes
-                .map_or_else(|| "-".to_owned(), |bytes| size_kb(bytes / 1024));
+            let detail = match row.resident_bytes {
+                Some(resident) => {
+                    let resident = resident.map_or_else(|| "-".to_owned(), size_bytes);
+                    format!("{resident} resident, ")
+                }
+                None => String::new(),
+            };
             writeln!(
                 out,
-                "\n{} in {} regions ({resident} resident, oldest {:.1} s) in {}[{}]",
-                size_kb(row.bytes / 1024),
-                row.regions,
+                "\n{} in {} {unit} ({detail}oldest {:.1} s) in {}[{}]",
+                size_bytes(row.bytes),
+                row.regions.or(row.blocks).unwrap_or_default(),
                 row.oldest_s,
                 row.comm,
                 row.pid
@@ -117,6 +210,20 @@ impl Record for Leaks<'_> {
             self.shown,
             "stacks (--json lists all)",
         )?;
+        if let Some(counts) = &self.malloc
+            && self.last
+        {
+            writeln!(
+                out,
+                "\n{} allocations ({} recorded, {} failed), {} frees ({} of blocks allocated \
+                 before attaching or not recorded)",
+                counts.allocations,
+                counts.recorded,
+                counts.failed,
+                counts.frees,
+                counts.unmatched_frees
+            )?;
+        }
         for &(source, n) in self.dropped {
             if n > 0 {
                 writeln!(out, "dropped: {n} ({})", source.name())?;

@@ -107,6 +107,11 @@ impl Session {
         Ok(())
     }
 
+    /// Watches a command started by the caller (`spawn::spawn_held`) as the session's own.
+    pub fn adopt(&mut self, command: spawn::Spawned) {
+        self.watched.command = Some(command);
+    }
+
     /// Runs `job` until an ending, then finishes as the module says; returns memtrace's exit
     /// status: the command's, when it ran one to its end, else success.
     pub async fn run(mut self, mut job: impl Job) -> anyhow::Result<u8> {

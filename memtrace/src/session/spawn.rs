@@ -6,7 +6,18 @@
 //! `fork()`, before it runs a single instruction. No window is missed, and nothing has to be
 //! stopped and resumed.
 
-use std::{io, process::Command};
+use std::{
+    ffi::CString,
+    io::{self, Read as _, Write as _},
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::{ffi::OsStrExt as _, fs::PermissionsExt as _},
+    },
+    path::PathBuf,
+    process::Command,
+};
+
+use anyhow::Context as _;
 
 use memtrace_common::targets::TargetFlags;
 
@@ -66,6 +77,143 @@ pub fn spawn_as_target(table: &mut dyn TargetTable, argv: &[String]) -> anyhow::
         );
     }
     Ok(spawned)
+}
+
+/// A command forked but held before its `exec`, so that what is attached to its pid (uprobes,
+/// `leaks --malloc`) is in place before its first instruction. Between `fork` and `exec` the
+/// child only reads a pipe, resets its signals and execs: nothing that allocates.
+pub struct Held {
+    pid: u32,
+    pidfd: PidFd,
+    command: String,
+    /// Written (or closed) to let the child go on.
+    gate: OwnedFd,
+    /// Closed by a successful `exec`; carries its errno otherwise.
+    exec_errors: OwnedFd,
+}
+
+/// Forks `argv`, held before `exec` until [`Held::release`].
+pub fn spawn_held(argv: &[String]) -> anyhow::Result<Held> {
+    let (program, _) = argv
+        .split_first()
+        .ok_or_else(|| Failure::Usage("empty command after `--`".into()))?;
+    let path = resolve_program(program)?;
+    let cstring = |text: &[u8]| {
+        CString::new(text).map_err(|_| Failure::Usage(format!("a NUL byte in `{program}`")))
+    };
+    let path_c = cstring(path.as_os_str().as_bytes())?;
+    let args: Vec<CString> = argv
+        .iter()
+        .map(|arg| cstring(arg.as_bytes()))
+        .collect::<Result<_, _>>()?;
+    let mut arg_ptrs: Vec<*const libc::c_char> = args.iter().map(|arg| arg.as_ptr()).collect();
+    arg_ptrs.push(std::ptr::null());
+    let (gate_read, gate) = pipe()?;
+    let (exec_errors, errors_write) = pipe()?;
+    // SAFETY: the child runs only async-signal-safe calls (read, signal, sigprocmask, execv,
+    // write, _exit) on memory prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error()).context("fork the command");
+    }
+    if pid == 0 {
+        // SAFETY: as above; every pointer was built before the fork and stays valid.
+        unsafe {
+            let mut byte = 0u8;
+            if libc::read(gate_read.as_raw_fd(), (&raw mut byte).cast(), 1) != 1 {
+                libc::_exit(exit_code::RUNTIME as i32);
+            }
+            // Rust ignores SIGPIPE, and an ignored signal stays ignored across exec.
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            libc::execv(path_c.as_ptr(), arg_ptrs.as_ptr());
+            let errno = *libc::__errno_location();
+            libc::write(errors_write.as_raw_fd(), (&raw const errno).cast(), 4);
+            libc::_exit(exit_code::COMMAND_NOT_EXECUTABLE as i32);
+        }
+    }
+    drop((gate_read, errors_write));
+    let pid = pid as u32;
+    let pidfd = PidFd::open(pid).context("open the command's pidfd")?;
+    Ok(Held {
+        pid,
+        pidfd,
+        command: program.clone(),
+        gate,
+        exec_errors,
+    })
+}
+
+impl Held {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Lets the command run its `exec`; fails as a shell would if it cannot.
+    pub fn release(self) -> anyhow::Result<Spawned> {
+        let Held {
+            pid: _,
+            pidfd,
+            command,
+            gate,
+            exec_errors,
+        } = self;
+        let mut gate = std::fs::File::from(gate);
+        gate.write_all(&[1]).context("release the command")?;
+        drop(gate);
+        let mut errno = [0u8; 4];
+        let read = std::fs::File::from(exec_errors)
+            .read(&mut errno)
+            .unwrap_or(0);
+        if read == 4 {
+            let err = io::Error::from_raw_os_error(i32::from_ne_bytes(errno));
+            let _ = Spawned { pidfd }.reap();
+            return Err(Failure::CommandFailed {
+                command,
+                reason: err.to_string(),
+                code: exit_code::COMMAND_NOT_EXECUTABLE,
+            }
+            .into());
+        }
+        Ok(Spawned { pidfd })
+    }
+}
+
+/// The file `program` names, searched in `PATH` as a shell does when it has no slash.
+pub fn resolve_program(program: &str) -> Result<PathBuf, Failure> {
+    let not_found = || Failure::CommandFailed {
+        command: program.to_owned(),
+        reason: "not found".into(),
+        code: exit_code::COMMAND_NOT_FOUND,
+    };
+    if program.contains('/') {
+        let path = PathBuf::from(program);
+        return match path.exists() {
+            true => Ok(path),
+            false => Err(not_found()),
+        };
+    }
+    let paths = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join(program))
+        .find(|path| {
+            path.metadata()
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        })
+        .ok_or_else(not_found)
+}
+
+/// A pipe whose ends close on `exec`.
+fn pipe() -> anyhow::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: a valid two-int buffer.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error()).context("create a pipe");
+    }
+    // SAFETY: the kernel just handed us both descriptors; nothing else owns them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 impl Spawned {

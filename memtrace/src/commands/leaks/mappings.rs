@@ -3,19 +3,14 @@
 //! outstanding regions; every interval, and at the end, the regions per stack with their bytes,
 //! age and resident share.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    path::PathBuf,
-    time::Duration,
-};
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Context as _;
-use memtrace_common::{
-    DropSource, stacks::MAX_STACKS, syscalls::MAX_PENDING_TARGETED, targets::TargetFlags,
-};
+use memtrace_common::{DropSource, syscalls::MAX_PENDING_TARGETED, targets::TargetFlags};
 use tokio::time::{Interval, MissedTickBehavior, interval, interval_at};
 
-use super::call_stacks::CallStacks;
+use super::{LeaksConfig, POLL, monotonic_ns};
+use crate::commands::call_stacks::CallStacks;
 use crate::{
     bpf::{
         self, Loaded,
@@ -23,24 +18,18 @@ use crate::{
         targets::TargetTable,
         tracepoints::Release,
     },
-    cli::LeaksArgs,
-    error::Failure,
     leaks::{regions::Regions, resident},
     output::{
-        Format, Sink, Timestamp,
-        leaks::{LeakRow, Leaks, Start},
+        Sink, Timestamp,
+        leaks::{LeakRow, Leaks, Level, Start},
     },
-    session::{self, End, Ending, Job, Session, Target},
-    stacks::{StackId, folded},
+    session::{End, Ending, Job, Session, Target},
+    stacks::StackId,
     syscalls::{Call, Syscall},
 };
 
-/// How often the ring is drained when the kernel has not signalled a backlog.
-const POLL: Duration = Duration::from_millis(20);
 /// Records handled before the loop looks at signals and timers again.
 const BATCH: usize = 65_536;
-/// Stacks per report by default.
-const DEFAULT_TOP: usize = 10;
 /// The calls that map and unmap.
 const SYSCALLS: [Syscall; 4] = [
     Syscall::Mmap,
@@ -53,55 +42,7 @@ const PAGE: u64 = 4096;
 /// mremap's flag that leaves the old range mapped.
 const MREMAP_DONTUNMAP: u64 = 4;
 
-/// Validated `leaks` flags.
-#[derive(Clone, Debug)]
-pub struct LeaksConfig {
-    pub session: session::Options,
-    pub interval: Duration,
-    pub min_age: Duration,
-    pub top: usize,
-    pub flamegraph: Option<PathBuf>,
-    pub max_stacks: u32,
-}
-
-impl TryFrom<LeaksArgs> for LeaksConfig {
-    type Error = Failure;
-
-    fn try_from(args: LeaksArgs) -> Result<Self, Failure> {
-        let target = Target::from_flags(args.command, None, args.pids)?;
-        if target == Target::System {
-            return Err(Failure::Usage(
-                "leaks needs --pid PID or a COMMAND: every process's mappings would be too much"
-                    .into(),
-            ));
-        }
-        let format = Format::of_stacks(args.folded, args.json, args.flamegraph.as_deref())?;
-        Ok(LeaksConfig {
-            session: session::Options {
-                target,
-                format,
-                output: args.output,
-                duration: args.duration,
-            },
-            interval: args.interval,
-            min_age: args.min_age.unwrap_or_default(),
-            top: args.top.map_or(DEFAULT_TOP, |top| {
-                usize::try_from(top).unwrap_or(usize::MAX)
-            }),
-            flamegraph: args.flamegraph,
-            max_stacks: args.max_stacks.unwrap_or(MAX_STACKS),
-        })
-    }
-}
-
-pub async fn execute(args: LeaksArgs) -> anyhow::Result<u8> {
-    let config = LeaksConfig::try_from(args)?;
-    let mut session = Session::open(&config.session)?;
-    let job = LeaksJob::start(&config, &mut session)?;
-    session.run(job).await
-}
-
-struct LeaksJob<'a> {
+pub struct LeaksJob<'a> {
     config: &'a LeaksConfig,
     loaded: Loaded,
     records: Records,
@@ -112,13 +53,13 @@ struct LeaksJob<'a> {
     report: Interval,
 }
 
-enum Wake {
+pub enum Wake {
     Records,
     Report,
 }
 
 impl<'a> LeaksJob<'a> {
-    fn start(config: &'a LeaksConfig, session: &mut Session) -> anyhow::Result<LeaksJob<'a>> {
+    pub fn start(config: &'a LeaksConfig, session: &mut Session) -> anyhow::Result<LeaksJob<'a>> {
         let follow = matches!(config.session.target, Target::Command(_));
         let mut loaded = bpf::syscalls::load(&Options {
             syscalls: SYSCALLS.to_vec(),
@@ -151,6 +92,9 @@ impl<'a> LeaksJob<'a> {
         let start = Start {
             targets: session.targets(config.session.target.describe()),
             interval_s: config.interval.as_secs_f64(),
+            level: Level::Mappings,
+            allocators: Vec::new(),
+            sample: None,
         };
         session.sink().emit(&start).context("write the report")?;
         let mut poll = interval(POLL);
@@ -230,9 +174,10 @@ impl<'a> LeaksJob<'a> {
                     pid,
                     comm: comm.clone(),
                     bytes,
-                    regions: count,
+                    regions: Some(count),
+                    blocks: None,
                     // None once the process has gone (its smaps with it).
-                    resident_bytes,
+                    resident_bytes: Some(resident_bytes),
                     oldest_s: now.saturating_sub(born) as f64 / 1e9,
                     stack: frames,
                     complete,
@@ -249,8 +194,11 @@ impl<'a> LeaksJob<'a> {
         let record = Leaks {
             timestamp: Timestamp::now(),
             last,
+            level: Level::Mappings,
             total_bytes: rows.iter().map(|row| row.bytes).sum(),
-            total_regions: rows.iter().map(|row| row.regions).sum(),
+            total_regions: Some(rows.iter().filter_map(|row| row.regions).sum()),
+            total_blocks: None,
+            malloc: None,
             stacks: rows,
             losses: self.stacks.losses(),
             unknown_stacks: self.stacks.unknown(),
@@ -259,13 +207,7 @@ impl<'a> LeaksJob<'a> {
         };
         sink.emit(&record)?;
         if last && let Some(path) = &self.config.flamegraph {
-            folded::flamegraph(
-                &record.folded_lines(),
-                "Bytes mapped and kept, by stack",
-                "bytes",
-                path,
-            )
-            .with_context(|| format!("draw the flame graph into {}", path.display()))?;
+            super::draw(&record, path)?;
         }
         sink.flush()?;
         Ok(())
@@ -307,15 +249,6 @@ fn apply(regions: &mut Regions, call: &Call, stack: Option<StackId>) {
         },
         _ => {}
     }
-}
-
-/// CLOCK_MONOTONIC now, in nanoseconds: the clock of the kernel's timestamps.
-fn monotonic_ns() -> u64 {
-    // SAFETY: all-zero is a valid timespec; clock_gettime only writes into it.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid clock id and a pointer to a timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 impl Job for LeaksJob<'_> {

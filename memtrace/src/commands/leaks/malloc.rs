@@ -1,0 +1,275 @@
+//! `memtrace leaks --malloc`: uprobes on each target's allocator keep its live blocks in a
+//! kernel table (`bpf::allocs`); every interval, and at the end, the table is read in batches
+//! and summed per process and stack. Only each new stack's first copy crosses the ring.
+
+use std::collections::HashMap;
+
+use anyhow::Context as _;
+use memtrace_common::stacks::EventKind;
+use tokio::time::{Interval, MissedTickBehavior, interval, interval_at};
+
+use super::{LeaksConfig, MallocOptions, POLL, monotonic_ns};
+use crate::{
+    bpf::allocs::{Allocs, Options},
+    leaks::{
+        allocator::{self, Allocator},
+        blocks::{self, Outstanding},
+    },
+    output::{
+        Sink, Timestamp,
+        leaks::{LeakRow, Leaks, Level, MallocCounts, Start, TracedAllocator},
+    },
+    session::{End, Ending, Job, Session, Target, spawn, targets::shell_words},
+    stacks::{StackId, Stacks, symbols::Symbols},
+};
+
+pub struct MallocJob<'a> {
+    config: &'a LeaksConfig,
+    allocs: Allocs,
+    stacks: Stacks,
+    symbols: Symbols,
+    /// Each target and the allocator traced in it.
+    traced: Vec<(u32, Allocator)>,
+    /// A started command's pid, until its mappings show the allocator traced is its own.
+    unchecked: Option<u32>,
+    poll: Interval,
+    report: Interval,
+}
+
+pub enum Wake {
+    Snapshots,
+    Report,
+}
+
+impl<'a> MallocJob<'a> {
+    pub fn start(
+        config: &'a LeaksConfig,
+        options: &MallocOptions,
+        session: &mut Session,
+    ) -> anyhow::Result<MallocJob<'a>> {
+        let mut allocs = Allocs::load(&Options {
+            max_allocations: options.max_allocations,
+            max_stacks: config.max_stacks,
+            min_size: options.min_size,
+            sample: options.sample,
+        })?;
+        let forced = options.allocator.as_deref();
+        let mut traced = Vec::new();
+        let mut unchecked = None;
+        match &config.session.target {
+            Target::Command(argv) => {
+                let program = argv.first().map(String::as_str).unwrap_or_default();
+                let path = spawn::resolve_program(program)?;
+                let allocator = allocator::of_program(forced.unwrap_or(&path), forced.is_some())?;
+                let held = spawn::spawn_held(argv)?;
+                allocs.attach(held.pid(), &allocator)?;
+                unchecked = Some(held.pid());
+                traced.push((held.pid(), allocator));
+                session.adopt(held.release()?);
+            }
+            _ => {
+                for pid in session.watched().pids() {
+                    let allocator = allocator::of_process(pid, forced)?;
+                    allocs.attach(pid, &allocator)?;
+                    traced.push((pid, allocator));
+                }
+            }
+        }
+        let description = match &config.session.target {
+            // Uprobes go on the command's own pid: its children are not followed.
+            Target::Command(argv) => ("command", format!("`{}`", shell_words(argv))),
+            target => target.describe(),
+        };
+        let start = Start {
+            targets: session.targets(description),
+            interval_s: config.interval.as_secs_f64(),
+            level: Level::Malloc,
+            allocators: traced
+                .iter()
+                .map(|(pid, allocator)| TracedAllocator {
+                    pid: *pid,
+                    file: allocator.shown.clone(),
+                    functions: allocator.functions.iter().map(|f| f.name).collect(),
+                })
+                .collect(),
+            sample: (options.sample > 1).then_some(options.sample),
+        };
+        session.sink().emit(&start).context("write the report")?;
+        let mut poll = interval(POLL);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let first = tokio::time::Instant::now() + config.interval;
+        let mut report = interval_at(first, config.interval);
+        report.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Ok(MallocJob {
+            config,
+            allocs,
+            stacks: Stacks::default(),
+            symbols: Symbols::default(),
+            traced,
+            unchecked,
+            poll,
+            report,
+        })
+    }
+
+    /// Learns the new stacks waiting; returns how many.
+    fn drain(&mut self) -> usize {
+        let MallocJob { allocs, stacks, .. } = self;
+        allocs.snapshots.drain(|bytes, teach| {
+            stacks.take(bytes, teach);
+        })
+    }
+
+    /// Warns once if a started command turns out not to use the allocator traced (it maps
+    /// another C library, or loads an allocator library of its own).
+    fn check_command(&mut self) {
+        let Some(pid) = self.unchecked else { return };
+        let Ok(maps) = crate::stacks::maps::read(pid) else {
+            return;
+        };
+        self.unchecked = None;
+        let Some((_, traced)) = self.traced.iter().find(|(p, _)| *p == pid) else {
+            return;
+        };
+        let own = allocator::of_process(pid, None);
+        let maps_it = maps.iter().any(|m| m.inode == traced.inode);
+        match own {
+            Ok(own) if own.inode != traced.inode || !maps_it => log::warn!(
+                "the command (pid {pid}) allocates with {}, not {}: its blocks are not seen; \
+                 name it with --allocator",
+                own.shown,
+                traced.shown
+            ),
+            _ => {}
+        }
+    }
+
+    /// The live blocks per process and stack, most bytes first; and the blocks whose stack is
+    /// not known.
+    fn rows(&mut self) -> anyhow::Result<(Vec<LeakRow>, u64)> {
+        let now = monotonic_ns();
+        let min_age_ns = u64::try_from(self.config.min_age.as_nanos()).unwrap_or(u64::MAX);
+        let table = self.allocs.blocks()?;
+        let execs = self.allocs.execs()?;
+        let (sums, stale) = blocks::sum(&table, now, min_age_ns, &execs);
+        self.allocs.forget(&stale)?;
+        let mut per_stack: HashMap<(u32, Option<StackId>), Outstanding> = HashMap::new();
+        for ((pid, stack), outstanding) in sums {
+            let id = self.stacks.lookup(pid, EventKind::Allocation, stack);
+            per_stack.entry((pid, id)).or_default().add(&outstanding);
+        }
+        let mut unknown = 0;
+        let mut rows = Vec::with_capacity(per_stack.len());
+        for ((pid, id), outstanding) in per_stack {
+            let (stack, complete) = match id {
+                Some(id) => (self.named(id), self.stacks.stack(id).complete),
+                None => {
+                    unknown += outstanding.blocks;
+                    (Vec::new(), false)
+                }
+            };
+            rows.push(LeakRow {
+                pid,
+                comm: self.comm(pid),
+                bytes: outstanding.bytes,
+                regions: None,
+                blocks: Some(outstanding.blocks),
+                resident_bytes: None,
+                oldest_s: now.saturating_sub(outstanding.oldest_ns) as f64 / 1e9,
+                stack,
+                complete,
+            });
+        }
+        rows.sort_by(|a, b| {
+            b.bytes
+                .cmp(&a.bytes)
+                .then(a.pid.cmp(&b.pid))
+                .then(b.oldest_s.total_cmp(&a.oldest_s))
+        });
+        Ok((rows, unknown))
+    }
+
+    fn named(&mut self, id: StackId) -> Vec<crate::stacks::symbols::Named> {
+        let frames = &self.stacks.stack(id).frames;
+        self.symbols.resolve(self.stacks.modules(), frames);
+        frames
+            .iter()
+            .map(|frame| self.symbols.named(frame))
+            .collect()
+    }
+
+    fn comm(&self, pid: u32) -> String {
+        self.stacks
+            .comm(pid)
+            .map(str::to_owned)
+            .or_else(|| crate::procfs::read_comm(pid, None))
+            .unwrap_or_default()
+    }
+
+    fn emit(&mut self, sink: &mut Sink, last: bool) -> anyhow::Result<()> {
+        let (rows, unknown) = self.rows()?;
+        let stats = self.allocs.stats()?;
+        let dropped = self.allocs.drops()?;
+        let record = Leaks {
+            timestamp: Timestamp::now(),
+            last,
+            level: Level::Malloc,
+            total_bytes: rows.iter().map(|row| row.bytes).sum(),
+            total_regions: None,
+            total_blocks: Some(rows.iter().filter_map(|row| row.blocks).sum()),
+            malloc: Some(MallocCounts {
+                allocations: stats.allocations,
+                recorded: stats.recorded,
+                failed: stats.failed,
+                frees: stats.frees,
+                unmatched_frees: stats.unmatched_frees,
+                table_bytes: self.allocs.table_bytes(),
+            }),
+            stacks: rows,
+            losses: self.stacks.losses,
+            unknown_stacks: unknown,
+            dropped: &dropped,
+            shown: self.config.top,
+        };
+        sink.emit(&record)?;
+        if last && let Some(path) = &self.config.flamegraph {
+            super::draw(&record, path)?;
+        }
+        sink.flush()?;
+        Ok(())
+    }
+}
+
+impl Job for MallocJob<'_> {
+    type Work = Wake;
+
+    async fn next(&mut self) -> anyhow::Result<Wake> {
+        tokio::select! {
+            ready = self.allocs.snapshots.readable() => { ready?; Ok(Wake::Snapshots) }
+            _ = self.poll.tick() => Ok(Wake::Snapshots),
+            _ = self.report.tick() => Ok(Wake::Report),
+        }
+    }
+
+    fn work(&mut self, wake: Wake, sink: &mut Sink) -> anyhow::Result<Option<End>> {
+        self.drain();
+        if let Wake::Report = wake {
+            self.check_command();
+            self.emit(sink, false).context("write the report")?;
+        }
+        Ok(None)
+    }
+
+    fn finish(&mut self, ending: &Ending, sink: &mut Sink) -> anyhow::Result<()> {
+        if ending.end != End::OutputClosed {
+            while self.drain() > 0 {}
+        }
+        self.emit(sink, true).context("write the report")
+    }
+
+    fn release(self) {
+        // Dropping the object closes every uprobe's link: the kernel takes the breakpoints
+        // out of the targets at once.
+        drop(self.allocs);
+    }
+}

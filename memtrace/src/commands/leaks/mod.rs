@@ -1,0 +1,123 @@
+//! `memtrace leaks`: what the targets keep, by the stack that took it. Two levels, one job
+//! each: the regions they map and keep (`mappings`, from the allocation syscalls), or the
+//! blocks their allocator hands out and they do not free (`malloc`, uprobes).
+
+mod malloc;
+mod mappings;
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use memtrace_common::{allocs::MAX_ALLOCATIONS, stacks::MAX_STACKS};
+
+use crate::{
+    cli::LeaksArgs,
+    error::Failure,
+    output::{
+        Format,
+        leaks::{Leaks, Level},
+    },
+    session::{self, Session, Target},
+    stacks::folded,
+};
+
+/// How often the kernel's rings are drained when it has not signalled a backlog.
+const POLL: Duration = Duration::from_millis(20);
+/// Stacks per report by default.
+const DEFAULT_TOP: usize = 10;
+
+/// Validated `leaks` flags.
+#[derive(Clone, Debug)]
+pub struct LeaksConfig {
+    pub session: session::Options,
+    pub interval: Duration,
+    pub min_age: Duration,
+    pub top: usize,
+    pub flamegraph: Option<PathBuf>,
+    pub max_stacks: u32,
+    /// `--malloc`, with its options.
+    pub malloc: Option<MallocOptions>,
+}
+
+/// How `--malloc` records.
+#[derive(Clone, Debug)]
+pub struct MallocOptions {
+    pub sample: u32,
+    pub min_size: u64,
+    pub allocator: Option<PathBuf>,
+    pub max_allocations: u32,
+}
+
+impl TryFrom<LeaksArgs> for LeaksConfig {
+    type Error = Failure;
+
+    fn try_from(args: LeaksArgs) -> Result<Self, Failure> {
+        let target = Target::from_flags(args.command, None, args.pids)?;
+        if target == Target::System {
+            return Err(Failure::Usage(
+                "leaks needs --pid PID or a COMMAND: every process's mappings would be too much"
+                    .into(),
+            ));
+        }
+        let format = Format::of_stacks(args.folded, args.json, args.flamegraph.as_deref())?;
+        let malloc = args.malloc.then(|| MallocOptions {
+            sample: args.sample.unwrap_or(1),
+            min_size: args.min_size.unwrap_or(0),
+            allocator: args.allocator,
+            max_allocations: args.max_allocations.unwrap_or(MAX_ALLOCATIONS),
+        });
+        Ok(LeaksConfig {
+            session: session::Options {
+                target,
+                format,
+                output: args.output,
+                duration: args.duration,
+            },
+            interval: args.interval,
+            min_age: args.min_age.unwrap_or_default(),
+            top: args.top.map_or(DEFAULT_TOP, |top| {
+                usize::try_from(top).unwrap_or(usize::MAX)
+            }),
+            flamegraph: args.flamegraph,
+            max_stacks: args.max_stacks.unwrap_or(MAX_STACKS),
+            malloc,
+        })
+    }
+}
+
+pub async fn execute(args: LeaksArgs) -> anyhow::Result<u8> {
+    let config = LeaksConfig::try_from(args)?;
+    let mut session = Session::open(&config.session)?;
+    match &config.malloc {
+        Some(options) => {
+            let job = malloc::MallocJob::start(&config, options, &mut session)?;
+            session.run(job).await
+        }
+        None => {
+            let job = mappings::LeaksJob::start(&config, &mut session)?;
+            session.run(job).await
+        }
+    }
+}
+
+/// Draws the final report's flame graph: bytes outstanding per stack.
+fn draw(record: &Leaks, path: &Path) -> anyhow::Result<()> {
+    let title = match record.level {
+        Level::Mappings => "Bytes mapped and kept, by stack",
+        Level::Malloc => "Bytes allocated and not freed, by stack",
+    };
+    folded::flamegraph(&record.folded_lines(), title, "bytes", path)
+        .with_context(|| format!("draw the flame graph into {}", path.display()))
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock of the kernel's timestamps.
+fn monotonic_ns() -> u64 {
+    // SAFETY: all-zero is a valid timespec; clock_gettime only writes into it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid clock id and a pointer to a timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
