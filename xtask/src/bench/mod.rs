@@ -52,11 +52,13 @@ pub struct BenchArgs {
 }
 
 /// Debian packages providing the peers.
-const PEER_PACKAGES: [(&str, &str); 4] = [
+const PEER_PACKAGES: [(&str, &str); 6] = [
     ("bpftrace", "bpftrace"),
     ("drsnoop", "libbpf-tools"),
     ("perf", "linux-perf"),
     ("strace", "strace"),
+    ("heaptrack", "heaptrack"),
+    ("valgrind", "valgrind"),
 ];
 
 /// What every row needs: where to build and write, how hard to measure.

@@ -46,6 +46,9 @@ pub enum Row {
     /// A report of 16384 distinct stacks (`faults --stacks --folded -o FILE -- COMMAND`): the
     /// time from the command's exit to memtrace's, beside perf record + perf script
     DistinctStacks,
+    /// malloc/free churn under `leaks --malloc` beside empty uprobes on the same functions,
+    /// heaptrack and valgrind; and memtrace's memory with 1M blocks outstanding
+    Malloc,
 }
 
 impl Row {
@@ -63,6 +66,7 @@ impl Row {
             Row::Stacks => stacks(suite),
             Row::TraceStacks => trace_stacks(suite),
             Row::DistinctStacks => distinct_stacks(suite),
+            Row::Malloc => malloc(suite),
         }
     }
 }
@@ -435,6 +439,171 @@ fn trace_stacks(suite: &Suite) -> Result<String> {
         ],
     )?;
     Ok(format!("{own}\n{peers}"))
+}
+
+/// The allocator functions `leaks --malloc` puts uprobes on (glibc's `memalign` is
+/// `aligned_alloc`'s address: one breakpoint), and those it also puts uretprobes on.
+const ALLOCATOR_FUNCTIONS: [&str; 9] = [
+    "malloc",
+    "calloc",
+    "realloc",
+    "reallocarray",
+    "posix_memalign",
+    "aligned_alloc",
+    "valloc",
+    "pvalloc",
+    "free",
+];
+
+/// The C library this process maps (the workloads map the same one).
+fn libc_path() -> Result<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| path.contains("/libc.so"))
+        .map(str::to_owned)
+        .context("no libc.so in /proc/self/maps")
+}
+
+/// The floor of any uprobe-based allocator tracer: bpftrace with empty programs on the same
+/// uprobes and uretprobes as `leaks --malloc`, for the one process.
+fn empty_allocator_probes(libc: &str) -> Mode {
+    let on = |kind: &str, functions: &[&str]| {
+        functions
+            .iter()
+            .map(|f| format!("{kind}:{libc}:{f}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let entries = on("uprobe", &ALLOCATOR_FUNCTIONS);
+    let returns = on("uretprobe", &ALLOCATOR_FUNCTIONS[..8]);
+    Mode::traced(
+        "floor: bpftrace, empty uprobes + uretprobes on the same functions",
+        words(&[
+            "bpftrace",
+            "-p",
+            "{pid}",
+            "-e",
+            &format!("BEGIN {{ printf(\"ready\\n\"); }} {entries} {{ }} {returns} {{ }}"),
+        ]),
+        Ready::StdoutLine("ready"),
+    )
+}
+
+/// `leaks --malloc` on a malloc/free churn, beside the floor and the tools that need the
+/// program restarted under them; then its memory with a million blocks outstanding.
+fn malloc(suite: &Suite) -> Result<String> {
+    let binary = suite.compile("malloc_loop")?;
+    let calls: u64 = if suite.quick { 200_000 } else { 1_000_000 };
+    let workload = Workload {
+        binary: binary.clone(),
+        args: vec![calls.to_string()],
+    };
+    let libc = libc_path()?;
+    let leaks = |label: &str, extra: &[&str]| {
+        Mode::traced(
+            label,
+            suite.memtrace(
+                &[
+                    &["leaks", "--malloc", "--pid", "{pid}", "-o", "/dev/null"],
+                    extra,
+                ]
+                .concat(),
+            ),
+            Ready::StderrLine("memtrace: watching"),
+        )
+    };
+    let churn = measure::overhead(
+        suite,
+        &format!("{calls} malloc/free calls — memtrace leaks --malloc --pid"),
+        &workload,
+        &[
+            Mode::untraced(),
+            empty_allocator_probes(&libc),
+            leaks("memtrace leaks --malloc (report every 5 s)", &[]),
+            leaks("memtrace leaks --malloc --sample 100", &["--sample", "100"]),
+            Mode::wrapped(
+                "heaptrack (LD_PRELOAD: program restarted under it)",
+                words(&["heaptrack", "-o", "{out}"]),
+            ),
+            Mode::wrapped(
+                "valgrind memcheck (program restarted under it)",
+                words(&["valgrind", "-q", "--leak-check=full"]),
+            ),
+        ],
+    )?;
+    let memory = million_outstanding(suite, &binary)?;
+    Ok(format!("{churn}\n{memory}"))
+}
+
+/// memtrace's own RSS and the kernel's table with 1M blocks outstanding, and how long its last
+/// report (reading and summing them all) takes once told to stop.
+fn million_outstanding(suite: &Suite, binary: &std::path::Path) -> Result<String> {
+    use std::io::{BufRead as _, Write as _};
+    const KEEP: u64 = 1_000_000;
+    if !suite.runs(Some(&suite.memtrace(&[]))) {
+        return Ok(String::new());
+    }
+    let mut work = std::process::Command::new(binary);
+    let mut work = runner::dies_with_bench(&mut work, libc::SIGKILL)
+        .args(["0", &KEEP.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut lines = std::io::BufReader::new(work.stdout.take().context("workload stdout")?);
+    let mut line = String::new();
+    lines.read_line(&mut line)?;
+    let out = suite.dir.join("malloc-million.json");
+    let _ = std::fs::remove_file(&out);
+    let argv = suite.memtrace(&[
+        "leaks",
+        "--malloc",
+        "--json",
+        "--pid",
+        "{pid}",
+        "-o",
+        "{out}",
+        "--interval",
+        "2",
+        "--max-allocations",
+        "2000000",
+    ]);
+    let tracer = runner::start(
+        &runner::expand(&argv, work.id(), &out),
+        Ready::OutputFileLine("{"),
+        &out,
+    )?;
+    let stdin = work.stdin.as_mut().context("workload stdin")?;
+    writeln!(stdin, "go")?;
+    line.clear();
+    lines.read_line(&mut line)?;
+    // Two interval reports, each reading the whole table.
+    std::thread::sleep(Duration::from_millis(4500));
+    let (_, rss) = usage(tracer.id())?;
+    let hwm = std::fs::read_to_string(format!("/proc/{}/status", tracer.id()))?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+        .unwrap_or(0);
+    let asked = std::time::Instant::now();
+    runner::stop(tracer)?;
+    let last_report = asked.elapsed();
+    writeln!(work.stdin.as_mut().context("workload stdin")?, "exit")?;
+    work.wait()?;
+    let text = std::fs::read_to_string(&out)?;
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or("{}"))?;
+    let blocks = last["total_blocks"].as_u64().unwrap_or(0);
+    let table = last["malloc"]["table_bytes"].as_u64().unwrap_or(0);
+    Ok(format!(
+        "### 1M blocks outstanding — memtrace leaks --malloc --pid\n\n\
+         | blocks seen | memtrace RSS | memtrace peak RSS | kernel table (memlock) | final report after Ctrl-C |\n\
+         |---|---|---|---|---|\n\
+         | {blocks} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.2} s |\n",
+        rss as f64 / 1024.0 / 1024.0,
+        hwm as f64 / 1024.0,
+        table as f64 / 1024.0 / 1024.0,
+        last_report.as_secs_f64(),
+    ))
 }
 
 /// Symbolizing a report of many distinct stacks: a workload whose 16384 call paths (14 levels

@@ -27,6 +27,9 @@ pub struct Mode {
     pub ready: Ready,
     /// So slow (strace, perf trace) that `--quick` runs it once instead of every round.
     pub slow: bool,
+    /// A tool the workload runs under from its start (heaptrack, valgrind), instead of one
+    /// attached to it: this command, then the workload's.
+    pub wrap: Option<Vec<String>>,
 }
 
 impl Mode {
@@ -36,6 +39,18 @@ impl Mode {
             command: None,
             ready: Ready::Immediately,
             slow: false,
+            wrap: None,
+        }
+    }
+
+    /// The workload run under `prefix` (`{out}` becomes a scratch file).
+    pub fn wrapped(label: impl Into<String>, prefix: Vec<String>) -> Mode {
+        Mode {
+            label: label.into(),
+            command: None,
+            ready: Ready::Immediately,
+            slow: false,
+            wrap: Some(prefix),
         }
     }
 
@@ -45,6 +60,7 @@ impl Mode {
             command: Some(command),
             ready,
             slow: false,
+            wrap: None,
         }
     }
 
@@ -102,7 +118,17 @@ pub fn run_once(
     scratch: &Path,
     companion: Option<(&[String], Ready)>,
 ) -> Result<Run> {
-    let mut work = Command::new(&workload.binary);
+    let out = scratch.join("tracer.out");
+    let _ = fs::remove_file(&out);
+    let mut work = match &mode.wrap {
+        Some(prefix) => {
+            let prefix = expand(prefix, 0, &out);
+            let mut command = Command::new(&prefix[0]);
+            command.args(&prefix[1..]).arg(&workload.binary);
+            command
+        }
+        None => Command::new(&workload.binary),
+    };
     let mut work = dies_with_bench(&mut work, libc::SIGKILL)
         .args(&workload.args)
         .stdin(Stdio::piped())
@@ -111,13 +137,18 @@ pub fn run_once(
         .with_context(|| format!("start {}", workload.binary.display()))?;
     let mut work_out = BufReader::new(work.stdout.take().context("workload stdout")?);
     let mut line = String::new();
-    work_out.read_line(&mut line)?;
+    // A wrapping tool (heaptrack) may say things of its own first.
+    for _ in 0..20 {
+        line.clear();
+        work_out.read_line(&mut line)?;
+        if line.trim() == "ready" || mode.wrap.is_none() {
+            break;
+        }
+    }
     if line.trim() != "ready" {
         bail!("workload said {line:?} instead of ready");
     }
 
-    let out = scratch.join("tracer.out");
-    let _ = fs::remove_file(&out);
     let mut attached = Attached(Vec::new());
     if let Some(command) = &mode.command {
         attached
@@ -134,8 +165,13 @@ pub fn run_once(
         )?);
     }
     writeln!(work.stdin.as_mut().context("workload stdin")?, "go")?;
-    line.clear();
-    work_out.read_line(&mut line)?;
+    for _ in 0..20 {
+        line.clear();
+        work_out.read_line(&mut line)?;
+        if line.starts_with("elapsed_ns") || mode.wrap.is_none() {
+            break;
+        }
+    }
     work.wait()?;
     drop(attached);
     let (secs, count) = parse_elapsed(&line).with_context(|| format!("workload said {line:?}"))?;
