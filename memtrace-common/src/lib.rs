@@ -77,7 +77,7 @@ pub mod globals {
     pub const ATTRIBUTE_BY: &str = "ATTRIBUTE_BY";
     /// [`crate::stacks::VmaLayout`]: where a mapping's start, flags and file are.
     pub const VMA_LAYOUT: &str = "VMA_LAYOUT";
-    /// `u32`: non-zero to take each traced call's user stack (`trace --stack`).
+    /// `u32`: which traced calls' user stacks to take ([`crate::syscalls::stacks_of`]).
     pub const SYSCALL_STACKS: &str = "SYSCALL_STACKS";
     /// `u32`: non-zero to send an exec record when a traced process runs `exec` (`leaks`).
     pub const SYSCALL_EXECS: &str = "SYSCALL_EXECS";

@@ -91,6 +91,17 @@ pub enum SyscallClass {
     Brk = 6,
 }
 
+/// Which calls' user stacks the `syscalls` object takes (its `SYSCALL_STACKS` global).
+pub mod stacks_of {
+    pub const NONE: u32 = 0;
+    /// Every call's, at its entry (`trace --stack`).
+    pub const EVERY_CALL: u32 = 1;
+    /// Only those of calls that mapped memory (mmap, mremap, a growing brk), once they have
+    /// succeeded, at their exit (`leaks`): the stack of a munmap, of a failure or of a
+    /// shrinking brk is never shown, so it is never taken.
+    pub const MAPPING_CALLS: u32 = 2;
+}
+
 /// The `SYSCALL_CLASSES` entry of a traced syscall: its class and its statistics slot.
 pub const fn class_entry(class: SyscallClass, slot: u32) -> u32 {
     class as u32 | (slot << 8)

@@ -31,6 +31,7 @@ use memtrace_common::{
         MAX_TRACED, NO_CALL, PendingCall, ProcSyscallCounts, ProcSyscallKey, RECORD_EXEC,
         RECORD_SYSCALL, RING_BYTES, STANDARD_ARGS_OFFSET, STANDARD_NR_OFFSET, STANDARD_RET_OFFSET,
         SyscallClass, SyscallRecord, SyscallStats, WAKEUP_RECORDS, class_of, is_error, slot_of,
+        stacks_of,
     },
     targets::FilterMode,
 };
@@ -96,9 +97,9 @@ static SYSCALL_MIN_SIZE: Global<u64> = Global::new(0);
 static SELF_TGID: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static SYSCALL_PER_PROCESS: Global<u32> = Global::new(0);
-/// Non-zero to take each call's user stack (`trace --stack`).
+/// Which calls' user stacks to take (`stacks_of`).
 #[unsafe(no_mangle)]
-static SYSCALL_STACKS: Global<u32> = Global::new(0);
+static SYSCALL_STACKS: Global<u32> = Global::new(stacks_of::NONE);
 /// Non-zero to take each call's kernel stack too (`trace --kernel-stack`).
 #[unsafe(no_mangle)]
 static SYSCALL_KERNEL_STACKS: Global<u32> = Global::new(0);
@@ -282,6 +283,17 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
 
+    let stack = if SYSCALL_STACKS.load() == stacks_of::MAPPING_CALLS
+        && !failed
+        && (class == SyscallClass::Mmap as u32
+            || class == SyscallClass::Mremap as u32
+            || brk_growth > 0)
+    {
+        // Before the record is reserved: a stack sent whole goes first on the same ring.
+        stacks::identify(tgid, tid, EventKind::Syscall, 0, &EVENTS)
+    } else {
+        call.stack
+    };
     let Some(mut slot) = EVENTS.reserve::<SyscallRecord>(0) else {
         drops::count(DropSource::SyscallRingFull);
         return Ok(());
@@ -297,7 +309,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         args: call.args,
         ret,
         prev_brk,
-        stack: call.stack,
+        stack,
     });
     slot.submit(u64::from(wakeup_flag()));
     Ok(())
@@ -307,7 +319,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
 /// own ring, so it is read before the call's record.
 #[inline(always)]
 fn user_stack(ctx: &TracePointContext, tgid: u32, tid: u32) -> StackRef {
-    if SYSCALL_STACKS.load() == 0 {
+    if SYSCALL_STACKS.load() != stacks_of::EVERY_CALL {
         return StackRef::default();
     }
     let mut stack = stacks::identify(tgid, tid, EventKind::Syscall, 0, &EVENTS);

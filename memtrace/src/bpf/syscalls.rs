@@ -61,6 +61,14 @@ pub struct KernelFilter {
     pub per_process: bool,
 }
 
+/// Which calls' user stacks are taken.
+#[derive(Clone, Copy, Debug)]
+pub struct StackOptions {
+    /// A [`memtrace_common::syscalls::stacks_of`] value.
+    pub of: u32,
+    pub max_stacks: u32,
+}
+
 /// How the object is set up.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -72,8 +80,9 @@ pub struct Options {
     /// Capacity of the per-process table, in (process, syscall) pairs, when counting per
     /// process.
     pub max_process_keys: u32,
-    /// With each call's user stack (`trace --stack`): the capacity of the stack tables.
-    pub stacks: Option<u32>,
+    /// With user stacks (`trace --stack`, `leaks`): which, and the capacity of the stack
+    /// tables.
+    pub stacks: Option<StackOptions>,
     /// With each call's kernel stack too (`trace --kernel-stack`).
     pub kernel_stacks: bool,
     /// With a record when a target runs `exec` (`leaks`).
@@ -112,8 +121,8 @@ pub fn load(options: &Options) -> anyhow::Result<Loaded> {
         );
     config.u32(globals::SYSCALL_EXECS, u32::from(options.execs));
     match options.stacks {
-        Some(max_stacks) => {
-            config.u32(globals::SYSCALL_STACKS, 1);
+        Some(StackOptions { of, max_stacks }) => {
+            config.u32(globals::SYSCALL_STACKS, of);
             super::stacks::configure(&mut config, max_stacks)?;
             if options.kernel_stacks {
                 config

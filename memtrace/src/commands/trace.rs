@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use memtrace_common::{
     DropSource,
     stacks::MAX_STACKS,
-    syscalls::{MAX_PENDING, MAX_PENDING_TARGETED},
+    syscalls::{MAX_PENDING, MAX_PENDING_TARGETED, stacks_of},
     targets::TargetFlags,
 };
 use tokio::time::{Interval, MissedTickBehavior, interval};
@@ -21,7 +21,7 @@ use super::call_stacks::CallStacks;
 use crate::{
     bpf::{
         self, Loaded,
-        syscalls::{Item, KernelFilter, Options, Records},
+        syscalls::{Item, KernelFilter, Options, Records, StackOptions},
         targets::{Filter, TargetTable},
         tracepoints::Release,
     },
@@ -156,7 +156,10 @@ impl<'a> Trace<'a> {
             targets: config.filter(),
             max_threads: config.max_threads,
             max_process_keys: 1,
-            stacks: config.stacks,
+            stacks: config.stacks.map(|max_stacks| StackOptions {
+                of: stacks_of::EVERY_CALL,
+                max_stacks,
+            }),
             kernel_stacks: config.kernel_stacks,
             execs: false,
         })?;

@@ -6,7 +6,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Context as _;
-use memtrace_common::{DropSource, syscalls::MAX_PENDING_TARGETED, targets::TargetFlags};
+use memtrace_common::{
+    DropSource,
+    syscalls::{MAX_PENDING_TARGETED, stacks_of},
+    targets::TargetFlags,
+};
 use tokio::time::{Interval, MissedTickBehavior, interval, interval_at};
 
 use super::{LeaksConfig, POLL, monotonic_ns};
@@ -14,7 +18,7 @@ use crate::commands::call_stacks::CallStacks;
 use crate::{
     bpf::{
         self, Loaded,
-        syscalls::{Item, KernelFilter, Options, Records},
+        syscalls::{Item, KernelFilter, Options, Records, StackOptions},
         targets::TargetTable,
         tracepoints::Release,
     },
@@ -72,7 +76,11 @@ impl<'a> LeaksJob<'a> {
             targets: config.session.target.filter(follow),
             max_threads: MAX_PENDING_TARGETED,
             max_process_keys: 1,
-            stacks: Some(config.max_stacks),
+            // Only the calls that map need a stack: munmap's never shows.
+            stacks: Some(StackOptions {
+                of: stacks_of::MAPPING_CALLS,
+                max_stacks: config.max_stacks,
+            }),
             kernel_stacks: false,
             execs: true,
         })?;
@@ -128,7 +136,8 @@ impl<'a> LeaksJob<'a> {
                 processes.remove(&pid);
             }
             Item::Call(Ok(call)) => {
-                let stack = stacks.of(&call);
+                // The kernel takes the stacks of the calls that map, and only those.
+                let stack = maps_memory(&call).then(|| stacks.of(&call)).flatten();
                 let (comm, regions) = processes
                     .entry(call.pid)
                     .or_insert_with(|| (call.comm.clone(), Regions::default()));
@@ -216,6 +225,16 @@ impl<'a> LeaksJob<'a> {
     fn drops(&self) -> anyhow::Result<Vec<(DropSource, u64)>> {
         bpf::syscalls::drops(&self.loaded.ebpf, false)
     }
+}
+
+/// Whether a completed call mapped memory: a region with a stack.
+fn maps_memory(call: &Call) -> bool {
+    call.errno().is_none()
+        && match call.syscall {
+            Syscall::Mmap | Syscall::Mremap => true,
+            Syscall::Brk => call.brk_growth().is_some_and(|growth| growth > 0),
+            _ => false,
+        }
 }
 
 /// What a completed call did to the regions.
