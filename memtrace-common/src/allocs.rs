@@ -13,6 +13,9 @@ pub const MAX_ALLOCATIONS: u32 = 1 << 20;
 /// forgotten).
 pub const MAX_ALLOC_THREADS: u32 = 16_384;
 
+/// Processes traced at once (`ALLOC_TARGETS`).
+pub const MAX_ALLOC_TARGETS: u32 = 1024;
+
 /// Bytes of the ring that carries new stacks to userspace.
 pub const ALLOC_RING_BYTES: u32 = 16 << 20;
 
@@ -63,11 +66,17 @@ pub enum Shape {
 pub struct AllocCall {
     /// Bytes asked for.
     pub size: u64,
-    /// `realloc`'s old block (freed when the call succeeds), or 0.
+    /// `realloc`'s old block, or 0.
     pub old: u64,
+    /// The old block's record, taken out of the table at the call's entry (before the
+    /// allocator can hand its address to another thread) and put back if the call fails.
+    pub old_block: Allocation,
     /// `posix_memalign`'s out-pointer, or 0.
     pub out: u64,
     pub start_ns: u64,
+    /// The stack pointer at the entry: a return comes back to it (plus the return address),
+    /// and a call entered at or above it cannot be nested in this one.
+    pub sp: u64,
     pub stack: StackRef,
     /// Non-zero while a call is in progress.
     pub active: u32,
@@ -76,7 +85,8 @@ pub struct AllocCall {
     pub depth: u32,
     /// Non-zero when the new block is not recorded (smaller than the minimum, or sampled out).
     pub skip: u32,
-    pub _pad: u32,
+    /// Non-zero when `old_block` holds the old block's record.
+    pub had_old: u32,
 }
 
 /// Per-CPU counts of what the allocator programs saw ([`crate::maps::ALLOC_STATS`]).
@@ -96,6 +106,9 @@ pub struct AllocStats {
     pub unmatched_frees: u64,
     /// Returns met with no call in progress (a thread's call began before attaching).
     pub orphan_returns: u64,
+    /// Calls whose return never came (a thread left the allocator by longjmp, or died in it),
+    /// found when the thread's next call began.
+    pub lost_returns: u64,
 }
 
 impl AllocStats {
@@ -106,13 +119,14 @@ impl AllocStats {
         self.frees += other.frees;
         self.unmatched_frees += other.unmatched_frees;
         self.orphan_returns += other.orphan_returns;
+        self.lost_returns += other.lost_returns;
     }
 }
 
 const _: () = assert!(size_of::<AllocKey>() == 16);
 const _: () = assert!(size_of::<Allocation>() == 32);
-const _: () = assert!(size_of::<AllocCall>() == 64);
-const _: () = assert!(size_of::<AllocStats>() == 48);
+const _: () = assert!(size_of::<AllocCall>() == 104);
+const _: () = assert!(size_of::<AllocStats>() == 56);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -89,6 +89,8 @@ pub mod globals {
     pub const ALLOC_MIN_SIZE: &str = "ALLOC_MIN_SIZE";
     /// `u32`: record one allocation in this many, at random (`leaks --sample`); 1 for all.
     pub const ALLOC_SAMPLE: &str = "ALLOC_SAMPLE";
+    /// `u64`: bytes of a memory page (`pvalloc` rounds to whole pages).
+    pub const ALLOC_PAGE_BYTES: &str = "ALLOC_PAGE_BYTES";
 }
 
 /// Names of the maps userspace reads and writes.
@@ -158,8 +160,8 @@ pub mod maps {
     pub const ALLOC_CALLS: &str = "ALLOC_CALLS";
     /// Per-CPU array of one [`crate::allocs::AllocStats`].
     pub const ALLOC_STATS: &str = "ALLOC_STATS";
-    /// Hash: traced process id → CLOCK_MONOTONIC ns of its last `exec` (0 before any).
-    pub const ALLOC_EXECS: &str = "ALLOC_EXECS";
+    /// Hash: traced process id → 0: the processes whose blocks are forgotten at `exec`.
+    pub const ALLOC_TARGETS: &str = "ALLOC_TARGETS";
 }
 
 /// Why the kernel side failed to record something. Each has its own slot in [`maps::DROPS`], so

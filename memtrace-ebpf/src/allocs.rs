@@ -12,11 +12,14 @@ mod drops;
 mod runtime;
 mod stacks;
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     Global,
     bindings::{BPF_ANY, BPF_F_NO_PREALLOC},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::{bpf_for_each_map_elem, bpf_map_delete_elem},
     },
     macros::{map, raw_tracepoint, uprobe, uretprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -25,8 +28,8 @@ use aya_ebpf::{
 use memtrace_common::{
     DropSource,
     allocs::{
-        ALLOC_RING_BYTES, AllocCall, AllocKey, AllocStats, Allocation, MAX_ALLOC_THREADS,
-        MAX_ALLOCATIONS,
+        ALLOC_RING_BYTES, AllocCall, AllocKey, AllocStats, Allocation, MAX_ALLOC_TARGETS,
+        MAX_ALLOC_THREADS, MAX_ALLOCATIONS,
     },
     stacks::{EventKind, PAGE_BYTES},
 };
@@ -47,64 +50,70 @@ static STATS: PerCpuArray<AllocStats> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "STACK_SNAPSHOTS")]
 static SNAPSHOTS: RingBuf = RingBuf::with_byte_size(ALLOC_RING_BYTES, 0);
 
-/// Traced processes (written by userspace), and the time of their last `exec`: blocks older
-/// than it belong to an address space that is gone.
-#[map(name = "ALLOC_EXECS")]
-static EXECS: HashMap<u32, u64> = HashMap::with_max_entries(1024, 0);
+/// Traced processes (written by userspace): their blocks are forgotten when they `exec`.
+#[map(name = "ALLOC_TARGETS")]
+static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_ALLOC_TARGETS, 0);
 
 #[unsafe(no_mangle)]
 static ALLOC_MIN_SIZE: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 static ALLOC_SAMPLE: Global<u32> = Global::new(1);
+#[unsafe(no_mangle)]
+static ALLOC_PAGE_BYTES: Global<u64> = Global::new(PAGE_BYTES as u64);
 
 /// `malloc(size)`, `valloc(size)`.
 #[uprobe]
 pub fn mt_malloc(ctx: ProbeContext) -> u32 {
-    enter(arg(&ctx, 0), 0, 0);
+    enter(&ctx, arg(&ctx, 0), 0, 0);
     0
 }
 
 /// `calloc(n, size)`.
 #[uprobe]
 pub fn mt_calloc(ctx: ProbeContext) -> u32 {
-    // An overflowing product makes the call fail, and a failed call records nothing.
-    enter(arg(&ctx, 0).wrapping_mul(arg(&ctx, 1)), 0, 0);
+    enter(&ctx, product(arg(&ctx, 0), arg(&ctx, 1)), 0, 0);
     0
 }
 
 /// `realloc(ptr, size)`.
 #[uprobe]
 pub fn mt_realloc(ctx: ProbeContext) -> u32 {
-    enter(arg(&ctx, 1), arg(&ctx, 0), 0);
+    enter(&ctx, arg(&ctx, 1), arg(&ctx, 0), 0);
     0
 }
 
 /// `reallocarray(ptr, n, size)`.
 #[uprobe]
 pub fn mt_reallocarray(ctx: ProbeContext) -> u32 {
-    enter(arg(&ctx, 1).wrapping_mul(arg(&ctx, 2)), arg(&ctx, 0), 0);
+    enter(&ctx, product(arg(&ctx, 1), arg(&ctx, 2)), arg(&ctx, 0), 0);
     0
 }
 
 /// `memalign(align, size)`, `aligned_alloc(align, size)`.
 #[uprobe]
 pub fn mt_memalign(ctx: ProbeContext) -> u32 {
-    enter(arg(&ctx, 1), 0, 0);
+    enter(&ctx, arg(&ctx, 1), 0, 0);
     0
 }
 
 /// `posix_memalign(&ptr, align, size)`.
 #[uprobe]
 pub fn mt_posix_memalign(ctx: ProbeContext) -> u32 {
-    enter(arg(&ctx, 2), 0, arg(&ctx, 0));
+    enter(&ctx, arg(&ctx, 2), 0, arg(&ctx, 0));
     0
 }
 
 /// `pvalloc(size)`: whole pages.
 #[uprobe]
 pub fn mt_pvalloc(ctx: ProbeContext) -> u32 {
-    let page = PAGE_BYTES as u64;
-    enter(arg(&ctx, 0).max(1).div_ceil(page) * page, 0, 0);
+    let page = ALLOC_PAGE_BYTES.load().max(1);
+    // Rounding up cannot overflow by more than a page: a size that near 2^64 fails anyway.
+    enter(
+        &ctx,
+        arg(&ctx, 0).max(1).div_ceil(page).wrapping_mul(page),
+        0,
+        0,
+    );
     0
 }
 
@@ -137,14 +146,51 @@ pub fn mt_alloc_return(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// A traced process ran `exec`: its blocks are gone with its old address space.
+/// A traced process ran `exec`: its blocks are gone with its old address space. Deleted here,
+/// before the new image can allocate at their addresses.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn mt_alloc_exec(_ctx: RawTracePointContext) -> i32 {
-    let (tgid, _) = ids();
-    if EXECS.get_ptr(tgid).is_some() {
-        // SAFETY: no preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
-        let _ = EXECS.insert(tgid, now, u64::from(BPF_ANY));
+    let (mut tgid, _) = ids();
+    if TARGETS.get_ptr(tgid).is_none() {
+        return 0;
+    }
+    // SAFETY: the callback only reads the entry it is given and deletes it from the map it
+    // walks, which hash maps allow; `tgid` outlives the call.
+    unsafe {
+        bpf_for_each_map_elem(
+            core::ptr::from_ref(&ALLOCATIONS).cast_mut().cast(),
+            forget_block as *mut c_void,
+            (&raw mut tgid).cast(),
+            0,
+        );
+    }
+    0
+}
+
+/// One entry of [`mt_alloc_exec`]'s walk: deletes it if it is the exec'ing process's.
+extern "C" fn forget_block(
+    map: *mut c_void,
+    key: *mut AllocKey,
+    _: *mut c_void,
+    tgid: *mut u32,
+) -> i64 {
+    // SAFETY: the kernel passes the entry's key and the walker's context.
+    unsafe {
+        if (*key).tgid == *tgid {
+            bpf_map_delete_elem(map, key.cast());
+        }
+    }
+    0
+}
+
+/// A thread ended: its call in progress, if any, with it; and a traced process's place in
+/// `ALLOC_TARGETS` when it ends (its pid may come to name another).
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn mt_alloc_exit(_ctx: RawTracePointContext) -> i32 {
+    let (tgid, tid) = ids();
+    let _ = CALLS.remove(tid);
+    if tid == tgid {
+        let _ = TARGETS.remove(tgid);
     }
     0
 }
@@ -152,6 +198,32 @@ pub fn mt_alloc_exec(_ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn arg(ctx: &ProbeContext, n: usize) -> u64 {
     ctx.arg::<u64>(n).unwrap_or(0)
+}
+
+/// `n * size`, or `u64::MAX` if it overflows (the call then fails, as the allocator sees it).
+/// By 32-bit halves: LLVM turns the usual overflow checks into a 128-bit multiply, which BPF
+/// lacks.
+#[inline(always)]
+fn product(n: u64, size: u64) -> u64 {
+    let (n_hi, n_lo) = (n >> 32, n & 0xffff_ffff);
+    let (size_hi, size_lo) = (size >> 32, size & 0xffff_ffff);
+    if n_hi != 0 && size_hi != 0 {
+        return u64::MAX;
+    }
+    // At most one of the two is non-zero, and each term is below 2^64.
+    let cross = n_hi * size_lo + n_lo * size_hi;
+    if cross >> 32 != 0 {
+        return u64::MAX;
+    }
+    let low = n_lo * size_lo;
+    low.saturating_add(cross << 32)
+}
+
+/// The stack pointer of the user context the probe stopped.
+#[inline(always)]
+fn stack_pointer(regs: *const aya_ebpf::bindings::pt_regs) -> u64 {
+    // SAFETY: the program's context, readable directly.
+    unsafe { (*regs).rsp }
 }
 
 #[inline(always)]
@@ -178,6 +250,7 @@ fn count(change: impl FnOnce(&mut AllocStats)) {
             (&raw mut (*stats).frees, delta.frees),
             (&raw mut (*stats).unmatched_frees, delta.unmatched_frees),
             (&raw mut (*stats).orphan_returns, delta.orphan_returns),
+            (&raw mut (*stats).lost_returns, delta.lost_returns),
         ] {
             if n != 0 {
                 atomic::add(field, n);
@@ -189,15 +262,21 @@ fn count(change: impl FnOnce(&mut AllocStats)) {
 /// Notes the thread's call: `size` bytes, `old` the block `realloc` replaces, `out` where
 /// `posix_memalign` writes its block.
 #[inline(always)]
-fn enter(size: u64, old: u64, out: u64) {
+fn enter(ctx: &ProbeContext, size: u64, old: u64, out: u64) {
     let (tgid, tid) = ids();
+    let sp = stack_pointer(ctx.regs);
     let slot = CALLS.get_ptr_mut(tid);
     if let Some(slot) = slot {
         // SAFETY: this thread's own slot: only its own programs write it, one at a time.
         unsafe {
             if (*slot).active != 0 {
-                (*slot).depth += 1;
-                return;
+                // At or below the call in progress (a tail call keeps its stack pointer):
+                // nested in it. Above it: that call is over, and its return was never seen.
+                if sp <= (*slot).sp {
+                    (*slot).depth += 1;
+                    return;
+                }
+                count(|stats| stats.lost_returns += 1);
             }
         }
     }
@@ -205,12 +284,29 @@ fn enter(size: u64, old: u64, out: u64) {
     // SAFETY: no preconditions.
     let skip = size < ALLOC_MIN_SIZE.load()
         || (sample > 1 && unsafe { bpf_get_prandom_u32() } % sample != 0);
+    // realloc's old block leaves the table now: once the allocator has freed it, another
+    // thread may be given its address. It goes back if the call fails.
+    let old_key = AllocKey {
+        tgid,
+        _pad: 0,
+        addr: old,
+    };
+    let old_block = match old {
+        0 => None,
+        // SAFETY: a value pointer from a successful lookup, copied at once.
+        _ => ALLOCATIONS.get_ptr(old_key).map(|block| unsafe { *block }),
+    };
+    if old_block.is_some() {
+        let _ = ALLOCATIONS.remove(old_key);
+    }
     let call = AllocCall {
         size,
         old,
+        old_block: old_block.unwrap_or_default(),
         out,
         // SAFETY: no preconditions.
         start_ns: unsafe { bpf_ktime_get_ns() },
+        sp,
         stack: match skip {
             true => Default::default(),
             false => stacks::identify(tgid, tid, EventKind::Allocation, 0, &SNAPSHOTS),
@@ -218,7 +314,7 @@ fn enter(size: u64, old: u64, out: u64) {
         active: 1,
         depth: 0,
         skip: u32::from(skip),
-        _pad: 0,
+        had_old: u32::from(old_block.is_some()),
     };
     match slot {
         // SAFETY: as above.
@@ -236,10 +332,21 @@ fn try_return(ctx: &RetProbeContext) -> Option<()> {
         count(|stats| stats.orphan_returns += 1);
         return None;
     };
+    let sp = stack_pointer(ctx.regs);
     // SAFETY: this thread's own slot (see `enter`), copied before it is marked done.
     let call = unsafe {
         if (*slot).active == 0 {
             count(|stats| stats.orphan_returns += 1);
+            return None;
+        }
+        // Back above the call in progress (its return pops the return address): that call's
+        // return was lost, and this one's entry never seen.
+        if sp > (*slot).sp + 8 {
+            (*slot).active = 0;
+            count(|stats| {
+                stats.lost_returns += 1;
+                stats.orphan_returns += 1;
+            });
             return None;
         }
         if (*slot).depth > 0 {
@@ -257,17 +364,19 @@ fn try_return(ctx: &RetProbeContext) -> Option<()> {
         out if ret == 0 => unsafe { bpf_probe_read_user(out as *const u64) }.unwrap_or(0),
         _ => 0,
     };
-    // realloc frees the old block when it returns a new one, or when asked for 0 bytes.
-    if call.old != 0 && (addr != 0 || call.size == 0) {
-        let _ = ALLOCATIONS.remove(AllocKey {
-            tgid,
-            _pad: 0,
-            addr: call.old,
-        });
-    }
     if addr == 0 {
+        // realloc(p, 0) frees p and may return NULL; any other NULL is a failure, which
+        // leaves realloc's old block as it was.
         if call.size != 0 {
             count(|stats| stats.failed += 1);
+            if call.had_old != 0 {
+                let old = AllocKey {
+                    tgid,
+                    _pad: 0,
+                    addr: call.old,
+                };
+                let _ = ALLOCATIONS.insert(old, call.old_block, u64::from(BPF_ANY));
+            }
         }
         return None;
     }

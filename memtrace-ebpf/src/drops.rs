@@ -4,6 +4,8 @@
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use memtrace_common::DropSource;
 
+use crate::atomic;
+
 #[map(name = "DROPS")]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropSource::COUNT, 0);
 
@@ -16,7 +18,8 @@ pub fn count(source: DropSource) {
 #[inline(always)]
 pub fn count_n(source: DropSource, n: u64) {
     if let Some(slot) = DROPS.get_ptr_mut(source as u32) {
-        // SAFETY: the slot is this CPU's own; BPF programs do not nest on one CPU here.
-        unsafe { *slot += n };
+        // SAFETY: a value pointer from a successful lookup. Atomically: programs on uprobes
+        // can be preempted by another task's on the same CPU.
+        unsafe { atomic::add(slot, n) };
     }
 }

@@ -10,7 +10,10 @@
 //! OOM invocations are serialised by the kernel's `oom_lock`, so the counter needs no atomics.
 #![no_std]
 #![no_main]
+// The atomic add is written in BPF assembly (see `atomic`).
+#![feature(asm_experimental_arch)]
 
+mod atomic;
 mod drops;
 mod runtime;
 

@@ -88,11 +88,10 @@ pub enum Command {
 const LEAKS_EXAMPLES: &str = "\
 OUTPUT (every --interval, and at the end), one paragraph per stack, most bytes first:
   mappings: BYTES in N regions (RESIDENT resident, oldest AGE) in COMM[PID]
-  --malloc: BYTES in N blocks (oldest AGE, CALLS calls) in COMM[PID]
+  --malloc: BYTES in N blocks (oldest AGE) in COMM[PID]
   then the stack that mapped or allocated them, innermost frame first. Only what was mapped or
   allocated since memtrace attached counts. For a COMMAND, the end is what was still mapped or
-  allocated when it exited (heaptrack's \"leaked\"). CALLS: every allocation the stack made,
-  freed or not.
+  allocated when it exited (heaptrack's \"leaked\").
 
 TWO LEVELS:
   mappings (default)  mmap/munmap/mremap/brk, from their syscalls: large allocations (glibc
@@ -101,8 +100,9 @@ TWO LEVELS:
   --malloc            uprobes on the target's own allocator (malloc, calloc, realloc,
                       reallocarray, free, posix_memalign, aligned_alloc, memalign, valloc,
                       pvalloc of its libc, or of jemalloc/tcmalloc/mimalloc when it uses one):
-                      every block, exact. Each call traps (~1 us): use --sample or --min-size
-                      on allocation-heavy programs. Descendants of a COMMAND are not followed.
+                      every block, exact. Each call traps into the kernel (several us): on
+                      allocation-heavy programs prefer the mapping level, or heaptrack if the
+                      program can be restarted. Descendants of a COMMAND are not followed.
 
 EXAMPLES:
   sudo memtrace leaks --pid 4242                   # a running service's mappings, every 5 s

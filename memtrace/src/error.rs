@@ -16,10 +16,10 @@ pub mod exit_code {
     pub const NOT_PRIVILEGED: u8 = 3;
     /// A requested target does not exist (no such process).
     pub const NO_SUCH_TARGET: u8 = 4;
-    /// A target cannot be traced as asked: `leaks --malloc` found no allocator to attach to.
-    pub const TARGET_UNSUPPORTED: u8 = 6;
     /// The kernel lacks something memtrace needs (a tracepoint, perf event, tracefs).
     pub const KERNEL_UNSUPPORTED: u8 = 5;
+    /// A target cannot be traced as asked: `leaks --malloc` found no allocator to attach to.
+    pub const TARGET_UNSUPPORTED: u8 = 6;
     /// `-- COMMAND` could not be executed (as in shells).
     pub const COMMAND_NOT_EXECUTABLE: u8 = 126;
     /// `-- COMMAND` was not found (as in shells).
@@ -48,7 +48,7 @@ pub enum Failure {
         log_tail: String,
     },
     /// `leaks --malloc`: no allocator to put uprobes on (`pid` 0 for a command not started).
-    #[error("{}cannot trace its allocator: {reason}", match pid { 0 => String::new(), pid => format!("pid {pid}: ") })]
+    #[error("cannot trace {}'s allocator: {reason}", match pid { 0 => "the command".to_owned(), pid => format!("pid {pid}") })]
     NoAllocator { pid: u32, reason: String },
     #[error("cannot run `{command}`: {reason}")]
     CommandFailed {

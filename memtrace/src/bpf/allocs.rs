@@ -2,20 +2,22 @@
 //! table of live blocks read in batches, and the stacks it sends whole.
 
 use std::{
-    collections::HashMap as StdHashMap,
     num::NonZeroU32,
-    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
 };
 
 use anyhow::Context as _;
 use aya::{
     Ebpf,
     maps::{HashMap, Map, MapData, PerCpuArray},
-    programs::{RawTracePoint, UProbe, uprobe::UProbeScope},
+    programs::{
+        RawTracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeScope},
+    },
 };
 use memtrace_common::{
     DropSource,
-    allocs::{ALLOC_RING_BYTES, AllocKey, AllocStats, Allocation, Shape},
+    allocs::{ALLOC_RING_BYTES, AllocKey, AllocStats, Allocation, MAX_ALLOC_TARGETS, Shape},
     globals, maps,
 };
 
@@ -43,9 +45,8 @@ pub struct Options {
 pub struct Allocs {
     ebpf: Ebpf,
     pub snapshots: SnapshotTables,
-    /// A second descriptor of `ALLOCATIONS`, for batch reads (aya has none).
-    blocks_fd: OwnedFd,
-    blocks: HashMap<MapData, AllocKey, Allocation>,
+    /// `ALLOCATIONS`, read in batches (which aya does not offer).
+    blocks: MapData,
 }
 
 /// The entry program of an allocator function.
@@ -84,7 +85,8 @@ impl Allocs {
             .size(maps::STACK_SNAPSHOTS, ALLOC_RING_BYTES)
             .size(maps::ALLOCATIONS, options.max_allocations)
             .bytes(globals::ALLOC_MIN_SIZE, &options.min_size.to_ne_bytes())
-            .u32(globals::ALLOC_SAMPLE, options.sample);
+            .u32(globals::ALLOC_SAMPLE, options.sample)
+            .bytes(globals::ALLOC_PAGE_BYTES, &page_bytes().to_ne_bytes());
         let mut ebpf = super::load(Object::Allocs, &config)?;
         super::forward_kernel_logs(&mut ebpf);
         for name in PROGRAMS {
@@ -93,92 +95,66 @@ impl Allocs {
                 .load()
                 .map_err(|err| super::kernel_refusal(err, &format!("load {name}")))?;
         }
-        let exec: &mut RawTracePoint = super::program_mut(&mut ebpf, "mt_alloc_exec")?;
-        exec.load()
-            .map_err(|err| super::kernel_refusal(err, "load mt_alloc_exec"))?;
-        exec.attach("sched_process_exec")
-            .map_err(|err| super::kernel_refusal(err, "attach sched_process_exec"))?;
+        for (name, tracepoint) in [
+            ("mt_alloc_exec", "sched_process_exec"),
+            ("mt_alloc_exit", "sched_process_exit"),
+        ] {
+            let program: &mut RawTracePoint = super::program_mut(&mut ebpf, name)?;
+            program
+                .load()
+                .map_err(|err| super::kernel_refusal(err, &format!("load {name}")))?;
+            program
+                .attach(tracepoint)
+                .map_err(|err| super::kernel_refusal(err, &format!("attach {tracepoint}")))?;
+        }
         let snapshots = SnapshotTables::open(&mut ebpf)?;
         let map = ebpf
             .take_map(maps::ALLOCATIONS)
             .context("the BPF object has no ALLOCATIONS map")?;
-        let Map::HashMap(data) = map else {
+        let Map::HashMap(blocks) = map else {
             anyhow::bail!("ALLOCATIONS is not a hash map");
         };
-        let blocks_fd = data
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .context("duplicate the ALLOCATIONS descriptor")?;
-        let blocks = HashMap::try_from(Map::HashMap(data)).context("ALLOCATIONS map")?;
         Ok(Allocs {
             ebpf,
             snapshots,
-            blocks_fd,
             blocks,
         })
     }
 
     /// Puts the uprobes on `allocator`'s functions for process `pid` alone (its threads
-    /// included); returns how many functions are traced.
+    /// included); returns how many functions are traced. Every return probe goes on before
+    /// any entry probe: a call whose entry is seen always has its return seen.
     pub fn attach(&mut self, pid: u32, allocator: &Allocator) -> anyhow::Result<usize> {
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("pid 0")?);
-        let mut execs: HashMap<&mut MapData, u32, u64> =
-            super::map_mut(&mut self.ebpf, maps::ALLOC_EXECS)?;
-        // Present (at 0) so that its exec is noted.
-        execs.insert(pid, 0, 0).context("add to ALLOC_EXECS")?;
-        for function in &allocator.functions {
-            let offset =
-                aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(function.offset);
-            let name = entry_program(function.role);
+        let mut targets: HashMap<&mut MapData, u32, u32> =
+            super::map_mut(&mut self.ebpf, maps::ALLOC_TARGETS)?;
+        targets.insert(pid, 0, 0).with_context(|| {
+            format!("add pid {pid} to ALLOC_TARGETS (at most {MAX_ALLOC_TARGETS} processes)")
+        })?;
+        let returns = allocator
+            .functions
+            .iter()
+            .filter(|f| f.role != Role::Frees)
+            .map(|f| (f, "uretprobe", RETURN_PROGRAM));
+        let entries = allocator
+            .functions
+            .iter()
+            .map(|f| (f, "uprobe", entry_program(f.role)));
+        for (function, kind, name) in returns.chain(entries) {
+            let at = UProbeAttachLocation::AbsoluteOffset(function.offset);
             let program: &mut UProbe = super::program_mut(&mut self.ebpf, name)?;
-            program
-                .attach(offset, &allocator.file, scope)
-                .map_err(|err| {
-                    super::kernel_refusal(
-                        err,
-                        &format!("put a uprobe on {} in {}", function.name, allocator.shown),
-                    )
-                })?;
-            if function.role == Role::Frees {
-                continue;
-            }
-            let offset =
-                aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(function.offset);
-            let program: &mut UProbe = super::program_mut(&mut self.ebpf, RETURN_PROGRAM)?;
-            program
-                .attach(offset, &allocator.file, scope)
-                .map_err(|err| {
-                    super::kernel_refusal(
-                        err,
-                        &format!(
-                            "put a uretprobe on {} in {}",
-                            function.name, allocator.shown
-                        ),
-                    )
-                })?;
+            program.attach(at, &allocator.file, scope).map_err(|err| {
+                let what = format!("put a {kind} on {} in {}", function.name, allocator.shown);
+                super::kernel_refusal(err, &what)
+            })?;
         }
         Ok(allocator.functions.len())
     }
 
-    /// Every live block the kernel holds, read in batches (a few syscalls for a million).
-    pub fn blocks(&self) -> anyhow::Result<Vec<(AllocKey, Allocation)>> {
-        read_batched(&self.blocks_fd).context("read ALLOCATIONS")
-    }
-
-    /// Deletes blocks (of an address space an `exec` replaced).
-    pub fn forget(&mut self, keys: &[AllocKey]) -> anyhow::Result<()> {
-        for key in keys {
-            super::deleted(self.blocks.remove(key)).context("delete from ALLOCATIONS")?;
-        }
-        Ok(())
-    }
-
-    /// When each traced process last ran `exec` (0: not since attaching).
-    pub fn execs(&self) -> anyhow::Result<StdHashMap<u32, u64>> {
-        Ok(super::entries::<u32, u64>(&self.ebpf, maps::ALLOC_EXECS)?
-            .into_iter()
-            .collect())
+    /// Hands every live block the kernel holds to `each`, read in batches (a few syscalls for
+    /// a million, and never all of them in memory at once).
+    pub fn blocks(&self, each: impl FnMut(&AllocKey, &Allocation)) -> anyhow::Result<()> {
+        read_batched(self.blocks.fd().as_fd(), each).context("read ALLOCATIONS")
     }
 
     /// What the programs saw, summed over CPUs.
@@ -198,11 +174,11 @@ impl Allocs {
 
     /// Bytes the kernel holds for the live-blocks table (its `memlock` figure).
     pub fn table_bytes(&self) -> Option<u64> {
-        memlock_of(&self.blocks_fd)
+        memlock_of(self.blocks.fd().as_fd())
     }
 }
 
-/// `BPF_MAP_LOOKUP_BATCH`, from the kernel's `enum bpf_cmd`.
+/// `BPF_MAP_LOOKUP_BATCH`, from the kernel's `enum bpf_cmd` (uapi, stable since 5.6).
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// Entries per batch.
 const BATCH: usize = 16_384;
@@ -222,8 +198,10 @@ struct BatchAttr {
 }
 
 /// Every entry of a hash map of `AllocKey` → `Allocation`, by `BPF_MAP_LOOKUP_BATCH`.
-fn read_batched(fd: &OwnedFd) -> std::io::Result<Vec<(AllocKey, Allocation)>> {
-    let mut entries = Vec::new();
+fn read_batched(
+    fd: BorrowedFd,
+    mut each: impl FnMut(&AllocKey, &Allocation),
+) -> std::io::Result<()> {
     let mut keys = vec![AllocKey::default(); BATCH];
     let mut values = vec![Allocation::default(); BATCH];
     // The hash table's batch position is a bucket index (4 bytes); 8 are room enough.
@@ -254,21 +232,32 @@ fn read_batched(fd: &OwnedFd) -> std::io::Result<Vec<(AllocKey, Allocation)>> {
             )
         };
         let err = (rc < 0).then(std::io::Error::last_os_error);
-        let n = attr.count as usize;
-        entries.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
-        match err {
-            None => {}
-            // The end of the table.
-            Some(err) if err.raw_os_error() == Some(libc::ENOENT) => return Ok(entries),
+        let end = match err {
+            None => false,
+            // The end of the table, with the last entries.
+            Some(err) if err.raw_os_error() == Some(libc::ENOENT) => true,
             Some(err) => return Err(err),
+        };
+        let n = (attr.count as usize).min(BATCH);
+        for (key, value) in keys[..n].iter().zip(&values[..n]) {
+            each(key, value);
+        }
+        if end {
+            return Ok(());
         }
         position[0] = position[1];
         first = false;
     }
 }
 
+/// Bytes of a memory page.
+fn page_bytes() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}
+
 /// A BPF map's `memlock` bytes, from its descriptor's fdinfo.
-fn memlock_of(fd: &OwnedFd) -> Option<u64> {
+fn memlock_of(fd: BorrowedFd) -> Option<u64> {
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
     info.lines()
         .find_map(|line| line.strip_prefix("memlock:"))?

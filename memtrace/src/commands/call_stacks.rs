@@ -93,12 +93,7 @@ impl CallStacks {
 
     /// A stack's frames, named.
     pub fn named(&mut self, id: StackId) -> Vec<Named> {
-        let frames = &self.stacks.stack(id).frames;
-        self.symbols.resolve(self.stacks.modules(), frames);
-        frames
-            .iter()
-            .map(|frame| self.symbols.named(frame))
-            .collect()
+        self.symbols.stack(&self.stacks, id)
     }
 
     /// Counts a call under its stack (`-c --stack`).

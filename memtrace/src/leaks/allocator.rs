@@ -99,8 +99,10 @@ pub fn of_process(pid: u32, forced: Option<&Path>) -> Result<Allocator, Failure>
 }
 
 /// The allocator a program about to be started will use: its own, if it defines `malloc`
-/// (statically linked, or a custom allocator), or else the C library memtrace itself uses.
-/// With `forced`, `program` is the allocator (`--allocator`).
+/// (statically linked, or a custom allocator); an allocator library `LD_PRELOAD` names; or else
+/// the C library memtrace itself uses. A program linked with an allocator library is refused:
+/// where that library is, only its dynamic linker knows. With `forced`, `program` is the
+/// allocator (`--allocator`).
 pub fn of_program(program: &Path, forced: bool) -> Result<Allocator, Failure> {
     let shown = program.to_string_lossy();
     match from_file(program, &shown, None) {
@@ -108,21 +110,34 @@ pub fn of_program(program: &Path, forced: bool) -> Result<Allocator, Failure> {
         Err(err) if forced => return Err(err),
         Err(_) => {}
     }
+    let preload = std::env::var("LD_PRELOAD").unwrap_or_default();
+    if let Some(library) = preloaded_allocator(&preload) {
+        return from_file(Path::new(library), library, None);
+    }
     let data = fs::read(program).map_err(|err| Failure::CommandFailed {
         command: shown.to_string(),
         reason: err.to_string(),
         code: crate::error::exit_code::COMMAND_NOT_EXECUTABLE,
     })?;
-    if let Ok(elf) = object::File::parse(&*data)
-        && !has_interpreter(&elf)
-    {
-        return Err(Failure::NoAllocator {
-            pid: 0,
-            reason: format!(
-                "{shown} is statically linked and defines no malloc symbol (stripped?): \
-                 name the allocator with --allocator PATH"
-            ),
-        });
+    if let Ok(elf) = object::File::parse(&*data) {
+        if !has_interpreter(&elf) {
+            return Err(Failure::NoAllocator {
+                pid: 0,
+                reason: format!(
+                    "{shown} is statically linked and defines no malloc symbol (stripped?): \
+                     name the allocator with --allocator PATH"
+                ),
+            });
+        }
+        if let Some(library) = linked_allocator(&elf) {
+            return Err(Failure::NoAllocator {
+                pid: 0,
+                reason: format!(
+                    "{shown} is linked with {library}: name it with --allocator PATH, or \
+                     start the program and trace it with --pid"
+                ),
+            });
+        }
     }
     let maps =
         crate::stacks::maps::read(std::process::id()).map_err(|err| Failure::NoAllocator {
@@ -151,12 +166,13 @@ fn mapped_files(maps: &[Mapping]) -> Vec<&Mapping> {
 /// The objects that could provide `malloc`, first bound first: the program itself, an
 /// allocator library, the C library.
 fn binding_order<'a>(files: &[&'a Mapping], exe: &str) -> Vec<&'a Mapping> {
-    let basename = |m: &Mapping| m.path.rsplit('/').next().unwrap_or("").to_owned();
     let mut order: Vec<&Mapping> = files.iter().copied().filter(|m| m.path == exe).collect();
-    order.extend(files.iter().copied().filter(|m| {
-        let name = basename(m);
-        ALLOCATOR_LIBRARIES.iter().any(|lib| name.starts_with(lib))
-    }));
+    order.extend(
+        files
+            .iter()
+            .copied()
+            .filter(|m| is_allocator_library(&m.path)),
+    );
     order.extend(files.iter().copied().filter(|m| is_c_library(&m.path)));
     order
 }
@@ -168,6 +184,28 @@ fn is_c_library(path: &str) -> bool {
 
 fn has_interpreter(elf: &object::File) -> bool {
     elf.section_by_name(".interp").is_some()
+}
+
+fn is_allocator_library(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or("");
+    ALLOCATOR_LIBRARIES.iter().any(|lib| name.starts_with(lib))
+}
+
+/// The first allocator library in an `LD_PRELOAD` value (paths separated by colons or spaces).
+fn preloaded_allocator(preload: &str) -> Option<&str> {
+    preload
+        .split([':', ' '])
+        .find(|path| path.starts_with('/') && is_allocator_library(path))
+}
+
+/// An allocator library the program needs (`DT_NEEDED`, whose names are in `.dynstr`).
+fn linked_allocator(elf: &object::File) -> Option<String> {
+    let strings = elf.section_by_name(".dynstr")?.data().ok()?;
+    strings
+        .split(|&byte| byte == 0)
+        .filter_map(|name| std::str::from_utf8(name).ok())
+        .find(|name| is_allocator_library(name))
+        .map(str::to_owned)
 }
 
 /// The allocator functions `file` defines, if it defines at least `malloc` and `free`.
@@ -243,6 +281,16 @@ mod tests {
             .map(|m| m.inode)
             .collect();
         assert_eq!(order, [1, 2, 3]);
+    }
+
+    #[test]
+    fn an_allocator_is_found_in_ld_preload() {
+        assert_eq!(
+            preloaded_allocator("/opt/lib/libfoo.so:/usr/lib/libjemalloc.so.2"),
+            Some("/usr/lib/libjemalloc.so.2")
+        );
+        assert_eq!(preloaded_allocator("/usr/lib/libfoo.so libbar.so"), None);
+        assert_eq!(preloaded_allocator(""), None);
     }
 
     #[test]

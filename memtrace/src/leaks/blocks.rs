@@ -26,33 +26,32 @@ impl Outstanding {
     }
 }
 
-/// The table's blocks per (process, stack), leaving out those younger than `min_age_ns` and
-/// those from before their process's last `exec` (`execs`: process → time of its exec), whose
-/// keys are returned apart for deletion.
-pub fn sum(
-    table: &[(AllocKey, Allocation)],
+/// The table's blocks summed per (process, stack) as they are read, leaving out those younger
+/// than `min_age_ns`.
+pub struct Sums {
     now_ns: u64,
     min_age_ns: u64,
-    execs: &HashMap<u32, u64>,
-) -> (HashMap<(u32, StackRef), Outstanding>, Vec<AllocKey>) {
-    let mut per_stack: HashMap<(u32, StackRef), Outstanding> = HashMap::new();
-    let mut stale = Vec::new();
-    for (key, block) in table {
-        if execs
-            .get(&key.tgid)
-            .is_some_and(|&exec| block.born_ns < exec)
-        {
-            stale.push(*key);
-            continue;
+    pub per_stack: HashMap<(u32, StackRef), Outstanding>,
+}
+
+impl Sums {
+    pub fn new(now_ns: u64, min_age_ns: u64) -> Sums {
+        Sums {
+            now_ns,
+            min_age_ns,
+            per_stack: HashMap::new(),
         }
-        if now_ns.saturating_sub(block.born_ns) < min_age_ns {
-            continue;
+    }
+
+    pub fn add(&mut self, key: &AllocKey, block: &Allocation) {
+        if self.now_ns.saturating_sub(block.born_ns) < self.min_age_ns {
+            return;
         }
         let stack = StackRef {
             kernel: 0,
             ..block.stack
         };
-        per_stack
+        self.per_stack
             .entry((key.tgid, stack))
             .or_default()
             .add(&Outstanding {
@@ -61,7 +60,6 @@ pub fn sum(
                 oldest_ns: block.born_ns,
             });
     }
-    (per_stack, stale)
 }
 
 #[cfg(test)]
@@ -78,13 +76,25 @@ mod tests {
             Allocation {
                 size,
                 born_ns,
-                stack: StackRef {
-                    hash,
-                    how: StackRef::KNOWN,
-                    kernel: 0,
-                },
+                stack: known(hash),
             },
         )
+    }
+
+    fn known(hash: u64) -> StackRef {
+        StackRef {
+            hash,
+            how: StackRef::KNOWN,
+            kernel: 0,
+        }
+    }
+
+    fn sum(table: &[(AllocKey, Allocation)], now_ns: u64, min_age_ns: u64) -> Sums {
+        let mut sums = Sums::new(now_ns, min_age_ns);
+        for (key, block) in table {
+            sums.add(key, block);
+        }
+        sums
     }
 
     #[test]
@@ -95,48 +105,22 @@ mod tests {
             block(1, 0x30, 5, 90, 8),
             block(2, 0x10, 1, 10, 7),
         ];
-        let (sums, stale) = sum(&table, 100, 0, &HashMap::new());
-        assert!(stale.is_empty());
-        let at = |tgid, hash| {
-            sums[&(
-                tgid,
-                StackRef {
-                    hash,
-                    how: StackRef::KNOWN,
-                    kernel: 0,
-                },
-            )]
+        let sums = sum(&table, 100, 0).per_stack;
+        let expected = Outstanding {
+            bytes: 128,
+            blocks: 2,
+            oldest_ns: 20,
         };
-        assert_eq!(
-            at(1, 7),
-            Outstanding {
-                bytes: 128,
-                blocks: 2,
-                oldest_ns: 20
-            }
-        );
-        assert_eq!(at(1, 8).blocks, 1);
-        assert_eq!(at(2, 7).bytes, 1);
+        assert_eq!(sums[&(1, known(7))], expected);
+        assert_eq!(sums[&(1, known(8))].blocks, 1);
+        assert_eq!(sums[&(2, known(7))].bytes, 1);
     }
 
     #[test]
-    fn leaves_out_young_blocks_and_returns_those_before_exec() {
-        let table = [
-            block(1, 0x10, 100, 50, 7),
-            block(1, 0x20, 8, 95, 7),
-            block(2, 0x10, 1, 10, 7),
-        ];
-        let execs = HashMap::from([(2, 20)]);
-        let (sums, stale) = sum(&table, 100, 10, &execs);
+    fn leaves_out_young_blocks() {
+        let table = [block(1, 0x10, 100, 50, 7), block(1, 0x20, 8, 95, 7)];
+        let sums = sum(&table, 100, 10).per_stack;
         assert_eq!(sums.len(), 1);
-        assert_eq!(sums.values().next().unwrap().bytes, 100);
-        assert_eq!(
-            stale,
-            [AllocKey {
-                tgid: 2,
-                _pad: 0,
-                addr: 0x10
-            }]
-        );
+        assert_eq!(sums[&(1, known(7))].bytes, 100);
     }
 }

@@ -107,12 +107,16 @@ pub struct MallocCounts {
     pub allocations: u64,
     /// Of those, recorded (the others: sampled out, smaller than --min-size, or dropped).
     pub recorded: u64,
-    /// Calls that returned no block.
+    /// Calls that returned no block (out of memory, or invalid arguments).
     pub failed: u64,
     pub frees: u64,
     /// Frees of blocks memtrace did not record: allocated before it attached, sampled out,
     /// smaller than --min-size, or dropped.
     pub unmatched_frees: u64,
+    /// Returns whose call's entry was not seen (calls under way when memtrace attached).
+    pub unpaired_returns: u64,
+    /// Calls whose return was never seen (a thread left the allocator by longjmp).
+    pub lost_returns: u64,
     /// Kernel bytes of the live-blocks table.
     pub table_bytes: Option<u64>,
 }
@@ -138,7 +142,8 @@ pub struct Leaks<'a> {
     /// Every stack with regions outstanding (the table shows `shown`).
     pub stacks: Vec<LeakRow>,
     pub losses: StackLosses,
-    /// Calls whose stack could not be known (their regions count under an empty stack).
+    /// Mapping level: calls whose stack could not be known; `--malloc`: live blocks whose stack
+    /// could not be known. Both count under an empty stack.
     pub unknown_stacks: u64,
     #[serde(serialize_with = "drops_json")]
     pub dropped: &'a [(DropSource, u64)],

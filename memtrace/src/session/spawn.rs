@@ -84,20 +84,22 @@ pub fn spawn_as_target(table: &mut dyn TargetTable, argv: &[String]) -> anyhow::
 /// child only reads a pipe, resets its signals and execs: nothing that allocates.
 pub struct Held {
     pid: u32,
-    pidfd: PidFd,
+    /// The parts [`Held::release`] hands on; all `None` once released.
+    pidfd: Option<PidFd>,
     command: String,
-    /// Written (or closed) to let the child go on.
-    gate: OwnedFd,
+    /// Written to let the child go on; closed (memtrace gone), it makes the child exit.
+    gate: Option<OwnedFd>,
     /// Closed by a successful `exec`; carries its errno otherwise.
-    exec_errors: OwnedFd,
+    exec_errors: Option<OwnedFd>,
 }
 
-/// Forks `argv`, held before `exec` until [`Held::release`].
-pub fn spawn_held(argv: &[String]) -> anyhow::Result<Held> {
+/// Forks `argv` (its program found at `path`, by [`resolve_program`]), held before `exec`
+/// until [`Held::release`]. Dropped unreleased, or if memtrace dies first, the child exits
+/// without running the command.
+pub fn spawn_held(argv: &[String], path: &std::path::Path) -> anyhow::Result<Held> {
     let (program, _) = argv
         .split_first()
         .ok_or_else(|| Failure::Usage("empty command after `--`".into()))?;
-    let path = resolve_program(program)?;
     let cstring = |text: &[u8]| {
         CString::new(text).map_err(|_| Failure::Usage(format!("a NUL byte in `{program}`")))
     };
@@ -119,8 +121,17 @@ pub fn spawn_held(argv: &[String]) -> anyhow::Result<Held> {
     if pid == 0 {
         // SAFETY: as above; every pointer was built before the fork and stays valid.
         unsafe {
+            // With the parent's the only write end left, its death is an end of file here.
+            libc::close(gate.as_raw_fd());
+            libc::close(exec_errors.as_raw_fd());
             let mut byte = 0u8;
-            if libc::read(gate_read.as_raw_fd(), (&raw mut byte).cast(), 1) != 1 {
+            let read = loop {
+                let read = libc::read(gate_read.as_raw_fd(), (&raw mut byte).cast(), 1);
+                if read >= 0 || *libc::__errno_location() != libc::EINTR {
+                    break read;
+                }
+            };
+            if read != 1 {
                 libc::_exit(exit_code::RUNTIME as i32);
             }
             // Rust ignores SIGPIPE, and an ignored signal stays ignored across exec.
@@ -139,10 +150,10 @@ pub fn spawn_held(argv: &[String]) -> anyhow::Result<Held> {
     let pidfd = PidFd::open(pid).context("open the command's pidfd")?;
     Ok(Held {
         pid,
-        pidfd,
+        pidfd: Some(pidfd),
         command: program.clone(),
-        gate,
-        exec_errors,
+        gate: Some(gate),
+        exec_errors: Some(exec_errors),
     })
 }
 
@@ -152,14 +163,12 @@ impl Held {
     }
 
     /// Lets the command run its `exec`; fails as a shell would if it cannot.
-    pub fn release(self) -> anyhow::Result<Spawned> {
-        let Held {
-            pid: _,
-            pidfd,
-            command,
-            gate,
-            exec_errors,
-        } = self;
+    pub fn release(mut self) -> anyhow::Result<Spawned> {
+        let (Some(pidfd), Some(gate), Some(exec_errors)) =
+            (self.pidfd.take(), self.gate.take(), self.exec_errors.take())
+        else {
+            anyhow::bail!("the command was released twice");
+        };
         let mut gate = std::fs::File::from(gate);
         gate.write_all(&[1]).context("release the command")?;
         drop(gate);
@@ -167,17 +176,28 @@ impl Held {
         let read = std::fs::File::from(exec_errors)
             .read(&mut errno)
             .unwrap_or(0);
+        let spawned = Spawned { pidfd };
         if read == 4 {
             let err = io::Error::from_raw_os_error(i32::from_ne_bytes(errno));
-            let _ = Spawned { pidfd }.reap();
+            let _ = spawned.reap();
             return Err(Failure::CommandFailed {
-                command,
+                command: std::mem::take(&mut self.command),
                 reason: err.to_string(),
                 code: exit_code::COMMAND_NOT_EXECUTABLE,
             }
             .into());
         }
-        Ok(Spawned { pidfd })
+        Ok(spawned)
+    }
+}
+
+impl Drop for Held {
+    /// Never released (memtrace failed first): the child must not run the command.
+    fn drop(&mut self) {
+        if let Some(pidfd) = self.pidfd.take() {
+            let _ = pidfd.signal(libc::SIGKILL);
+            let _ = Spawned { pidfd }.reap();
+        }
     }
 }
 

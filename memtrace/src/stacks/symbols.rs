@@ -154,6 +154,13 @@ impl Symbols {
         }
     }
 
+    /// Stack `id`'s frames, named, innermost first.
+    pub fn stack(&mut self, stacks: &super::Stacks, id: super::StackId) -> Vec<Named> {
+        let frames = &stacks.stack(id).frames;
+        self.resolve(stacks.modules(), frames);
+        frames.iter().map(|frame| self.named(frame)).collect()
+    }
+
     /// A frame as named by [`Symbols::resolve`].
     pub fn named(&self, frame: &Frame) -> Named {
         self.named.get(frame).cloned().unwrap_or(Named {

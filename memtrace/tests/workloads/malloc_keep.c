@@ -6,6 +6,8 @@
 //   keep_grown    a buffer grown by realloc from 16 bytes to 64 KiB, 1 block      (65,536)
 //   keep_aligned  posix_memalign 2 x 8192, aligned_alloc 4096, calloc 10 x 100, memalign 300,
 //                 valloc 5000, pvalloc 5000 (two pages), reallocarray 10 x 30       (35,272)
+//   keep_edges    a block a failing realloc must leave as it was, one realloc(p, 0) frees,
+//                 and a calloc whose size overflows (fails)                          (100, 1 block)
 // and churn allocates and frees 20,000 x 4 blocks of every kind, keeping none. Everything kept
 // stays allocated until the program exits.
 // usage: malloc_keep [wait]
@@ -74,6 +76,18 @@ __attribute__((noinline)) void keep_aligned(void) {
     must(reallocarray(NULL, 10, 30));
 }
 
+static volatile size_t huge = (size_t)1 << 62;
+
+__attribute__((noinline)) void keep_edges(void) {
+    char *p = malloc(100);
+    must(p);
+    if (realloc(p, huge) != NULL) exit(1);
+    char *q = malloc(50);
+    must(q);
+    sink = realloc(q, 0);
+    if (calloc(huge, 16) != NULL) exit(1);
+}
+
 __attribute__((noinline)) void churn(void) {
     for (int i = 0; i < 20000; i++) {
         void *p = malloc(i % 500 + 1);
@@ -100,6 +114,7 @@ static void work(void) {
     keep_large();
     keep_grown();
     keep_aligned();
+    keep_edges();
     churn();
 }
 

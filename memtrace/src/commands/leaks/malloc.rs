@@ -6,14 +6,14 @@ use std::collections::HashMap;
 
 use anyhow::Context as _;
 use memtrace_common::stacks::EventKind;
-use tokio::time::{Interval, MissedTickBehavior, interval, interval_at};
+use tokio::time::Interval;
 
-use super::{LeaksConfig, MallocOptions, POLL, monotonic_ns};
+use super::{LeaksConfig, MallocOptions, monotonic_ns};
 use crate::{
     bpf::allocs::{Allocs, Options},
     leaks::{
         allocator::{self, Allocator},
-        blocks::{self, Outstanding},
+        blocks::{Outstanding, Sums},
     },
     output::{
         Sink, Timestamp,
@@ -61,7 +61,7 @@ impl<'a> MallocJob<'a> {
                 let program = argv.first().map(String::as_str).unwrap_or_default();
                 let path = spawn::resolve_program(program)?;
                 let allocator = allocator::of_program(forced.unwrap_or(&path), forced.is_some())?;
-                let held = spawn::spawn_held(argv)?;
+                let held = spawn::spawn_held(argv, &path)?;
                 allocs.attach(held.pid(), &allocator)?;
                 unchecked = Some(held.pid());
                 traced.push((held.pid(), allocator));
@@ -95,11 +95,7 @@ impl<'a> MallocJob<'a> {
             sample: (options.sample > 1).then_some(options.sample),
         };
         session.sink().emit(&start).context("write the report")?;
-        let mut poll = interval(POLL);
-        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let first = tokio::time::Instant::now() + config.interval;
-        let mut report = interval_at(first, config.interval);
-        report.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let (poll, report) = super::timers(config);
         Ok(MallocJob {
             config,
             allocs,
@@ -120,27 +116,30 @@ impl<'a> MallocJob<'a> {
         })
     }
 
-    /// Warns once if a started command turns out not to use the allocator traced (it maps
-    /// another C library, or loads an allocator library of its own).
+    /// Once a started command has mapped its allocator, warns if it is not the one traced
+    /// (another C library, or an allocator library loaded some other way).
     fn check_command(&mut self) {
         let Some(pid) = self.unchecked else { return };
-        let Ok(maps) = crate::stacks::maps::read(pid) else {
-            return;
-        };
-        self.unchecked = None;
         let Some((_, traced)) = self.traced.iter().find(|(p, _)| *p == pid) else {
             return;
         };
-        let own = allocator::of_process(pid, None);
-        let maps_it = maps.iter().any(|m| m.inode == traced.inode);
-        match own {
-            Ok(own) if own.inode != traced.inode || !maps_it => log::warn!(
+        // Until its exec, the child is a copy of memtrace.
+        let exe = |pid: &str| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        if exe(&pid.to_string()) == exe("self") {
+            return;
+        }
+        // Not mapped yet (its dynamic linker is at work), or gone: look again later.
+        let Ok(own) = allocator::of_process(pid, None) else {
+            return;
+        };
+        self.unchecked = None;
+        if own.inode != traced.inode {
+            log::warn!(
                 "the command (pid {pid}) allocates with {}, not {}: its blocks are not seen; \
                  name it with --allocator",
                 own.shown,
                 traced.shown
-            ),
-            _ => {}
+            );
         }
     }
 
@@ -149,12 +148,10 @@ impl<'a> MallocJob<'a> {
     fn rows(&mut self) -> anyhow::Result<(Vec<LeakRow>, u64)> {
         let now = monotonic_ns();
         let min_age_ns = u64::try_from(self.config.min_age.as_nanos()).unwrap_or(u64::MAX);
-        let table = self.allocs.blocks()?;
-        let execs = self.allocs.execs()?;
-        let (sums, stale) = blocks::sum(&table, now, min_age_ns, &execs);
-        self.allocs.forget(&stale)?;
+        let mut sums = Sums::new(now, min_age_ns);
+        self.allocs.blocks(|key, block| sums.add(key, block))?;
         let mut per_stack: HashMap<(u32, Option<StackId>), Outstanding> = HashMap::new();
-        for ((pid, stack), outstanding) in sums {
+        for ((pid, stack), outstanding) in sums.per_stack {
             let id = self.stacks.lookup(pid, EventKind::Allocation, stack);
             per_stack.entry((pid, id)).or_default().add(&outstanding);
         }
@@ -190,12 +187,7 @@ impl<'a> MallocJob<'a> {
     }
 
     fn named(&mut self, id: StackId) -> Vec<crate::stacks::symbols::Named> {
-        let frames = &self.stacks.stack(id).frames;
-        self.symbols.resolve(self.stacks.modules(), frames);
-        frames
-            .iter()
-            .map(|frame| self.symbols.named(frame))
-            .collect()
+        self.symbols.stack(&self.stacks, id)
     }
 
     fn comm(&self, pid: u32) -> String {
@@ -223,6 +215,8 @@ impl<'a> MallocJob<'a> {
                 failed: stats.failed,
                 frees: stats.frees,
                 unmatched_frees: stats.unmatched_frees,
+                unpaired_returns: stats.orphan_returns,
+                lost_returns: stats.lost_returns,
                 table_bytes: self.allocs.table_bytes(),
             }),
             stacks: rows,
@@ -253,8 +247,8 @@ impl Job for MallocJob<'_> {
 
     fn work(&mut self, wake: Wake, sink: &mut Sink) -> anyhow::Result<Option<End>> {
         self.drain();
+        self.check_command();
         if let Wake::Report = wake {
-            self.check_command();
             self.emit(sink, false).context("write the report")?;
         }
         Ok(None)

@@ -11,9 +11,9 @@ use memtrace_common::{
     syscalls::{MAX_PENDING_TARGETED, stacks_of},
     targets::TargetFlags,
 };
-use tokio::time::{Interval, MissedTickBehavior, interval, interval_at};
+use tokio::time::Interval;
 
-use super::{LeaksConfig, POLL, monotonic_ns};
+use super::{LeaksConfig, monotonic_ns};
 use crate::commands::call_stacks::CallStacks;
 use crate::{
     bpf::{
@@ -105,11 +105,7 @@ impl<'a> LeaksJob<'a> {
             sample: None,
         };
         session.sink().emit(&start).context("write the report")?;
-        let mut poll = interval(POLL);
-        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let first = tokio::time::Instant::now() + config.interval;
-        let mut report = interval_at(first, config.interval);
-        report.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let (poll, report) = super::timers(config);
         Ok(LeaksJob {
             config,
             loaded,

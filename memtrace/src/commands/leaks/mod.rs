@@ -12,6 +12,7 @@ use std::{
 
 use anyhow::Context as _;
 use memtrace_common::{allocs::MAX_ALLOCATIONS, stacks::MAX_STACKS};
+use tokio::time::{Interval, MissedTickBehavior, interval, interval_at};
 
 use crate::{
     cli::LeaksArgs,
@@ -101,6 +102,17 @@ pub async fn execute(args: LeaksArgs) -> anyhow::Result<u8> {
             session.run(job).await
         }
     }
+}
+
+/// The timers of a `leaks` job: draining the kernel's ring, and reporting every interval
+/// (the first one interval from now).
+fn timers(config: &LeaksConfig) -> (Interval, Interval) {
+    let mut poll = interval(POLL);
+    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let first = tokio::time::Instant::now() + config.interval;
+    let mut report = interval_at(first, config.interval);
+    report.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    (poll, report)
 }
 
 /// Draws the final report's flame graph: bytes outstanding per stack.
