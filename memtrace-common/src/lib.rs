@@ -160,8 +160,9 @@ pub mod maps {
     pub const ALLOC_CALLS: &str = "ALLOC_CALLS";
     /// Per-CPU array of one [`crate::allocs::AllocStats`].
     pub const ALLOC_STATS: &str = "ALLOC_STATS";
-    /// Hash: traced process id → 0: the processes whose blocks are forgotten at `exec`.
-    pub const ALLOC_TARGETS: &str = "ALLOC_TARGETS";
+    /// Hash: process id → 0: followed processes not yet given their uprobes (stopped at their
+    /// `exec` until they are).
+    pub const ALLOC_AWAITED: &str = "ALLOC_AWAITED";
 }
 
 /// Why the kernel side failed to record something. Each has its own slot in [`maps::DROPS`], so

@@ -9,8 +9,10 @@
 
 mod atomic;
 mod drops;
+mod record;
 mod runtime;
 mod stacks;
+mod targets;
 
 use core::ffi::c_void;
 
@@ -19,7 +21,7 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_F_NO_PREALLOC},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::{bpf_for_each_map_elem, bpf_map_delete_elem},
+        generated::{bpf_for_each_map_elem, bpf_map_delete_elem, bpf_send_signal},
     },
     macros::{map, raw_tracepoint, uprobe, uretprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -28,10 +30,11 @@ use aya_ebpf::{
 use memtrace_common::{
     DropSource,
     allocs::{
-        ALLOC_RING_BYTES, AllocCall, AllocKey, AllocStats, Allocation, MAX_ALLOC_TARGETS,
-        MAX_ALLOC_THREADS, MAX_ALLOCATIONS,
+        ALLOC_RING_BYTES, AllocCall, AllocKey, AllocStats, Allocation, MAX_ALLOC_THREADS,
+        MAX_ALLOCATIONS, ProcessRecord, RECORD_PROCESS,
     },
     stacks::{EventKind, PAGE_BYTES},
+    targets::MAX_TARGETS,
 };
 
 /// Allocated as it fills: an idle bound costs nothing.
@@ -50,9 +53,9 @@ static STATS: PerCpuArray<AllocStats> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "STACK_SNAPSHOTS")]
 static SNAPSHOTS: RingBuf = RingBuf::with_byte_size(ALLOC_RING_BYTES, 0);
 
-/// Traced processes (written by userspace): their blocks are forgotten when they `exec`.
-#[map(name = "ALLOC_TARGETS")]
-static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_ALLOC_TARGETS, 0);
+/// Followed processes not given their uprobes yet (by userspace, which deletes them then).
+#[map(name = "ALLOC_AWAITED")]
+static AWAITED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TARGETS, 0);
 
 #[unsafe(no_mangle)]
 static ALLOC_MIN_SIZE: Global<u64> = Global::new(0);
@@ -146,13 +149,42 @@ pub fn mt_alloc_return(ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// A followed child was born (the fork follower, `targets`, registered it): userspace is told
+/// to give it uprobes, and until it has, the child is stopped at its `exec`.
+#[inline(always)]
+pub fn on_new_target(tgid: u32) -> bool {
+    let _ = AWAITED.insert(tgid, 0, u64::from(BPF_ANY));
+    tell(tgid, ProcessRecord::BORN)
+}
+
+/// Sends a followed process's birth or end to userspace.
+#[inline(always)]
+fn tell(pid: u32, event: u32) -> bool {
+    let record = ProcessRecord {
+        kind: RECORD_PROCESS,
+        pid,
+        event,
+        _pad: 0,
+    };
+    if SNAPSHOTS.output::<ProcessRecord>(&record, 0).is_err() {
+        drops::count(DropSource::StackRingFull);
+        return false;
+    }
+    true
+}
+
 /// A traced process ran `exec`: its blocks are gone with its old address space. Deleted here,
-/// before the new image can allocate at their addresses.
+/// before the new image can allocate at their addresses. A followed child still waiting for
+/// its uprobes stops here, before its new image runs, until userspace has put them on.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn mt_alloc_exec(_ctx: RawTracePointContext) -> i32 {
     let (mut tgid, _) = ids();
-    if TARGETS.get_ptr(tgid).is_none() {
+    if !targets::is_counted(tgid) {
         return 0;
+    }
+    if AWAITED.get_ptr(tgid).is_some() {
+        // SAFETY: a signal to the current task, delivered as it returns to user mode.
+        unsafe { bpf_send_signal(SIGSTOP) };
     }
     // SAFETY: the callback only reads the entry it is given and deletes it from the map it
     // walks, which hash maps allow; `tgid` outlives the call.
@@ -183,17 +215,23 @@ extern "C" fn forget_block(
     0
 }
 
-/// A thread ended: its call in progress, if any, with it; and a traced process's place in
-/// `ALLOC_TARGETS` when it ends (its pid may come to name another).
+/// A thread ended: its call in progress, if any, with it. A traced process that ends leaves
+/// the targets (its pid may come to name another), and userspace is told, to take its uprobes
+/// off.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn mt_alloc_exit(_ctx: RawTracePointContext) -> i32 {
     let (tgid, tid) = ids();
     let _ = CALLS.remove(tid);
-    if tid == tgid {
-        let _ = TARGETS.remove(tgid);
+    if tid == tgid && targets::is_counted(tgid) {
+        targets::forget(tgid);
+        let _ = AWAITED.remove(tgid);
+        tell(tgid, ProcessRecord::ENDED);
     }
     0
 }
+
+/// `SIGSTOP`.
+const SIGSTOP: u32 = 19;
 
 #[inline(always)]
 fn arg(ctx: &ProbeContext, n: usize) -> u64 {

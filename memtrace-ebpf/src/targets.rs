@@ -69,6 +69,13 @@ pub fn is_counted(tgid: u32) -> bool {
     }
 }
 
+/// Removes a process from the targets.
+#[inline(always)]
+#[allow(dead_code, reason = "the objects that end targets themselves use it")]
+pub fn forget(tgid: u32) {
+    let _ = TARGETS.remove(tgid);
+}
+
 #[inline(always)]
 fn flags_of(tgid: u32) -> u32 {
     match TARGETS.get_ptr(tgid) {

@@ -437,3 +437,42 @@ fn attached_to_threads_allocating_without_pause_it_misses_nothing_after() {
     assert_eq!(kept, (25_600, 400), "{last:#}");
     assert_eq!(last["malloc"]["lost_returns"], 0, "{}", last["malloc"]);
 }
+
+/// A command's descendants are followed from birth: each child is given its uprobes before its
+/// `exec` runs its program (it waits stopped there until it has).
+#[test]
+fn a_command_s_children_are_followed_from_birth() {
+    require_root!();
+    let binary = malloc_keep();
+    let script = format!("{0}; {0} && true", binary.display());
+    let output = common::memtrace()
+        .args(["leaks", "--malloc", "--json", "--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let records: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let last = final_report(&records);
+    let children: std::collections::BTreeSet<u64> = last["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["comm"] == "malloc_keep")
+        .map(|row| row["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(children.len(), 2, "{last:#}");
+    let ours = per_function(last);
+    for (name, bytes, blocks) in KEPT {
+        assert_eq!(
+            ours.get(name),
+            Some(&(2 * bytes, 2 * blocks)),
+            "{name}: {last:#}"
+        );
+    }
+}

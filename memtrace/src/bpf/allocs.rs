@@ -2,6 +2,7 @@
 //! table of live blocks read in batches, and the stacks it sends whole.
 
 use std::{
+    collections::HashMap as StdHashMap,
     num::NonZeroU32,
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
 };
@@ -12,20 +13,30 @@ use aya::{
     maps::{HashMap, Map, MapData, PerCpuArray},
     programs::{
         RawTracePoint, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
     },
 };
 use memtrace_common::{
     DropSource,
-    allocs::{ALLOC_RING_BYTES, AllocKey, AllocStats, Allocation, MAX_ALLOC_TARGETS, Shape},
+    allocs::{ALLOC_RING_BYTES, AllocKey, AllocStats, Allocation, Shape},
     globals, maps,
+    targets::TargetFlags,
 };
 
-use super::{Config, Object, stacks::SnapshotTables};
+use super::{
+    Config, Object,
+    stacks::SnapshotTables,
+    targets::{self, Filter, TargetTable as _},
+    tracepoints::{Release, Tracepoints},
+};
 use crate::leaks::allocator::{Allocator, Role};
 
 /// What the object loses.
-pub const LOSSES: [DropSource; 2] = [DropSource::AllocTableFull, DropSource::StackRingFull];
+pub const LOSSES: [DropSource; 3] = [
+    DropSource::AllocTableFull,
+    DropSource::StackRingFull,
+    DropSource::TargetTableFull,
+];
 
 /// The program every return goes to.
 const RETURN_PROGRAM: &str = "mt_alloc_return";
@@ -39,14 +50,21 @@ pub struct Options {
     pub min_size: u64,
     /// Record one allocation in this many.
     pub sample: u32,
+    /// Which processes are targets: `follow_forks` for a command's descendants.
+    pub filter: Filter,
 }
 
 /// The loaded object: its programs are attached per target with [`Allocs::attach`].
 pub struct Allocs {
     ebpf: Ebpf,
+    /// The fork follower, when descendants are followed.
+    tracepoints: Tracepoints,
+    follow: bool,
     pub snapshots: SnapshotTables,
     /// `ALLOCATIONS`, read in batches (which aya does not offer).
     blocks: MapData,
+    /// Each traced process's uprobes, by program.
+    links: StdHashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
 }
 
 /// The entry program of an allocator function.
@@ -80,6 +98,7 @@ impl Allocs {
     /// Loads the object (and its `exec` hook); nothing is traced until [`Allocs::attach`].
     pub fn load(options: &Options) -> anyhow::Result<Allocs> {
         let mut config = Config::default();
+        options.filter.configure(&mut config)?;
         super::stacks::configure(&mut config, options.max_stacks)?;
         config
             .size(maps::STACK_SNAPSHOTS, ALLOC_RING_BYTES)
@@ -107,6 +126,11 @@ impl Allocs {
                 .attach(tracepoint)
                 .map_err(|err| super::kernel_refusal(err, &format!("attach {tracepoint}")))?;
         }
+        let mut tracepoints = Tracepoints::default();
+        let follow = options.filter == (Filter::Targets { follow_forks: true });
+        if follow {
+            targets::attach_fork_follower(&mut ebpf, &mut tracepoints)?;
+        }
         let snapshots = SnapshotTables::open(&mut ebpf)?;
         let map = ebpf
             .take_map(maps::ALLOCATIONS)
@@ -116,8 +140,11 @@ impl Allocs {
         };
         Ok(Allocs {
             ebpf,
+            tracepoints,
+            follow,
             snapshots,
             blocks,
+            links: StdHashMap::new(),
         })
     }
 
@@ -126,11 +153,12 @@ impl Allocs {
     /// any entry probe: a call whose entry is seen always has its return seen.
     pub fn attach(&mut self, pid: u32, allocator: &Allocator) -> anyhow::Result<usize> {
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("pid 0")?);
-        let mut targets: HashMap<&mut MapData, u32, u32> =
-            super::map_mut(&mut self.ebpf, maps::ALLOC_TARGETS)?;
-        targets.insert(pid, 0, 0).with_context(|| {
-            format!("add pid {pid} to ALLOC_TARGETS (at most {MAX_ALLOC_TARGETS} processes)")
-        })?;
+        let flags = match self.follow {
+            true => TargetFlags::COUNT | TargetFlags::FOLLOW,
+            false => TargetFlags::COUNT,
+        };
+        self.ebpf.insert(pid, flags)?;
+        let links = self.links.entry(pid).or_default();
         let returns = allocator
             .functions
             .iter()
@@ -143,12 +171,51 @@ impl Allocs {
         for (function, kind, name) in returns.chain(entries) {
             let at = UProbeAttachLocation::AbsoluteOffset(function.offset);
             let program: &mut UProbe = super::program_mut(&mut self.ebpf, name)?;
-            program.attach(at, &allocator.file, scope).map_err(|err| {
+            let link = program.attach(at, &allocator.file, scope).map_err(|err| {
                 let what = format!("put a {kind} on {} in {}", function.name, allocator.shown);
                 super::kernel_refusal(err, &what)
             })?;
+            links.push((name, link));
         }
         Ok(allocator.functions.len())
+    }
+
+    /// A followed child has its uprobes: it may run its `exec` (it is stopped there if it got
+    /// that far first).
+    pub fn release_child(&mut self, pid: u32) -> anyhow::Result<()> {
+        let mut awaited: HashMap<&mut MapData, u32, u32> =
+            super::map_mut(&mut self.ebpf, maps::ALLOC_AWAITED)?;
+        super::deleted(awaited.remove(&pid)).context("delete from ALLOC_AWAITED")?;
+        // SAFETY: kill has no memory preconditions. A child not stopped ignores SIGCONT.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+        Ok(())
+    }
+
+    /// Takes an ended process's uprobes off (their perf events would outlive it).
+    pub fn detach(&mut self, pid: u32) -> anyhow::Result<()> {
+        for (name, link) in self.links.remove(&pid).unwrap_or_default() {
+            let program: &mut UProbe = super::program_mut(&mut self.ebpf, name)?;
+            // Already gone with the process is as good.
+            let _ = program.detach(link);
+        }
+        Ok(())
+    }
+
+    /// Detaches everything: the uprobes and hooks at once, the fork follower's tracepoint in
+    /// the background.
+    pub fn release(self) {
+        // A child stopped at its exec, waiting for uprobes it will no longer get, goes on.
+        if let Ok(awaited) = super::entries::<u32, u32>(&self.ebpf, maps::ALLOC_AWAITED) {
+            for (pid, _) in awaited {
+                // SAFETY: kill has no memory preconditions.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+            }
+        }
+        let Allocs {
+            ebpf, tracepoints, ..
+        } = self;
+        tracepoints.release(Release::Background);
+        drop(ebpf);
     }
 
     /// Hands every live block the kernel holds to `each`, read in batches (a few syscalls for

@@ -5,7 +5,10 @@
 use std::collections::HashMap;
 
 use anyhow::Context as _;
-use memtrace_common::stacks::EventKind;
+use memtrace_common::{
+    allocs::{ProcessRecord, RECORD_PROCESS},
+    stacks::EventKind,
+};
 use tokio::time::Interval;
 
 use super::{LeaksConfig, MallocOptions, monotonic_ns};
@@ -19,7 +22,7 @@ use crate::{
         Sink, Timestamp,
         leaks::{LeakRow, Leaks, Level, MallocCounts, Start, TracedAllocator},
     },
-    session::{End, Ending, Job, Session, Target, spawn, targets::shell_words},
+    session::{End, Ending, Job, Session, Target, spawn},
     stacks::{StackId, Stacks, symbols::Symbols},
 };
 
@@ -47,11 +50,13 @@ impl<'a> MallocJob<'a> {
         options: &MallocOptions,
         session: &mut Session,
     ) -> anyhow::Result<MallocJob<'a>> {
+        let follow = matches!(config.session.target, Target::Command(_));
         let mut allocs = Allocs::load(&Options {
             max_allocations: options.max_allocations,
             max_stacks: config.max_stacks,
             min_size: options.min_size,
             sample: options.sample,
+            filter: config.session.target.filter(follow),
         })?;
         let forced = options.allocator.as_deref();
         let mut traced = Vec::new();
@@ -75,13 +80,8 @@ impl<'a> MallocJob<'a> {
                 }
             }
         }
-        let description = match &config.session.target {
-            // Uprobes go on the command's own pid: its children are not followed.
-            Target::Command(argv) => ("command", format!("`{}`", shell_words(argv))),
-            target => target.describe(),
-        };
         let start = Start {
-            targets: session.targets(description),
+            targets: session.targets(config.session.target.describe()),
             interval_s: config.interval.as_secs_f64(),
             level: Level::Malloc,
             allocators: traced
@@ -108,12 +108,42 @@ impl<'a> MallocJob<'a> {
         })
     }
 
-    /// Learns the new stacks waiting; returns how many.
-    fn drain(&mut self) -> usize {
+    /// Learns the new stacks waiting, and follows the command's new and ended processes;
+    /// returns how many records were read.
+    fn drain(&mut self) -> anyhow::Result<usize> {
         let MallocJob { allocs, stacks, .. } = self;
-        allocs.snapshots.drain(|bytes, teach| {
-            stacks.take(bytes, teach);
-        })
+        let mut processes = Vec::new();
+        let n = allocs
+            .snapshots
+            .drain(|bytes, teach| match decode_process(bytes) {
+                Some(record) => processes.push(record),
+                None => {
+                    stacks.take(bytes, teach);
+                }
+            });
+        for record in processes {
+            self.follow(record)?;
+        }
+        Ok(n)
+    }
+
+    /// A followed child is given the command's allocator's uprobes before it runs its `exec`;
+    /// an ended process's are taken off.
+    fn follow(&mut self, record: ProcessRecord) -> anyhow::Result<()> {
+        let pid = record.pid;
+        if record.event == ProcessRecord::ENDED {
+            return self.allocs.detach(pid);
+        }
+        let Some((_, allocator)) = self.traced.first() else {
+            return Ok(());
+        };
+        let allocator = allocator.clone();
+        // A child gone already has nothing to trace.
+        match self.allocs.attach(pid, &allocator) {
+            Ok(_) => self.traced.push((pid, allocator)),
+            Err(err) => log::debug!("following pid {pid}: {err:#}"),
+        }
+        self.allocs.release_child(pid)
     }
 
     /// Once a started command has mapped its allocator, warns if it is not the one traced
@@ -234,6 +264,15 @@ impl<'a> MallocJob<'a> {
     }
 }
 
+/// A followed process's birth or end, if the record is one (else it is a stack).
+fn decode_process(bytes: &[u8]) -> Option<ProcessRecord> {
+    let bytes = bytes.get(..size_of::<ProcessRecord>())?;
+    // SAFETY: `ProcessRecord` is plain integers, `repr(C)` without padding; any bytes of its
+    // size are a valid value, read unaligned.
+    let record = unsafe { bytes.as_ptr().cast::<ProcessRecord>().read_unaligned() };
+    (record.kind == RECORD_PROCESS).then_some(record)
+}
+
 impl Job for MallocJob<'_> {
     type Work = Wake;
 
@@ -246,7 +285,7 @@ impl Job for MallocJob<'_> {
     }
 
     fn work(&mut self, wake: Wake, sink: &mut Sink) -> anyhow::Result<Option<End>> {
-        self.drain();
+        self.drain()?;
         self.check_command();
         if let Wake::Report = wake {
             self.emit(sink, false).context("write the report")?;
@@ -256,14 +295,13 @@ impl Job for MallocJob<'_> {
 
     fn finish(&mut self, ending: &Ending, sink: &mut Sink) -> anyhow::Result<()> {
         if ending.end != End::OutputClosed {
-            while self.drain() > 0 {}
+            while self.drain()? > 0 {}
         }
         self.emit(sink, true).context("write the report")
     }
 
     fn release(self) {
-        // Dropping the object closes every uprobe's link: the kernel takes the breakpoints
-        // out of the targets at once.
-        drop(self.allocs);
+        // Closing every uprobe's link takes the breakpoints out of the targets at once.
+        self.allocs.release();
     }
 }
