@@ -17,22 +17,14 @@ pub const MAX_ALLOC_THREADS: u32 = 16_384;
 /// syscall records' 1 and 3).
 pub const RECORD_PROCESS: u32 = 4;
 
-/// A followed process's birth or end, on the stacks' ring (`leaks --malloc -- COMMAND`):
-/// userspace puts the uprobes on a new process, and takes them off an ended one.
+/// A followed process's birth, on the stacks' ring (`leaks --malloc -- COMMAND`): userspace
+/// puts the uprobes on it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcessRecord {
     /// [`RECORD_PROCESS`].
     pub kind: u32,
     pub pid: u32,
-    /// [`ProcessRecord::BORN`] or [`ProcessRecord::ENDED`].
-    pub event: u32,
-    pub _pad: u32,
-}
-
-impl ProcessRecord {
-    pub const BORN: u32 = 0;
-    pub const ENDED: u32 = 1;
 }
 
 /// Bytes of the ring that carries new stacks to userspace.
@@ -143,7 +135,7 @@ impl AllocStats {
 }
 
 const _: () = assert!(size_of::<AllocKey>() == 16);
-const _: () = assert!(size_of::<ProcessRecord>() == 16);
+const _: () = assert!(size_of::<ProcessRecord>() == 8);
 const _: () = assert!(size_of::<Allocation>() == 32);
 const _: () = assert!(size_of::<AllocCall>() == 104);
 const _: () = assert!(size_of::<AllocStats>() == 56);

@@ -154,19 +154,13 @@ pub fn mt_alloc_return(ctx: RetProbeContext) -> u32 {
 #[inline(always)]
 pub fn on_new_target(tgid: u32) -> bool {
     let _ = AWAITED.insert(tgid, 0, u64::from(BPF_ANY));
-    tell(tgid, ProcessRecord::BORN)
-}
-
-/// Sends a followed process's birth or end to userspace.
-#[inline(always)]
-fn tell(pid: u32, event: u32) -> bool {
     let record = ProcessRecord {
         kind: RECORD_PROCESS,
-        pid,
-        event,
-        _pad: 0,
+        pid: tgid,
     };
     if SNAPSHOTS.output::<ProcessRecord>(&record, 0).is_err() {
+        // Not followed, then: it must not wait at its exec for uprobes that never come.
+        let _ = AWAITED.remove(tgid);
         drops::count(DropSource::StackRingFull);
         return false;
     }
@@ -183,8 +177,17 @@ pub fn mt_alloc_exec(_ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     if AWAITED.get_ptr(tgid).is_some() {
-        // SAFETY: a signal to the current task, delivered as it returns to user mode.
-        unsafe { bpf_send_signal(SIGSTOP) };
+        // Stop first, then claim the entry: whichever of this program and userspace deletes
+        // it, a stop is always followed by a continue (from userspace, which found it gone,
+        // or from here, if userspace got there first).
+        // SAFETY: signals to the current task, delivered as it returns to user mode; a
+        // continue discards a pending stop.
+        unsafe {
+            bpf_send_signal(SIGSTOP);
+            if AWAITED.remove(tgid).is_err() {
+                bpf_send_signal(SIGCONT);
+            }
+        }
     }
     // SAFETY: the callback only reads the entry it is given and deletes it from the map it
     // walks, which hash maps allow; `tgid` outlives the call.
@@ -216,8 +219,7 @@ extern "C" fn forget_block(
 }
 
 /// A thread ended: its call in progress, if any, with it. A traced process that ends leaves
-/// the targets (its pid may come to name another), and userspace is told, to take its uprobes
-/// off.
+/// the targets (its pid may come to name another).
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn mt_alloc_exit(_ctx: RawTracePointContext) -> i32 {
     let (tgid, tid) = ids();
@@ -225,12 +227,12 @@ pub fn mt_alloc_exit(_ctx: RawTracePointContext) -> i32 {
     if tid == tgid && targets::is_counted(tgid) {
         targets::forget(tgid);
         let _ = AWAITED.remove(tgid);
-        tell(tgid, ProcessRecord::ENDED);
     }
     0
 }
 
-/// `SIGSTOP`.
+/// `SIGCONT` and `SIGSTOP`.
+const SIGCONT: u32 = 18;
 const SIGSTOP: u32 = 19;
 
 #[inline(always)]

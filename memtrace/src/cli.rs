@@ -102,7 +102,7 @@ TWO LEVELS:
                       pvalloc of its libc, or of jemalloc/tcmalloc/mimalloc when it uses one):
                       every block, exact. Each call traps into the kernel (several us): on
                       allocation-heavy programs prefer the mapping level, or heaptrack if the
-                      program can be restarted. Descendants of a COMMAND are not followed.
+                      program can be restarted.
 
 EXAMPLES:
   sudo memtrace leaks --pid 4242                   # a running service's mappings, every 5 s
@@ -181,8 +181,7 @@ pub struct LeaksArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_allocations: Option<u32>,
 
-    /// Start COMMAND and trace it (with all its descendants at the mapping level; only itself
-    /// with --malloc); memtrace exits with its status
+    /// Start COMMAND and trace it with all its descendants; memtrace exits with its status
     #[arg(last = true, value_name = "COMMAND", conflicts_with = "pids")]
     pub command: Vec<String>,
 }

@@ -63,7 +63,10 @@ pub struct Allocs {
     pub snapshots: SnapshotTables,
     /// `ALLOCATIONS`, read in batches (which aya does not offer).
     blocks: MapData,
-    /// Each traced process's uprobes, by program.
+    /// Each traced process's uprobes, by program. An ended process's stay until memtrace
+    /// ends: taking a uprobe off waits on the kernel (~85 ms each here, one at a time, under
+    /// the lock that putting one on takes too), and children stopped at their `exec` must not
+    /// wait behind that.
     links: StdHashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
 }
 
@@ -185,18 +188,12 @@ impl Allocs {
     pub fn release_child(&mut self, pid: u32) -> anyhow::Result<()> {
         let mut awaited: HashMap<&mut MapData, u32, u32> =
             super::map_mut(&mut self.ebpf, maps::ALLOC_AWAITED)?;
-        super::deleted(awaited.remove(&pid)).context("delete from ALLOC_AWAITED")?;
-        // SAFETY: kill has no memory preconditions. A child not stopped ignores SIGCONT.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
-        Ok(())
-    }
-
-    /// Takes an ended process's uprobes off (their perf events would outlive it).
-    pub fn detach(&mut self, pid: u32) -> anyhow::Result<()> {
-        for (name, link) in self.links.remove(&pid).unwrap_or_default() {
-            let program: &mut UProbe = super::program_mut(&mut self.ebpf, name)?;
-            // Already gone with the process is as good.
-            let _ = program.detach(link);
+        // Whoever deletes the entry decides: here, before the child's exec claimed it (no
+        // stop comes, or the exec's program undoes its own); else the child has stopped
+        // itself (or is about to: a continue discards a pending stop), and is continued here.
+        if awaited.remove(&pid).is_err() {
+            // SAFETY: kill has no memory preconditions.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
         }
         Ok(())
     }
@@ -215,7 +212,12 @@ impl Allocs {
             ebpf, tracepoints, ..
         } = self;
         tracepoints.release(Release::Background);
+        // Each uprobe's release waits on the kernel (~85 ms here, one at a time: 1.5 s for a
+        // process's 17). Copies of the links go to a helper that closes them after memtrace
+        // has exited; closing memtrace's own is then instant.
+        let links = super::release::links_of_this_process();
         drop(ebpf);
+        super::release::in_background(links);
     }
 
     /// Hands every live block the kernel holds to `each`, read in batches (a few syscalls for

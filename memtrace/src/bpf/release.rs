@@ -52,6 +52,37 @@ pub fn in_background(events: Vec<OwnedFd>) {
     }
 }
 
+/// Copies of every BPF link this process holds (uprobes' among them), for [`in_background`]:
+/// while a copy lives, closing the original is instant.
+pub fn links_of_this_process() -> Vec<OwnedFd> {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    let mut links = Vec::new();
+    for entry in entries.flatten() {
+        let is_link = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.as_os_str() == "anon_inode:bpf_link");
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<RawFd>().ok())
+        else {
+            continue;
+        };
+        if !is_link {
+            continue;
+        }
+        // SAFETY: F_DUPFD_CLOEXEC on a descriptor this process holds returns a new one (or
+        // -1), which nothing else owns.
+        let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if copy >= 0 {
+            // SAFETY: as above.
+            links.push(unsafe { std::os::fd::FromRawFd::from_raw_fd(copy) });
+        }
+    }
+    links
+}
+
 /// A close-on-exec pipe: (read end, write end).
 fn pipe() -> Option<(RawFd, RawFd)> {
     let mut ends = [0; 2];

@@ -117,6 +117,8 @@ pub struct MallocCounts {
     pub unpaired_returns: u64,
     /// Calls whose return was never seen (a thread left the allocator by longjmp).
     pub lost_returns: u64,
+    /// A command's descendants not traced (past the 8 followed).
+    pub unfollowed_processes: u64,
     /// Kernel bytes of the live-blocks table.
     pub table_bytes: Option<u64>,
 }

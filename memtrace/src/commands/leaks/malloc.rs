@@ -26,6 +26,10 @@ use crate::{
     stacks::{StackId, Stacks, symbols::Symbols},
 };
 
+/// Descendants of a command given uprobes, at most: each process's 17 take ~1.5 s of the
+/// kernel's time to release (at memtrace's end, in the background).
+const MAX_FOLLOWED: usize = 8;
+
 pub struct MallocJob<'a> {
     config: &'a LeaksConfig,
     allocs: Allocs,
@@ -35,6 +39,8 @@ pub struct MallocJob<'a> {
     traced: Vec<(u32, Allocator)>,
     /// A started command's pid, until its mappings show the allocator traced is its own.
     unchecked: Option<u32>,
+    /// Descendants not traced, past [`MAX_FOLLOWED`].
+    unfollowed: u64,
     poll: Interval,
     report: Interval,
 }
@@ -103,12 +109,13 @@ impl<'a> MallocJob<'a> {
             symbols: Symbols::default(),
             traced,
             unchecked,
+            unfollowed: 0,
             poll,
             report,
         })
     }
 
-    /// Learns the new stacks waiting, and follows the command's new and ended processes;
+    /// Learns the new stacks waiting, and follows the command's new processes;
     /// returns how many records were read.
     fn drain(&mut self) -> anyhow::Result<usize> {
         let MallocJob { allocs, stacks, .. } = self;
@@ -127,16 +134,24 @@ impl<'a> MallocJob<'a> {
         Ok(n)
     }
 
-    /// A followed child is given the command's allocator's uprobes before it runs its `exec`;
-    /// an ended process's are taken off.
+    /// A followed child is given the command's allocator's uprobes before it runs its `exec`
+    /// (up to [`MAX_FOLLOWED`] of them).
     fn follow(&mut self, record: ProcessRecord) -> anyhow::Result<()> {
         let pid = record.pid;
-        if record.event == ProcessRecord::ENDED {
-            return self.allocs.detach(pid);
-        }
         let Some((_, allocator)) = self.traced.first() else {
             return Ok(());
         };
+        if self.traced.len() > MAX_FOLLOWED {
+            if self.unfollowed == 0 {
+                log::warn!(
+                    "not following more than {MAX_FOLLOWED} processes with --malloc (pid {pid} \
+                     and later ones are not traced): each process's uprobes take ~1.5 s of the \
+                     kernel's time to take off"
+                );
+            }
+            self.unfollowed += 1;
+            return self.allocs.release_child(pid);
+        }
         let allocator = allocator.clone();
         // A child gone already has nothing to trace.
         match self.allocs.attach(pid, &allocator) {
@@ -247,6 +262,7 @@ impl<'a> MallocJob<'a> {
                 unmatched_frees: stats.unmatched_frees,
                 unpaired_returns: stats.orphan_returns,
                 lost_returns: stats.lost_returns,
+                unfollowed_processes: self.unfollowed,
                 table_bytes: self.allocs.table_bytes(),
             }),
             stacks: rows,
@@ -264,7 +280,7 @@ impl<'a> MallocJob<'a> {
     }
 }
 
-/// A followed process's birth or end, if the record is one (else it is a stack).
+/// A followed process's birth, if the record is one (else it is a stack).
 fn decode_process(bytes: &[u8]) -> Option<ProcessRecord> {
     let bytes = bytes.get(..size_of::<ProcessRecord>())?;
     // SAFETY: `ProcessRecord` is plain integers, `repr(C)` without padding; any bytes of its
