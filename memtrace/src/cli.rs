@@ -108,7 +108,7 @@ EXAMPLES:
   sudo memtrace leaks --pid 4242                   # a running service's mappings, every 5 s
   sudo memtrace leaks --malloc --pid 4242          # its malloc'ed blocks not yet freed
   sudo memtrace leaks --malloc --min-age 60 --pid 4242   # only blocks a minute old or more
-  sudo memtrace leaks --malloc --sample 100 --pid 4242   # 1 allocation in 100: cheap
+  sudo memtrace leaks --malloc --sample 100 --pid 4242   # record 1 block in 100: a small table
   sudo memtrace leaks --malloc -- ./myprog         # what it had not freed at exit
   sudo memtrace leaks --folded -o maps.folded --pid 4242   # bytes per stack, for flame graphs";
 
@@ -181,7 +181,8 @@ pub struct LeaksArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_allocations: Option<u32>,
 
-    /// Start COMMAND and trace it with all its descendants; memtrace exits with its status
+    /// Start COMMAND and trace it with all its descendants (with --malloc, up to 8 of them);
+    /// memtrace exits with its status
     #[arg(last = true, value_name = "COMMAND", conflicts_with = "pids")]
     pub command: Vec<String>,
 }
