@@ -107,9 +107,16 @@ fn heaptrack_leaked(binary: &std::path::Path) -> HashMap<String, u64> {
 
 /// The records of `memtrace leaks --malloc --json -- BINARY`, run to the program's exit.
 fn run_to_exit(binary: &std::path::Path) -> Vec<Value> {
+    run_command(&[], &[binary.to_str().unwrap()])
+}
+
+/// The records of `memtrace leaks --malloc --json FLAGS -- COMMAND`, run to its exit.
+fn run_command(flags: &[&str], command: &[&str]) -> Vec<Value> {
     let output = common::memtrace()
-        .args(["leaks", "--malloc", "--json", "--"])
-        .arg(binary)
+        .args(["leaks", "--malloc", "--json"])
+        .args(flags)
+        .arg("--")
+        .args(command)
         .output()
         .unwrap();
     assert!(
@@ -321,25 +328,8 @@ fn a_static_program_is_traced_through_its_own_malloc_or_refused_if_stripped() {
 fn min_size_sample_and_a_full_table_record_less_and_say_so() {
     require_root!();
     let binary = malloc_keep();
-    let run = |flags: &[&str]| {
-        let output = common::memtrace()
-            .args(["leaks", "--malloc", "--json"])
-            .args(flags)
-            .arg("--")
-            .arg(&binary)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let records: Vec<Value> = String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect();
-        records.last().unwrap().clone()
-    };
+    let binary = binary.to_str().unwrap();
+    let run = |flags: &[&str]| run_command(flags, &[binary]).last().unwrap().clone();
 
     // Blocks under 1000 bytes are not recorded: keep_small's and keep_before's (1000 is not
     // under it), memalign's 300, reallocarray's 300; realloc's chain ends at 64 KiB.
@@ -384,20 +374,8 @@ fn min_size_sample_and_a_full_table_record_less_and_say_so() {
 fn exec_forgets_the_previous_image_s_blocks() {
     require_root!();
     let binary = malloc_keep();
-    let output = common::memtrace()
-        .args(["leaks", "--malloc", "--json", "--", "sh", "-c"])
-        .arg(format!("exec env MALLOC_KEEP=1 {}", binary.display()))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let records: Vec<Value> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let script = format!("exec env MALLOC_KEEP=1 {}", binary.display());
+    let records = run_command(&[], &["sh", "-c", &script]);
     let last = final_report(&records);
     for row in last["stacks"].as_array().unwrap() {
         assert_eq!(row["comm"], "malloc_keep", "{row}");
@@ -445,19 +423,7 @@ fn a_command_s_children_are_followed_from_birth() {
     require_root!();
     let binary = malloc_keep();
     let script = format!("{0}; {0} && true", binary.display());
-    let output = common::memtrace()
-        .args(["leaks", "--malloc", "--json", "--", "sh", "-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let records: Vec<Value> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let records = run_command(&[], &["sh", "-c", &script]);
     let last = final_report(&records);
     let children: std::collections::BTreeSet<u64> = last["stacks"]
         .as_array()
