@@ -29,7 +29,7 @@ use super::{
     targets::{self, Filter, TargetTable as _},
     tracepoints::{Release, Tracepoints},
 };
-use crate::leaks::allocator::{Allocator, Role};
+use crate::leaks::allocator::{Allocator, FUNCTIONS, Role};
 
 /// What the object loses.
 pub const LOSSES: [DropSource; 3] = [
@@ -84,18 +84,18 @@ fn entry_program(role: Role) -> &'static str {
     }
 }
 
-/// Every uprobe program of the object.
-const PROGRAMS: [&str; 9] = [
-    "mt_malloc",
-    "mt_calloc",
-    "mt_realloc",
-    "mt_reallocarray",
-    "mt_memalign",
-    "mt_posix_memalign",
-    "mt_pvalloc",
-    "mt_free",
-    RETURN_PROGRAM,
-];
+/// Every uprobe program of the object: the entry program of each allocator function (some
+/// share one), and the return program.
+fn programs() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = FUNCTIONS
+        .iter()
+        .map(|&(_, role)| entry_program(role))
+        .collect();
+    names.push(RETURN_PROGRAM);
+    names.sort_unstable();
+    names.dedup();
+    names
+}
 
 impl Allocs {
     /// Loads the object (and its `exec` hook); nothing is traced until [`Allocs::attach`].
@@ -111,7 +111,7 @@ impl Allocs {
             .bytes(globals::ALLOC_PAGE_BYTES, &page_bytes().to_ne_bytes());
         let mut ebpf = super::load(Object::Allocs, &config)?;
         super::forward_kernel_logs(&mut ebpf);
-        for name in PROGRAMS {
+        for name in programs() {
             let program: &mut UProbe = super::program_mut(&mut ebpf, name)?;
             program
                 .load()

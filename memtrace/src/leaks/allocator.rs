@@ -105,22 +105,26 @@ pub fn of_process(pid: u32, forced: Option<&Path>) -> Result<Allocator, Failure>
 /// allocator (`--allocator`).
 pub fn of_program(program: &Path, forced: bool) -> Result<Allocator, Failure> {
     let shown = program.to_string_lossy();
-    match from_file(program, &shown, None) {
-        Ok(own) => return Ok(own),
-        Err(err) if forced => return Err(err),
-        Err(_) => {}
-    }
-    let preload = std::env::var("LD_PRELOAD").unwrap_or_default();
-    if let Some(library) = preloaded_allocator(&preload) {
-        return from_file(Path::new(library), library, None);
+    if forced {
+        return from_file(program, &shown, None);
     }
     let data = fs::read(program).map_err(|err| Failure::CommandFailed {
         command: shown.to_string(),
         reason: err.to_string(),
         code: crate::error::exit_code::COMMAND_NOT_EXECUTABLE,
     })?;
-    if let Ok(elf) = object::File::parse(&*data) {
-        if !has_interpreter(&elf) {
+    let elf = object::File::parse(&*data).ok();
+    if let Some(elf) = &elf
+        && let Ok(own) = from_elf(elf, program, &shown, None)
+    {
+        return Ok(own);
+    }
+    let preload = std::env::var("LD_PRELOAD").unwrap_or_default();
+    if let Some(library) = preloaded_allocator(&preload) {
+        return from_file(Path::new(library), library, None);
+    }
+    if let Some(elf) = &elf {
+        if !has_interpreter(elf) {
             return Err(Failure::NoAllocator {
                 pid: 0,
                 reason: format!(
@@ -129,7 +133,7 @@ pub fn of_program(program: &Path, forced: bool) -> Result<Allocator, Failure> {
                 ),
             });
         }
-        if let Some(library) = linked_allocator(&elf) {
+        if let Some(library) = linked_allocator(elf) {
             return Err(Failure::NoAllocator {
                 pid: 0,
                 reason: format!(
@@ -214,9 +218,20 @@ fn from_file(file: &Path, shown: &str, inode: Option<u64>) -> Result<Allocator, 
     let data = fs::read(file).map_err(|err| unusable(format!("cannot read {shown}: {err}")))?;
     let elf = object::File::parse(&*data)
         .map_err(|err| unusable(format!("{shown} is not an ELF object: {err}")))?;
+    from_elf(&elf, file, shown, inode)
+}
+
+/// [`from_file`], on the file already parsed.
+fn from_elf(
+    elf: &object::File,
+    file: &Path,
+    shown: &str,
+    inode: Option<u64>,
+) -> Result<Allocator, Failure> {
+    let unusable = |reason: String| Failure::NoAllocator { pid: 0, reason };
     let mut functions: Vec<Function> = Vec::new();
     for &(name, role) in &FUNCTIONS {
-        let Some(offset) = file_offset_of(&elf, name) else {
+        let Some(offset) = file_offset_of(elf, name) else {
             continue;
         };
         if functions.iter().any(|f| f.offset == offset) {

@@ -39,7 +39,8 @@ pub struct MallocJob<'a> {
     traced: Vec<(u32, Allocator)>,
     /// A started command's pid, until its mappings show the allocator traced is its own.
     unchecked: Option<u32>,
-    /// Descendants not traced, past [`MAX_FOLLOWED`].
+    /// Descendants traced, and those not, past [`MAX_FOLLOWED`].
+    followed: usize,
     unfollowed: u64,
     poll: Interval,
     report: Interval,
@@ -109,6 +110,7 @@ impl<'a> MallocJob<'a> {
             symbols: Symbols::default(),
             traced,
             unchecked,
+            followed: 0,
             unfollowed: 0,
             poll,
             report,
@@ -138,10 +140,12 @@ impl<'a> MallocJob<'a> {
     /// (up to [`MAX_FOLLOWED`] of them).
     fn follow(&mut self, record: ProcessRecord) -> anyhow::Result<()> {
         let pid = record.pid;
-        let Some((_, allocator)) = self.traced.first() else {
+        let MallocJob { allocs, traced, .. } = self;
+        // The command's own, first in the list.
+        let Some((_, allocator)) = traced.first() else {
             return Ok(());
         };
-        if self.traced.len() > MAX_FOLLOWED {
+        if self.followed >= MAX_FOLLOWED {
             if self.unfollowed == 0 {
                 log::warn!(
                     "not following more than {MAX_FOLLOWED} processes with --malloc (pid {pid} \
@@ -152,10 +156,9 @@ impl<'a> MallocJob<'a> {
             self.unfollowed += 1;
             return self.allocs.release_child(pid);
         }
-        let allocator = allocator.clone();
         // A child gone already has nothing to trace.
-        match self.allocs.attach(pid, &allocator) {
-            Ok(_) => self.traced.push((pid, allocator)),
+        match allocs.attach(pid, allocator) {
+            Ok(_) => self.followed += 1,
             Err(err) => log::debug!("following pid {pid}: {err:#}"),
         }
         self.allocs.release_child(pid)
@@ -271,12 +274,7 @@ impl<'a> MallocJob<'a> {
             dropped: &dropped,
             shown: self.config.top,
         };
-        sink.emit(&record)?;
-        if last && let Some(path) = &self.config.flamegraph {
-            super::draw(&record, path)?;
-        }
-        sink.flush()?;
-        Ok(())
+        super::write(sink, &record, self.config.flamegraph.as_deref())
     }
 }
 

@@ -210,12 +210,7 @@ impl<'a> LeaksJob<'a> {
             dropped: &dropped,
             shown: self.config.top,
         };
-        sink.emit(&record)?;
-        if last && let Some(path) = &self.config.flamegraph {
-            super::draw(&record, path)?;
-        }
-        sink.flush()?;
-        Ok(())
+        super::write(sink, &record, self.config.flamegraph.as_deref())
     }
 
     fn drops(&self) -> anyhow::Result<Vec<(DropSource, u64)>> {

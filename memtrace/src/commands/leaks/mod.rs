@@ -18,7 +18,7 @@ use crate::{
     cli::LeaksArgs,
     error::Failure,
     output::{
-        Format,
+        Format, Sink,
         leaks::{Leaks, Level},
     },
     session::{self, Session, Target},
@@ -115,14 +115,22 @@ fn timers(config: &LeaksConfig) -> (Interval, Interval) {
     (poll, report)
 }
 
-/// Draws the final report's flame graph: bytes outstanding per stack.
-fn draw(record: &Leaks, path: &Path) -> anyhow::Result<()> {
-    let title = match record.level {
-        Level::Mappings => "Bytes mapped and kept, by stack",
-        Level::Malloc => "Bytes allocated and not freed, by stack",
-    };
-    folded::flamegraph(&record.folded_lines(), title, "bytes", path)
-        .with_context(|| format!("draw the flame graph into {}", path.display()))
+/// Writes a report and, for the final one, its flame graph (bytes outstanding per stack) into
+/// `flamegraph`.
+fn write(sink: &mut Sink, record: &Leaks, flamegraph: Option<&Path>) -> anyhow::Result<()> {
+    sink.emit(record)?;
+    if record.last
+        && let Some(path) = flamegraph
+    {
+        let title = match record.level {
+            Level::Mappings => "Bytes mapped and kept, by stack",
+            Level::Malloc => "Bytes allocated and not freed, by stack",
+        };
+        folded::flamegraph(&record.folded_lines(), title, "bytes", path)
+            .with_context(|| format!("draw the flame graph into {}", path.display()))?;
+    }
+    sink.flush()?;
+    Ok(())
 }
 
 /// CLOCK_MONOTONIC now, in nanoseconds: the clock of the kernel's timestamps.
