@@ -89,7 +89,8 @@ fn attached_to_a_running_process_it_reports_what_was_kept_since_per_function() {
     }
 }
 
-/// The final `leaks` report of `memtrace leaks -- sh -c SCRIPT`.
+/// The final `leaks` report of `memtrace leaks -- sh -c SCRIPT`. Not `common::json_run`: the
+/// script's workload writes its protocol lines to the same stdout.
 fn final_report(script: &str) -> Value {
     let output = common::memtrace()
         .args(["leaks", "--json", "--", "sh", "-c", script])

@@ -112,22 +112,8 @@ fn run_to_exit(binary: &std::path::Path) -> Vec<Value> {
 
 /// The records of `memtrace leaks --malloc --json FLAGS -- COMMAND`, run to its exit.
 fn run_command(flags: &[&str], command: &[&str]) -> Vec<Value> {
-    let output = common::memtrace()
-        .args(["leaks", "--malloc", "--json"])
-        .args(flags)
-        .arg("--")
-        .args(command)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
+    let args = [&["leaks", "--malloc", "--json"], flags, &["--"], command].concat();
+    common::json_run(&args).0
 }
 
 fn final_report(records: &[Value]) -> &Value {

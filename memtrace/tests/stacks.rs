@@ -27,19 +27,8 @@ fn data_file(name: &str, pages: u64) -> std::path::PathBuf {
 /// Runs `memtrace faults --json FLAGS` on a command; returns its records and the workload's
 /// counts per phase (from its stderr).
 fn run(flags: &[&str], command: &[&str]) -> (Vec<Value>, HashMap<String, (u64, u64)>) {
-    let output = memtrace()
-        .args(["faults", "--json"])
-        .args(flags)
-        .arg("--")
-        .args(command)
-        .output()
-        .expect("run memtrace");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "memtrace failed: {stderr}");
-    let records = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}")))
-        .collect();
+    let args = [&["faults", "--json"], flags, &["--"], command].concat();
+    let (records, stderr) = common::json_run(&args);
     let phases = phase_counts(&stderr);
     (records, phases)
 }

@@ -141,6 +141,19 @@ pub fn run_memtrace(args: &[&str]) -> Output {
         .expect("run memtrace")
 }
 
+/// Runs memtrace (with `--json` among `args`) to its end, which must be a success: its records,
+/// and what it (and its command) wrote on stderr.
+pub fn json_run(args: &[&str]) -> (Vec<Value>, String) {
+    let output = memtrace().args(args).output().expect("run memtrace");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "memtrace failed: {stderr}");
+    let records = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}")))
+        .collect();
+    (records, stderr)
+}
+
 /// Builds `tests/workloads/NAME.c` once per test run.
 pub fn workload(name: &str) -> PathBuf {
     workload_built(name, "", &[])
