@@ -1,16 +1,18 @@
 //! memtrace's developer tasks: `cargo xtask setup | run | test | bench`.
 //!
 //! `setup` makes a fresh machine able to build the kernel programs; `run` and `test` call it
-//! first, so a newcomer needs no other step.
+//! first, so a newcomer needs no other step. `test` runs everything on the host's kernel and
+//! then on each kernel of the matrix (`matrix`), in QEMU guests.
 
 mod bench;
+mod matrix;
 mod setup;
 mod shell;
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand};
 
 use crate::shell::{Cmd, workspace_root};
 
@@ -26,7 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what building memtrace needs: nightly rust-src, bpf-linker, Debian test tools
+    /// Install what building and testing memtrace needs: nightly rust-src, bpf-linker, the
+    /// Debian tools the tests compare with, QEMU and the matrix's kernels
     Setup,
     /// Build memtrace (release) and run it: `cargo xtask run -- faults --pid 42`
     Run {
@@ -35,9 +38,29 @@ enum Task {
         args: Vec<String>,
     },
     /// Format and lint checks, unit tests, and the privileged tests against the running kernel
-    Test,
+    /// and, in QEMU guests, against each kernel of the matrix (Debian's 5.10, 6.1, 6.12)
+    Test(TestArgs),
     /// Overhead benchmarks against the untraced baseline and peer tools
     Bench(bench::BenchArgs),
+    /// Run inside a kernel-matrix guest: the job in DIR (the host starts it)
+    #[command(hide = true)]
+    GuestJob { dir: PathBuf },
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// Only on this kernel: `host`, or a series of the matrix (5.10, 6.1, 6.12); repeatable.
+    /// Default: all of them, with the format and lint checks and the support table's check
+    #[arg(long = "kernel", value_name = "KERNEL")]
+    kernels: Vec<String>,
+
+    /// Write the support table this run measured into the README (a full run only)
+    #[arg(long)]
+    bless: bool,
+
+    /// Only the tests whose names contain one of these (in the guests, also as `file::test`,
+    /// so `faults::` picks the tests of tests/faults.rs)
+    filters: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -52,7 +75,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.task {
-        Task::Setup => setup::run(),
+        Task::Setup => {
+            setup::run()?;
+            matrix::prepare_all()
+        }
         Task::Run { args } => {
             setup::run()?;
             Cmd::new("cargo")
@@ -61,29 +87,74 @@ fn run(cli: Cli) -> Result<()> {
             let binary = workspace_root().join("target/release/memtrace");
             Cmd::new(binary).args(args).replace_process()
         }
-        Task::Test => test(),
+        Task::Test(args) => test(&args),
         Task::Bench(args) => {
             setup::run()?;
             bench::run(&args)
         }
+        Task::GuestJob { dir } => matrix::job::run_in_guest(&dir),
     }
 }
 
 /// Everything CI checks, in order of cost; ends by saying which tests could not run, and why.
-fn test() -> Result<()> {
+fn test(args: &TestArgs) -> Result<()> {
+    let selection = matrix::Selection::parse(&args.kernels)?;
+    let everything = selection.is_everything() && args.filters.is_empty();
+    if args.bless && !everything {
+        bail!("--bless needs a full run: every kernel, no test filter");
+    }
     setup::run()?;
-    Cmd::new("cargo").args(["fmt", "--all", "--check"]).run()?;
-    Cmd::new("cargo")
-        .args(["clippy", "--all-targets", "--", "-D", "warnings"])
-        .run()?;
-    setup::clippy_ebpf()?;
+    if selection.host && args.filters.is_empty() {
+        Cmd::new("cargo").args(["fmt", "--all", "--check"]).run()?;
+        Cmd::new("cargo")
+            .args(["clippy", "--all-targets", "--", "-D", "warnings"])
+            .run()?;
+        setup::clippy_ebpf()?;
+    }
+    let mut failures = Vec::new();
+    let mut host_probes = Vec::new();
+    if selection.host {
+        if let Err(err) = host_tests(&args.filters) {
+            failures.push(format!("the host's tests: {err:#}"));
+        }
+        if everything && shell::is_root() {
+            eprintln!("xtask: support probes on the host");
+            host_probes = matrix::support::probe_all(&matrix::job::memtrace_binary(), 1);
+        }
+    }
+    let mut runs = Vec::new();
+    if !selection.series.is_empty() {
+        if shell::is_root() {
+            runs = matrix::run_guests(&selection.series, &args.filters, everything)?;
+            failures.extend(matrix::report(&runs));
+        } else {
+            eprintln!(
+                "xtask: not root, so the kernel matrix's guests did not run (`sudo cargo xtask test`)"
+            );
+        }
+    }
+    if everything && shell::is_root() {
+        let table = matrix::support::render(&matrix::support_columns(host_probes, &runs));
+        if let Err(err) = matrix::support::check_readme(&matrix::readme(), &table, args.bless) {
+            failures.push(format!("{err:#}"));
+        }
+    }
+    if failures.is_empty() {
+        return Ok(());
+    }
+    bail!("{} failed:\n  {}", failures.len(), failures.join("\n  "))
+}
+
+/// The unit tests and the privileged tests against the running kernel, one at a time: they
+/// compare the kernel's counters with ours, and check that nothing of ours is left loaded,
+/// which concurrent tests would blur. As root (as CI runs), every test that needs root or a
+/// tool the set-up installs must run.
+fn host_tests(filters: &[String]) -> Result<()> {
     let skips = workspace_root().join("target/test-skips.tsv");
     let _ = std::fs::remove_file(&skips);
-    // One test at a time: the privileged tests compare the kernel's counters with ours, and
-    // check that nothing of ours is left loaded, which concurrent tests would blur. As root
-    // (as CI runs), every test that needs root or a tool the set-up installs must run.
     let mut tests = Cmd::new("cargo")
         .args(["test", "--", "--test-threads=1"])
+        .args(filters)
         .env("MEMTRACE_TEST_SKIPS", &skips);
     if shell::is_root() {
         tests = tests.env("MEMTRACE_TEST_MUST_RUN", "1");
@@ -93,25 +164,19 @@ fn test() -> Result<()> {
     result
 }
 
-/// The tests that recorded a skip, counted by reason.
+/// The host's tests that recorded a skip, counted by reason.
 fn report_skips(path: &std::path::Path) -> Result<()> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!("xtask: every test ran");
-            return Ok(());
-        }
-        Err(err) => return Err(err.into()),
-    };
-    let mut by_reason: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
-    for line in text.lines() {
-        let (test, reason) = line.split_once('\t').unwrap_or((line, "no reason given"));
-        by_reason.entry(reason).or_default().push(test);
+    let skips = matrix::job::read_skips(path)?;
+    if skips.is_empty() {
+        eprintln!("xtask: every test ran on the host");
+        return Ok(());
     }
-    let total: usize = by_reason.values().map(Vec::len).sum();
-    let tests = if total == 1 { "test" } else { "tests" };
-    eprintln!("xtask: {total} {tests} skipped, so not checked:");
-    for (reason, tests) in &by_reason {
+    let tests = if skips.len() == 1 { "test" } else { "tests" };
+    eprintln!(
+        "xtask: {} {tests} skipped on the host, so not checked there:",
+        skips.len()
+    );
+    for (reason, tests) in matrix::job::by_reason(&skips) {
         eprintln!("  {} ({reason}):", tests.len());
         for test in tests {
             eprintln!("    {test}");

@@ -55,6 +55,11 @@ impl Cmd {
         self
     }
 
+    pub fn current_dir(mut self, dir: impl AsRef<std::path::Path>) -> Cmd {
+        self.command.current_dir(dir);
+        self
+    }
+
     pub fn arg_version(self) -> Cmd {
         self.args(["--version"])
     }
