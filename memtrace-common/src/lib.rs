@@ -72,11 +72,10 @@ pub mod globals {
     pub const SELF_TGID: &str = "SELF_TGID";
     /// `u32`: non-zero to also count per process and syscall in `SYSCALL_PROC_STATS` (`serve`).
     pub const SYSCALL_PER_PROCESS: &str = "SYSCALL_PER_PROCESS";
-    /// `u32`: what the `attribution` object attributes faults to
-    /// ([`crate::stacks::attribute_by`]).
-    pub const ATTRIBUTE_BY: &str = "ATTRIBUTE_BY";
     /// [`crate::stacks::VmaLayout`]: where a mapping's start, flags and file are.
     pub const VMA_LAYOUT: &str = "VMA_LAYOUT";
+    /// `offsetof(struct task_struct, stack)`, for programs that take stacks the older way.
+    pub const TASK_STACK_OFFSET: &str = "TASK_STACK_OFFSET";
     /// `u32`: which traced calls' user stacks to take ([`crate::syscalls::stacks_of`]).
     pub const SYSCALL_STACKS: &str = "SYSCALL_STACKS";
     /// `u32`: non-zero to send an exec record when a traced process runs `exec` (`leaks`).
@@ -163,6 +162,9 @@ pub mod maps {
     /// Hash: process id → 0: followed processes not yet given their uprobes (stopped at their
     /// `exec` until they are).
     pub const ALLOC_AWAITED: &str = "ALLOC_AWAITED";
+    /// Hash: process id → when it last ran `exec` (`bpf_ktime_get_ns`): its blocks born before
+    /// are its old image's.
+    pub const ALLOC_EXECS: &str = "ALLOC_EXECS";
 }
 
 /// Why the kernel side failed to record something. Each has its own slot in [`maps::DROPS`], so

@@ -33,6 +33,34 @@ pub const RECIPE_WORDS: usize = 128;
 /// Default capacity of the recipe and counting tables (distinct places and stacks).
 pub const MAX_STACKS: u32 = 65_536;
 
+/// How the programs that take user stacks find and hash them, by what the kernel offers. Each
+/// such program exists once per way; its name ends in the way's [`StackWay::suffix`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StackWay {
+    /// `bpf_task_pt_regs` for the user registers, a `bpf_loop` to hash a copy (Linux 5.17+).
+    Helpers,
+    /// The registers read from the top of the task's kernel stack (through its offset in BTF),
+    /// a bounded loop to hash a copy (Linux 5.8+).
+    Reads,
+}
+
+impl StackWay {
+    pub const fn suffix(self) -> &'static str {
+        match self {
+            StackWay::Helpers => "",
+            StackWay::Reads => "_compat",
+        }
+    }
+}
+
+/// Sizes an x86-64 kernel stack has (16 KiB; twice that with KASAN), tried in turn by
+/// [`StackWay::Reads`] to find the registers saved at its top.
+pub const THREAD_SIZES: [u64; 2] = [16 << 10, 32 << 10];
+
+/// The code segment a 64-bit user context runs in (`__USER_CS`): registers found where the
+/// saved user context should be are trusted only with it.
+pub const USER_CODE_SEGMENT: u64 = 0x33;
+
 /// Where a stack starts: the registers of the user context, in a process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -179,14 +207,6 @@ mod pod {
     unsafe impl aya::Pod for super::StackKey {}
 }
 
-/// What the `attribution` object attributes faults to (its `ATTRIBUTE_BY` global).
-pub mod attribute_by {
-    /// User stacks.
-    pub const STACK: u32 = 0;
-    /// The mapping (and file) holding the faulting address.
-    pub const MAPPING: u32 = 1;
-}
-
 /// Where the kernel keeps what a mapping is, from its BTF (byte offsets), for `--by mapping`:
 /// `vma->vm_start`, `vma->vm_flags`, `vma->vm_file->f_inode->{i_ino, i_sb->s_dev}`.
 #[repr(C)]
@@ -196,7 +216,8 @@ pub struct VmaLayout {
     pub vm_end: u32,
     /// `task->mm`.
     pub task_mm: u32,
-    /// `mm->mm_lock_seq.sequence`: changes whenever any mapping of the process changes.
+    /// `mm->mm_lock_seq.sequence`: changes whenever any mapping of the process changes; 0
+    /// where the kernel has none (before 6.4), and then nothing is cached.
     pub mm_lock_seq: u32,
     pub vm_flags: u32,
     pub vm_file: u32,

@@ -64,6 +64,10 @@ pub const ENTRY_PROGRAMS: [&str; MAX_ARGS + 1] = [
     "mt_sys_enter6",
 ];
 
+/// The exit program. With `_stack` after a name, and the way's suffix
+/// (`crate::stacks::StackWay::suffix`), the form of an entry or exit program that takes stacks.
+pub const EXIT_PROGRAM: &str = "mt_sys_exit";
+
 /// Where the fields of `syscalls:sys_enter_*` / `sys_exit_*` records sit on mainline kernels:
 /// `__syscall_nr` after the 8-byte common header, then the arguments (or `ret`) from the next
 /// 8-byte boundary. The programs load fields at these offsets straight from the record, which

@@ -1,7 +1,8 @@
 //! The `allocs` object (`leaks --malloc`): uprobes on a process's allocator. An entry program
 //! per argument shape notes the call (size, stack) per thread; one return program records the
 //! block it returned in `ALLOCATIONS`; `free` deletes it. The table is the answer: userspace
-//! reads it, and only the first copy of each new stack crosses the ring.
+//! reads it, and only the first copy of each new stack crosses the ring. Entry programs exist
+//! once per way of taking stacks (`stacks`; the `_compat` ones for kernels before 5.17).
 #![no_std]
 #![no_main]
 // The atomic add is written in BPF assembly (see `atomic`).
@@ -14,14 +15,12 @@ mod runtime;
 mod stacks;
 mod targets;
 
-use core::ffi::c_void;
-
 use aya_ebpf::{
     Global,
     bindings::{BPF_ANY, BPF_F_NO_PREALLOC},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::{bpf_for_each_map_elem, bpf_map_delete_elem, bpf_send_signal},
+        generated::bpf_send_signal,
     },
     macros::{map, raw_tracepoint, uprobe, uretprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -53,6 +52,12 @@ static STATS: PerCpuArray<AllocStats> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "STACK_SNAPSHOTS")]
 static SNAPSHOTS: RingBuf = RingBuf::with_byte_size(ALLOC_RING_BYTES, 0);
 
+/// When each traced process last ran `exec`: its blocks born before are its old image's, gone
+/// with its old address space, and userspace forgets them (deleting them here would need a
+/// walk of the table, `bpf_for_each_map_elem`, which kernels before 5.13 lack).
+#[map(name = "ALLOC_EXECS")]
+static EXECS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
 /// Followed processes not given their uprobes yet (by userspace, which deletes them then).
 #[map(name = "ALLOC_AWAITED")]
 static AWAITED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TARGETS, 0);
@@ -64,60 +69,52 @@ static ALLOC_SAMPLE: Global<u32> = Global::new(1);
 #[unsafe(no_mangle)]
 static ALLOC_PAGE_BYTES: Global<u64> = Global::new(PAGE_BYTES as u64);
 
-/// `malloc(size)`, `valloc(size)`.
-#[uprobe]
-pub fn mt_malloc(ctx: ProbeContext) -> u32 {
-    enter(&ctx, arg(&ctx, 0), 0, 0);
-    0
+/// The entry programs, each in two forms by the way they take stacks: `$helpers` with the
+/// helpers of Linux 5.17, `$reads` without (`stacks`). `$size`, `$old` and `$out` compute the
+/// call's size, the block `realloc` replaces and where `posix_memalign` writes its block, from
+/// the probe's context.
+macro_rules! entry_programs {
+    ($($(#[$doc:meta])* $helpers:ident, $reads:ident: |$ctx:ident| ($size:expr, $old:expr, $out:expr);)*) => {$(
+        $(#[$doc])*
+        #[uprobe]
+        pub fn $helpers($ctx: ProbeContext) -> u32 {
+            enter::<true>(&$ctx, $size, $old, $out);
+            0
+        }
+
+        $(#[$doc])*
+        #[uprobe]
+        pub fn $reads($ctx: ProbeContext) -> u32 {
+            enter::<false>(&$ctx, $size, $old, $out);
+            0
+        }
+    )*};
 }
 
-/// `calloc(n, size)`.
-#[uprobe]
-pub fn mt_calloc(ctx: ProbeContext) -> u32 {
-    enter(&ctx, product(arg(&ctx, 0), arg(&ctx, 1)), 0, 0);
-    0
-}
+entry_programs!(
+    /// `malloc(size)`, `valloc(size)`.
+    mt_malloc, mt_malloc_compat: |ctx| (arg(&ctx, 0), 0, 0);
+    /// `calloc(n, size)`.
+    mt_calloc, mt_calloc_compat: |ctx| (product(arg(&ctx, 0), arg(&ctx, 1)), 0, 0);
+    /// `realloc(ptr, size)`.
+    mt_realloc, mt_realloc_compat: |ctx| (arg(&ctx, 1), arg(&ctx, 0), 0);
+    /// `reallocarray(ptr, n, size)`.
+    mt_reallocarray, mt_reallocarray_compat:
+        |ctx| (product(arg(&ctx, 1), arg(&ctx, 2)), arg(&ctx, 0), 0);
+    /// `memalign(align, size)`, `aligned_alloc(align, size)`.
+    mt_memalign, mt_memalign_compat: |ctx| (arg(&ctx, 1), 0, 0);
+    /// `posix_memalign(&ptr, align, size)`.
+    mt_posix_memalign, mt_posix_memalign_compat: |ctx| (arg(&ctx, 2), 0, arg(&ctx, 0));
+    /// `pvalloc(size)`: whole pages.
+    mt_pvalloc, mt_pvalloc_compat: |ctx| (page_rounded(arg(&ctx, 0)), 0, 0);
+);
 
-/// `realloc(ptr, size)`.
-#[uprobe]
-pub fn mt_realloc(ctx: ProbeContext) -> u32 {
-    enter(&ctx, arg(&ctx, 1), arg(&ctx, 0), 0);
-    0
-}
-
-/// `reallocarray(ptr, n, size)`.
-#[uprobe]
-pub fn mt_reallocarray(ctx: ProbeContext) -> u32 {
-    enter(&ctx, product(arg(&ctx, 1), arg(&ctx, 2)), arg(&ctx, 0), 0);
-    0
-}
-
-/// `memalign(align, size)`, `aligned_alloc(align, size)`.
-#[uprobe]
-pub fn mt_memalign(ctx: ProbeContext) -> u32 {
-    enter(&ctx, arg(&ctx, 1), 0, 0);
-    0
-}
-
-/// `posix_memalign(&ptr, align, size)`.
-#[uprobe]
-pub fn mt_posix_memalign(ctx: ProbeContext) -> u32 {
-    enter(&ctx, arg(&ctx, 2), 0, arg(&ctx, 0));
-    0
-}
-
-/// `pvalloc(size)`: whole pages.
-#[uprobe]
-pub fn mt_pvalloc(ctx: ProbeContext) -> u32 {
+/// `size` rounded up to whole pages (at least one), as `pvalloc` allocates.
+#[inline(always)]
+fn page_rounded(size: u64) -> u64 {
     let page = ALLOC_PAGE_BYTES.load().max(1);
     // Rounding up cannot overflow by more than a page: a size that near 2^64 fails anyway.
-    enter(
-        &ctx,
-        arg(&ctx, 0).max(1).div_ceil(page).wrapping_mul(page),
-        0,
-        0,
-    );
-    0
+    size.max(1).div_ceil(page).wrapping_mul(page)
 }
 
 /// `free(ptr)`.
@@ -167,12 +164,13 @@ pub fn on_new_target(tgid: u32) -> bool {
     true
 }
 
-/// A traced process ran `exec`: its blocks are gone with its old address space. Deleted here,
-/// before the new image can allocate at their addresses. A followed child still waiting for
-/// its uprobes stops here, before its new image runs, until userspace has put them on.
+/// A traced process ran `exec`: its blocks are gone with its old address space, and the time
+/// says which they are (a block the new image allocates at an old one's address replaces it).
+/// A followed child still waiting for its uprobes stops here, before its new image runs, until
+/// userspace has put them on.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn mt_alloc_exec(_ctx: RawTracePointContext) -> i32 {
-    let (mut tgid, _) = ids();
+    let (tgid, _) = ids();
     if !targets::is_counted(tgid) {
         return 0;
     }
@@ -189,31 +187,10 @@ pub fn mt_alloc_exec(_ctx: RawTracePointContext) -> i32 {
             }
         }
     }
-    // SAFETY: the callback only reads the entry it is given and deletes it from the map it
-    // walks, which hash maps allow; `tgid` outlives the call.
-    unsafe {
-        bpf_for_each_map_elem(
-            core::ptr::from_ref(&ALLOCATIONS).cast_mut().cast(),
-            forget_block as *mut c_void,
-            (&raw mut tgid).cast(),
-            0,
-        );
-    }
-    0
-}
-
-/// One entry of [`mt_alloc_exec`]'s walk: deletes it if it is the exec'ing process's.
-extern "C" fn forget_block(
-    map: *mut c_void,
-    key: *mut AllocKey,
-    _: *mut c_void,
-    tgid: *mut u32,
-) -> i64 {
-    // SAFETY: the kernel passes the entry's key and the walker's context.
-    unsafe {
-        if (*key).tgid == *tgid {
-            bpf_map_delete_elem(map, key.cast());
-        }
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if EXECS.insert(tgid, now, u64::from(BPF_ANY)).is_err() {
+        drops::count(DropSource::TargetTableFull);
     }
     0
 }
@@ -227,6 +204,7 @@ pub fn mt_alloc_exit(_ctx: RawTracePointContext) -> i32 {
     if tid == tgid && targets::is_counted(tgid) {
         targets::forget(tgid);
         let _ = AWAITED.remove(tgid);
+        let _ = EXECS.remove(tgid);
     }
     0
 }
@@ -266,6 +244,13 @@ fn stack_pointer(regs: *const aya_ebpf::bindings::pt_regs) -> u64 {
     unsafe { (*regs).rsp }
 }
 
+/// The user registers a stack starts from: the probe's context is the user context.
+#[inline(always)]
+fn user_registers(regs: *const aya_ebpf::bindings::pt_regs) -> (u64, u64, u64) {
+    // SAFETY: as above.
+    unsafe { ((*regs).rip, (*regs).rsp, (*regs).rbp) }
+}
+
 #[inline(always)]
 fn ids() -> (u32, u32) {
     let id = bpf_get_current_pid_tgid();
@@ -302,7 +287,7 @@ fn count(change: impl FnOnce(&mut AllocStats)) {
 /// Notes the thread's call: `size` bytes, `old` the block `realloc` replaces, `out` where
 /// `posix_memalign` writes its block.
 #[inline(always)]
-fn enter(ctx: &ProbeContext, size: u64, old: u64, out: u64) {
+fn enter<const HELPERS: bool>(ctx: &ProbeContext, size: u64, old: u64, out: u64) {
     let (tgid, tid) = ids();
     let sp = stack_pointer(ctx.regs);
     let slot = CALLS.get_ptr_mut(tid);
@@ -349,7 +334,14 @@ fn enter(ctx: &ProbeContext, size: u64, old: u64, out: u64) {
         sp,
         stack: match skip {
             true => Default::default(),
-            false => stacks::identify(tgid, tid, EventKind::Allocation, 0, &SNAPSHOTS),
+            false => stacks::identify_at::<HELPERS>(
+                user_registers(ctx.regs),
+                tgid,
+                tid,
+                EventKind::Allocation,
+                0,
+                &SNAPSHOTS,
+            ),
         },
         active: 1,
         depth: 0,

@@ -1,9 +1,10 @@
 //! The `attribution` object: page faults counted per user stack, or per mapping. Programs on
 //! the perf software events `minor-faults` / `major-faults` (sample period 1, where the kernel
 //! counts each fault for its task) either hash the few stack words userspace said identify the
-//! stack at that place (`stacks`), and count the fault under that stack in the kernel (a fault
-//! at a place or on a stack not yet known sends its stack whole, once, for userspace to
-//! unwind); or look up the mapping that holds the faulting address and count it there.
+//! stack at that place (`stacks`, one program pair per way of taking stacks), and count the
+//! fault under that stack in the kernel (a fault at a place or on a stack not yet known sends
+//! its stack whole, once, for userspace to unwind); or look up the mapping that holds the
+//! faulting address and count it there (`mt_map_*`).
 #![no_std]
 #![no_main]
 // The atomic add is written in BPF assembly (see `atomic`).
@@ -33,7 +34,7 @@ use memtrace_common::{
     COMM_LEN, DropSource,
     stacks::{
         CachedMapping, EventKind, MAX_STACKS, MappingCount, MappingKey, PATH_PART_BYTES,
-        PATH_PARTS, REGION_SHIFT, RegionKey, VM_GROWSDOWN, VmaLayout, attribute_by,
+        PATH_PARTS, REGION_SHIFT, RegionKey, VM_GROWSDOWN, VmaLayout,
     },
 };
 
@@ -56,9 +57,6 @@ static CACHE: LruHashMap<RegionKey, CachedMapping> = LruHashMap::with_max_entrie
 static NEW_MAPPING: PerCpuArray<MappingCount> = PerCpuArray::with_max_entries(1, 0);
 
 #[unsafe(no_mangle)]
-static ATTRIBUTE_BY: Global<u32> = Global::new(attribute_by::STACK);
-
-#[unsafe(no_mangle)]
 static VMA_LAYOUT: Global<VmaLayout> = Global::new(VmaLayout {
     vm_start: 0,
     vm_end: 0,
@@ -79,29 +77,64 @@ static VMA_LAYOUT: Global<VmaLayout> = Global::new(VmaLayout {
 #[unsafe(no_mangle)]
 static SELF_TGID: Global<u32> = Global::new(0);
 
+/// Faults per stack, with the helpers of Linux 5.17 (`stacks`).
 #[perf_event]
-pub fn mt_attr_minor(ctx: PerfEventContext) -> u32 {
-    attribute(&ctx, EventKind::MinorFault);
+pub fn mt_stack_minor(ctx: PerfEventContext) -> u32 {
+    by_stack::<true>(&ctx, EventKind::MinorFault);
     // 0: the sample has been handled here; the kernel need not write it to a perf buffer.
     0
 }
 
 #[perf_event]
-pub fn mt_attr_major(ctx: PerfEventContext) -> u32 {
-    attribute(&ctx, EventKind::MajorFault);
+pub fn mt_stack_major(ctx: PerfEventContext) -> u32 {
+    by_stack::<true>(&ctx, EventKind::MajorFault);
     0
 }
 
+/// Faults per stack, on older kernels (`stacks`).
+#[perf_event]
+pub fn mt_stack_minor_compat(ctx: PerfEventContext) -> u32 {
+    by_stack::<false>(&ctx, EventKind::MinorFault);
+    0
+}
+
+#[perf_event]
+pub fn mt_stack_major_compat(ctx: PerfEventContext) -> u32 {
+    by_stack::<false>(&ctx, EventKind::MajorFault);
+    0
+}
+
+/// Faults per mapping.
+#[perf_event]
+pub fn mt_map_minor(ctx: PerfEventContext) -> u32 {
+    by_mapping(&ctx, EventKind::MinorFault);
+    0
+}
+
+#[perf_event]
+pub fn mt_map_major(ctx: PerfEventContext) -> u32 {
+    by_mapping(&ctx, EventKind::MajorFault);
+    0
+}
+
+/// The process of the current task, if its faults are attributed.
 #[inline(always)]
-fn attribute(ctx: &PerfEventContext, kind: EventKind) {
+fn attributed() -> Option<(u32, u32)> {
     let (tgid, tid) = targets::current_ids();
-    if tgid == SELF_TGID.load() || !targets::is_counted(tgid) {
-        return;
+    (tgid != SELF_TGID.load() && targets::is_counted(tgid)).then_some((tgid, tid))
+}
+
+#[inline(always)]
+fn by_stack<const HELPERS: bool>(ctx: &PerfEventContext, kind: EventKind) {
+    if let Some((tgid, tid)) = attributed() {
+        stacks::identify::<HELPERS>(tgid, tid, kind, fault_address(ctx), &SNAPSHOTS);
     }
-    if ATTRIBUTE_BY.load() == attribute_by::MAPPING {
+}
+
+#[inline(always)]
+fn by_mapping(ctx: &PerfEventContext, kind: EventKind) {
+    if let Some((tgid, _)) = attributed() {
         count_mapping(tgid, kind, fault_address(ctx));
-    } else {
-        stacks::identify(tgid, tid, kind, fault_address(ctx), &SNAPSHOTS);
     }
 }
 
@@ -170,10 +203,14 @@ struct Found {
     seq: u32,
 }
 
-/// The current process's `mm_lock_seq`, or 1 (odd: never cached) if it cannot be read.
+/// The current process's `mm_lock_seq`, or 1 (odd: never cached) if it cannot be read or the
+/// kernel keeps none.
 #[inline(always)]
 fn mappings_sequence() -> u32 {
     let layout = VMA_LAYOUT.load();
+    if layout.mm_lock_seq == 0 {
+        return 1;
+    }
     // SAFETY: the current task; reads at offsets from the kernel's BTF, checked by the helper.
     unsafe {
         let task = bpf_get_current_task_btf().cast::<u8>().cast_const();

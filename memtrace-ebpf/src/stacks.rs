@@ -1,14 +1,22 @@
 //! Knowing events' user stacks without unwinding in the kernel (see `memtrace_common::stacks`):
 //! a known place's recipe names the stack words to hash; a hash userspace has confirmed is
 //! counted here, anything else is copied whole to userspace, over the ring its object gives.
+//!
+//! Two ways to do it, by what the kernel offers (`memtrace_common::stacks::StackWay`), chosen
+//! by the const parameter `HELPERS` of the programs that take stacks: with the helpers of Linux
+//! 5.17 (`bpf_task_pt_regs` for the user registers, a `bpf_loop` to hash a copy), or with what
+//! 5.8 has (the registers read from the top of the task's kernel stack, a bounded loop). A
+//! program must not even contain the first way on an older kernel: a `bpf_loop` callback is a
+//! function reference those kernels refuse before verifying anything.
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
+    Global,
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, pt_regs},
     helpers::{
-        bpf_get_current_comm, bpf_get_smp_processor_id, bpf_probe_read_kernel,
-        bpf_probe_read_user_buf,
+        bpf_get_current_comm, bpf_get_current_task, bpf_get_smp_processor_id,
+        bpf_probe_read_kernel, bpf_probe_read_user_buf,
         generated::{bpf_get_current_task_btf, bpf_loop, bpf_ringbuf_output, bpf_task_pt_regs},
     },
     macros::map,
@@ -18,7 +26,8 @@ use memtrace_common::{
     COMM_LEN, DropSource,
     stacks::{
         EventKind, MAX_STACKS, PAGE_BYTES, RECIPE_WORDS, RECORD_STACK, Recipe, SNAPSHOT_PAGES,
-        STACK_BYTES, SiteKey, Snapshot, SnapshotHeader, StackKey, StackRef, hash_seed, hash_word,
+        STACK_BYTES, SiteKey, Snapshot, SnapshotHeader, StackKey, StackRef, THREAD_SIZES,
+        USER_CODE_SEGMENT, hash_seed, hash_word,
     },
 };
 
@@ -48,16 +57,47 @@ fn scratch() -> Option<*mut Snapshot> {
     SCRATCH.get_ptr_mut(unsafe { bpf_get_smp_processor_id() })
 }
 
+/// `offsetof(struct task_struct, stack)`, from the kernel's BTF: where the older way finds the
+/// task's kernel stack, whose top holds the user registers.
+#[unsafe(no_mangle)]
+static TASK_STACK_OFFSET: Global<u32> = Global::new(0);
+
 /// The user registers of the current task: where it entered the kernel (a fault in user mode,
 /// or the syscall during which the kernel faulted on user memory).
 #[inline(always)]
-fn user_registers() -> Option<(u64, u64, u64)> {
-    // SAFETY: helpers on the current task, which the kernel guarantees valid while it runs this
-    // program; the registers are copied with a checked read.
+#[allow(
+    dead_code,
+    reason = "the allocs object takes the registers from its probes' context"
+)]
+fn user_registers<const HELPERS: bool>() -> Option<(u64, u64, u64)> {
+    if HELPERS {
+        // SAFETY: helpers on the current task, which the kernel guarantees valid while it runs
+        // this program; the registers are copied with a checked read.
+        unsafe {
+            let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
+            let regs: pt_regs = bpf_probe_read_kernel(regs).ok()?;
+            return Some((regs.rip, regs.rsp, regs.rbp));
+        }
+    }
+    // What `task_pt_regs()` computes on x86-64: the registers saved on entry sit at the top of
+    // the task's kernel stack. The stack's size is not in BTF (KASAN doubles it): each size is
+    // tried until the saved code segment is the user's.
+    // SAFETY: the current task, valid while it runs this program; every read is checked.
     unsafe {
-        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
-        let regs: pt_regs = bpf_probe_read_kernel(regs).ok()?;
-        Some((regs.rip, regs.rsp, regs.rbp))
+        let task = bpf_get_current_task() as *const u8;
+        let stack: u64 = bpf_probe_read_kernel(
+            task.wrapping_add(TASK_STACK_OFFSET.load() as usize)
+                .cast::<u64>(),
+        )
+        .ok()?;
+        for size in THREAD_SIZES {
+            let at = stack + size - size_of::<pt_regs>() as u64;
+            let regs: pt_regs = bpf_probe_read_kernel(at as *const pt_regs).ok()?;
+            if regs.cs == USER_CODE_SEGMENT {
+                return Some((regs.rip, regs.rsp, regs.rbp));
+            }
+        }
+        None
     }
 }
 
@@ -65,10 +105,34 @@ fn user_registers() -> Option<(u64, u64, u64)> {
 /// is counted under its hash; any other is sent over `ring` (or counted pending under an
 /// identical copy already sent).
 #[inline(always)]
-pub fn identify(tgid: u32, tid: u32, kind: EventKind, addr: u64, ring: &RingBuf) -> StackRef {
-    let Some((ip, sp, bp)) = user_registers() else {
-        return StackRef::default();
-    };
+#[allow(
+    dead_code,
+    reason = "the allocs object takes the registers from its probes' context"
+)]
+pub fn identify<const HELPERS: bool>(
+    tgid: u32,
+    tid: u32,
+    kind: EventKind,
+    addr: u64,
+    ring: &RingBuf,
+) -> StackRef {
+    match user_registers::<HELPERS>() {
+        Some(registers) => identify_at::<HELPERS>(registers, tgid, tid, kind, addr, ring),
+        None => StackRef::default(),
+    }
+}
+
+/// [`identify`], for a program that has the user registers (`ip`, `sp`, `bp`) at hand: a
+/// uprobe's context is them.
+#[inline(always)]
+pub fn identify_at<const HELPERS: bool>(
+    (ip, sp, bp): (u64, u64, u64),
+    tgid: u32,
+    tid: u32,
+    kind: EventKind,
+    addr: u64,
+    ring: &RingBuf,
+) -> StackRef {
     if let Some(hash) = known_hash(tgid, ip, sp, bp)
         && let Some(counter) = COUNTS.get_ptr_mut(StackKey {
             tgid,
@@ -84,7 +148,7 @@ pub fn identify(tgid: u32, tid: u32, kind: EventKind, addr: u64, ring: &RingBuf)
             kernel: 0,
         };
     }
-    send(
+    send::<HELPERS>(
         SnapshotHeader {
             record: RECORD_STACK,
             kind: kind as u32,
@@ -139,7 +203,7 @@ fn known_hash(tgid: u32, ip: u64, sp: u64, bp: u64) -> Option<u64> {
 /// identical copy is already on its way: then the event is counted as pending under it. A
 /// stack that cannot be sent is counted as a drop.
 #[inline(always)]
-fn send(header: SnapshotHeader, ring: &RingBuf) -> StackRef {
+fn send<const HELPERS: bool>(header: SnapshotHeader, ring: &RingBuf) -> StackRef {
     let Some(scratch) = scratch() else {
         return StackRef::default();
     };
@@ -160,7 +224,11 @@ fn send(header: SnapshotHeader, ring: &RingBuf) -> StackRef {
         let key = StackKey {
             tgid: header.tgid,
             kind: header.kind,
-            hash: whole_hash(&header, copied),
+            hash: if HELPERS {
+                whole_hash(&header, copied)
+            } else {
+                whole_hash_bounded(&header, copied, &*pages)
+            },
         };
         let waiting = StackRef {
             hash: key.hash,
@@ -237,6 +305,32 @@ fn whole_hash(header: &SnapshotHeader, copied: u32) -> u64 {
         );
     }
     walk.hash
+}
+
+/// [`whole_hash`] without `bpf_loop`, for older kernels: a bounded loop, which the verifier
+/// follows word by word (thousands of steps, checked once at load).
+#[inline(always)]
+fn whole_hash_bounded(
+    header: &SnapshotHeader,
+    copied: u32,
+    pages: &[u8; SNAPSHOT_PAGES * PAGE_BYTES],
+) -> u64 {
+    let start = (header.sp as usize) & (PAGE_BYTES - 1) & !7;
+    let end = copied as usize * PAGE_BYTES;
+    let mut hash = hash_word(
+        hash_seed(header.ip, header.sp, header.bp),
+        u64::from(copied),
+    );
+    for word in 0..STACK_BYTES / 8 {
+        let at = start + 8 * word;
+        if at + 8 > end || at > SNAPSHOT_PAGES * PAGE_BYTES - 8 {
+            break;
+        }
+        // SAFETY: inside the pages, as checked just above.
+        let value = unsafe { pages.as_ptr().add(at).cast::<u64>().read() };
+        hash = hash_word(hash, value);
+    }
+    hash
 }
 
 /// The copy [`hash_step`] walks.

@@ -108,38 +108,66 @@ static SYSCALL_KERNEL_STACKS: Global<u32> = Global::new(0);
 #[map(name = "KERNEL_STACKS")]
 static KERNEL_STACKS: StackTrace = StackTrace::with_max_entries(1, 0);
 
-/// Entry programs, one per number of arguments (`memtrace_common::syscalls::ENTRY_PROGRAMS`).
+/// Entry programs, one per number of arguments (`memtrace_common::syscalls::ENTRY_PROGRAMS`),
+/// each in three forms: without stacks (`trace`, `trace -c`, `serve`), and taking stacks either
+/// way (`memtrace_common::stacks::StackWay`). A kernel without `bpf_loop` refuses any program
+/// holding the first way's code, even unreached, so no form carries more than its own.
 macro_rules! entry_programs {
-    ($($name:ident: $arity:literal),* $(,)?) => {$(
+    ($($arity:literal: $plain:ident, $helpers:ident, $reads:ident;)*) => {$(
         #[tracepoint]
-        pub fn $name(ctx: TracePointContext) -> u32 {
-            match try_enter::<$arity>(&ctx) {
-                Ok(()) | Err(_) => 0,
-            }
+        pub fn $plain(ctx: TracePointContext) -> u32 {
+            let _ = try_enter::<$arity, false, false>(&ctx);
+            0
+        }
+
+        #[tracepoint]
+        pub fn $helpers(ctx: TracePointContext) -> u32 {
+            let _ = try_enter::<$arity, true, true>(&ctx);
+            0
+        }
+
+        #[tracepoint]
+        pub fn $reads(ctx: TracePointContext) -> u32 {
+            let _ = try_enter::<$arity, true, false>(&ctx);
+            0
         }
     )*};
 }
 
 entry_programs!(
-    mt_sys_enter0: 0,
-    mt_sys_enter1: 1,
-    mt_sys_enter2: 2,
-    mt_sys_enter3: 3,
-    mt_sys_enter4: 4,
-    mt_sys_enter5: 5,
-    mt_sys_enter6: 6,
+    0: mt_sys_enter0, mt_sys_enter0_stack, mt_sys_enter0_stack_compat;
+    1: mt_sys_enter1, mt_sys_enter1_stack, mt_sys_enter1_stack_compat;
+    2: mt_sys_enter2, mt_sys_enter2_stack, mt_sys_enter2_stack_compat;
+    3: mt_sys_enter3, mt_sys_enter3_stack, mt_sys_enter3_stack_compat;
+    4: mt_sys_enter4, mt_sys_enter4_stack, mt_sys_enter4_stack_compat;
+    5: mt_sys_enter5, mt_sys_enter5_stack, mt_sys_enter5_stack_compat;
+    6: mt_sys_enter6, mt_sys_enter6_stack, mt_sys_enter6_stack_compat;
 );
 
 #[tracepoint]
 pub fn mt_sys_exit(ctx: TracePointContext) -> u32 {
-    match try_exit(&ctx) {
-        Ok(()) | Err(_) => 0,
-    }
+    let _ = try_exit::<false, false>(&ctx);
+    0
 }
 
-/// Entry of a traced syscall with `ARITY` arguments.
+#[tracepoint]
+pub fn mt_sys_exit_stack(ctx: TracePointContext) -> u32 {
+    let _ = try_exit::<true, true>(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn mt_sys_exit_stack_compat(ctx: TracePointContext) -> u32 {
+    let _ = try_exit::<true, false>(&ctx);
+    0
+}
+
+/// Entry of a traced syscall with `ARITY` arguments; `STACKS`: whether this form takes stacks,
+/// `HELPERS` which way.
 #[inline(always)]
-fn try_enter<const ARITY: usize>(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_enter<const ARITY: usize, const STACKS: bool, const HELPERS: bool>(
+    ctx: &TracePointContext,
+) -> Result<(), i64> {
     let (tgid, tid) = targets::current_ids();
     let nr: i32 = field::<i32, { STANDARD_NR_OFFSET as usize }>(ctx, &SYSCALL_NR_OFFSET)?;
     let args = arguments::<ARITY>(ctx)?;
@@ -155,7 +183,7 @@ fn try_enter<const ARITY: usize>(ctx: &TracePointContext) -> Result<(), i64> {
         unsafe {
             (*slot).args = args;
             (*slot).nr = nr as u32;
-            (*slot).stack = user_stack(ctx, tgid, tid);
+            (*slot).stack = user_stack::<STACKS, HELPERS>(ctx, tgid, tid);
             (*slot).start_ns = bpf_ktime_get_ns();
         }
         return Ok(());
@@ -168,7 +196,7 @@ fn try_enter<const ARITY: usize>(ctx: &TracePointContext) -> Result<(), i64> {
         args,
         nr: nr as u32,
         _pad: 0,
-        stack: user_stack(ctx, tgid, tid),
+        stack: user_stack::<STACKS, HELPERS>(ctx, tgid, tid),
         // SAFETY: no preconditions.
         start_ns: unsafe { bpf_ktime_get_ns() },
     };
@@ -229,7 +257,7 @@ pub fn mt_thread_exit(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
-fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_exit<const STACKS: bool, const HELPERS: bool>(ctx: &TracePointContext) -> Result<(), i64> {
     let (tgid, tid) = targets::current_ids();
     let Some(entry) = PENDING.get_ptr_mut(tid) else {
         // Not a target, or the call began before tracing did.
@@ -283,14 +311,15 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
 
-    let stack = if SYSCALL_STACKS.load() == stacks_of::MAPPING_CALLS
+    let stack = if STACKS
+        && SYSCALL_STACKS.load() == stacks_of::MAPPING_CALLS
         && !failed
         && (class == SyscallClass::Mmap as u32
             || class == SyscallClass::Mremap as u32
             || brk_growth > 0)
     {
         // Before the record is reserved: a stack sent whole goes first on the same ring.
-        stacks::identify(tgid, tid, EventKind::Syscall, 0, &EVENTS)
+        stacks::identify::<HELPERS>(tgid, tid, EventKind::Syscall, 0, &EVENTS)
     } else {
         call.stack
     };
@@ -318,11 +347,15 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
 /// The calling thread's user stack, when asked for: a stack sent whole goes on the records'
 /// own ring, so it is read before the call's record.
 #[inline(always)]
-fn user_stack(ctx: &TracePointContext, tgid: u32, tid: u32) -> StackRef {
-    if SYSCALL_STACKS.load() != stacks_of::EVERY_CALL {
+fn user_stack<const STACKS: bool, const HELPERS: bool>(
+    ctx: &TracePointContext,
+    tgid: u32,
+    tid: u32,
+) -> StackRef {
+    if !STACKS || SYSCALL_STACKS.load() != stacks_of::EVERY_CALL {
         return StackRef::default();
     }
-    let mut stack = stacks::identify(tgid, tid, EventKind::Syscall, 0, &EVENTS);
+    let mut stack = stacks::identify::<HELPERS>(tgid, tid, EventKind::Syscall, 0, &EVENTS);
     if SYSCALL_KERNEL_STACKS.load() != 0 {
         // The kernel's own walk (ORC): right for kernel code. Identical stacks share an id.
         stack.kernel = match ctx.get_stackid(&KERNEL_STACKS, 0) {

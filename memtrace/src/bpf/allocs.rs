@@ -20,6 +20,7 @@ use memtrace_common::{
     DropSource,
     allocs::{ALLOC_RING_BYTES, AllocKey, AllocStats, Allocation, Shape},
     globals, maps,
+    stacks::StackWay,
     targets::TargetFlags,
 };
 
@@ -70,17 +71,22 @@ pub struct Allocs {
     links: StdHashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
 }
 
-/// The entry program of an allocator function.
+/// The entry program of an allocator function: those of allocating functions take stacks, in
+/// this kernel's way (`super::stacks::way`).
 fn entry_program(role: Role) -> &'static str {
-    match role {
-        Role::Frees => "mt_free",
-        Role::Allocates(Shape::Malloc) => "mt_malloc",
-        Role::Allocates(Shape::Calloc) => "mt_calloc",
-        Role::Allocates(Shape::Realloc) => "mt_realloc",
-        Role::Allocates(Shape::ReallocArray) => "mt_reallocarray",
-        Role::Allocates(Shape::Memalign) => "mt_memalign",
-        Role::Allocates(Shape::PosixMemalign) => "mt_posix_memalign",
-        Role::Allocates(Shape::Pvalloc) => "mt_pvalloc",
+    let (helpers, reads) = match role {
+        Role::Frees => return "mt_free",
+        Role::Allocates(Shape::Malloc) => ("mt_malloc", "mt_malloc_compat"),
+        Role::Allocates(Shape::Calloc) => ("mt_calloc", "mt_calloc_compat"),
+        Role::Allocates(Shape::Realloc) => ("mt_realloc", "mt_realloc_compat"),
+        Role::Allocates(Shape::ReallocArray) => ("mt_reallocarray", "mt_reallocarray_compat"),
+        Role::Allocates(Shape::Memalign) => ("mt_memalign", "mt_memalign_compat"),
+        Role::Allocates(Shape::PosixMemalign) => ("mt_posix_memalign", "mt_posix_memalign_compat"),
+        Role::Allocates(Shape::Pvalloc) => ("mt_pvalloc", "mt_pvalloc_compat"),
+    };
+    match super::stacks::way() {
+        StackWay::Helpers => helpers,
+        StackWay::Reads => reads,
     }
 }
 
@@ -102,7 +108,7 @@ impl Allocs {
     pub fn load(options: &Options) -> anyhow::Result<Allocs> {
         let mut config = Config::default();
         options.filter.configure(&mut config)?;
-        super::stacks::configure(&mut config, options.max_stacks)?;
+        super::stacks::configure(&mut config, options.max_stacks, super::stacks::way())?;
         config
             .size(maps::STACK_SNAPSHOTS, ALLOC_RING_BYTES)
             .size(maps::ALLOCATIONS, options.max_allocations)
@@ -221,9 +227,21 @@ impl Allocs {
     }
 
     /// Hands every live block the kernel holds to `each`, read in batches (a few syscalls for
-    /// a million, and never all of them in memory at once).
-    pub fn blocks(&self, each: impl FnMut(&AllocKey, &Allocation)) -> anyhow::Result<()> {
-        read_batched(self.blocks.fd().as_fd(), each).context("read ALLOCATIONS")
+    /// a million, and never all of them in memory at once). Blocks of a process's image before
+    /// its last `exec` are not live: they are left out, and deleted.
+    pub fn blocks(&self, mut each: impl FnMut(&AllocKey, &Allocation)) -> anyhow::Result<()> {
+        let execs: StdHashMap<u32, u64> = super::entries(&self.ebpf, maps::ALLOC_EXECS)?
+            .into_iter()
+            .collect();
+        let mut stale = Vec::new();
+        read_batched(self.blocks.fd().as_fd(), |key, block| {
+            match execs.get(&key.tgid) {
+                Some(&exec) if block.born_ns < exec => stale.push(*key),
+                _ => each(key, block),
+            }
+        })
+        .context("read ALLOCATIONS")?;
+        delete_batched(self.blocks.fd().as_fd(), &stale).context("delete from ALLOCATIONS")
     }
 
     /// What the programs saw, summed over CPUs.
@@ -249,6 +267,8 @@ impl Allocs {
 
 /// `BPF_MAP_LOOKUP_BATCH`, from the kernel's `enum bpf_cmd` (uapi, stable since 5.6).
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// `BPF_MAP_DELETE_BATCH`, likewise.
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// Entries per batch.
 const BATCH: usize = 16_384;
 
@@ -317,6 +337,43 @@ fn read_batched(
         position[0] = position[1];
         first = false;
     }
+}
+
+/// Deletes `keys` from a hash map of `AllocKey`s by `BPF_MAP_DELETE_BATCH`; keys already gone
+/// (freed meanwhile) are skipped.
+fn delete_batched(fd: BorrowedFd, keys: &[AllocKey]) -> std::io::Result<()> {
+    let mut left = keys;
+    while !left.is_empty() {
+        let chunk = &left[..left.len().min(BATCH)];
+        let mut attr = BatchAttr {
+            keys: chunk.as_ptr() as u64,
+            count: chunk.len() as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: the attribute points to `count` keys of the map's key size, alive for the
+        // call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_DELETE_BATCH,
+                &raw mut attr,
+                size_of::<BatchAttr>() as u32,
+            )
+        };
+        let deleted = (attr.count as usize).min(chunk.len());
+        if rc == 0 {
+            left = &left[chunk.len()..];
+            continue;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ENOENT) {
+            return Err(err);
+        }
+        // The batch stops at a key that is gone: skip it.
+        left = &left[(deleted + 1).min(left.len())..];
+    }
+    Ok(())
 }
 
 /// Bytes of a memory page.

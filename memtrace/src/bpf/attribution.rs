@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use aya::{Ebpf, maps::MapData};
 use memtrace_common::{
     DropSource, globals, maps,
-    stacks::{MappingCount, MappingKey, VmaLayout, attribute_by},
+    stacks::{MappingCount, MappingKey, StackWay, VmaLayout},
 };
 
 use super::{
@@ -50,28 +50,42 @@ pub fn load(options: &Options) -> anyhow::Result<Loaded> {
     let mut config = Config::default();
     options.filter.configure(&mut config)?;
     config.u32(globals::SELF_TGID, std::process::id());
-    match options.by {
+    let (minor, major) = match options.by {
         By::Stack => {
-            super::stacks::configure(&mut config, options.max_stacks)?;
+            super::stacks::configure(&mut config, options.max_stacks, super::stacks::way())?;
             config
                 .size(maps::STACK_SNAPSHOTS, options.ring_bytes)
                 .size(maps::MAPPING_COUNTS, 1)
                 .size(maps::MAPPING_CACHE, 1);
+            (
+                super::stacks::program("mt_stack_minor"),
+                super::stacks::program("mt_stack_major"),
+            )
         }
         By::Mapping(layout) => {
-            super::stacks::configure(&mut config, 1)?;
+            super::stacks::configure(&mut config, 1, StackWay::Helpers)?;
             config
                 .size(maps::STACK_SCRATCH, 1)
                 .size(maps::STACK_SNAPSHOTS, MIN_RING_BYTES)
                 .size(maps::MAPPING_COUNTS, options.max_stacks)
                 .size(maps::MAPPING_CACHE, MAPPING_CACHE_REGIONS)
-                .u32(globals::ATTRIBUTE_BY, attribute_by::MAPPING)
                 .bytes(globals::VMA_LAYOUT, &layout.to_ne_bytes());
+            ("mt_map_minor".to_owned(), "mt_map_major".to_owned())
+        }
+    };
+    if super::kernel::perf_event_maps_preallocated() {
+        for map in [
+            maps::STACK_RECIPES,
+            maps::STACK_COUNTS,
+            maps::STACK_PENDING,
+            maps::MAPPING_COUNTS,
+        ] {
+            config.preallocate(map);
         }
     }
     let mut ebpf = super::load(Object::Attribution, &config)?;
     super::forward_kernel_logs(&mut ebpf);
-    super::faults::attach_fault_programs(&mut ebpf, "mt_attr_minor", "mt_attr_major")?;
+    super::faults::attach_fault_programs(&mut ebpf, &minor, &major)?;
     let mut tracepoints = Tracepoints::default();
     if options.filter == (Filter::Targets { follow_forks: true }) {
         targets::attach_fork_follower(&mut ebpf, &mut tracepoints)?;
@@ -79,14 +93,21 @@ pub fn load(options: &Options) -> anyhow::Result<Loaded> {
     Ok(Loaded { ebpf, tracepoints })
 }
 
-/// Where the kernel keeps what a mapping is, from its BTF; `None` if a field is missing.
+/// Where the kernel keeps what a mapping is, from its BTF; `None` if a field is missing. Kernels
+/// before 6.4 keep no sequence of a process's mapping changes (`mm_lock_seq`): then no mapping
+/// is remembered between faults, and each is looked up.
 pub fn vma_layout(btf: &crate::btf::Btf) -> Option<VmaLayout> {
+    let mm_lock_seq = btf
+        .member_offset("mm_struct", "mm_lock_seq")
+        .and_then(|seq| Some(seq + btf.member_offset("seqcount", "sequence")?));
+    if mm_lock_seq.is_none() {
+        log::info!("this kernel keeps no mm_lock_seq: every fault's mapping is looked up");
+    }
     Some(VmaLayout {
         vm_start: btf.member_offset("vm_area_struct", "vm_start")?,
         vm_end: btf.member_offset("vm_area_struct", "vm_end")?,
         task_mm: btf.member_offset("task_struct", "mm")?,
-        mm_lock_seq: btf.member_offset("mm_struct", "mm_lock_seq")?
-            + btf.member_offset("seqcount", "sequence")?,
+        mm_lock_seq: mm_lock_seq.unwrap_or(0),
         vm_flags: btf.member_offset("vm_area_struct", "vm_flags")?,
         vm_file: btf.member_offset("vm_area_struct", "vm_file")?,
         file_inode: btf.member_offset("file", "f_inode")?,

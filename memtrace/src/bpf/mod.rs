@@ -12,6 +12,7 @@ pub mod allocs;
 pub mod attribution;
 pub mod drops;
 pub mod faults;
+pub mod kernel;
 pub mod oom;
 pub mod pressure;
 pub mod release;
@@ -77,6 +78,7 @@ impl Object {
 pub struct Config {
     globals: Vec<(&'static str, Vec<u8>)>,
     sizes: Vec<(&'static str, u32)>,
+    preallocated: Vec<&'static str>,
 }
 
 impl Config {
@@ -93,6 +95,13 @@ impl Config {
     /// use gets the smallest size the kernel accepts: 1 entry, or one page of ring.
     pub fn size(&mut self, map: &'static str, entries: u32) -> &mut Self {
         self.sizes.push((map, entries));
+        self
+    }
+
+    /// Makes a hash map the object allocates as it fills whole at load instead, as programs on
+    /// perf events need before Linux 6.1 (`kernel::perf_event_maps_preallocated`).
+    pub fn preallocate(&mut self, map: &'static str) -> &mut Self {
+        self.preallocated.push(map);
         self
     }
 }
@@ -120,6 +129,7 @@ pub const MIN_RING_BYTES: u32 = 4096;
 /// Parses one embedded object and creates its maps, with `config` applied.
 pub fn load(object: Object, config: &Config) -> anyhow::Result<Ebpf> {
     let started = std::time::Instant::now();
+    lift_memlock_limit();
     let level = kernel_log_level();
     let mut loader = loader_without_kernel_btf();
     // Absent when no program logs. The programs log only at debug level: below it (unless
@@ -135,8 +145,16 @@ pub fn load(object: Object, config: &Config) -> anyhow::Result<Ebpf> {
     for &(map, entries) in &config.sizes {
         loader.map_max_entries(map, entries);
     }
+    let patched;
+    let bytes = if config.preallocated.is_empty() {
+        object.bytes()
+    } else {
+        patched = preallocated(object.bytes(), &config.preallocated)
+            .with_context(|| format!("prepare memtrace's {} object", object.name()))?;
+        patched.bytes()
+    };
     let ebpf = loader
-        .load(object.bytes())
+        .load(bytes)
         .map_err(|err| kernel_refusal(err, &format!("load memtrace's {} object", object.name())))?;
     log::debug!(
         "created the {} object's maps in {:.1} ms",
@@ -144,6 +162,77 @@ pub fn load(object: Object, config: &Config) -> anyhow::Result<Ebpf> {
         started.elapsed().as_secs_f64() * 1e3
     );
     Ok(ebpf)
+}
+
+/// An object's bytes, 8-byte aligned (the ELF parser reads them in place).
+struct AlignedObject {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl AlignedObject {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the words hold `len` initialized bytes, and u8 has no alignment needs.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+    }
+}
+
+/// A copy of an object whose named maps (legacy `maps` definitions: type, key size, value
+/// size, entries, flags, ...) lose `BPF_F_NO_PREALLOC`.
+fn preallocated(elf: &[u8], maps: &[&str]) -> anyhow::Result<AlignedObject> {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+    /// `map_flags` in `struct bpf_map_def`.
+    const FLAGS_AT: usize = 16;
+    const BPF_F_NO_PREALLOC: u32 = 1;
+    let mut words = vec![0u64; elf.len().div_ceil(8)];
+    // SAFETY: the words have room for `elf.len()` bytes.
+    let copy =
+        unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), elf.len()) };
+    copy.copy_from_slice(elf);
+    let file = object::File::parse(elf).context("parse the object")?;
+    for &map in maps {
+        let symbol = file
+            .symbols()
+            .find(|symbol| symbol.name() == Ok(map))
+            .with_context(|| format!("the object has no map {map}"))?;
+        let section = symbol
+            .section_index()
+            .and_then(|index| file.section_by_index(index).ok())
+            .with_context(|| format!("map {map} is in no section"))?;
+        let (start, _) = section
+            .file_range()
+            .with_context(|| format!("map {map}'s section has no data"))?;
+        let at = start as usize + symbol.address() as usize + FLAGS_AT;
+        let flags = copy
+            .get_mut(at..at + 4)
+            .with_context(|| format!("map {map}'s definition lies outside the object"))?;
+        let value = u32::from_ne_bytes((*flags).try_into().unwrap()) & !BPF_F_NO_PREALLOC;
+        flags.copy_from_slice(&value.to_ne_bytes());
+    }
+    Ok(AlignedObject {
+        words,
+        len: elf.len(),
+    })
+}
+
+/// Kernels before 5.11 charge BPF maps to `RLIMIT_MEMLOCK` (often 8 MiB, less than `trace`'s
+/// ring buffer) rather than to the memory cgroup: the limit is lifted once, as root may. Newer
+/// kernels ignore it, and without the privilege to lift it the maps are tried anyway.
+fn lift_memlock_limit() {
+    static LIFTED: std::sync::Once = std::sync::Once::new();
+    LIFTED.call_once(|| {
+        let unlimited = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: a valid rlimit we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+            log::debug!(
+                "RLIMIT_MEMLOCK stays as it is ({}): kernels before 5.11 count BPF maps against it",
+                io::Error::last_os_error()
+            );
+        }
+    });
 }
 
 /// A loader that relocates nothing against the kernel's BTF, which memtrace's programs do not

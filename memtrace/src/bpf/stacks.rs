@@ -1,29 +1,87 @@
 //! The stack tables an object that identifies user stacks shares with userspace (the kernel
 //! module `stacks` of the `attribution`, `syscalls` and `allocs` objects): recipes and confirmed
-//! stacks that userspace writes, the counts it reads, and the ring stacks come whole over.
+//! stacks that userspace writes, the counts it reads, and the ring stacks come whole over; and
+//! which of the two ways of taking stacks this kernel's programs use.
+
+use std::sync::OnceLock;
 
 use anyhow::Context as _;
 use aya::{
     Ebpf,
     maps::{HashMap, MapData, RingBuf},
+    programs::ProgramType,
+    sys::BpfHelper,
 };
 use memtrace_common::{
-    maps,
-    stacks::{Recipe, SiteKey, StackKey},
+    globals, maps,
+    stacks::{Recipe, SiteKey, StackKey, StackWay},
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
 use super::Config;
-use crate::stacks::{KernelCounts, Teach};
+use crate::{
+    error::Failure,
+    stacks::{KernelCounts, Teach},
+};
 
-/// Sizes an object's stack tables: `max_stacks` places and stacks, and a scratch copy per CPU.
-pub fn configure(config: &mut Config, max_stacks: u32) -> anyhow::Result<()> {
+/// Sizes an object's stack tables: `max_stacks` places and stacks, and a scratch copy per CPU;
+/// and sets what the programs of `way` need to know.
+pub fn configure(config: &mut Config, max_stacks: u32, way: StackWay) -> anyhow::Result<()> {
     config
         .size(maps::STACK_RECIPES, max_stacks)
         .size(maps::STACK_COUNTS, max_stacks)
         .size(maps::STACK_PENDING, max_stacks)
         .size(maps::STACK_SCRATCH, super::possible_cpus()?);
+    if way == StackWay::Reads {
+        config.u32(globals::TASK_STACK_OFFSET, task_stack_offset()?);
+    }
     Ok(())
+}
+
+/// The helpers [`StackWay::Helpers`] calls, all in Linux 5.17.
+const HELPERS: [BpfHelper; 3] = [
+    BpfHelper::BPF_FUNC_get_current_task_btf,
+    BpfHelper::BPF_FUNC_task_pt_regs,
+    BpfHelper::BPF_FUNC_loop,
+];
+
+/// How this kernel's programs take user stacks: with the helpers when it has them all (asked
+/// of the kernel once, by loading a tiny program per helper), else by reads. The variable
+/// `MEMTRACE_STACK_WAY=reads` forces the older way (to test it on a newer kernel).
+pub fn way() -> StackWay {
+    static WAY: OnceLock<StackWay> = OnceLock::new();
+    *WAY.get_or_init(|| {
+        if std::env::var_os("MEMTRACE_STACK_WAY").is_some_and(|way| way == "reads") {
+            return StackWay::Reads;
+        }
+        let has = |helper| super::kernel::has_helper(ProgramType::TracePoint, helper);
+        let way = if HELPERS.into_iter().all(has) {
+            StackWay::Helpers
+        } else {
+            StackWay::Reads
+        };
+        log::debug!("user stacks taken the {way:?} way");
+        way
+    })
+}
+
+/// The name of a program that takes stacks, in this kernel's way.
+pub fn program(base: &str) -> String {
+    format!("{base}{}", way().suffix())
+}
+
+/// Where `task_struct` keeps its kernel stack, which the older way reads the user registers
+/// from.
+fn task_stack_offset() -> Result<u32, Failure> {
+    let btf = crate::btf::Btf::from_sys_fs().map_err(|err| Failure::KernelUnsupported {
+        what: "BTF (/sys/kernel/btf/vmlinux)".into(),
+        hint: format!("before Linux 5.17, user stacks are read through it ({err})"),
+    })?;
+    btf.member_offset("task_struct", "stack")
+        .ok_or_else(|| Failure::KernelUnsupported {
+            what: "task_struct.stack in its BTF".into(),
+            hint: "before Linux 5.17, user stacks are read through it".into(),
+        })
 }
 
 /// The tables, taken out of their object.

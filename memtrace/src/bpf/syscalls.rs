@@ -11,10 +11,10 @@ use aya::{
 };
 use memtrace_common::{
     COMM_LEN, DropSource, globals, maps,
-    stacks::RECORD_STACK,
+    stacks::{RECORD_STACK, StackWay},
     syscalls::RECORD_EXEC,
     syscalls::{
-        ENTRY_PROGRAMS, MAX_TRACED, ProcSyscallCounts, ProcSyscallKey, RING_BYTES,
+        ENTRY_PROGRAMS, EXIT_PROGRAM, MAX_TRACED, ProcSyscallCounts, ProcSyscallKey, RING_BYTES,
         STANDARD_ARGS_OFFSET, STANDARD_NR_OFFSET, STANDARD_RET_OFFSET, SyscallClass, SyscallStats,
         class_entry,
     },
@@ -123,7 +123,7 @@ pub fn load(options: &Options) -> anyhow::Result<Loaded> {
     match options.stacks {
         Some(StackOptions { of, max_stacks }) => {
             config.u32(globals::SYSCALL_STACKS, of);
-            super::stacks::configure(&mut config, max_stacks)?;
+            super::stacks::configure(&mut config, max_stacks, super::stacks::way())?;
             if options.kernel_stacks {
                 config
                     .u32(globals::SYSCALL_KERNEL_STACKS, 1)
@@ -131,7 +131,7 @@ pub fn load(options: &Options) -> anyhow::Result<Loaded> {
             }
         }
         None => {
-            super::stacks::configure(&mut config, 1)?;
+            super::stacks::configure(&mut config, 1, StackWay::Helpers)?;
             config.size(maps::STACK_SCRATCH, 1);
         }
     }
@@ -141,7 +141,13 @@ pub fn load(options: &Options) -> anyhow::Result<Loaded> {
     if options.targets == (Filter::Targets { follow_forks: true }) {
         targets::attach_fork_follower(&mut ebpf, &mut tracepoints)?;
     }
-    attach(&mut ebpf, &mut tracepoints, &options.syscalls, filter)?;
+    attach(
+        &mut ebpf,
+        &mut tracepoints,
+        &options.syscalls,
+        filter,
+        options.stacks.is_some(),
+    )?;
     if options.execs {
         let exec: &mut RawTracePoint = program_mut(&mut ebpf, "mt_sys_exec")?;
         exec.load()
@@ -249,13 +255,15 @@ fn layout_of(syscall: Syscall) -> Result<(u32, u32, u32), Failure> {
 }
 
 /// Marks the traced syscalls in the kernel (class and statistics slot), then loads the programs
-/// they need and attaches them to each traced syscall's entry and exit tracepoints; with
-/// records to send (not `count_only`), also the hook that keeps the threads' names current.
+/// they need (the forms that take stacks if `stacks`) and attaches them to each traced
+/// syscall's entry and exit tracepoints; with records to send (not `count_only`), also the hook
+/// that keeps the threads' names current.
 fn attach(
     ebpf: &mut Ebpf,
     tracepoints: &mut Tracepoints,
     syscalls: &[Syscall],
     filter: KernelFilter,
+    stacks: bool,
 ) -> anyhow::Result<()> {
     {
         let mut classes: Array<&mut MapData, u32> = super::map_mut(ebpf, maps::SYSCALL_CLASSES)?;
@@ -276,11 +284,16 @@ fn attach(
     if !filter.count_only {
         tracepoints.attach(ebpf, "mt_sys_rename", RENAME.0, RENAME.1)?;
     }
+    let form = |program: &str| match stacks {
+        true => super::stacks::program(&format!("{program}_stack")),
+        false => program.to_owned(),
+    };
+    let exit = form(EXIT_PROGRAM);
     for &syscall in syscalls {
-        let entry = ENTRY_PROGRAMS[syscall.arg_names().len()];
+        let entry = form(ENTRY_PROGRAMS[syscall.arg_names().len()]);
         let name = syscall.name();
-        tracepoints.attach(ebpf, entry, CATEGORY, &format!("sys_enter_{name}"))?;
-        tracepoints.attach(ebpf, "mt_sys_exit", CATEGORY, &format!("sys_exit_{name}"))?;
+        tracepoints.attach(ebpf, &entry, CATEGORY, &format!("sys_enter_{name}"))?;
+        tracepoints.attach(ebpf, &exit, CATEGORY, &format!("sys_exit_{name}"))?;
     }
     Ok(())
 }

@@ -429,8 +429,22 @@ fn device_name(dev: u32) -> String {
     format!("{}:{}", dev >> 20, dev & 0xf_ffff)
 }
 
-/// Where the kernel keeps what a mapping is, from its BTF: needed for `--by mapping|file`.
+/// Where the kernel keeps what a mapping is, from its BTF: needed for `--by mapping|file`, with
+/// the helper that finds a fault's mapping.
 fn vma_layout() -> anyhow::Result<memtrace_common::stacks::VmaLayout> {
+    use aya::{programs::ProgramType, sys::BpfHelper};
+    if !bpf::kernel::has_helper(ProgramType::PerfEvent, BpfHelper::BPF_FUNC_find_vma) {
+        return Err(Failure::KernelUnsupported {
+            what: format!(
+                "the BPF helper bpf_find_vma (Linux 5.17; this is {})",
+                bpf::kernel::release()
+            ),
+            hint: "--by mapping and --by file find each fault's mapping with it; use --by \
+                   stack, or plain faults"
+                .into(),
+        }
+        .into());
+    }
     let btf = crate::btf::Btf::from_sys_fs().map_err(|err| Failure::KernelUnsupported {
         what: "BTF (/sys/kernel/btf/vmlinux)".into(),
         hint: format!(
