@@ -9,8 +9,9 @@ use common::{
     Tracer, Workload, proc_faults, run_memtrace, still_loaded_after, summary, totals_of, workload,
 };
 
-/// How long the kernel may take to free the programs of an exited memtrace.
-const RELEASE: Duration = Duration::from_secs(2);
+/// How long (seconds, before `common::patience`) the kernel may take to free an exited
+/// memtrace's programs.
+const RELEASE_SECS: u64 = 2;
 
 const PAGES: u64 = 20_000;
 
@@ -110,7 +111,7 @@ fn spawned_command_tree_matches_the_kernels_rusage() {
     require_root!();
     let binary = workload("fork_children");
     let tracer = Tracer::start(&["faults", "--", binary.to_str().unwrap(), "4", "5000"]);
-    let (records, status) = tracer.wait(Duration::from_secs(30));
+    let (records, status) = tracer.wait(common::patience(30));
     assert!(
         status.success(),
         "memtrace should exit with the command's status 0: {status}"
@@ -164,12 +165,12 @@ fn assert_signal_ends_cleanly(signal: i32) {
         );
     }
     tracer.signal(signal);
-    let (records, status) = tracer.wait(Duration::from_secs(10));
+    let (records, status) = tracer.wait(common::patience(10));
     assert!(status.success(), "{status}");
     assert_eq!(summary(&records)["reason"], "signal");
     let ids: Vec<u64> = programs.iter().map(|(id, _)| *id).collect();
     assert_eq!(
-        still_loaded_after(&ids, RELEASE),
+        still_loaded_after(&ids, common::patience(RELEASE_SECS)),
         vec![],
         "programs left loaded"
     );
@@ -198,7 +199,7 @@ fn a_target_exiting_ends_tracing_with_a_summary() {
     let tracer = Tracer::start(&["faults", "--pid", &pid, "--interval", "0.1"]);
     // memtrace does not reap the target; its exit is noticed through a pidfd.
     sleeper.wait().unwrap();
-    let (records, status) = tracer.wait(Duration::from_secs(10));
+    let (records, status) = tracer.wait(common::patience(10));
     assert!(status.success());
     assert_eq!(summary(&records)["reason"], "targets_exited");
 }
@@ -207,7 +208,7 @@ fn a_target_exiting_ends_tracing_with_a_summary() {
 fn duration_ends_tracing() {
     require_root!();
     let tracer = Tracer::start(&["faults", "--duration", "0.5", "--interval", "0.2"]);
-    let (records, status) = tracer.wait(Duration::from_secs(10));
+    let (records, status) = tracer.wait(common::patience(10));
     assert!(status.success());
     assert_eq!(summary(&records)["reason"], "duration");
     assert!(
@@ -316,9 +317,12 @@ fn sigkill_of_memtrace_still_releases_every_program() {
     let ids: Vec<u64> = tracer.programs().iter().map(|(id, _)| *id).collect();
     assert!(ids.len() >= 3, "expected our programs loaded: {ids:?}");
     tracer.signal(libc::SIGKILL);
-    let _ = tracer.wait(Duration::from_secs(10));
+    let _ = tracer.wait(common::patience(10));
     // Nothing is pinned: the kernel frees what only our file descriptors held.
-    assert_eq!(still_loaded_after(&ids, RELEASE), vec![]);
+    assert_eq!(
+        still_loaded_after(&ids, common::patience(RELEASE_SECS)),
+        vec![]
+    );
 }
 
 #[test]
@@ -337,7 +341,7 @@ fn sigkill_of_the_command_ends_with_a_summary_and_its_status() {
     .expect("memtrace's child");
     // SAFETY: kill(2) on the pid of the command memtrace started.
     assert_eq!(unsafe { libc::kill(sleep_pid, libc::SIGKILL) }, 0);
-    let (records, status) = tracer.wait(Duration::from_secs(10));
+    let (records, status) = tracer.wait(common::patience(10));
     assert_eq!(
         status.code(),
         Some(128 + libc::SIGKILL),
@@ -463,7 +467,7 @@ fn rss_and_vsz_columns_equal_proc_status_at_the_same_moment() {
     // between its steps, so both see the same memory).
     let next_row = |tracer: &mut Tracer| {
         let record = tracer
-            .next_record(Duration::from_secs(5))
+            .next_record(common::patience(5))
             .expect("an interval record");
         assert_eq!(record["type"], "interval", "{record}");
         let (rss, vsz) = (status_kb(pid, "VmRSS"), status_kb(pid, "VmSize"));
@@ -498,6 +502,6 @@ fn rss_and_vsz_columns_equal_proc_status_at_the_same_moment() {
         "touching {pages} pages grew RSS from {before} to {after} KiB"
     );
     work.finish();
-    let (_, status) = tracer.wait(Duration::from_secs(10));
+    let (_, status) = tracer.wait(common::patience(10));
     assert!(status.success());
 }

@@ -155,7 +155,7 @@ fn wait_for_no_helper(timeout: Duration) -> bool {
 fn the_release_helper_holds_only_perf_events_and_is_soon_gone() {
     require_root!();
     assert!(
-        wait_for_no_helper(Duration::from_secs(10)),
+        wait_for_no_helper(common::patience(10)),
         "an earlier helper lingers"
     );
     // The default set: 12 syscall tracepoints and task_rename, ~40 ms each to release.
@@ -182,7 +182,7 @@ fn the_release_helper_holds_only_perf_events_and_is_soon_gone() {
         "the helper holds more than perf events: {fds:?}"
     );
     assert!(
-        wait_for_no_helper(Duration::from_secs(5)),
+        wait_for_no_helper(common::patience(5)),
         "the helper still runs after 5 s"
     );
 }

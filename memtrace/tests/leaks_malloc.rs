@@ -262,9 +262,9 @@ fn detaching_leaves_the_target_as_it_was_even_after_sigkill() {
         "a breakpoint on malloc while attached"
     );
     tracer.signal(libc::SIGKILL);
-    let _ = tracer.wait(Duration::from_secs(5));
+    let _ = tracer.wait(common::patience(5));
 
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + common::patience(5);
     while malloc_bytes(pid).0 != file && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
     }
@@ -273,7 +273,7 @@ fn detaching_leaves_the_target_as_it_was_even_after_sigkill() {
         file,
         "malloc restored after memtrace was killed"
     );
-    let left = common::still_loaded_after(&programs, Duration::from_secs(5));
+    let left = common::still_loaded_after(&programs, common::patience(5));
     assert!(left.is_empty(), "programs left in the kernel: {left:?}");
     // And the target carries on, allocating through the restored code.
     work.go();

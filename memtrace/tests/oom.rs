@@ -46,7 +46,7 @@ fn kills(records: &[Value]) -> Vec<&Value> {
 
 /// Waits for memtrace to exit by itself (`--count`), with the records.
 fn wait_for(tracer: Tracer) -> Vec<Value> {
-    let (records, status) = tracer.wait(Duration::from_secs(30));
+    let (records, status) = tracer.wait(common::patience(30));
     assert!(status.success(), "memtrace: {status}");
     records
 }
@@ -226,12 +226,12 @@ fn assert_signal_ends_cleanly(signal: i32) {
         assert!(names.contains(&expected), "{expected} not in {names:?}");
     }
     tracer.signal(signal);
-    let (records, status) = tracer.wait(Duration::from_secs(10));
+    let (records, status) = tracer.wait(common::patience(10));
     assert!(status.success(), "{status}");
     assert_eq!(records.last().unwrap()["type"], "summary");
     assert_eq!(records.last().unwrap()["reason"], "signal");
     let ids: Vec<u64> = programs.iter().map(|(id, _)| *id).collect();
-    assert_eq!(still_loaded_after(&ids, Duration::from_secs(2)), vec![]);
+    assert_eq!(still_loaded_after(&ids, common::patience(2)), vec![]);
 }
 
 #[test]
@@ -256,7 +256,7 @@ fn duration_ends_with_a_summary_and_exit_0() {
     assert_eq!(records.last().unwrap()["type"], "summary");
     assert_eq!(records.last().unwrap()["reason"], "duration");
     assert!(
-        took >= Duration::from_millis(500) && took < Duration::from_secs(10),
+        took >= Duration::from_millis(500) && took < common::patience(10),
         "{took:?}"
     );
 }

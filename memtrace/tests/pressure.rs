@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{
     Tracer, Workload,
     cgroup::{MIB, TestCgroup},
@@ -122,8 +120,5 @@ fn histograms_count_every_stall_and_nothing_is_left_loaded() {
         .sum();
     assert!(stalls > 0);
     assert_eq!(histogram, stalls, "the histogram holds every stall once");
-    assert_eq!(
-        still_loaded_after(&programs, Duration::from_secs(2)),
-        vec![]
-    );
+    assert_eq!(still_loaded_after(&programs, common::patience(2)), vec![]);
 }

@@ -104,7 +104,7 @@ fn head_1(args: &[&str]) -> (Option<i32>, String) {
     assert!(!line.is_empty(), "{args:?}: no first line");
     drop(stdout);
     let mut stderr = child.stderr.take().unwrap();
-    let status = wait_for(&mut child, Duration::from_secs(20));
+    let status = wait_for(&mut child, common::patience(20));
     let mut text = String::new();
     stderr.read_to_string(&mut text).unwrap();
     (status.code(), text)

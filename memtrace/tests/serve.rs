@@ -22,7 +22,9 @@ use common::{
 };
 use serde_json::Value;
 
-const RELEASE: Duration = Duration::from_secs(2);
+/// How long (seconds, before `common::patience`) the kernel may take to free an exited
+/// memtrace's programs.
+const RELEASE_SECS: u64 = 2;
 
 /// A free loopback port (bound and released: good enough for a test).
 fn free_port() -> u16 {
@@ -36,7 +38,7 @@ fn free_port() -> u16 {
 /// One HTTP/1.1 GET on loopback: (status, body).
 fn http_get(port: u16, path: &str, accept: Option<&str>) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.set_read_timeout(Some(common::patience(5))).ok()?;
     let accept = accept
         .map(|a| format!("Accept: {a}\r\n"))
         .unwrap_or_default();
@@ -76,7 +78,7 @@ impl Daemon {
             .spawn()
             .expect("start memtrace serve");
         let daemon = Daemon { child, port };
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + common::patience(15);
         while http_get(port, "/healthz", None).is_none_or(|(status, _)| status != 200) {
             assert!(
                 Instant::now() < deadline,
@@ -94,7 +96,7 @@ impl Daemon {
 
     /// Waits until `/healthz` answers `status`, and returns its body.
     fn wait_health(&self, status: u16) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + common::patience(10);
         loop {
             let (now, body) = self.health();
             if now == status {
@@ -125,7 +127,7 @@ impl Daemon {
     /// SIGTERM, then its exit status.
     fn stop(mut self) -> ExitStatus {
         self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + common::patience(10);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
@@ -233,7 +235,7 @@ impl Prometheus {
 
     /// Waits until `expr` evaluates to more than `floor`.
     fn wait_above(&self, expr: &str, floor: f64) -> Option<f64> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + common::patience(30);
         let mut last = None;
         while Instant::now() < deadline {
             last = self.query(expr);
@@ -247,7 +249,7 @@ impl Prometheus {
 
     /// Waits until `expr` evaluates to `expected` (Prometheus scrapes every second).
     fn wait_for(&self, expr: &str, expected: f64) -> Option<f64> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + common::patience(30);
         let mut last = None;
         while Instant::now() < deadline {
             last = self.query(expr);
@@ -271,7 +273,7 @@ impl Drop for Prometheus {
 /// The processes the daemon still tracks once exited ones have had time to be dropped: each is
 /// read a last time on the tick after its exit, and dropped on the next (ticks are 0.2 s here).
 fn settled_tracked(daemon: &Daemon) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + common::patience(5);
     loop {
         let tracked = daemon.value("memtrace_tracked_processes", &[]);
         if tracked < 500.0 || Instant::now() > deadline {
@@ -342,7 +344,7 @@ fn prometheus_sees_the_kernels_fault_count_and_the_cgroups_oom_kill() {
 
     // The daemon reads the exited process a last time on its next tick.
     let labels = [("comm", comm.as_str()), ("kind", "minor")];
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + common::patience(10);
     let mut minor = 0.0;
     while Instant::now() < deadline {
         minor = daemon.value("memtrace_page_faults_total", &labels);
@@ -392,7 +394,7 @@ fn prometheus_sees_the_kernels_fault_count_and_the_cgroups_oom_kill() {
         increase.is_some_and(|n| n > 0.5),
         "{expr} = {increase:?} after an OOM kill"
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + common::patience(30);
     let alert = loop {
         let firing = prometheus.firing();
         if let Some(alert) = firing.into_iter().find(|alert| {
@@ -483,7 +485,10 @@ fn prometheus_sees_the_kernels_fault_count_and_the_cgroups_oom_kill() {
         daemon.stop().success(),
         "SIGTERM must end the daemon with exit 0"
     );
-    assert_eq!(still_loaded_after(&ids, RELEASE), vec![]);
+    assert_eq!(
+        still_loaded_after(&ids, common::patience(RELEASE_SECS)),
+        vec![]
+    );
 }
 
 #[test]
@@ -522,7 +527,7 @@ fn sighup_reopens_the_events_file() {
     assert!(events.exists());
     fs::rename(&events, &rotated).unwrap();
     daemon.signal(libc::SIGHUP);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + common::patience(5);
     while !events.exists() {
         assert!(
             Instant::now() < deadline,
@@ -636,7 +641,7 @@ fn a_soak_of_process_churn_keeps_counters_equal_to_the_kernels() {
     }
     // Every process of the 4 trees has exited; two ticks later each was read a last time.
     let labels = [("comm", comm.as_str()), ("kind", "minor")];
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + common::patience(10);
     let mut counted = 0.0;
     while Instant::now() < deadline {
         counted = daemon.value("memtrace_page_faults_total", &labels);
@@ -737,7 +742,7 @@ fn processes_shorter_than_a_reading_get_their_cgroup() {
         )
     };
     // Counts show once the series has been scraped at 0 (this test's scrapes), a reading later.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + common::patience(10);
     let mut counted = labelled(&cgroup.path);
     while counted < kernel - f64::from(2 * runs) - 8.0 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(100));
@@ -785,7 +790,7 @@ fn reclaim_stalls_are_counted_as_bpftrace_counts_them() {
         ("kind", "memcg"),
     ];
     // A reading after the exit, and one more once this test's scrapes have seen the series at 0.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + common::patience(10);
     let mut counted = daemon.value("memtrace_reclaim_stalls_total", &labels);
     while counted != ends as f64 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(100));

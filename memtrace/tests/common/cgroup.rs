@@ -113,7 +113,7 @@ fn enable_memory_controller(root: &Path) {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + super::patience(5);
         loop {
             let procs = fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
             let pids: Vec<i32> = procs.lines().filter_map(|l| l.parse().ok()).collect();

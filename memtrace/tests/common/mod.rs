@@ -99,6 +99,17 @@ pub fn skip(test: &str, reason: &str, required: bool) {
     }
 }
 
+/// `secs` seconds, stretched by how much slower than the host this machine runs
+/// (`MEMTRACE_TEST_TIME_SCALE`, which the kernel matrix's emulated guests set): for deadlines
+/// and timeouts only, never for what a test measures.
+pub fn patience(secs: u64) -> Duration {
+    let scale = std::env::var("MEMTRACE_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1u64);
+    Duration::from_secs(secs * scale.max(1))
+}
+
 /// Whether a program is on PATH.
 pub fn has_tool(tool: &str) -> bool {
     Command::new("sh")
@@ -367,9 +378,7 @@ impl Tracer {
             }
         });
         let mut tracer = Tracer { child, lines };
-        let start = tracer
-            .next_record(Duration::from_secs(10))
-            .expect("a start record");
+        let start = tracer.next_record(patience(10)).expect("a start record");
         assert_eq!(start["type"], "start", "{start}");
         tracer
     }
@@ -423,7 +432,7 @@ impl Tracer {
     /// Ctrl-C, then the records and exit status.
     pub fn interrupt(self) -> (Vec<Value>, ExitStatus) {
         self.signal(libc::SIGINT);
-        self.wait(Duration::from_secs(10))
+        self.wait(patience(10))
     }
 }
 

@@ -7,7 +7,6 @@ use std::{
     io::{BufRead, BufReader, Write},
     process::{Child, Command, Stdio},
     thread,
-    time::Duration,
 };
 
 use serde_json::Value;
@@ -64,7 +63,7 @@ impl Bpftrace {
         loop {
             let line = bpftrace
                 .lines
-                .recv_timeout(Duration::from_secs(30))
+                .recv_timeout(super::patience(30))
                 .expect("bpftrace attached");
             if line.contains("ready") {
                 return bpftrace;

@@ -2,10 +2,12 @@
 // touch_deep through a deeper chain, and a file evicted from the page cache read through a
 // mapping in read_mapped. Prints the kernel's own counts of each phase (getrusage deltas).
 // The tests build it with and without frame pointers: the stacks must be right either way.
+// Transparent huge pages are off for it, so each page touched is one fault on every kernel.
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -56,6 +58,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s NEAR_PAGES DEEP_PAGES FILE\n", argv[0]);
         return 2;
     }
+    prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
     long near = atol(argv[1]), deep = atol(argv[2]);
     char *a = anonymous(near), *b = anonymous(deep);
     int fd = open(argv[3], O_RDONLY);

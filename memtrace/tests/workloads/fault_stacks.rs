@@ -1,6 +1,6 @@
 // Faults in known Rust functions, for `faults --stacks`: N pages in `touch_near`, M in
 // `touch_deep` through `outer_deep` and `middle_deep`. Prints the kernel's own counts of each
-// phase (getrusage deltas), as fault_stacks.c does.
+// phase (getrusage deltas), as fault_stacks.c does, with transparent huge pages off for it.
 use std::hint::black_box;
 
 const PAGE: usize = 4096;
@@ -29,7 +29,11 @@ struct libc_rusage {
 
 unsafe extern "C" {
     fn getrusage(who: i32, usage: *mut libc_rusage) -> i32;
+    fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
 }
+
+/// `PR_SET_THP_DISABLE`: a page touched is then one fault, whatever the kernel's THP setting.
+const PR_SET_THP_DISABLE: i32 = 41;
 
 #[inline(never)]
 fn touch_near(pages: &mut [u8]) {
@@ -60,6 +64,8 @@ fn outer_deep(pages: &mut [u8]) {
 }
 
 fn main() {
+    // SAFETY: prctl with an option that takes plain integers.
+    unsafe { prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().unwrap()).collect();
     // Zeroed allocations this large are fresh mappings: each page faults at its first write.
     let mut near = vec![0u8; args[0] * PAGE];
