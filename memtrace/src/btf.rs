@@ -23,6 +23,7 @@ const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -169,6 +170,11 @@ impl Btf {
             }
         }
         None
+    }
+
+    /// Whether the kernel has a function of this name (one the compiler did not inline).
+    pub fn has_function(&self, name: &str) -> bool {
+        self.find(KIND_FUNC, name).is_some()
     }
 
     /// The value of the enumerator `name`, in whichever enum declares it.

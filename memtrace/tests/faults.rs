@@ -385,7 +385,8 @@ fn two_instances_at_once_each_count_exactly() {
 fn explicit_targets_are_counted_by_perf_counters_with_no_program_loaded() {
     require_root!();
     // Several targets, each counted whole by perf's own counting events: nothing of memtrace's
-    // runs on any fault, so it holds no BPF program at all.
+    // runs on any fault, so it holds no BPF program at all. Kernels before 5.13 cannot limit
+    // a counter's inheritance to threads: there, programs count, as exactly.
     let targets = 9;
     let mut works: Vec<Workload> = (0..targets)
         .map(|_| Workload::start(&workload("touch_pages"), &["2000", "2"]))
@@ -395,12 +396,18 @@ fn explicit_targets_are_counted_by_perf_counters_with_no_program_loaded() {
     for pid in &pids {
         flags.extend(["--pid", pid]);
     }
-    let tracer = Tracer::start(&flags);
-    assert_eq!(
-        tracer.programs(),
-        vec![],
-        "faults --pid loaded BPF programs"
-    );
+    let (tracer, start) = Tracer::start_with_record(&flags);
+    if start["counted_by"] == "perf_counters" {
+        assert_eq!(
+            tracer.programs(),
+            vec![],
+            "faults --pid loaded BPF programs"
+        );
+    } else {
+        // perf's `inherit_thread` came with Linux 5.13.
+        assert!(common::kernel_version() < (5, 13), "{start}");
+        assert!(!tracer.programs().is_empty(), "{start}");
+    }
     let before: Vec<(u64, u64)> = works.iter().map(|w| proc_faults(w.pid())).collect();
     for work in &mut works {
         work.go();
@@ -504,4 +511,104 @@ fn rss_and_vsz_columns_equal_proc_status_at_the_same_moment() {
     work.finish();
     let (_, status) = tracer.wait(common::patience(10));
     assert!(status.success());
+}
+
+/// A swap file on the test disk, on while held.
+struct SwapFile {
+    path: std::path::PathBuf,
+}
+
+impl SwapFile {
+    fn on(mib: u64) -> SwapFile {
+        let path = common::disk_dir().join("memtrace-test.swap");
+        let _ = fs::remove_file(&path);
+        // Written out (a swap file may have no holes), owner-only, as swapon wants it.
+        let run = |program: &str, args: &[&str]| {
+            let status = std::process::Command::new(program)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .unwrap_or_else(|err| panic!("{program}: {err}"));
+            assert!(status.success(), "{program} {args:?}: {status}");
+        };
+        let file = path.to_str().unwrap();
+        run(
+            "dd",
+            &[
+                "if=/dev/zero",
+                &format!("of={file}"),
+                "bs=1M",
+                &format!("count={mib}"),
+                "status=none",
+            ],
+        );
+        run("chmod", &["600", file]);
+        run("mkswap", &[file]);
+        run("swapon", &[file]);
+        SwapFile { path }
+    }
+}
+
+impl Drop for SwapFile {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("swapoff")
+            .arg(&self.path)
+            .status();
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+#[test]
+fn swap_ins_are_major_faults_counted_as_the_kernel_counts_them() {
+    require_root!();
+    require_guest!("it turns swap on");
+    if common::cgroup::hierarchy().version != memtrace::cgroup::Version::V2 {
+        skip_on_this_host!("a memory cgroup that swaps needs cgroup v2 here");
+    }
+    let _swap = SwapFile::on(256);
+    // 96 MiB through a 32 MiB cgroup that may swap: reclaim writes most of it out during the
+    // first pass, and the second pass reads it back, one major fault per swap-in.
+    let cgroup = common::cgroup::TestCgroup::new("swap", 32 * common::cgroup::MIB);
+    cgroup.write("memory.swap.max", "max");
+    let script = format!(
+        r#"echo $$ > "{}/cgroup.procs" && exec "{}" 96"#,
+        cgroup.dir.display(),
+        workload("swap_touch").display()
+    );
+    let (records, stderr) = common::json_run(&[
+        "faults", "--json", "--by", "mapping", "--", "sh", "-c", &script,
+    ]);
+    let second_pass: u64 = stderr
+        .lines()
+        .find_map(|line| line.split("majflt=").nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no swap_touch report in {stderr}"));
+    assert!(second_pass > 100, "only {second_pass} swap-ins: {stderr}");
+    let summary = summary(&records);
+    let pid = summary["command"]["pid"].as_u64().unwrap();
+    // Every major fault of the process, swap-ins among them, as its own rusage counts them.
+    let ours: u64 = summary["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["pid"] == pid)
+        .map(|p| p["major"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        ours,
+        summary["command"]["kernel_major"].as_u64().unwrap(),
+        "{summary}"
+    );
+    // By mapping, they are major faults on anonymous memory.
+    let anonymous: u64 = records
+        .iter()
+        .filter(|r| r["type"] == "mappings")
+        .flat_map(|r| r["mappings"].as_array().cloned().unwrap_or_default())
+        .filter(|m| m["pid"] == pid && m["file"] == false)
+        .map(|m| m["major"].as_u64().unwrap())
+        .sum();
+    assert!(
+        anonymous >= second_pass,
+        "{anonymous} anonymous majors, {second_pass} swap-ins"
+    );
 }

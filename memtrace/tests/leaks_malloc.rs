@@ -428,3 +428,55 @@ fn a_command_s_children_are_followed_from_birth() {
         );
     }
 }
+
+/// The file a process maps its C library from.
+fn libc_of(pid: u32) -> String {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| path.contains("/libc.so"))
+        .unwrap_or_else(|| panic!("no libc in {pid}'s mappings"))
+        .to_owned()
+}
+
+#[test]
+fn blocks_kept_equal_what_a_uprobe_script_on_the_same_calls_counts() {
+    require_root!();
+    require_tool!("bpftrace");
+    let binary = workload_built("malloc_plain", "", &["-g"]);
+    let mut work = Workload::start(&binary, &[]);
+    let pid = work.pid();
+    // The peer: bpftrace's own uprobes on malloc and free of the same process, keeping each
+    // live block's size as bcc's memleak does.
+    let libc = libc_of(pid);
+    let peer = common::bpftrace::Bpftrace::start(&format!(
+        "uprobe:{libc}:malloc /pid == {pid}/ {{ @size[tid] = arg0; @in[tid] = 1; }} \
+         uretprobe:{libc}:malloc /pid == {pid} && @in[tid] == 1/ {{ \
+             if (retval != 0) {{ @live[retval] = @size[tid]; @bytes = sum(@size[tid]); \
+                                @blocks = sum(1); }} \
+             delete(@in[tid]); delete(@size[tid]); }} \
+         uprobe:{libc}:free /pid == {pid} && @live[arg0] != 0/ {{ \
+             @bytes = sum(-@live[arg0]); @blocks = sum(-1); delete(@live[arg0]); }} \
+         END {{ clear(@live); clear(@size); clear(@in); }}"
+    ));
+    let tracer = Tracer::start(&["leaks", "--malloc", "--pid", &pid.to_string()]);
+    work.go();
+    let (records, status) = tracer.interrupt();
+    let seen = peer.stop();
+    work.finish();
+    assert!(status.success());
+    let last = final_report(&records);
+    let peer_bytes = common::bpftrace::number(&seen, "@bytes");
+    let peer_blocks = common::bpftrace::number(&seen, "@blocks");
+    assert_eq!(peer_blocks, 300, "the peer's count of kept blocks");
+    assert_eq!(
+        (
+            last["total_bytes"].as_u64().unwrap(),
+            last["total_blocks"].as_u64().unwrap()
+        ),
+        (peer_bytes, peer_blocks),
+        "memtrace vs the uprobe script: {last}"
+    );
+    // 24 * (1 + 2 + ... + 300)
+    assert_eq!(peer_bytes, 24 * 300 * 301 / 2);
+}

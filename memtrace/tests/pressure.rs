@@ -122,3 +122,123 @@ fn histograms_count_every_stall_and_nothing_is_left_loaded() {
     assert_eq!(histogram, stalls, "the histogram holds every stall once");
     assert_eq!(still_loaded_after(&programs, common::patience(2)), vec![]);
 }
+
+/// A v2 cgroup's stall time so far (`some` or `full` `total=`, µs), from its own file.
+fn psi_total_us(cgroup: &TestCgroup, which: &str) -> u64 {
+    let text = std::fs::read_to_string(cgroup.dir.join("memory.pressure")).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(which)?.split("total=").nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {which} total in {text}"))
+}
+
+#[test]
+fn a_cgroups_psi_is_the_stall_time_its_memory_pressure_file_counts() {
+    require_root!();
+    let cgroup = TestCgroup::new("psi", 32 * MIB);
+    if cgroup.version != memtrace::cgroup::Version::V2 {
+        skip_on_this_host!(
+            "a cgroup's own PSI (memory.pressure) needs the memory controller on cgroup v2; \
+             here it is on v1"
+        );
+    }
+    let file = big_file(96);
+    let mut reader = Workload::start_in(
+        &cgroup.dir,
+        &workload("read_file"),
+        &[file.to_str().unwrap()],
+    );
+    // Nothing stalls in the cgroup outside the read: the file's counts before memtrace starts
+    // and after it ends bound exactly the session's.
+    let before = (psi_total_us(&cgroup, "some"), psi_total_us(&cgroup, "full"));
+    let tracer = Tracer::start(&["pressure", "--by", "cgroup", "--interval", "0.2"]);
+    reader.go();
+    let (records, status) = tracer.interrupt();
+    let after = (psi_total_us(&cgroup, "some"), psi_total_us(&cgroup, "full"));
+    reader.finish();
+    assert!(status.success());
+    let summary = summary(&records);
+    let row = summary["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["cgroup"] == cgroup.path.as_str())
+        .unwrap_or_else(|| panic!("no row for {}: {summary}", cgroup.path));
+    for (which, kernel_us) in [("some", after.0 - before.0), ("full", after.1 - before.1)] {
+        let ours = row["psi"][which]["stalled_ms"].as_f64().unwrap();
+        let kernel = kernel_us as f64 / 1000.0;
+        assert!(
+            kernel > 0.0,
+            "the read stalled the cgroup for no time: {row}"
+        );
+        assert!(
+            (ours - kernel).abs() < 0.002,
+            "{which}: memtrace {ours} ms, memory.pressure {kernel} ms"
+        );
+    }
+}
+
+#[test]
+fn direct_reclaim_stalls_equal_bpftraces_count_of_the_same_events() {
+    require_root!();
+    require_tool!("bpftrace");
+    require_guest!("it runs the whole machine's free memory low");
+    // The machine's page cache filled with a file nearly its memory's size, then anonymous
+    // memory taken quickly: allocations find free memory under the watermarks and reclaim it
+    // themselves (direct reclaim), as well as waking kswapd.
+    let total_mib = meminfo_mib("MemTotal");
+    // Allocated without being written, the file reads as zeros at memory speed: clean page
+    // cache, which reclaim can take.
+    let file = common::disk_dir().join("direct-reclaim.bin");
+    let run = |program: &str, args: &[&str]| {
+        let status = std::process::Command::new(program)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{program} {args:?}");
+    };
+    let path = file.to_str().unwrap();
+    run(
+        "fallocate",
+        &["-l", &format!("{}M", total_mib * 3 / 4), path],
+    );
+    run("cat", &[path]);
+    let hog_mib = total_mib / 2;
+    let pages = (256 * hog_mib).to_string();
+    let mut hog = Workload::start(&workload("touch_pages"), &[&pages, "1"]);
+    let pid = hog.pid().to_string();
+    let independent = Bpftrace::direct_stalls_of(hog.pid());
+    let tracer = Tracer::start(&["pressure", "--pid", &pid, "--interval", "0.2"]);
+    hog.go();
+    let (records, status) = tracer.interrupt();
+    let (begins, ends) = independent.counts();
+    hog.finish();
+    let _ = std::fs::remove_file(&file);
+    assert!(status.success());
+    assert!(ends >= 1, "taking {hog_mib} MiB caused no direct reclaim");
+    assert_eq!(begins, ends, "bpftrace saw unpaired reclaims");
+    let summary = summary(&records);
+    let row = summary["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["pid"] == reader_pid(&pid))
+        .unwrap_or_else(|| panic!("no row for {pid}: {summary}"));
+    assert_eq!(
+        row["stalls"]["direct"]["count"].as_u64(),
+        Some(ends),
+        "memtrace {row} vs bpftrace {ends}"
+    );
+}
+
+/// A `/proc/meminfo` figure, in MiB.
+fn meminfo_mib(key: &str) -> usize {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib: usize = text
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/meminfo"));
+    kib / 1024
+}

@@ -809,3 +809,59 @@ fn reclaim_stalls_are_counted_as_bpftrace_counts_them() {
     assert_eq!(direct, 0.0, "no direct reclaim: the machine has room");
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn series_are_named_after_the_pods_containers_and_units_their_cgroups_belong_to() {
+    require_root!();
+    // The trees kubelet (systemd cgroup driver, containerd) and systemd make, here under the
+    // test's own cgroup: what is read is the path, on v1 and v2 alike.
+    let uid = "2c5ea6a7-8d0f-4b8e-9a41-6f3e2d1c0b9a";
+    let id = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b7a6f5e4d3c2b1a0f9e8d";
+    let pod_slice = format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_"));
+    let scope = format!("cri-containerd-{id}.scope");
+    let pod = TestCgroup::nested(
+        "pods",
+        &[
+            "kubepods.slice",
+            "kubepods-burstable.slice",
+            &pod_slice,
+            &scope,
+        ],
+        64 * MIB,
+    );
+    let unit = TestCgroup::nested(
+        "units",
+        &["system.slice", "memtrace-probe.service"],
+        64 * MIB,
+    );
+    let daemon = Daemon::start(&["--by", "pod,container,qos,unit"]);
+    for cgroup in [&pod, &unit] {
+        let mut toucher = cgroup.spawn(&workload("touch_pages"), &["3000", "1"]);
+        assert!(toucher.wait().unwrap().success());
+    }
+    let faults = |labels: &[(&str, &str)]| {
+        let mut labels = labels.to_vec();
+        labels.push(("kind", "minor"));
+        daemon.value("memtrace_page_faults_total", &labels)
+    };
+    let container = format!("containerd://{id}");
+    let in_pod = [
+        ("pod_uid", uid),
+        ("container_id", container.as_str()),
+        ("qos_class", "burstable"),
+        ("systemd_unit", ""),
+    ];
+    let in_unit = [
+        ("pod_uid", ""),
+        ("container_id", ""),
+        ("systemd_unit", "memtrace-probe.service"),
+    ];
+    // A reading after the exits, and one more once the series have been scraped at 0.
+    let deadline = Instant::now() + common::patience(10);
+    while (faults(&in_pod) < 3000.0 || faults(&in_unit) < 3000.0) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(faults(&in_pod) >= 3000.0, "{}", daemon.metrics());
+    assert!(faults(&in_unit) >= 3000.0, "{}", daemon.metrics());
+    assert!(daemon.stop().success());
+}

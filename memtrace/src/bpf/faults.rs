@@ -34,6 +34,10 @@ pub struct Options {
     pub per_thread: bool,
     /// Capacity of the counting table: processes (threads with `per_thread`).
     pub max_keys: u32,
+    /// With explicit target processes only (none followed, whole processes): how many. Both
+    /// tables are then sized to them (the programs count here instead of perf's counters on
+    /// kernels before 5.13).
+    pub only_targets: Option<u32>,
     /// Where the programs find a process's memory cgroup, to record it with its counts
     /// (`serve`); `None` records none.
     pub memcg: Option<MemcgLayout>,
@@ -61,6 +65,11 @@ pub fn load(options: &Options) -> anyhow::Result<Loaded> {
     config
         .u32(globals::PER_THREAD, u32::from(options.per_thread))
         .size(maps::FAULT_COUNTS, options.max_keys);
+    if let Some(targets) = options.only_targets {
+        config
+            .size(maps::FAULT_COUNTS, targets.max(1))
+            .size(maps::TARGETS, targets.max(1));
+    }
     if let Some(layout) = options.memcg {
         config.bytes(globals::MEMCG_LAYOUT, &layout.to_ne_bytes());
     }
@@ -143,6 +152,33 @@ pub fn kernel_record(ebpf: &Ebpf, tgid: u32) -> Option<(String, u64)> {
         super::map(ebpf, maps::FAULT_COUNTS).ok()?;
     let value = table.get(&FaultKey { tgid, tid: 0 }, 0).ok()?;
     Some((procfs::comm_from_bytes(&value.comm), value.memcg))
+}
+
+/// Registers an explicit target process in the counting table itself, as the kernel does for
+/// a followed child: for whole processes, the programs only count processes that have an
+/// entry (one lookup filters and counts). Per thread, entries come with each thread's first
+/// fault.
+pub fn register(ebpf: &mut Ebpf, tgid: u32, per_thread: bool) -> anyhow::Result<()> {
+    if per_thread {
+        return Ok(());
+    }
+    let mut table: HashMap<&mut MapData, FaultKey, FaultCounts> =
+        super::map_mut(ebpf, maps::FAULT_COUNTS)?;
+    let mut comm = [0u8; memtrace_common::COMM_LEN];
+    if let Some(name) = procfs::read_comm(tgid, None) {
+        let bytes = name.as_bytes();
+        let n = bytes.len().min(comm.len() - 1);
+        comm[..n].copy_from_slice(&bytes[..n]);
+    }
+    let zero = FaultCounts {
+        minor: 0,
+        major: 0,
+        comm,
+        memcg: 0,
+    };
+    table
+        .insert(FaultKey { tgid, tid: 0 }, zero, 0)
+        .map_err(|err| anyhow::Error::new(err).context(format!("count process {tgid}")))
 }
 
 /// Deletes a retired key, so the table does not fill with exited processes.

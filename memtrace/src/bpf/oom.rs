@@ -84,6 +84,29 @@ pub fn layout_of(fields: &[Field]) -> Result<OomLayout, String> {
     Ok(layout)
 }
 
+/// Whether the `console` hook sees the kernel's OOM reports. Kernels that call it as a message
+/// is stored (`printk_sprint`, in their BTF since 5.15 or so) hand it every message; older ones
+/// (5.10) only those printed on a console, which the reports (KERN_INFO) are only at a console
+/// log level of 7 or more. Without them, kills are still reported, with their cgroups from
+/// `/proc` and no group ids.
+pub fn console_sees_reports() -> bool {
+    let stored = crate::btf::Btf::from_sys_fs().is_ok_and(|btf| btf.has_function("printk_sprint"));
+    stored || console_log_level().is_some_and(|level| level > KERN_INFO)
+}
+
+/// `KERN_INFO`, the level of the report's lines: printed when the console's level is above it.
+const KERN_INFO: u32 = 6;
+
+/// The console log level (the first figure of `/proc/sys/kernel/printk`).
+fn console_log_level() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/kernel/printk")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Loads the `oom` object with `layout` and attaches its programs: the victims' and the
 /// console's, and with `new_processes` the one telling each `exec` (for victims' histories).
 pub fn load(layout: &OomLayout, new_processes: bool) -> anyhow::Result<Loaded> {

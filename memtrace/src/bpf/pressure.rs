@@ -47,10 +47,13 @@ pub struct Options {
     pub histograms: bool,
     /// Capacity of the per-process table.
     pub max_processes: u32,
+    /// Warn of a hook this kernel lacks (`pressure` itself); other commands that time stalls on
+    /// the side say so only under `-v`.
+    pub warn_missing: bool,
 }
 
 /// Loads the object and attaches what this kernel has of its hooks; a missing one is one
-/// warning, and its kind stays at zero.
+/// warning (or an `-v` note), and its kind stays at zero.
 pub fn load(options: &Options) -> anyhow::Result<Loaded> {
     let mut config = Config::default();
     options.filter.configure(&mut config)?;
@@ -90,7 +93,12 @@ pub fn load(options: &Options) -> anyhow::Result<Loaded> {
         .into());
     }
     if !missing.is_empty() {
-        log::warn!(
+        let level = match options.warn_missing {
+            true => log::Level::Warn,
+            false => log::Level::Info,
+        };
+        log::log!(
+            level,
             "this kernel lacks {}: those stalls are not counted",
             missing.join(", ")
         );

@@ -30,6 +30,8 @@ pub struct CallStacks {
     counts: HashMap<(Syscall, u32, StackId), (u64, u64)>,
     /// Calls whose stack was not known.
     unknown: u64,
+    /// `--kernel-stack`: calls the kernel gave no kernel stack for.
+    kernel_missing: u64,
 }
 
 impl CallStacks {
@@ -46,6 +48,7 @@ impl CallStacks {
             last_sent: HashMap::new(),
             counts: HashMap::new(),
             unknown: 0,
+            kernel_missing: 0,
         })
     }
 
@@ -85,10 +88,29 @@ impl CallStacks {
 
     /// The call's kernel frames, named, innermost first (none without `--kernel-stack`).
     pub fn kernel_frames(&mut self, call: &Call) -> Vec<Named> {
-        match (&mut self.kernel_stacks, call.stack.kernel) {
-            (Some(kernel), id) if id > 0 => kernel.frames(id - 1),
-            _ => Vec::new(),
+        let Some(kernel) = &mut self.kernel_stacks else {
+            return Vec::new();
+        };
+        let frames = match call.stack.kernel {
+            0 => Vec::new(),
+            id => kernel.frames(id - 1),
+        };
+        if frames.is_empty() {
+            if self.kernel_missing == 0 {
+                log::warn!(
+                    "no kernel stack for a call: some kernels (Debian's 6.1 among them) give \
+                     programs on syscall tracepoints only the user's registers, and no kernel \
+                     stack (the summary counts the calls without one)"
+                );
+            }
+            self.kernel_missing += 1;
         }
+        frames
+    }
+
+    /// `--kernel-stack`: calls shown without a kernel stack.
+    pub fn kernel_missing(&self) -> Option<u64> {
+        self.kernel_stacks.as_ref().map(|_| self.kernel_missing)
     }
 
     /// A stack's frames, named.

@@ -162,10 +162,12 @@ impl<'a> Faults<'a> {
                     filter: config.filter(),
                     per_thread: config.per_thread,
                     max_keys: config.max_processes,
+                    only_targets: config.counts_with_perf().then_some(pids.len() as u32),
                     memcg: None,
                 })?;
                 for &pid in &pids {
                     loaded.ebpf.insert(pid, TargetFlags::COUNT)?;
+                    bpf::faults::register(&mut loaded.ebpf, pid, config.per_thread)?;
                 }
                 Source::Kernel(loaded)
             }
@@ -191,6 +193,10 @@ impl<'a> Faults<'a> {
             targets: session.targets(config.session.target.describe()),
             interval_s: config.interval.as_secs_f64(),
             per_thread: config.per_thread,
+            counted_by: match source {
+                Source::Counters(_) => "perf_counters",
+                _ => "programs",
+            },
             vsz: config.vsz,
         };
         session.sink().emit(&start).context("write the report")?;

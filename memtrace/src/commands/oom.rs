@@ -98,6 +98,14 @@ pub async fn execute(args: OomArgs) -> anyhow::Result<u8> {
     let with_history = !config.history.is_zero();
     let mut loaded =
         bpf::oom::load(&layout, with_history).context("attach oom:mark_victim and console")?;
+    let kernel_reports = bpf::oom::console_sees_reports();
+    if !kernel_reports {
+        log::warn!(
+            "this kernel ({}) shows memtrace its OOM reports only when they reach a console: \
+             cgroups come from /proc and group kills are not grouped (`dmesg -n 7` shows them)",
+            bpf::kernel::release()
+        );
+    }
     let events = OomEvents::open(&mut loaded.ebpf)?;
     // Everything attached before the start record: its reader knows histories are being kept.
     let (history, pressure) = if with_history {
@@ -126,6 +134,7 @@ pub async fn execute(args: OomArgs) -> anyhow::Result<u8> {
             hierarchy: hierarchy.as_ref().map(|h| h.version),
             hierarchy_mount: mount.as_deref(),
             victim_fields: &fields,
+            kernel_reports,
         })
         .context("write the report")?;
     let job = Oom {
@@ -152,6 +161,11 @@ struct Oom {
     kills: u64,
 }
 
+/// Processes whose stalls `oom` times at once, for its victims' histories: a quarter of
+/// `pressure`'s table, so that even kernels that charge a table at its capacity (before 6.4)
+/// keep `oom` within its 1 MiB. A stalling process beyond them is counted as a drop.
+const HISTORY_STALLERS: u32 = MAX_STALLERS / 4;
+
 /// The `pressure` object, system-wide, for the stall times of victims' histories; without it
 /// histories have no stall figures.
 fn load_stall_timer() -> Option<Loaded> {
@@ -159,7 +173,8 @@ fn load_stall_timer() -> Option<Loaded> {
         filter: Filter::All,
         memcg: None,
         histograms: false,
-        max_processes: MAX_STALLERS,
+        max_processes: HISTORY_STALLERS,
+        warn_missing: false,
     };
     bpf::pressure::load(&options)
         .inspect_err(|err| log::warn!("victims' histories show no stall times: {err:#}"))

@@ -17,7 +17,7 @@ use crate::{
         targets::TargetTable,
         tracepoints::Release,
     },
-    cgroup::{self, Version},
+    cgroup::{self, MemoryHierarchy, Version},
     cli::{PressureArgs, PressureBy},
     enrich::cgroups::CgroupResolver,
     error::Failure,
@@ -112,6 +112,34 @@ impl PsiSince {
     }
 }
 
+/// The `memory.pressure` of every cgroup of a v2 hierarchy, by path: what each row's PSI over
+/// the session is counted from (a cgroup that stalls later would otherwise count only from its
+/// first showing).
+fn every_cgroup_psi(hierarchy: &MemoryHierarchy) -> HashMap<String, PsiSince> {
+    let mut found = HashMap::new();
+    let mut pending = vec![String::new()];
+    while let Some(path) = pending.pop() {
+        let dir = hierarchy.dir(&path);
+        if let Some(psi) = procfs::read_psi(&dir.join("memory.pressure")) {
+            let shown = if path.is_empty() {
+                "/".to_owned()
+            } else {
+                path.clone()
+            };
+            found.insert(shown, PsiSince::new(psi));
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(format!("{path}/{}", entry.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
 impl<'a> Pressure<'a> {
     fn start(config: &'a PressureConfig, session: &mut Session) -> anyhow::Result<Pressure<'a>> {
         let by_cgroup = config.by == PressureBy::Cgroup;
@@ -125,6 +153,7 @@ impl<'a> Pressure<'a> {
             memcg,
             histograms: config.histograms,
             max_processes: config.max_processes,
+            warn_missing: true,
         })?;
         let pids = session.watched().pids();
         for &pid in &pids {
@@ -149,6 +178,11 @@ impl<'a> Pressure<'a> {
         };
         session.sink().emit(&start).context("write the report")?;
         let psi = procfs::read_psi(Path::new(PSI)).map(PsiSince::new);
+        let cgroup_psi = cgroups
+            .hierarchy()
+            .filter(|hierarchy| hierarchy.version == Version::V2)
+            .map(every_cgroup_psi)
+            .unwrap_or_default();
         let now = tokio::time::Instant::now();
         let mut ticker = interval_at(now + config.interval, config.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -158,7 +192,7 @@ impl<'a> Pressure<'a> {
             aggregator,
             cgroups,
             process_cgroups: HashMap::new(),
-            cgroup_psi: HashMap::new(),
+            cgroup_psi,
             psi,
             ticker,
         })
@@ -239,10 +273,12 @@ impl<'a> Pressure<'a> {
             RowKey::Process(pid) => self.process_cgroups.get(pid)?.clone()?,
         };
         let now = procfs::read_psi(&hierarchy.dir(&cgroup).join("memory.pressure"))?;
+        // Every cgroup of the start was read then: one not among them was made since, and all
+        // its stall time is the session's.
         let since = self
             .cgroup_psi
             .entry(cgroup)
-            .or_insert_with(|| PsiSince::new(now));
+            .or_insert_with(|| PsiSince::new(Psi::default()));
         Some(since.report(now, since_start))
     }
 

@@ -318,6 +318,7 @@ impl Job for Trace<'_> {
             undecodable: self.undecodable,
             syscalls: &stats,
             dropped: &dropped,
+            kernel_stacks_missing: self.stacks.as_ref().and_then(|s| s.kernel_missing()),
             command: ending.command,
             table: self.config.summary,
         })?;

@@ -19,6 +19,9 @@ pub struct Start {
     pub targets: Targets,
     pub interval_s: f64,
     pub per_thread: bool,
+    /// What counts the faults: `perf_counters` (explicit `--pid`s, no program at all) or
+    /// `programs` (BPF programs on the fault events).
+    pub counted_by: &'static str,
     /// Whether the table has a VSZ column (JSON rows always carry it).
     #[serde(skip)]
     pub vsz: bool,

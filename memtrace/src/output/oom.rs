@@ -20,6 +20,8 @@ pub struct Start<'a> {
     pub hierarchy_mount: Option<&'a str>,
     /// Victim fields this kernel's `mark_victim` reports.
     pub victim_fields: &'a [&'a str],
+    /// Whether memtrace sees the kernel's reports of OOM kills (`bpf::oom::console_sees_reports`).
+    pub kernel_reports: bool,
 }
 
 impl Record for Start<'_> {

@@ -180,6 +180,8 @@ pub struct Summary<'a> {
     /// Per-syscall statistics, counted in the kernel.
     pub syscalls: &'a [(Syscall, SyscallStats)],
     pub dropped: &'a [(DropSource, u64)],
+    /// `--kernel-stack`: calls the kernel gave no kernel stack for.
+    pub kernel_stacks_missing: Option<u64>,
     pub command: Option<CommandOutcome>,
     /// `-c`: the statistics are the report, shown as a table.
     pub table: bool,
@@ -215,6 +217,8 @@ impl Serialize for Summary<'_> {
             #[serde(serialize_with = "drops_json")]
             dropped: &'a [(DropSource, u64)],
             #[serde(skip_serializing_if = "Option::is_none")]
+            kernel_stacks_missing: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
             command: Option<JsonCommand>,
         }
         Json {
@@ -239,6 +243,7 @@ impl Serialize for Summary<'_> {
                 })
                 .collect(),
             dropped: self.dropped,
+            kernel_stacks_missing: self.kernel_stacks_missing,
             command: self.command.map(|(pid, exit)| JsonCommand {
                 pid,
                 exit_code: exit.code,

@@ -24,6 +24,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod bpftrace;
 pub mod cgroup;
 pub mod reclaim;
 
@@ -70,6 +71,23 @@ macro_rules! require_tool {
     };
 }
 
+/// Returns early from a test that only a kernel-matrix guest may run (one that exhausts the
+/// machine's memory, swaps, or needs what only the guests have), saying why. The guests set
+/// `MEMTRACE_TEST_GUEST` to their kernel's name, and there such a test must run.
+#[macro_export]
+macro_rules! require_guest {
+    ($why:expr) => {
+        if $crate::common::guest().is_none() {
+            $crate::common::skip(
+                $crate::test_name!(),
+                &format!("runs in the kernel matrix's guests only: {}", $why),
+                false,
+            );
+            return;
+        }
+    };
+}
+
 /// Returns early from a test that needs what this host lacks, saying what.
 #[macro_export]
 macro_rules! skip_on_this_host {
@@ -108,6 +126,21 @@ pub fn patience(secs: u64) -> Duration {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1u64);
     Duration::from_secs(secs * scale.max(1))
+}
+
+/// The running kernel's (major, minor) version, from its release.
+pub fn kernel_version() -> (u32, u32) {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// The kernel-matrix guest this runs in (its kernel's name), if any.
+pub fn guest() -> Option<String> {
+    std::env::var("MEMTRACE_TEST_GUEST").ok()
 }
 
 /// Whether a program is on PATH.
@@ -359,6 +392,11 @@ impl Tracer {
     /// Starts memtrace with `--json` after the subcommand (so before any `--`), and waits for
     /// its `start` record.
     pub fn start(args: &[&str]) -> Tracer {
+        Tracer::start_with_record(args).0
+    }
+
+    /// [`Tracer::start`], with the `start` record.
+    pub fn start_with_record(args: &[&str]) -> (Tracer, Value) {
         let (subcommand, rest) = args.split_first().expect("a subcommand");
         let mut child = memtrace()
             .arg(subcommand)
@@ -380,7 +418,7 @@ impl Tracer {
         let mut tracer = Tracer { child, lines };
         let start = tracer.next_record(patience(10)).expect("a start record");
         assert_eq!(start["type"], "start", "{start}");
-        tracer
+        (tracer, start)
     }
 
     pub fn pid(&self) -> u32 {

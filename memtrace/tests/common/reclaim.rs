@@ -2,14 +2,7 @@
 //! cgroup's limit, read through the page cache, makes its reader reclaim at the limit (contained:
 //! the rest of the machine sees no pressure); bpftrace counts the same tracepoints.
 
-use std::{
-    fs,
-    io::{BufRead, BufReader, Write},
-    process::{Child, Command, Stdio},
-    thread,
-};
-
-use serde_json::Value;
+use std::{fs, io::Write};
 
 use super::cgroup::MIB;
 
@@ -29,64 +22,33 @@ pub fn big_file(mib: usize) -> std::path::PathBuf {
     path
 }
 
-/// bpftrace counting the memcg reclaim stalls of one process, until stopped: the process and
-/// its output lines, once it is attached.
-pub struct Bpftrace {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
+/// bpftrace counting one process's reclaim stalls of one kind, until stopped.
+pub struct Bpftrace(super::bpftrace::Bpftrace);
 
 impl Bpftrace {
+    /// Memory cgroup reclaim (at the cgroup's limit).
     pub fn memcg_stalls_of(pid: u32) -> Bpftrace {
-        let script = format!(
-            "BEGIN {{ printf(\"ready\\n\"); }} \
-             tracepoint:vmscan:mm_vmscan_memcg_reclaim_begin /pid == {pid}/ {{ @begin = count(); }} \
-             tracepoint:vmscan:mm_vmscan_memcg_reclaim_end /pid == {pid}/ {{ @end = count(); }}"
-        );
-        let mut child = Command::new("bpftrace")
-            .args(["-f", "json", "-e", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("bpftrace");
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let (send, lines) = std::sync::mpsc::channel();
-        thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let bpftrace = Bpftrace { child, lines };
-        loop {
-            let line = bpftrace
-                .lines
-                .recv_timeout(super::patience(30))
-                .expect("bpftrace attached");
-            if line.contains("ready") {
-                return bpftrace;
-            }
-        }
+        Bpftrace::stalls_of(pid, "memcg_reclaim")
     }
 
-    /// Stops it (Ctrl-C: it prints its maps) and returns `@begin` and `@end`.
-    pub fn counts(mut self) -> (u64, u64) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        self.child.wait().unwrap();
-        let maps: Vec<Value> = self
-            .lines
-            .try_iter()
-            .filter_map(|line| serde_json::from_str::<Value>(&line).ok())
-            .filter(|v| v["type"] == "map")
-            .collect();
-        let count = |name: &str| {
-            maps.iter()
-                .find_map(|v| v["data"].get(name)?.as_u64())
-                .unwrap_or(0)
-        };
-        (count("@begin"), count("@end"))
+    /// Direct reclaim (the machine's free memory ran low).
+    pub fn direct_stalls_of(pid: u32) -> Bpftrace {
+        Bpftrace::stalls_of(pid, "direct_reclaim")
+    }
+
+    fn stalls_of(pid: u32, kind: &str) -> Bpftrace {
+        Bpftrace(super::bpftrace::Bpftrace::start(&format!(
+            "tracepoint:vmscan:mm_vmscan_{kind}_begin /pid == {pid}/ {{ @begin = count(); }} \
+             tracepoint:vmscan:mm_vmscan_{kind}_end /pid == {pid}/ {{ @end = count(); }}"
+        )))
+    }
+
+    /// Stops it and returns `@begin` and `@end`.
+    pub fn counts(self) -> (u64, u64) {
+        let records = self.0.stop();
+        (
+            super::bpftrace::number(&records, "@begin"),
+            super::bpftrace::number(&records, "@end"),
+        )
     }
 }

@@ -132,6 +132,7 @@ fn load(config: &ServeConfig) -> anyhow::Result<[Loaded; 4]> {
         filter: Filter::All,
         per_thread: false,
         max_keys: config.max_processes,
+        only_targets: None,
         memcg,
     })?;
     let syscalls = bpf::syscalls::load(&bpf::syscalls::Options {
@@ -151,12 +152,19 @@ fn load(config: &ServeConfig) -> anyhow::Result<[Loaded; 4]> {
     })?;
     let oom = bpf::oom::load(&bpf::oom::layout()?, !config.history.is_zero())
         .context("attach oom:mark_victim and console")?;
+    if !bpf::oom::console_sees_reports() {
+        log::info!(
+            "this kernel shows memtrace its OOM reports only when they reach a console: OOM \
+             victims' cgroups come from /proc"
+        );
+    }
     // Only processes that stall take an entry: fewer than those that fault.
     let pressure = bpf::pressure::load(&bpf::pressure::Options {
         filter: Filter::All,
         memcg,
         histograms: false,
         max_processes: config.max_processes.min(MAX_STALLERS),
+        warn_missing: false,
     })?;
     Ok([faults, syscalls, oom, pressure])
 }
@@ -189,6 +197,12 @@ impl FaultInjection {
 }
 
 /// The daemon: what it holds in the kernel, and what it knows between ticks.
+/// A process's labels, and the fault table's record (name, memory cgroup id) they came from.
+struct Resolved {
+    recorded: (String, u64),
+    labels: Labels,
+}
+
 struct Daemon {
     faults: Loaded,
     syscalls: Loaded,
@@ -205,8 +219,9 @@ struct Daemon {
     ticker: Interval,
     sighup: Signal,
     cgroups: CgroupResolver,
-    /// Labels of each process seen, until it exits.
-    processes: HashMap<u32, Labels>,
+    /// Labels of each process seen, until it exits, with the name and memory cgroup the fault
+    /// table recorded when they were resolved.
+    processes: HashMap<u32, Resolved>,
     fault_counts: Deltas<FaultKey, Counts>,
     stall_counts: Deltas<u32, Kinds>,
     syscall_counts: Deltas<ProcSyscallKey, ProcSyscallCounts>,
@@ -364,7 +379,7 @@ impl Daemon {
         let now = std::time::Instant::now();
         for sample in bpf::faults::read(&self.faults.ebpf)? {
             let delta = self.fault_counts.update(sample.key, sample.counts);
-            let labels = self.labels(sample.key.tgid, Some((&sample.comm, sample.memcg)));
+            let labels = self.labels(sample.key.tgid, Some((&sample.comm, sample.memcg)), true);
             self.metrics
                 .add_faults(&labels, delta.minor, delta.major, now);
         }
@@ -373,7 +388,7 @@ impl Daemon {
             let Some(syscall) = Syscall::from_nr(key.nr) else {
                 continue;
             };
-            let labels = self.labels(key.tgid, None);
+            let labels = self.labels(key.tgid, None, false);
             self.metrics
                 .add_syscalls(&labels, syscall.name(), delta.calls, delta.errors, now);
             for (op, bytes) in byte_ops(syscall, delta) {
@@ -384,7 +399,7 @@ impl Daemon {
             let delta = self
                 .stall_counts
                 .update(sample.tgid, Kinds::from_kernel(&sample.kinds));
-            let labels = self.labels(sample.tgid, Some((&sample.comm, sample.memcg)));
+            let labels = self.labels(sample.tgid, Some((&sample.comm, sample.memcg)), false);
             for kind in StallKind::ALL {
                 let stalls = delta.of(kind);
                 let seconds = stalls.total_ns as f64 / 1e9;
@@ -445,11 +460,19 @@ impl Daemon {
             .add_program_run(&name, nanos as f64 / 1e9, runs, now);
     }
 
-    /// The labels of a process, resolved once: from /proc while it lives, else from what the
-    /// kernel recorded of its name and memory cgroup (`recorded`, or the fault table's).
-    fn labels(&mut self, pid: u32, recorded: Option<(&str, u64)>) -> Labels {
-        if let Some(labels) = self.processes.get(&pid) {
-            return labels.clone();
+    /// The labels of a process: from /proc while it lives, else from what the kernel recorded
+    /// of its name and memory cgroup (`recorded`, or the fault table's). Resolved once, and
+    /// again when the fault table's record changes (`from_faults`): the kernel rewrites it at
+    /// `exec`, when a process started by a shell or a container runtime takes its name and, by
+    /// then, its cgroup.
+    fn labels(&mut self, pid: u32, recorded: Option<(&str, u64)>, from_faults: bool) -> Labels {
+        if let Some(resolved) = self.processes.get(&pid)
+            && (!from_faults
+                || recorded.is_some_and(|(comm, memcg)| {
+                    resolved.recorded.0 == comm && resolved.recorded.1 == memcg
+                }))
+        {
+            return resolved.labels.clone();
         }
         let recorded = match recorded {
             Some((comm, memcg)) => Some((comm.to_owned(), memcg)),
@@ -457,14 +480,23 @@ impl Daemon {
         };
         let (recorded_comm, recorded_memcg) = recorded.unwrap_or_default();
         let comm = procfs::read_comm(pid, None)
-            .or_else(|| Some(recorded_comm).filter(|comm| !comm.is_empty()))
+            .or_else(|| Some(recorded_comm.clone()).filter(|comm| !comm.is_empty()))
             .unwrap_or_else(|| "unknown".into());
         let cgroup = self
             .cgroups
             .path_of(pid, recorded_memcg)
             .unwrap_or_else(|| "unknown".into());
         let labels = self.metrics.labels_of(&Identity { pid, comm, cgroup });
-        self.processes.insert(pid, labels.clone());
+        let resolved = Resolved {
+            recorded: (recorded_comm, recorded_memcg),
+            labels: labels.clone(),
+        };
+        if let Some(old) = self.processes.insert(pid, resolved)
+            && old.labels != labels
+            && self.metrics.per_process()
+        {
+            self.metrics.forget(&old.labels);
+        }
         labels
     }
 
@@ -483,10 +515,10 @@ impl Daemon {
             bpf::syscalls::forget_process(&mut self.syscalls.ebpf, &key)?;
             self.syscall_counts.forget(&key);
         }
-        if let Some(labels) = self.processes.remove(&pid)
+        if let Some(resolved) = self.processes.remove(&pid)
             && self.metrics.per_process()
         {
-            self.metrics.forget(&labels);
+            self.metrics.forget(&resolved.labels);
         }
         Ok(())
     }
