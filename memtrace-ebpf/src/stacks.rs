@@ -331,7 +331,7 @@ fn whole_hash_bounded(
     };
     let mut at = start;
     for _ in 0..BLOCK / 8 - 1 {
-        if at % BLOCK == 0 || at + 8 > end || at > SNAPSHOT_PAGES * PAGE_BYTES - 8 {
+        if at.is_multiple_of(BLOCK) || at + 8 > end || at > SNAPSHOT_PAGES * PAGE_BYTES - 8 {
             break;
         }
         hash = hash_word(hash, word(at));
