@@ -308,10 +308,11 @@ fn whole_hash(header: &SnapshotHeader, copied: u32) -> u64 {
 }
 
 /// [`whole_hash`] without `bpf_loop`, for older kernels: bounded loops, which the verifier
-/// follows step by step (so it is checked in thousands of steps, once at load). Words up to the
-/// next 64-byte boundary one at a time, then eight words a step: a step's one bounds check
-/// keeps the verifier's work, and the load, short. Another function of the same words than
-/// [`whole_hash`]: a whole hash is only ever compared with hashes the same program made.
+/// follows step by step (so it is checked in thousands of steps, once at load), eight words a
+/// step. Every read's offset is the 64-byte block of `sp` (a mask, so the verifier knows its
+/// range) plus the loop's own constant steps: it can prove each read inside the pages without
+/// any check the compiler could find redundant and drop. Another function of the same words
+/// than [`whole_hash`]: a whole hash is only ever compared with hashes the same program made.
 #[inline(always)]
 fn whole_hash_bounded(
     header: &SnapshotHeader,
@@ -319,32 +320,37 @@ fn whole_hash_bounded(
     pages: &[u8; SNAPSHOT_PAGES * PAGE_BYTES],
 ) -> u64 {
     const BLOCK: usize = 64;
+    const _: () = assert!((PAGE_BYTES - BLOCK) + STACK_BYTES <= SNAPSHOT_PAGES * PAGE_BYTES);
     let start = (header.sp as usize) & (PAGE_BYTES - 1) & !7;
+    let block = start & (PAGE_BYTES - BLOCK);
     let end = copied as usize * PAGE_BYTES;
     let mut hash = hash_word(
         hash_seed(header.ip, header.sp, header.bp),
         u64::from(copied),
     );
     let word = |at: usize| {
-        // SAFETY: callers keep `at + 8` inside the pages.
+        // SAFETY: `at` is at most PAGE_BYTES - BLOCK + STACK_BYTES - 8, inside the pages.
         unsafe { pages.as_ptr().add(at).cast::<u64>().read() }
     };
-    let mut at = start;
-    for _ in 0..BLOCK / 8 - 1 {
-        if at.is_multiple_of(BLOCK) || at + 8 > end || at > SNAPSHOT_PAGES * PAGE_BYTES - 8 {
-            break;
+    // The words of sp's own block, from sp on.
+    for i in 0..BLOCK / 8 {
+        let at = block + 8 * i;
+        if at + 8 > end {
+            return hash;
         }
-        hash = hash_word(hash, word(at));
-        at += 8;
+        if at >= start {
+            hash = hash_word(hash, word(at));
+        }
     }
-    for _ in 0..STACK_BYTES / BLOCK {
-        if at + BLOCK > end || at > SNAPSHOT_PAGES * PAGE_BYTES - BLOCK {
+    // Then whole blocks, up to STACK_BYTES from sp's block.
+    for k in 1..STACK_BYTES / BLOCK {
+        let at = block + k * BLOCK;
+        if at + BLOCK > end {
             break;
         }
         for i in 0..BLOCK / 8 {
             hash = hash_word(hash, word(at + 8 * i));
         }
-        at += BLOCK;
     }
     hash
 }

@@ -27,7 +27,12 @@ pub fn check(effective: u64) -> Result<(), Failure> {
 /// are loaded and attached, and what memtrace still reads (its maps through file descriptors it
 /// holds; /proc and cgroupfs files, which are world-readable) needs none. Also sets
 /// no_new_privs, so nothing it could be made to run regains them.
-pub fn drop_all() -> std::io::Result<()> {
+///
+/// Kernels that forbid every `bpf()` command to the unprivileged (before 6.x, with
+/// `kernel.unprivileged_bpf_disabled` set, as distributions do) refuse even reads of maps
+/// through held descriptors: `reads_maps` tells, tried with CAP_BPF out of the effective set
+/// but still permitted, and where it fails CAP_BPF (alone) is kept. Returns whether it was.
+pub fn drop_all(reads_maps: impl Fn() -> bool) -> std::io::Result<bool> {
     // SAFETY: prctl with these constant arguments has no memory effects.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(std::io::Error::last_os_error());
@@ -40,7 +45,19 @@ pub fn drop_all() -> std::io::Result<()> {
             break;
         }
     }
-    // Version 3 of the capability ABI: a header and two (64-bit split) data words, all zero.
+    let bpf = 1u64 << CAP_BPF;
+    set_capabilities(0, bpf)?;
+    if reads_maps() {
+        set_capabilities(0, 0)?;
+        return Ok(false);
+    }
+    set_capabilities(bpf, bpf)?;
+    Ok(true)
+}
+
+/// Sets this thread's effective and permitted capabilities (none inheritable).
+fn set_capabilities(effective: u64, permitted: u64) -> std::io::Result<()> {
+    // Version 3 of the capability ABI: a header and two (64-bit split) data words.
     #[repr(C)]
     struct Header {
         version: u32,
@@ -57,11 +74,12 @@ pub fn drop_all() -> std::io::Result<()> {
         version: 0x2008_0522,
         pid: 0,
     };
-    let data = [Data {
-        effective: 0,
-        permitted: 0,
+    let half = |set: u64, high: bool| if high { (set >> 32) as u32 } else { set as u32 };
+    let data = [false, true].map(|high| Data {
+        effective: half(effective, high),
+        permitted: half(permitted, high),
         inheritable: 0,
-    }; 2];
+    });
     // SAFETY: capset reads a valid header and two data structs that outlive the call.
     if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
         return Err(std::io::Error::last_os_error());

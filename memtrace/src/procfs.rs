@@ -148,6 +148,51 @@ pub struct PsiLine {
     pub total_us: u64,
 }
 
+/// Where this process sees the filesystem of device `major:minor` mounted: (the directory of
+/// the filesystem mounted, the mount point), from `/proc/self/mountinfo`.
+pub fn mounts_of_device(major: u32, minor: u32) -> Vec<(String, String)> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    parse_mounts_of_device(&text, &format!("{major}:{minor}"))
+}
+
+fn parse_mounts_of_device(text: &str, device: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ').skip(2);
+            (fields.next()? == device).then(|| {
+                Some((
+                    unescape_mount(fields.next()?),
+                    unescape_mount(fields.next()?),
+                ))
+            })?
+        })
+        .collect()
+}
+
+/// mountinfo's octal escapes (`\040` for a space, ...).
+fn unescape_mount(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            let text = std::str::from_utf8(d).ok()?;
+            u8::from_str_radix(text, 8).ok()
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A memory pressure file: `/proc/pressure/memory`, or a v2 cgroup's `memory.pressure`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Psi {
@@ -273,6 +318,17 @@ mod tests {
         assert_eq!(psi.full.total_us, 5607);
         assert_eq!(parse_psi("garbage"), None);
         assert_eq!(parse_psi("some avg10=x"), None);
+    }
+
+    #[test]
+    fn mounts_of_a_device_are_found_and_unescaped() {
+        let mountinfo = "22 1 254:1 / / rw - ext4 /dev/vda1 rw\n\
+                         30 22 254:16 /data /srv/my\\040disk rw - ext4 /dev/vdb rw\n";
+        assert_eq!(
+            parse_mounts_of_device(mountinfo, "254:16"),
+            vec![("/data".to_owned(), "/srv/my disk".to_owned())]
+        );
+        assert!(parse_mounts_of_device(mountinfo, "8:1").is_empty());
     }
 
     #[test]

@@ -64,7 +64,11 @@ fn each_command_creates_only_the_maps_it_uses_within_its_budget() {
     let mut work = Workload::start(&workload("touch_pages"), &["100", "1"]);
     let pid = work.pid().to_string();
     let maps = assert_footprint(&["faults", "--pid", &pid], 2 * MIB, &[]);
-    assert_eq!(maps, vec![], "faults --pid created maps");
+    // Before 5.13 (no inherit_thread), programs count even explicit processes: then within
+    // the same budget.
+    if common::kernel_version() >= (5, 13) {
+        assert_eq!(maps, vec![], "faults --pid created maps");
+    }
     work.go();
     work.finish();
 

@@ -178,14 +178,38 @@ fn a_cgroups_psi_is_the_stall_time_its_memory_pressure_file_counts() {
     }
 }
 
+/// THP's defrag setting, set for a test and restored when dropped.
+struct Defrag(String);
+
+const DEFRAG: &str = "/sys/kernel/mm/transparent_hugepage/defrag";
+
+impl Defrag {
+    fn set(to: &str) -> Defrag {
+        let text = std::fs::read_to_string(DEFRAG).expect("THP's defrag setting");
+        let now = text
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix('[')?.strip_suffix(']'))
+            .expect("the chosen defrag setting")
+            .to_owned();
+        std::fs::write(DEFRAG, to).unwrap();
+        Defrag(now)
+    }
+}
+
+impl Drop for Defrag {
+    fn drop(&mut self) {
+        let _ = std::fs::write(DEFRAG, &self.0);
+    }
+}
+
 #[test]
 fn direct_reclaim_stalls_equal_bpftraces_count_of_the_same_events() {
     require_root!();
     require_tool!("bpftrace");
     require_guest!("it runs the whole machine's free memory low");
-    // The machine's page cache filled with a file nearly its memory's size, then anonymous
-    // memory taken quickly: allocations find free memory under the watermarks and reclaim it
-    // themselves (direct reclaim), as well as waking kswapd.
+    // The machine's page cache filled to near its memory's size, then huge pages asked for
+    // with THP defrag "always": each one the kernel cannot find free, the faulting task
+    // reclaims (and compacts) for itself at once: direct reclaim, not kswapd's.
     let total_mib = meminfo_mib("MemTotal");
     // Allocated without being written, the file reads as zeros at memory speed: clean page
     // cache, which reclaim can take.
@@ -201,12 +225,12 @@ fn direct_reclaim_stalls_equal_bpftraces_count_of_the_same_events() {
     let path = file.to_str().unwrap();
     run(
         "fallocate",
-        &["-l", &format!("{}M", total_mib * 3 / 4), path],
+        &["-l", &format!("{}M", total_mib * 85 / 100), path],
     );
     run("cat", &[path]);
+    let _defrag = Defrag::set("always");
     let hog_mib = total_mib / 2;
-    let pages = (256 * hog_mib).to_string();
-    let mut hog = Workload::start(&workload("touch_pages"), &[&pages, "1"]);
+    let mut hog = Workload::start(&workload("thp_touch"), &[&hog_mib.to_string()]);
     let pid = hog.pid().to_string();
     let independent = Bpftrace::direct_stalls_of(hog.pid());
     let tracer = Tracer::start(&["pressure", "--pid", &pid, "--interval", "0.2"]);
@@ -216,7 +240,10 @@ fn direct_reclaim_stalls_equal_bpftraces_count_of_the_same_events() {
     hog.finish();
     let _ = std::fs::remove_file(&file);
     assert!(status.success());
-    assert!(ends >= 1, "taking {hog_mib} MiB caused no direct reclaim");
+    assert!(
+        ends >= 1,
+        "taking {hog_mib} MiB of huge pages caused no direct reclaim"
+    );
     assert_eq!(begins, ends, "bpftrace saw unpaired reclaims");
     let summary = summary(&records);
     let row = summary["rows"]

@@ -865,3 +865,44 @@ fn series_are_named_after_the_pods_containers_and_units_their_cgroups_belong_to(
     assert!(faults(&in_unit) >= 3000.0, "{}", daemon.metrics());
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn the_daemon_keeps_no_capability_it_does_not_need() {
+    require_root!();
+    let daemon = Daemon::start(&[]);
+    let status = fs::read_to_string(format!("/proc/{}/status", daemon.child.id())).unwrap();
+    let set = |name: &str| {
+        let hex = status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {status}"));
+        u64::from_str_radix(hex.trim(), 16).unwrap()
+    };
+    const CAP_BPF: u64 = 1 << 39;
+    assert_eq!(set("CapBnd:"), 0, "{status}");
+    assert_eq!(set("CapInh:"), 0, "{status}");
+    // CAP_BPF alone where the kernel refuses the unprivileged every bpf() command, reads of
+    // held maps included; else nothing.
+    let kept = set("CapPrm:");
+    assert!(kept == 0 || kept == CAP_BPF, "{status}");
+    assert_eq!(set("CapEff:"), kept, "{status}");
+    if kept != 0 {
+        let disabled = fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled").unwrap();
+        assert_ne!(
+            disabled.trim(),
+            "0",
+            "CAP_BPF kept though unprivileged BPF is allowed"
+        );
+    }
+    // And it still reads its maps: a reading succeeds.
+    assert!(
+        daemon
+            .metrics()
+            .contains("memtrace_last_reading_timestamp_seconds")
+    );
+    assert_ne!(
+        daemon.value("memtrace_last_reading_timestamp_seconds", &[]),
+        0.0
+    );
+    assert!(daemon.stop().success());
+}

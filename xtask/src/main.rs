@@ -119,7 +119,8 @@ fn test(args: &TestArgs) -> Result<()> {
         }
         if everything && shell::is_root() {
             eprintln!("xtask: support probes on the host");
-            host_probes = matrix::support::probe_all(&matrix::job::memtrace_binary(), 1);
+            let series = matrix::host_series().unwrap_or_else(|_| "host".to_owned());
+            host_probes = matrix::support::probe_all(&matrix::job::memtrace_binary(), 1, &series);
         }
     }
     let mut runs = Vec::new();

@@ -400,8 +400,9 @@ impl Attributed {
 }
 
 /// The path the kernel recorded: names up to the file's filesystem root. It is the file's
-/// path if that path leads to the same inode; else the file is on another mount (or deeper than
-/// recorded) and the path is shown as a tail, `…/dir/file`.
+/// path if that path, from where its filesystem is mounted (the root, or another mount of its
+/// device), leads to the same inode; else (deeper than recorded, or not mounted where this
+/// process sees it) the path is shown as a tail, `…/dir/file`.
 fn kernel_path(key: &MappingKey, value: &MappingCount) -> Option<String> {
     let parts: Vec<String> = value
         .path
@@ -415,13 +416,27 @@ fn kernel_path(key: &MappingKey, value: &MappingCount) -> Option<String> {
     };
     let tail: Vec<&str> = names.iter().rev().map(String::as_str).collect();
     let path = format!("/{}", tail.join("/"));
-    let same = std::fs::metadata(&path)
-        .is_ok_and(|meta| std::os::unix::fs::MetadataExt::ino(&meta) == key.ino);
-    Some(if root && same {
-        path
-    } else {
-        format!("…{path}")
-    })
+    let is_it = |candidate: &str| {
+        std::fs::metadata(candidate)
+            .is_ok_and(|meta| std::os::unix::fs::MetadataExt::ino(&meta) == key.ino)
+    };
+    if root {
+        if is_it(&path) {
+            return Some(path);
+        }
+        let mounted = procfs::mounts_of_device(key.dev >> 20, key.dev & 0xf_ffff)
+            .into_iter()
+            .filter_map(|(mount_root, point)| {
+                let inside = path.strip_prefix(mount_root.trim_end_matches('/'))?;
+                let inside = inside.strip_prefix('/').unwrap_or(inside);
+                Some(format!("{}/{inside}", point.trim_end_matches('/')))
+            })
+            .find(|candidate| is_it(candidate));
+        if mounted.is_some() {
+            return mounted;
+        }
+    }
+    Some(format!("…{path}"))
 }
 
 /// `major:minor` of a kernel `dev_t` (20 bits of minor).

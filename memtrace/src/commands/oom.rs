@@ -102,7 +102,7 @@ pub async fn execute(args: OomArgs) -> anyhow::Result<u8> {
     if !kernel_reports {
         log::warn!(
             "this kernel ({}) shows memtrace its OOM reports only when they reach a console: \
-             cgroups come from /proc and group kills are not grouped (`dmesg -n 7` shows them)",
+             cgroups come from /proc and a group kill's victims are not grouped",
             bpf::kernel::release()
         );
     }

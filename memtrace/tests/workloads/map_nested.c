@@ -1,8 +1,9 @@
 // Allocation calls from nested functions, for `trace --stack` against `strace -k`: each round
 // maps in map_inner (reached through map_outer and map_middle), and unmaps in unmap_leaf.
 // usage: map_nested ROUNDS THREADS   (THREADS > 0: that many threads do the rounds too)
-// It lingers 300 ms before exiting: a tracer reads a process's mappings while it lives, and
-// this one would otherwise be gone within a millisecond.
+// It lingers 300 ms before exiting (times MEMTRACE_TEST_TIME_SCALE, on slow machines): a
+// tracer reads a process's mappings while it lives, and this one would otherwise be gone
+// within a millisecond.
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,6 +58,7 @@ int main(int argc, char **argv) {
         pthread_create(&ids[t], NULL, work, (void *)(size_t)((t + 2) * 4096));
     work((void *)(size_t)4096);
     for (long t = 0; t < threads; t++) pthread_join(ids[t], NULL);
-    usleep(300 * 1000);
+    const char *scale = getenv("MEMTRACE_TEST_TIME_SCALE");
+    usleep(300 * 1000 * (scale && atoi(scale) > 0 ? atoi(scale) : 1));
     return 0;
 }

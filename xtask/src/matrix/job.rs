@@ -77,7 +77,7 @@ pub fn run_in_guest(dir: &Path) -> Result<()> {
 
     let probes = if job.probes {
         say("support probes");
-        support::probe_all(&memtrace_binary(), job.time_scale)
+        support::probe_all(&memtrace_binary(), job.time_scale, &job.series)
     } else {
         Vec::new()
     };

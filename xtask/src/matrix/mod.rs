@@ -245,7 +245,7 @@ pub fn support_columns(host: Vec<support::ProbeResult>, runs: &[GuestRun]) -> Ve
 }
 
 /// The host kernel's major.minor: `6.18.44-fc` → `6.18`.
-fn host_series() -> Result<String> {
+pub fn host_series() -> Result<String> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
     let mut parts = release.trim().split(['.', '-']);
     let (major, minor) = (parts.next(), parts.next());

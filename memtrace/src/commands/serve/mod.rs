@@ -268,8 +268,13 @@ impl Daemon {
             })?;
         let [faults, syscalls, mut oom, pressure] = load(config)?;
         let oom_events = OomEvents::open(&mut oom.ebpf)?;
-        if let Err(err) = privileges::drop_all() {
-            log::warn!("could not drop capabilities: {err}");
+        match privileges::drop_all(|| bpf::faults::read(&faults.ebpf).is_ok()) {
+            Ok(true) => log::info!(
+                "this kernel lets no unprivileged process read BPF maps \
+                 (kernel.unprivileged_bpf_disabled): CAP_BPF kept, every other capability dropped"
+            ),
+            Ok(false) => {}
+            Err(err) => log::warn!("could not drop capabilities: {err}"),
         }
         let metrics = Metrics::new(
             &config.by,
