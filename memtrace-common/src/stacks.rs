@@ -54,12 +54,13 @@ impl StackWay {
 }
 
 /// Sizes an x86-64 kernel stack has (16 KiB; twice that with KASAN), tried in turn by
-/// [`StackWay::Reads`] to find the registers saved at its top.
+/// [`StackWay::Reads`] to find the registers saved at its top (16 bytes below it with FRED).
 pub const THREAD_SIZES: [u64; 2] = [16 << 10, 32 << 10];
 
-/// The code segment a 64-bit user context runs in (`__USER_CS`): registers found where the
-/// saved user context should be are trusted only with it.
+/// The code and stack segments a 64-bit user context runs in (`__USER_CS`, `__USER_DS`):
+/// registers found where the saved user context should be are trusted only with them.
 pub const USER_CODE_SEGMENT: u64 = 0x33;
+pub const USER_DATA_SEGMENT: u64 = 0x2b;
 
 /// Where a stack starts: the registers of the user context, in a process.
 #[repr(C)]

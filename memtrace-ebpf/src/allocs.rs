@@ -54,7 +54,8 @@ static SNAPSHOTS: RingBuf = RingBuf::with_byte_size(ALLOC_RING_BYTES, 0);
 
 /// When each traced process last ran `exec`: its blocks born before are its old image's, gone
 /// with its old address space, and userspace forgets them (deleting them here would need a
-/// walk of the table, `bpf_for_each_map_elem`, which kernels before 5.13 lack).
+/// walk of the table, `bpf_for_each_map_elem`, which kernels before 5.13 lack). Kept after the
+/// process exits, for userspace to read, and deleted by it.
 #[map(name = "ALLOC_EXECS")]
 static EXECS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_TARGETS, 0);
 
@@ -204,7 +205,8 @@ pub fn mt_alloc_exit(_ctx: RawTracePointContext) -> i32 {
     if tid == tgid && targets::is_counted(tgid) {
         targets::forget(tgid);
         let _ = AWAITED.remove(tgid);
-        let _ = EXECS.remove(tgid);
+        // Its exec time stays: its old image's blocks are still in the table, and userspace
+        // deletes both once it has read them.
     }
     0
 }

@@ -27,7 +27,7 @@ use memtrace_common::{
     stacks::{
         EventKind, MAX_STACKS, PAGE_BYTES, RECIPE_WORDS, RECORD_STACK, Recipe, SNAPSHOT_PAGES,
         STACK_BYTES, SiteKey, Snapshot, SnapshotHeader, StackKey, StackRef, THREAD_SIZES,
-        USER_CODE_SEGMENT, hash_seed, hash_word,
+        USER_CODE_SEGMENT, USER_DATA_SEGMENT, hash_seed, hash_word,
     },
 };
 
@@ -80,8 +80,9 @@ fn user_registers<const HELPERS: bool>() -> Option<(u64, u64, u64)> {
         }
     }
     // What `task_pt_regs()` computes on x86-64: the registers saved on entry sit at the top of
-    // the task's kernel stack. The stack's size is not in BTF (KASAN doubles it): each size is
-    // tried until the saved code segment is the user's.
+    // the task's kernel stack (less 16 bytes of padding with FRED, 6.9+). The stack's size is
+    // not in BTF (KASAN doubles it): each size and padding is tried until the saved segments
+    // are the user's.
     // SAFETY: the current task, valid while it runs this program; every read is checked.
     unsafe {
         let task = bpf_get_current_task() as *const u8;
@@ -91,10 +92,12 @@ fn user_registers<const HELPERS: bool>() -> Option<(u64, u64, u64)> {
         )
         .ok()?;
         for size in THREAD_SIZES {
-            let at = stack + size - size_of::<pt_regs>() as u64;
-            let regs: pt_regs = bpf_probe_read_kernel(at as *const pt_regs).ok()?;
-            if regs.cs == USER_CODE_SEGMENT {
-                return Some((regs.rip, regs.rsp, regs.rbp));
+            for padding in [0, 16] {
+                let at = stack + size - padding - size_of::<pt_regs>() as u64;
+                let regs: pt_regs = bpf_probe_read_kernel(at as *const pt_regs).ok()?;
+                if regs.cs == USER_CODE_SEGMENT && regs.ss == USER_DATA_SEGMENT {
+                    return Some((regs.rip, regs.rsp, regs.rbp));
+                }
             }
         }
         None
@@ -320,7 +323,7 @@ fn whole_hash_bounded(
     pages: &[u8; SNAPSHOT_PAGES * PAGE_BYTES],
 ) -> u64 {
     const BLOCK: usize = 64;
-    const _: () = assert!((PAGE_BYTES - BLOCK) + STACK_BYTES <= SNAPSHOT_PAGES * PAGE_BYTES);
+    const _: () = assert!(PAGE_BYTES - BLOCK + STACK_BYTES + BLOCK <= SNAPSHOT_PAGES * PAGE_BYTES);
     let start = (header.sp as usize) & (PAGE_BYTES - 1) & !7;
     let block = start & (PAGE_BYTES - BLOCK);
     let end = copied as usize * PAGE_BYTES;
@@ -329,7 +332,8 @@ fn whole_hash_bounded(
         u64::from(copied),
     );
     let word = |at: usize| {
-        // SAFETY: `at` is at most PAGE_BYTES - BLOCK + STACK_BYTES - 8, inside the pages.
+        // SAFETY: `at` is at most PAGE_BYTES - BLOCK + STACK_BYTES + BLOCK - 8, inside the
+        // pages.
         unsafe { pages.as_ptr().add(at).cast::<u64>().read() }
     };
     // The words of sp's own block, from sp on.
@@ -342,8 +346,8 @@ fn whole_hash_bounded(
             hash = hash_word(hash, word(at));
         }
     }
-    // Then whole blocks, up to STACK_BYTES from sp's block.
-    for k in 1..STACK_BYTES / BLOCK {
+    // Then whole blocks, past STACK_BYTES from sp (the last ends with the copy's pages).
+    for k in 1..=STACK_BYTES / BLOCK {
         let at = block + k * BLOCK;
         if at + BLOCK > end {
             break;

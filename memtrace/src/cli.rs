@@ -176,7 +176,8 @@ pub struct LeaksArgs {
     pub allocator: Option<PathBuf>,
 
     /// With --malloc: live blocks the kernel's table holds at most (default 1048576; 16 bytes
-    /// per block of capacity up front, about 100 more per live block)
+    /// per block of capacity up front, about 100 more per live block; before Linux 6.1, which
+    /// wants the whole table up front, 131072)
     #[arg(long, value_name = "N", requires = "malloc",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_allocations: Option<u32>,

@@ -621,15 +621,30 @@ fn swap_ins_are_major_faults_counted_as_the_kernel_counts_them() {
     let pid = common::summary(&records)["command"]["pid"]
         .as_u64()
         .unwrap();
-    let anonymous: u64 = records
+    let mappings: Vec<serde_json::Value> = records
         .iter()
         .filter(|r| r["type"] == "mappings")
         .flat_map(|r| r["mappings"].as_array().cloned().unwrap_or_default())
-        .filter(|m| m["pid"] == pid && m["file"] == false)
-        .map(|m| m["major"].as_u64().unwrap())
-        .sum();
+        .filter(|m| m["pid"] == pid)
+        .collect();
+    let majors = |anonymous: bool| -> u64 {
+        mappings
+            .iter()
+            .filter(|m| m["file"] == !anonymous)
+            .map(|m| m["major"].as_u64().unwrap())
+            .sum()
+    };
+    // Every major fault under some mapping, as many as the process's rusage counts, and the
+    // swap-ins among them on anonymous memory.
+    let summary = common::summary(&records);
+    assert_eq!(
+        majors(true) + majors(false),
+        summary["command"]["kernel_major"].as_u64().unwrap(),
+        "{mappings:?}"
+    );
     assert!(
-        anonymous >= second_pass,
-        "{anonymous} anonymous majors, {second_pass} swap-ins"
+        majors(true) >= second_pass,
+        "{} anonymous majors, {second_pass} swap-ins",
+        majors(true)
     );
 }

@@ -365,6 +365,13 @@ fn exec_forgets_the_previous_image_s_blocks() {
     let last = final_report(&records);
     for row in last["stacks"].as_array().unwrap() {
         assert_eq!(row["comm"], "malloc_keep", "{row}");
+        // Nothing of the images before (the shell's, env's): their blocks went with them,
+        // even read after the process's exit.
+        for frame in row["stack"].as_array().unwrap() {
+            let module = frame["module"].as_str().unwrap_or("");
+            let program = module.rsplit('/').next().unwrap_or("");
+            assert!(!["sh", "dash", "bash", "env"].contains(&program), "{row}");
+        }
     }
     let ours = per_function(last);
     for (name, bytes, blocks) in KEPT {

@@ -108,7 +108,8 @@ impl Allocs {
     pub fn load(options: &Options) -> anyhow::Result<Allocs> {
         let mut config = Config::default();
         options.filter.configure(&mut config)?;
-        super::stacks::configure(&mut config, options.max_stacks, super::stacks::way())?;
+        // Uprobes have the user registers in their context: no task layout needed.
+        super::stacks::configure_tables(&mut config, options.max_stacks)?;
         config
             .size(maps::STACK_SNAPSHOTS, ALLOC_RING_BYTES)
             .size(maps::ALLOCATIONS, options.max_allocations)
@@ -228,20 +229,39 @@ impl Allocs {
 
     /// Hands every live block the kernel holds to `each`, read in batches (a few syscalls for
     /// a million, and never all of them in memory at once). Blocks of a process's image before
-    /// its last `exec` are not live: they are left out, and deleted.
-    pub fn blocks(&self, mut each: impl FnMut(&AllocKey, &Allocation)) -> anyhow::Result<()> {
+    /// its last `exec` are not live: they are left out. Once the process has exited (and so
+    /// can allocate nothing more at their addresses) they are deleted, with its exec time.
+    pub fn blocks(&mut self, mut each: impl FnMut(&AllocKey, &Allocation)) -> anyhow::Result<()> {
         let execs: StdHashMap<u32, u64> = super::entries(&self.ebpf, maps::ALLOC_EXECS)?
             .into_iter()
+            .collect();
+        let exited: std::collections::HashSet<u32> = execs
+            .keys()
+            .copied()
+            .filter(|&tgid| !crate::procfs::is_alive(tgid))
             .collect();
         let mut stale = Vec::new();
         read_batched(self.blocks.fd().as_fd(), |key, block| {
             match execs.get(&key.tgid) {
-                Some(&exec) if block.born_ns < exec => stale.push(*key),
+                Some(&exec) if block.born_ns < exec => {
+                    if exited.contains(&key.tgid) {
+                        stale.push(*key);
+                    }
+                }
                 _ => each(key, block),
             }
         })
         .context("read ALLOCATIONS")?;
-        delete_batched(self.blocks.fd().as_fd(), &stale).context("delete from ALLOCATIONS")
+        if let Err(err) = delete_batched(self.blocks.fd().as_fd(), &stale) {
+            log::warn!("could not delete exited processes' old blocks: {err}");
+            return Ok(());
+        }
+        let mut table: HashMap<&mut MapData, u32, u64> =
+            super::map_mut(&mut self.ebpf, maps::ALLOC_EXECS)?;
+        for tgid in exited {
+            let _ = table.remove(&tgid);
+        }
+        Ok(())
     }
 
     /// What the programs saw, summed over CPUs.

@@ -73,16 +73,6 @@ pub fn load(options: &Options) -> anyhow::Result<Loaded> {
             ("mt_map_minor".to_owned(), "mt_map_major".to_owned())
         }
     };
-    if super::kernel::perf_event_maps_preallocated() {
-        for map in [
-            maps::STACK_RECIPES,
-            maps::STACK_COUNTS,
-            maps::STACK_PENDING,
-            maps::MAPPING_COUNTS,
-        ] {
-            config.preallocate(map);
-        }
-    }
     let mut ebpf = super::load(Object::Attribution, &config)?;
     super::forward_kernel_logs(&mut ebpf);
     super::faults::attach_fault_programs(&mut ebpf, &minor, &major)?;

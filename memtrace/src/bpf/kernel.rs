@@ -21,10 +21,13 @@ pub fn has_helper(program_type: ProgramType, helper: BpfHelper) -> bool {
     is_helper_supported(program_type, helper).unwrap_or(false)
 }
 
-/// Whether programs on perf events may use only preallocated hash maps here, as before Linux
-/// 6.1 ("perf_event programs can only use preallocated hash map"): tables the others allocate
-/// as they fill are then made whole at load.
-pub fn perf_event_maps_preallocated() -> bool {
+/// Whether tracing programs may use only preallocated hash maps here, as before Linux 6.1: the
+/// verifier refuses others to programs on perf events ("perf_event programs can only use
+/// preallocated hash map") and, for the other tracing programs, loads them with a kernel
+/// warning (`WARN_ONCE`: a splat in the log, a tainted kernel, a panic under panic_on_warn).
+/// Tables allocated as they fill are then made whole at load. Asked with a perf_event program,
+/// which the same 6.1 change relaxed with the others.
+pub fn hash_maps_preallocated() -> bool {
     static ANSWER: OnceLock<bool> = OnceLock::new();
     *ANSWER.get_or_init(|| match probe_perf_event_lookup() {
         Ok(accepted) => !accepted,

@@ -78,7 +78,6 @@ impl Object {
 pub struct Config {
     globals: Vec<(&'static str, Vec<u8>)>,
     sizes: Vec<(&'static str, u32)>,
-    preallocated: Vec<&'static str>,
 }
 
 impl Config {
@@ -95,13 +94,6 @@ impl Config {
     /// use gets the smallest size the kernel accepts: 1 entry, or one page of ring.
     pub fn size(&mut self, map: &'static str, entries: u32) -> &mut Self {
         self.sizes.push((map, entries));
-        self
-    }
-
-    /// Makes a hash map the object allocates as it fills whole at load instead, as programs on
-    /// perf events need before Linux 6.1 (`kernel::perf_event_maps_preallocated`).
-    pub fn preallocate(&mut self, map: &'static str) -> &mut Self {
-        self.preallocated.push(map);
         self
     }
 }
@@ -145,13 +137,14 @@ pub fn load(object: Object, config: &Config) -> anyhow::Result<Ebpf> {
     for &(map, entries) in &config.sizes {
         loader.map_max_entries(map, entries);
     }
+    // Kernels before 6.1 want tracing programs' hash maps whole from the start.
     let patched;
-    let bytes = if config.preallocated.is_empty() {
-        object.bytes()
-    } else {
-        patched = preallocated(object.bytes(), &config.preallocated)
+    let bytes = if kernel::hash_maps_preallocated() {
+        patched = preallocated(object.bytes())
             .with_context(|| format!("prepare memtrace's {} object", object.name()))?;
         patched.bytes()
+    } else {
+        object.bytes()
     };
     let ebpf = loader
         .load(bytes)
@@ -177,12 +170,13 @@ impl AlignedObject {
     }
 }
 
-/// A copy of an object whose named maps (legacy `maps` definitions: type, key size, value
-/// size, entries, flags, ...) lose `BPF_F_NO_PREALLOC`.
-fn preallocated(elf: &[u8], maps: &[&str]) -> anyhow::Result<AlignedObject> {
+/// A copy of an object whose maps (legacy `maps` definitions: type, key size, value size,
+/// entries, flags, id, pinning) lose `BPF_F_NO_PREALLOC`.
+fn preallocated(elf: &[u8]) -> anyhow::Result<AlignedObject> {
     use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
-    /// `map_flags` in `struct bpf_map_def`.
+    /// `map_flags` in `struct bpf_map_def`, and the definition's size.
     const FLAGS_AT: usize = 16;
+    const DEFINITION: usize = 28;
     const BPF_F_NO_PREALLOC: u32 = 1;
     let mut words = vec![0u64; elf.len().div_ceil(8)];
     // SAFETY: the words have room for `elf.len()` bytes.
@@ -190,22 +184,24 @@ fn preallocated(elf: &[u8], maps: &[&str]) -> anyhow::Result<AlignedObject> {
         unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), elf.len()) };
     copy.copy_from_slice(elf);
     let file = object::File::parse(elf).context("parse the object")?;
-    for &map in maps {
-        let symbol = file
-            .symbols()
-            .find(|symbol| symbol.name() == Ok(map))
-            .with_context(|| format!("the object has no map {map}"))?;
-        let section = symbol
-            .section_index()
-            .and_then(|index| file.section_by_index(index).ok())
-            .with_context(|| format!("map {map} is in no section"))?;
-        let (start, _) = section
-            .file_range()
-            .with_context(|| format!("map {map}'s section has no data"))?;
-        let at = start as usize + symbol.address() as usize + FLAGS_AT;
-        let flags = copy
-            .get_mut(at..at + 4)
-            .with_context(|| format!("map {map}'s definition lies outside the object"))?;
+    let Some(section) = file.section_by_name("maps") else {
+        return Ok(AlignedObject {
+            words,
+            len: elf.len(),
+        });
+    };
+    let (start, size) = section
+        .file_range()
+        .context("the maps section has no data")?;
+    for symbol in file.symbols() {
+        if symbol.section_index() != Some(section.index()) || symbol.size() < DEFINITION as u64 {
+            continue;
+        }
+        let at = symbol.address() as usize;
+        if at + DEFINITION > size as usize {
+            anyhow::bail!("a map's definition lies outside the maps section");
+        }
+        let flags = &mut copy[start as usize + at + FLAGS_AT..][..4];
         let value = u32::from_ne_bytes((*flags).try_into().unwrap()) & !BPF_F_NO_PREALLOC;
         flags.copy_from_slice(&value.to_ne_bytes());
     }

@@ -60,7 +60,8 @@ pub fn load(options: &Options) -> anyhow::Result<Loaded> {
     config
         .u32("WITH_HISTOGRAMS", u32::from(options.histograms))
         .size(maps::STALLS, options.max_processes)
-        .size(maps::STALL_STARTS, MAX_STALLING)
+        // Tasks in a stall at once: no more than the processes counted, in practice.
+        .size(maps::STALL_STARTS, MAX_STALLING.min(options.max_processes))
         .size(
             maps::STALL_HISTOGRAMS,
             if options.histograms {

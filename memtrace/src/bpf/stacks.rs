@@ -25,16 +25,23 @@ use crate::{
 };
 
 /// Sizes an object's stack tables: `max_stacks` places and stacks, and a scratch copy per CPU;
-/// and sets what the programs of `way` need to know.
+/// and sets what the programs of `way` need to know to find the user registers.
 pub fn configure(config: &mut Config, max_stacks: u32, way: StackWay) -> anyhow::Result<()> {
+    configure_tables(config, max_stacks)?;
+    if way == StackWay::Reads {
+        config.u32(globals::TASK_STACK_OFFSET, task_stack_offset()?);
+    }
+    Ok(())
+}
+
+/// [`configure`] for programs that have the user registers in their context (uprobes): only
+/// the tables.
+pub fn configure_tables(config: &mut Config, max_stacks: u32) -> anyhow::Result<()> {
     config
         .size(maps::STACK_RECIPES, max_stacks)
         .size(maps::STACK_COUNTS, max_stacks)
         .size(maps::STACK_PENDING, max_stacks)
         .size(maps::STACK_SCRATCH, super::possible_cpus()?);
-    if way == StackWay::Reads {
-        config.u32(globals::TASK_STACK_OFFSET, task_stack_offset()?);
-    }
     Ok(())
 }
 

@@ -98,9 +98,10 @@ impl CallStacks {
         if frames.is_empty() {
             if self.kernel_missing == 0 {
                 log::warn!(
-                    "no kernel stack for a call: some kernels (Debian's 6.1 among them) give \
-                     programs on syscall tracepoints only the user's registers, and no kernel \
-                     stack (the summary counts the calls without one)"
+                    "a call came without its kernel stack: some kernels (Debian's 6.1 among \
+                     them) give programs on syscall tracepoints only the user's registers, and \
+                     no kernel stack; a full or colliding kernel stack table also does it (the \
+                     summary counts the calls without one)"
                 );
             }
             self.kernel_missing += 1;

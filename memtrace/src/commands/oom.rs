@@ -161,10 +161,10 @@ struct Oom {
     kills: u64,
 }
 
-/// Processes whose stalls `oom` times at once, for its victims' histories: a quarter of
+/// Processes whose stalls `oom` times at once, for its victims' histories: an eighth of
 /// `pressure`'s table, so that even kernels that charge a table at its capacity (before 6.4)
 /// keep `oom` within its 1 MiB. A stalling process beyond them is counted as a drop.
-const HISTORY_STALLERS: u32 = MAX_STALLERS / 4;
+const HISTORY_STALLERS: u32 = MAX_STALLERS / 8;
 
 /// The `pressure` object, system-wide, for the stall times of victims' histories; without it
 /// histories have no stall figures.

@@ -14,6 +14,7 @@ use serde_json::Value;
 pub struct Bpftrace {
     child: Child,
     lines: mpsc::Receiver<String>,
+    reader: thread::JoinHandle<()>,
 }
 
 impl Bpftrace {
@@ -29,14 +30,18 @@ impl Bpftrace {
             .expect("bpftrace (`cargo xtask setup` installs it)");
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let (send, lines) = mpsc::channel();
-        thread::spawn(move || {
+        let reader = thread::spawn(move || {
             for line in stdout.lines().map_while(Result::ok) {
                 if send.send(line).is_err() {
                     break;
                 }
             }
         });
-        let bpftrace = Bpftrace { child, lines };
+        let bpftrace = Bpftrace {
+            child,
+            lines,
+            reader,
+        };
         loop {
             let line = bpftrace
                 .lines
@@ -54,6 +59,8 @@ impl Bpftrace {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         self.child.wait().unwrap();
+        // Every line it printed, the maps of its exit last, is read once its output ends.
+        self.reader.join().expect("the bpftrace reader");
         self.lines
             .try_iter()
             .filter_map(|line| serde_json::from_str::<Value>(&line).ok())

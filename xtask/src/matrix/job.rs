@@ -7,6 +7,7 @@ use std::{
     collections::BTreeMap,
     fs,
     io::Write as _,
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -42,6 +43,8 @@ pub struct Outcome {
     pub skips: Vec<(String, String)>,
     pub probes: Vec<ProbeResult>,
     pub seconds: f64,
+    /// Whether every test ran (a guest stopped midway leaves its outcome so far).
+    pub finished: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -81,7 +84,14 @@ pub fn run_in_guest(dir: &Path) -> Result<()> {
     } else {
         Vec::new()
     };
-    let mut tests = Vec::new();
+    let mut outcome = Outcome {
+        release: release()?,
+        tests: Vec::new(),
+        skips: Vec::new(),
+        probes,
+        seconds: 0.0,
+        finished: false,
+    };
     for binary in &job.binaries {
         for name in list_tests(binary, &job.filters)? {
             let run = run_test(dir, binary, &name, &job, &skips_file)?;
@@ -91,21 +101,25 @@ pub fn run_in_guest(dir: &Path) -> Result<()> {
                 run.name,
                 run.seconds
             ));
-            tests.push(run);
+            outcome.tests.push(run);
+            // Written after each test: a guest stopped later still tells what it did.
+            outcome.skips = read_skips(&skips_file)?;
+            outcome.seconds = started.elapsed().as_secs_f64();
+            write_outcome(dir, &outcome)?;
         }
     }
-    let outcome = Outcome {
-        release: release()?,
-        tests,
-        skips: read_skips(&skips_file)?,
-        probes,
-        seconds: started.elapsed().as_secs_f64(),
-    };
-    fs::write(
-        dir.join("outcome.json"),
-        serde_json::to_string_pretty(&outcome)?,
-    )?;
+    outcome.finished = true;
+    outcome.skips = read_skips(&skips_file)?;
+    outcome.seconds = started.elapsed().as_secs_f64();
+    write_outcome(dir, &outcome)?;
     say("done");
+    Ok(())
+}
+
+fn write_outcome(dir: &Path, outcome: &Outcome) -> Result<()> {
+    let partial = dir.join("outcome.json.part");
+    fs::write(&partial, serde_json::to_string_pretty(outcome)?)?;
+    fs::rename(partial, dir.join("outcome.json"))?;
     Ok(())
 }
 
@@ -191,6 +205,9 @@ fn run_test(
     let started = Instant::now();
     let mut child = Command::new(binary)
         .args(["--exact", test, "--test-threads=1", "--nocapture"])
+        // Its own process group: a test stopped for taking too long is stopped with every
+        // process it started (memtrace, workloads), which would blur the tests after it.
+        .process_group(0)
         .current_dir(workspace_root().join("memtrace"))
         .env("HOME", "/root")
         .env("MEMTRACE_TEST_SKIPS", skips_file)
@@ -207,7 +224,8 @@ fn run_test(
             break status.success();
         }
         if started.elapsed() > TEST_TIMEOUT {
-            let _ = child.kill();
+            // SAFETY: kill(2) on the test's own process group.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             let _ = child.wait();
             let mut log = fs::OpenOptions::new().append(true).open(dir.join(&log))?;
             writeln!(log, "xtask: stopped after {TEST_TIMEOUT:?}")?;

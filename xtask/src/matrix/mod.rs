@@ -183,6 +183,13 @@ pub fn report(runs: &[GuestRun]) -> Vec<String> {
             }
         };
         let failed: Vec<&job::TestRun> = outcome.tests.iter().filter(|t| !t.passed).collect();
+        if !outcome.finished {
+            eprintln!(
+                "xtask: the {} guest stopped before its last test",
+                run.series
+            );
+            failures.push(format!("the {} guest did not finish", run.series));
+        }
         eprintln!(
             "xtask: Linux {}: {} tests passed, {} failed, {} skipped, in {:.1} min",
             run.kernel,

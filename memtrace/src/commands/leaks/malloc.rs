@@ -59,7 +59,7 @@ impl<'a> MallocJob<'a> {
     ) -> anyhow::Result<MallocJob<'a>> {
         let follow = matches!(config.session.target, Target::Command(_));
         let mut allocs = Allocs::load(&Options {
-            max_allocations: options.max_allocations,
+            max_allocations: super::max_allocations(options.max_allocations),
             max_stacks: config.max_stacks,
             min_size: options.min_size,
             sample: options.sample,

@@ -49,7 +49,8 @@ pub struct MallocOptions {
     pub sample: u32,
     pub min_size: u64,
     pub allocator: Option<PathBuf>,
-    pub max_allocations: u32,
+    /// `--max-allocations`, if given (the default depends on the kernel: `max_allocations`).
+    pub max_allocations: Option<u32>,
 }
 
 impl TryFrom<LeaksArgs> for LeaksConfig {
@@ -68,7 +69,7 @@ impl TryFrom<LeaksArgs> for LeaksConfig {
             sample: args.sample.unwrap_or(1),
             min_size: args.min_size.unwrap_or(0),
             allocator: args.allocator,
-            max_allocations: args.max_allocations.unwrap_or(MAX_ALLOCATIONS),
+            max_allocations: args.max_allocations,
         });
         Ok(LeaksConfig {
             session: session::Options {
@@ -140,4 +141,16 @@ fn monotonic_ns() -> u64 {
     // SAFETY: a valid clock id and a pointer to a timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// Live blocks the kernel's table holds: `--max-allocations`, else a million, or, where tables
+/// are made whole at load (before Linux 6.1), an eighth of that (about 12 MiB).
+pub fn max_allocations(asked: Option<u32>) -> u32 {
+    asked.unwrap_or_else(|| {
+        if crate::bpf::kernel::hash_maps_preallocated() {
+            MAX_ALLOCATIONS / 8
+        } else {
+            MAX_ALLOCATIONS
+        }
+    })
 }

@@ -196,13 +196,13 @@ impl FaultInjection {
     }
 }
 
-/// The daemon: what it holds in the kernel, and what it knows between ticks.
 /// A process's labels, and the fault table's record (name, memory cgroup id) they came from.
 struct Resolved {
     recorded: (String, u64),
     labels: Labels,
 }
 
+/// The daemon: what it holds in the kernel, and what it knows between ticks.
 struct Daemon {
     faults: Loaded,
     syscalls: Loaded,
