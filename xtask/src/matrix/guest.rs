@@ -19,10 +19,11 @@ use super::{
     kernels::Kernel,
 };
 
-/// Memory and CPUs of a guest: two CPUs as the host has (per-CPU tables, threads on two
-/// CPUs), and room for the tests' cgroups and a machine-wide OOM kill's allocation.
+/// Memory and CPUs of a guest: one CPU (guests run side by side, one per host CPU; the host's
+/// own run covers two CPUs' per-CPU tables), and room for the tests' cgroups and a
+/// machine-wide OOM kill's allocation.
 const MEMORY: &str = "2G";
-const CPUS: &str = "2";
+const CPUS: &str = "1";
 /// The scratch disk's size (sparse on the host): files the tests evict, a swap file.
 const SCRATCH_BYTES: u64 = 4 << 30;
 /// Longest a guest may run before it is stopped and its kernel failed (its outcome so far is
@@ -35,7 +36,15 @@ pub fn run(kernel: &Kernel, job: &Job, dir: &Path) -> Result<Outcome> {
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir)?;
     fs::write(dir.join("job.json"), serde_json::to_string_pretty(job)?)?;
+    // The binary running now; if cargo has since rebuilt it, the kernel names the old file
+    // "... (deleted)", and the new one at the same path is the one to run.
     let xtask = std::env::current_exe()?;
+    let xtask = PathBuf::from(
+        xtask
+            .to_string_lossy()
+            .trim_end_matches(" (deleted)")
+            .to_owned(),
+    );
     fs::write(
         dir.join("run"),
         format!("exec '{}' guest-job '{}'\n", xtask.display(), dir.display()),
@@ -65,8 +74,10 @@ pub fn run(kernel: &Kernel, job: &Job, dir: &Path) -> Result<Outcome> {
         .arg("-append")
         .arg(format!(
             // mitigations=off: emulated page-table isolation would make every syscall slower
-            // still; nothing memtrace does depends on it.
-            "console=ttyS0 loglevel=4 panic=-1 mitigations=off memtrace.job={}",
+            // still; nothing memtrace does depends on it. A soft lockup ends the guest (with
+            // its backtrace on the console) rather than leaving it to the timeout.
+            "console=ttyS0 loglevel=5 panic=-1 softlockup_panic=1 mitigations=off \
+             memtrace.job={}",
             dir.display()
         ))
         .args(share("host", Path::new("/"), true))

@@ -153,8 +153,9 @@ fn prepare_guest() -> Result<()> {
         .collect();
     fs::write("/sys/fs/cgroup/cgroup.subtree_control", enable.join(" "))
         .context("enable the cgroup v2 controllers")?;
-    // Kernel messages (OOM reports, by the hundred) stay off the console the host reads.
-    fs::write("/proc/sys/kernel/printk", "1 4 1 7")?;
+    // Kernel messages below warnings (OOM reports' details, by the hundred) stay off the
+    // console the host reads; warnings and worse (a soft lockup's backtrace) show.
+    fs::write("/proc/sys/kernel/printk", "5 4 1 7")?;
     let files = workspace_root().join("target/tmp/files");
     fs::create_dir_all(&files)?;
     Cmd::new("mkfs.ext4")
