@@ -568,9 +568,9 @@ fn victims_are_those_a_kprobe_on_oom_kill_process_sees() {
     let cgroup = TestCgroup::new("kprobe", 32 * MIB);
     let tracer = Tracer::start(&["oom", "--cgroup", &cgroup.path, "--count", "2"]);
     let mut first = cgroup.spawn(&workload("oom_alloc"), &["hog", "256"]);
-    first.wait().unwrap();
+    common::wait_child(&mut first, "the first hog", common::patience(30));
     let mut second = cgroup.spawn(&workload("oom_alloc"), &["hog", "256"]);
-    second.wait().unwrap();
+    common::wait_child(&mut second, "the second hog", common::patience(30));
     let records = wait_for(tracer);
     let seen: Vec<u64> = common::bpftrace::printed(&peer.stop())
         .iter()

@@ -58,7 +58,11 @@ impl Bpftrace {
     pub fn stop(mut self) -> Vec<Value> {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        self.child.wait().unwrap();
+        super::wait_child(
+            &mut self.child,
+            "bpftrace (after SIGINT)",
+            super::patience(30),
+        );
         // Every line it printed, the maps of its exit last, is read once its output ends.
         self.reader.join().expect("the bpftrace reader");
         self.lines

@@ -128,6 +128,23 @@ pub fn patience(secs: u64) -> Duration {
     Duration::from_secs(secs * scale.max(1))
 }
 
+/// Waits for `child` to exit; past `timeout` kills it and fails the test naming `what`, so a
+/// hang shows where it is rather than ending in the harness's per-test timeout.
+pub fn wait_child(child: &mut Child, what: &str, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {timeout:?}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The running kernel's (major, minor) version, from its release.
 pub fn kernel_version() -> (u32, u32) {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
