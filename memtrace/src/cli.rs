@@ -83,6 +83,28 @@ pub enum Command {
     /// process, with no restart
     #[command(after_help = LEAKS_EXAMPLES)]
     Leaks(LeaksArgs),
+    /// Writes the man pages or the shell completions, generated from these very definitions
+    /// (`cargo xtask docs` keeps the committed copies fresh; `cargo xtask install` installs them)
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// What to write
+    #[arg(value_enum)]
+    pub what: Generated,
+
+    /// The directory to write into (created if missing)
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Generated {
+    /// memtrace.1 and a page per subcommand (memtrace-faults.1, ...)
+    Man,
+    /// memtrace.bash, _memtrace (zsh) and memtrace.fish
+    Completions,
 }
 
 const LEAKS_EXAMPLES: &str = "\

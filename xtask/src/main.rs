@@ -1,10 +1,11 @@
-//! memtrace's developer tasks: `cargo xtask setup | run | test | bench`.
+//! memtrace's developer tasks: `cargo xtask setup | run | test | bench | docs | install`.
 //!
 //! `setup` makes a fresh machine able to build the kernel programs; `run` and `test` call it
 //! first, so a newcomer needs no other step. `test` runs everything on the host's kernel and
 //! then on each kernel of the matrix (`matrix`), in QEMU guests.
 
 mod bench;
+mod docs;
 mod matrix;
 mod setup;
 mod shell;
@@ -42,6 +43,16 @@ enum Task {
     Test(TestArgs),
     /// Overhead benchmarks against the untraced baseline and peer tools
     Bench(bench::BenchArgs),
+    /// Rewrite the generated man pages (docs/man/) and shell completions (deploy/completions/)
+    /// from memtrace's flags; `test` fails while they are stale
+    Docs,
+    /// Build the release binary and install it with its man pages and bash, zsh and fish
+    /// completions: `sudo cargo xtask install` (into /usr/local)
+    Install {
+        /// Where to install: PREFIX/bin, PREFIX/share/man/man1, PREFIX/share/{bash-completion,zsh,fish}
+        #[arg(long, value_name = "PREFIX", default_value = "/usr/local")]
+        prefix: PathBuf,
+    },
     /// Run inside a kernel-matrix guest: the job in DIR (the host starts it)
     #[command(hide = true)]
     GuestJob { dir: PathBuf },
@@ -59,7 +70,7 @@ struct TestArgs {
     bless: bool,
 
     /// Only the tests whose names contain one of these (in the guests, also as `file::test`,
-    /// so `faults::` picks the tests of tests/faults.rs)
+    /// so `faults::` picks the tests of memtrace/tests/integration/faults.rs)
     filters: Vec<String>,
 }
 
@@ -92,6 +103,14 @@ fn run(cli: Cli) -> Result<()> {
             setup::run()?;
             bench::run(&args)
         }
+        Task::Docs => {
+            setup::run()?;
+            docs::write()
+        }
+        Task::Install { prefix } => {
+            setup::run()?;
+            docs::install(&prefix)
+        }
         Task::GuestJob { dir } => matrix::job::run_in_guest(&dir),
     }
 }
@@ -116,6 +135,11 @@ fn test(args: &TestArgs) -> Result<()> {
     if selection.host {
         if let Err(err) = host_tests(&args.filters) {
             failures.push(format!("the host's tests: {err:#}"));
+        }
+        if args.filters.is_empty()
+            && let Err(err) = docs::check(&matrix::job::memtrace_binary())
+        {
+            failures.push(format!("{err:#}"));
         }
         if everything && shell::is_root() {
             eprintln!("xtask: support probes on the host");
@@ -153,8 +177,9 @@ fn test(args: &TestArgs) -> Result<()> {
 fn host_tests(filters: &[String]) -> Result<()> {
     let skips = workspace_root().join("target/test-skips.tsv");
     let _ = std::fs::remove_file(&skips);
+    // The privileged tests are `#[ignore]`d for a plain `cargo test`; here they run.
     let mut tests = Cmd::new("cargo")
-        .args(["test", "--", "--test-threads=1"])
+        .args(["test", "--", "--include-ignored", "--test-threads=1"])
         .args(filters)
         .env("MEMTRACE_TEST_SKIPS", &skips);
     if shell::is_root() {
@@ -164,24 +189,48 @@ fn host_tests(filters: &[String]) -> Result<()> {
     // The older kernels' way of taking stacks, which only 5.10 would otherwise run, on this
     // kernel too: the same tests must hold either way.
     if result.is_ok() {
-        let mut reads = Cmd::new("cargo")
-            .args(["test"])
-            .args(STACK_TESTS.iter().flat_map(|test| ["--test", test]))
-            .args(["--", "--test-threads=1"])
-            .args(filters)
-            .env("MEMTRACE_STACK_WAY", "reads")
-            .env("MEMTRACE_TEST_SKIPS", &skips);
-        if shell::is_root() {
-            reads = reads.env("MEMTRACE_TEST_MUST_RUN", "1");
+        let names = stack_tests(filters)?;
+        if !names.is_empty() {
+            let mut reads = Cmd::new("cargo")
+                .args(["test", "--test", "integration", "--"])
+                .args(["--exact", "--include-ignored", "--test-threads=1"])
+                .args(&names)
+                .env("MEMTRACE_STACK_WAY", "reads")
+                .env("MEMTRACE_TEST_SKIPS", &skips);
+            if shell::is_root() {
+                reads = reads.env("MEMTRACE_TEST_MUST_RUN", "1");
+            }
+            result = reads.run();
         }
-        result = reads.run();
     }
     report_skips(&skips)?;
     result
 }
 
-/// The test files of the commands that take user stacks.
-const STACK_TESTS: [&str; 4] = ["stacks", "trace_stacks", "leaks", "leaks_malloc"];
+/// The tests of the commands that take user stacks (those that contain one of the filters).
+fn stack_tests(filters: &[String]) -> Result<Vec<String>> {
+    let listed = Cmd::new("cargo")
+        .args([
+            "test",
+            "--test",
+            "integration",
+            "--",
+            "--list",
+            "--format",
+            "terse",
+        ])
+        .output()?;
+    Ok(listed
+        .lines()
+        .filter_map(|line| line.strip_suffix(": test"))
+        .filter(|test| STACK_MODULES.iter().any(|module| test.starts_with(module)))
+        .filter(|test| filters.is_empty() || filters.iter().any(|f| test.contains(f.as_str())))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// The test modules of the commands that take user stacks.
+const STACK_MODULES: [&str; 4] = ["stacks::", "trace_stacks::", "leaks::", "leaks_malloc::"];
 
 /// The host's tests that recorded a skip, counted by reason.
 fn report_skips(path: &std::path::Path) -> Result<()> {

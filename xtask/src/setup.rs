@@ -14,8 +14,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// lists loaded programs, strace is the reference for syscall tracing, Prometheus scrapes the
 /// daemon (and its promtool checks the exposition), systemd-analyze verifies the unit,
 /// bpftrace counts the same kernel events as `pressure` independently, heaptrack is the
-/// reference for `leaks --malloc`.
-const PACKAGES: [(&str, &str); 8] = [
+/// reference for `leaks --malloc`, groff checks the generated man pages.
+const PACKAGES: [(&str, &str); 9] = [
     ("bpftool", "bpftool"),
     ("strace", "strace"),
     ("prometheus", "prometheus"),
@@ -24,6 +24,7 @@ const PACKAGES: [(&str, &str); 8] = [
     ("bpftrace", "bpftrace"),
     ("heaptrack", "heaptrack"),
     ("heaptrack_print", "heaptrack"),
+    ("groff", "groff-base"),
 ];
 
 /// The Kubernetes schema validator the deployment test uses (schemas bundled: works offline).

@@ -9,7 +9,7 @@
 //! whose pid is handed to a new process before memtrace's next reading (one `--interval`) is
 //! counted as one. The kernel hands pids out in increasing order up to `pid_max` before reusing
 //! one, so that takes a full wrap of the pid space within one interval (or a deliberate
-//! `ns_last_pid`, as `tests/reliability.rs` uses with a pause of a few intervals).
+//! `ns_last_pid`, as `tests/integration/reliability.rs` uses with a pause of a few intervals).
 
 use std::{collections::BTreeMap, time::Duration};
 

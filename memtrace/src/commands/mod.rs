@@ -4,6 +4,7 @@
 mod attributed;
 mod call_stacks;
 pub mod faults;
+mod generate;
 pub mod leaks;
 pub mod oom;
 pub mod pressure;
@@ -20,5 +21,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Pressure(args) => pressure::execute(args).await,
         Command::Serve(args) => serve::execute(args).await,
         Command::Leaks(args) => leaks::execute(args).await,
+        Command::Generate(args) => generate::execute(&args),
     }
 }

@@ -97,12 +97,12 @@ impl Suite {
         self.rounds.min(if self.quick { 1 } else { 3 })
     }
 
-    /// Builds `xtask/workloads/NAME.c` into the bench directory.
+    /// Builds `workloads/NAME.c` into the bench directory.
     fn compile(&self, name: &str) -> Result<PathBuf> {
         compile(&self.dir, name, name, &[])
     }
 
-    /// Builds `xtask/workloads/NAME.c` with extra compiler flags into the bench directory as
+    /// Builds `workloads/NAME.c` with extra compiler flags into the bench directory as
     /// `binary` (so that builds of one source with different flags do not overwrite each other).
     fn compile_with(&self, name: &str, binary: &str, flags: &[&str]) -> Result<PathBuf> {
         compile(&self.dir, name, binary, flags)
@@ -190,7 +190,7 @@ fn header(suite: &Suite, secs: f64) -> String {
 }
 
 fn compile(dir: &Path, name: &str, binary: &str, flags: &[&str]) -> Result<PathBuf> {
-    let source = workspace_root().join(format!("xtask/workloads/{name}.c"));
+    let source = workspace_root().join(format!("workloads/{name}.c"));
     let binary = dir.join(binary);
     Cmd::new("cc")
         .args(["-O2", "-Wall", "-pthread"])

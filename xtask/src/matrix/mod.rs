@@ -1,6 +1,6 @@
 //! The kernel matrix: memtrace's tests on the kernels people run (Debian's 5.10, 6.1 and 6.12,
 //! with cgroup v2), each in a QEMU guest booted from Debian's own kernel package, beside the
-//! host's kernel. The same test binaries run in every guest, one test per process, and the
+//! host's kernel. The same test binary runs in every guest, one test per process, and the
 //! support table of the README comes from probes run in each.
 //!
 //! `kernels` finds and unpacks the packages, `initramfs` and `init.sh` make a guest boot into
@@ -99,7 +99,7 @@ pub struct GuestRun {
     pub outcome: Result<job::Outcome>,
 }
 
-/// Boots a guest per selected series and runs the test binaries (filtered) in each, with the
+/// Boots a guest per selected series and runs the integration tests (filtered) in each, with the
 /// support probes when `probes`. Guests run side by side, one per host CPU, each on one
 /// emulated CPU: a test keeps one CPU busy most of the time, and two guests at once use the
 /// machine as one guest of two CPUs cannot (the whole matrix in about half the time).
@@ -110,7 +110,7 @@ pub fn run_guests(
 ) -> Result<Vec<GuestRun>> {
     setup::ensure_packages(&PACKAGES)?;
     let kernels = kernels::prepare(series)?;
-    let binaries = test_binaries()?;
+    let binary = test_binary()?;
     let at_once = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -133,10 +133,9 @@ pub fn run_guests(
                         break;
                     };
                     eprintln!(
-                        "xtask: booting Debian's {} {} ({} tests' binaries{})",
+                        "xtask: booting Debian's {} {}{}",
                         kernel.package,
                         kernel.version,
-                        binaries.len(),
                         if filters.is_empty() {
                             String::new()
                         } else {
@@ -145,7 +144,7 @@ pub fn run_guests(
                     );
                     let job = job::Job {
                         series: series.name.to_owned(),
-                        binaries: binaries.clone(),
+                        binary: binary.clone(),
                         filters: filters.to_vec(),
                         probes,
                         time_scale: TIME_SCALE,
@@ -169,9 +168,9 @@ pub fn run_guests(
     Ok(runs)
 }
 
-/// The integration-test binaries of the test build (built if need be): the unit tests need no
+/// The integration-test binary of the test build (built if need be): the unit tests need no
 /// kernel and run on the host only.
-fn test_binaries() -> Result<Vec<PathBuf>> {
+pub fn test_binary() -> Result<PathBuf> {
     let output = Cmd::new("cargo")
         // The workspace's build, as the host's tests use: anything narrower unifies features
         // differently and builds everything again.
@@ -193,11 +192,13 @@ fn test_binaries() -> Result<Vec<PathBuf>> {
             binaries.push(PathBuf::from(path));
         }
     }
-    if binaries.is_empty() {
-        bail!("cargo built no integration-test binary for the guests");
+    match <[PathBuf; 1]>::try_from(binaries) {
+        Ok([binary]) => Ok(binary),
+        Err(binaries) => bail!(
+            "cargo built {} integration-test binaries, where memtrace has one: {binaries:?}",
+            binaries.len()
+        ),
     }
-    binaries.sort();
-    Ok(binaries)
 }
 
 /// Prints what each guest did; the failures, as lines for the run's final verdict.

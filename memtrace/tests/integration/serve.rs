@@ -2,8 +2,6 @@
 //! cgroup's own OOM-kill counter, Debian's Prometheus server scraping the daemon every second and
 //! answering queries, and its `promtool check metrics` on a scrape.
 
-mod common;
-
 use std::{
     fs,
     io::{Read, Write},
@@ -15,8 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
-    Workload,
+use crate::common::{
+    self, Workload,
     cgroup::{MIB, TestCgroup},
     loaded_programs, programs_held_by, reclaim, still_loaded_after, workload,
 };
@@ -326,6 +324,7 @@ fn uniquely_named(name: &str, tag: &str) -> PathBuf {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn prometheus_sees_the_kernels_fault_count_and_the_cgroups_oom_kill() {
     require_root!();
     let events = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-oom-events.jsonl");
@@ -492,6 +491,7 @@ fn prometheus_sees_the_kernels_fault_count_and_the_cgroups_oom_kill() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn openmetrics_for_scrapers_that_ask_and_classic_text_otherwise() {
     require_root!();
     let daemon = Daemon::start(&[]);
@@ -518,6 +518,7 @@ fn openmetrics_for_scrapers_that_ask_and_classic_text_otherwise() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn sighup_reopens_the_events_file() {
     require_root!();
     let events = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-rotate.jsonl");
@@ -546,6 +547,7 @@ fn sighup_reopens_the_events_file() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn series_are_capped_and_memory_stays_flat_under_process_churn() {
     require_root!();
     let daemon = Daemon::start(&["--by", "pid", "--max-series", "50"]);
@@ -612,6 +614,7 @@ fn a_bad_listen_address_is_exit_2() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn a_soak_of_process_churn_keeps_counters_equal_to_the_kernels() {
     require_root!();
     let daemon = Daemon::start(&["--by", "comm"]);
@@ -665,6 +668,7 @@ fn a_soak_of_process_churn_keeps_counters_equal_to_the_kernels() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn healthz_tells_a_stalled_or_failing_reading_and_the_daemon_goes_on() {
     require_root!();
     // The reading of the kernel's counters is made to stall, then to fail, through the daemon's
@@ -699,6 +703,7 @@ fn healthz_tells_a_stalled_or_failing_reading_and_the_daemon_goes_on() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn processes_shorter_than_a_reading_get_their_cgroup() {
     require_root!();
     // Each toucher lives a few milliseconds, far less than a reading (0.2 s): /proc never shows
@@ -764,6 +769,7 @@ fn processes_shorter_than_a_reading_get_their_cgroup() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn reclaim_stalls_are_counted_as_bpftrace_counts_them() {
     require_root!();
     require_tool!("bpftrace");
@@ -811,6 +817,7 @@ fn reclaim_stalls_are_counted_as_bpftrace_counts_them() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn series_are_named_after_the_pods_containers_and_units_their_cgroups_belong_to() {
     require_root!();
     // The trees kubelet (systemd cgroup driver, containerd) and systemd make, here under the
@@ -867,6 +874,7 @@ fn series_are_named_after_the_pods_containers_and_units_their_cgroups_belong_to(
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn the_daemon_keeps_no_capability_it_does_not_need() {
     require_root!();
     let daemon = Daemon::start(&[]);

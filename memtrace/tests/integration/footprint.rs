@@ -1,8 +1,6 @@
 //! What each command holds in the kernel, as the kernel itself reports it: the maps it creates
 //! (bpftool's `memlock`) and, once it has exited, what its release helper still holds.
 
-mod common;
-
 use std::{
     fs,
     process::{Command, Stdio},
@@ -10,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Tracer, Workload, workload};
+use crate::common::{self, Tracer, Workload, workload};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -58,6 +56,7 @@ fn assert_footprint(args: &[&str], budget: u64, absent: &[&str]) -> Vec<(String,
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn each_command_creates_only_the_maps_it_uses_within_its_budget() {
     require_root!();
     // --pid is counted by perf's own counters: no program, no map at all.
@@ -104,6 +103,7 @@ fn each_command_creates_only_the_maps_it_uses_within_its_budget() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn serve_stays_within_its_budget() {
     require_root!();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -160,6 +160,7 @@ fn wait_for_no_helper(timeout: Duration) -> bool {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn the_release_helper_holds_only_perf_events_and_is_soon_gone() {
     require_root!();
     assert!(

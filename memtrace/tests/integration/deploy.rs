@@ -4,8 +4,7 @@
 //! their unit tests). The Grafana dashboard's queries and the OOM alert are checked against a
 //! real Prometheus in `serve.rs`.
 
-mod common;
-
+use crate::common;
 use std::{
     fs,
     path::{Path, PathBuf},

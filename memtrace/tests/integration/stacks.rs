@@ -3,11 +3,9 @@
 //! counts per stack must equal them, with the right frames, whether the program was built with
 //! frame pointers or without (then only the unwind tables can give the stack), in C and in Rust.
 
-mod common;
-
 use std::{collections::HashMap, fs, path::Path};
 
-use common::{disk_dir, memtrace, workload_built};
+use crate::common::{self, disk_dir, memtrace, workload_built};
 use serde_json::Value;
 
 const NEAR: u64 = 3000;
@@ -163,18 +161,21 @@ fn c_workload_run(variant: &str, flags: &[&str]) {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn stacks_without_frame_pointers_equal_the_kernels_counts_per_function() {
     require_root!();
     c_workload_run("-nofp", &["-g", "-fomit-frame-pointer"]);
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn stacks_with_frame_pointers_equal_the_kernels_counts_per_function() {
     require_root!();
     c_workload_run("-fp", &["-g", "-fno-omit-frame-pointer"]);
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn stacks_of_a_rust_program_equal_the_kernels_counts_per_function() {
     require_root!();
     let binary = workload_built(
@@ -194,6 +195,7 @@ fn stacks_of_a_rust_program_equal_the_kernels_counts_per_function() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn folded_lines_and_the_flame_graph_carry_the_same_counts() {
     require_root!();
     let binary = workload_built("fault_stacks", "-nofp", &["-g", "-fomit-frame-pointer"]);
@@ -293,6 +295,7 @@ fn counts(row: &Value) -> (u64, u64) {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn faults_by_mapping_tell_the_file_from_anonymous_memory() {
     require_root!();
     let file = data_file("by-mapping", 256);
@@ -335,6 +338,7 @@ fn faults_by_mapping_tell_the_file_from_anonymous_memory() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn faults_by_file_name_the_file_being_paged_in() {
     require_root!();
     let file = data_file("by-file", 256);
@@ -358,6 +362,7 @@ fn totals(summary: &Value) -> (u64, u64) {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn stacks_of_processes_that_exit_mid_trace_are_kept_when_their_kernel_entries_go() {
     require_root!();
     let binary = workload_built("fault_stacks", "-nofp", &["-g", "-fomit-frame-pointer"]);

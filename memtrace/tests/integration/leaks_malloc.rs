@@ -2,8 +2,6 @@
 //! exactly what, per function), against heaptrack on the same program, and against the
 //! kernel's own view of the target once memtrace has gone, even by SIGKILL.
 
-mod common;
-
 use std::{
     collections::HashMap,
     fs,
@@ -13,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Tracer, Workload, workload_built};
+use crate::common::{self, Tracer, Workload, workload_built};
 use serde_json::Value;
 
 /// What `malloc_keep` keeps, per function (its header comment).
@@ -127,6 +125,7 @@ fn final_report(records: &[Value]) -> &Value {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn a_command_s_blocks_left_at_exit_are_exact_per_function_and_heaptrack_s() {
     require_root!();
     require_tool!("heaptrack");
@@ -161,6 +160,7 @@ fn a_command_s_blocks_left_at_exit_are_exact_per_function_and_heaptrack_s() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn attached_to_a_running_process_only_blocks_allocated_since_count_with_their_age() {
     require_root!();
     let binary = malloc_keep();
@@ -244,6 +244,7 @@ fn malloc_bytes(pid: u32) -> (u8, u8) {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn detaching_leaves_the_target_as_it_was_even_after_sigkill() {
     require_root!();
     const INT3: u8 = 0xcc;
@@ -281,6 +282,7 @@ fn detaching_leaves_the_target_as_it_was_even_after_sigkill() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn a_static_program_is_traced_through_its_own_malloc_or_refused_if_stripped() {
     require_root!();
     let binary = workload_built("malloc_keep", "-static", &["-static", "-g"]);
@@ -311,6 +313,7 @@ fn a_static_program_is_traced_through_its_own_malloc_or_refused_if_stripped() {
 
 /// What `--min-size`, `--sample` and a full table leave out, counted.
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn min_size_sample_and_a_full_table_record_less_and_say_so() {
     require_root!();
     let binary = malloc_keep();
@@ -357,6 +360,7 @@ fn min_size_sample_and_a_full_table_record_less_and_say_so() {
 
 /// `exec` replaces the address space: what the shell and env allocated is forgotten.
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn exec_forgets_the_previous_image_s_blocks() {
     require_root!();
     let binary = malloc_keep();
@@ -382,6 +386,7 @@ fn exec_forgets_the_previous_image_s_blocks() {
 /// Attached while four threads allocate without pause: every block kept after is seen (a call
 /// caught between the attaching of its probes must not blind its thread).
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn attached_to_threads_allocating_without_pause_it_misses_nothing_after() {
     require_root!();
     let binary = workload_built("malloc_threads", "", &["-g"]);
@@ -412,6 +417,7 @@ fn attached_to_threads_allocating_without_pause_it_misses_nothing_after() {
 /// A command's descendants are followed from birth: each child is given its uprobes before its
 /// `exec` runs its program (it waits stopped there until it has).
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn a_command_s_children_are_followed_from_birth() {
     require_root!();
     let binary = malloc_keep();
@@ -447,6 +453,7 @@ fn libc_of(pid: u32) -> String {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn blocks_kept_equal_what_a_uprobe_script_on_the_same_calls_counts() {
     require_root!();
     require_tool!("bpftrace");

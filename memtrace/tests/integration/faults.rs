@@ -1,12 +1,11 @@
 //! `memtrace faults` against the kernel's own accounting: `/proc/PID/stat` for running
 //! processes, `wait4` rusage for spawned commands, bpftool for what is left loaded.
 
-mod common;
-
 use std::{fs, io::Write, time::Duration};
 
-use common::{
-    Tracer, Workload, proc_faults, run_memtrace, still_loaded_after, summary, totals_of, workload,
+use crate::common::{
+    self, Tracer, Workload, proc_faults, run_memtrace, still_loaded_after, summary, totals_of,
+    workload,
 };
 
 /// How long (seconds, before `common::patience`) the kernel may take to free an exited
@@ -46,6 +45,7 @@ fn work_pid(pid: &str) -> u32 {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn pid_totals_equal_proc_stat_deltas_for_fresh_anonymous_pages() {
     require_root!();
     let (minor, major) =
@@ -58,6 +58,7 @@ fn pid_totals_equal_proc_stat_deltas_for_fresh_anonymous_pages() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn multi_threaded_toucher_is_counted_exactly_per_process_and_per_thread() {
     require_root!();
     let (minor, _) = assert_pid_totals_match_proc("touch_pages", &[&PAGES.to_string(), "4"], &[]);
@@ -85,6 +86,7 @@ fn multi_threaded_toucher_is_counted_exactly_per_process_and_per_thread() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn major_faults_from_a_file_evicted_from_the_page_cache() {
     require_root!();
     let path = common::disk_dir().join("major-faults.bin");
@@ -107,6 +109,7 @@ fn major_faults_from_a_file_evicted_from_the_page_cache() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn spawned_command_tree_matches_the_kernels_rusage() {
     require_root!();
     let binary = workload("fork_children");
@@ -142,6 +145,7 @@ fn spawned_command_tree_matches_the_kernels_rusage() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn exit_status_of_the_command_is_memtraces() {
     require_root!();
     let out = run_memtrace(&["faults", "--json", "--", "sh", "-c", "exit 3"]);
@@ -177,18 +181,21 @@ fn assert_signal_ends_cleanly(signal: i32) {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn ctrl_c_prints_the_summary_and_leaves_nothing_loaded() {
     require_root!();
     assert_signal_ends_cleanly(libc::SIGINT);
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn sigterm_prints_the_summary_and_leaves_nothing_loaded() {
     require_root!();
     assert_signal_ends_cleanly(libc::SIGTERM);
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn a_target_exiting_ends_tracing_with_a_summary() {
     require_root!();
     let mut sleeper = std::process::Command::new("sleep")
@@ -205,6 +212,7 @@ fn a_target_exiting_ends_tracing_with_a_summary() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn duration_ends_tracing() {
     require_root!();
     let tracer = Tracer::start(&["faults", "--duration", "0.5", "--interval", "0.2"]);
@@ -218,6 +226,7 @@ fn duration_ends_tracing() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn comm_filter_counts_only_that_name() {
     require_root!();
     let mut work = Workload::start(&workload("touch_pages"), &[&PAGES.to_string(), "1"]);
@@ -240,6 +249,7 @@ fn comm_filter_counts_only_that_name() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn no_such_pid_is_a_clear_error() {
     require_root!();
     let pid = common::unused_pid().to_string();
@@ -284,6 +294,7 @@ fn usage_errors_exit_2_with_one_line() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn system_wide_keeps_the_totals_of_processes_that_exit_between_reads() {
     require_root!();
     let tracer = Tracer::start(&["faults", "--interval", "0.1"]);
@@ -311,6 +322,7 @@ fn system_wide_keeps_the_totals_of_processes_that_exit_between_reads() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn sigkill_of_memtrace_still_releases_every_program() {
     require_root!();
     let tracer = Tracer::start(&["faults", "--interval", "0.2"]);
@@ -326,6 +338,7 @@ fn sigkill_of_memtrace_still_releases_every_program() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn sigkill_of_the_command_ends_with_a_summary_and_its_status() {
     require_root!();
     let tracer = Tracer::start(&["faults", "--interval", "0.1", "--", "sleep", "30"]);
@@ -353,6 +366,7 @@ fn sigkill_of_the_command_ends_with_a_summary_and_its_status() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn two_instances_at_once_each_count_exactly() {
     require_root!();
     let mut work = Workload::start(&workload("touch_pages"), &[&PAGES.to_string(), "2"]);
@@ -382,6 +396,7 @@ fn two_instances_at_once_each_count_exactly() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn explicit_targets_are_counted_by_perf_counters_with_no_program_loaded() {
     require_root!();
     // Several targets, each counted whole by perf's own counting events: nothing of memtrace's
@@ -426,6 +441,7 @@ fn explicit_targets_are_counted_by_perf_counters_with_no_program_loaded() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn a_targets_total_is_its_own_not_its_childrens() {
     require_root!();
     // The counters follow the target's new threads but not the processes it forks: like
@@ -464,6 +480,7 @@ fn status_kb(pid: u32, field: &str) -> u64 {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn rss_and_vsz_columns_equal_proc_status_at_the_same_moment() {
     require_root!();
     let pages = 5_000;
@@ -559,6 +576,7 @@ impl Drop for SwapFile {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn swap_ins_are_major_faults_counted_as_the_kernel_counts_them() {
     require_root!();
     require_guest!("it turns swap on");

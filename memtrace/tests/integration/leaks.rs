@@ -2,11 +2,9 @@
 //! attached to a running process, it must report exactly the regions mapped and kept after it
 //! attached, per function, with the resident bytes `/proc/PID/smaps` gives.
 
-mod common;
-
 use std::{fs, thread, time::Duration};
 
-use common::{Tracer, Workload, workload_built};
+use crate::common::{self, Tracer, Workload, workload_built};
 use serde_json::Value;
 
 const KIB: u64 = 1024;
@@ -46,6 +44,7 @@ fn smaps_rss_of_mapping(pid: u32, kib: u64) -> u64 {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn attached_to_a_running_process_it_reports_what_was_kept_since_per_function() {
     require_root!();
     let binary = workload_built("keep_maps", "-nofp", &["-g", "-fomit-frame-pointer"]);
@@ -120,6 +119,7 @@ fn keep_maps_through(launcher: &str) -> Value {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn a_command_s_report_is_what_it_still_had_mapped_when_it_exited() {
     require_root!();
     let last = keep_maps_through("exec");
@@ -144,6 +144,7 @@ fn a_command_s_report_is_what_it_still_had_mapped_when_it_exited() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn exec_forgets_what_the_previous_program_mapped() {
     require_root!();
     // env maps its libraries, then runs exec: those mappings went with its address space.

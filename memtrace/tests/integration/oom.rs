@@ -2,8 +2,6 @@
 //! the kernel log (`dmesg`), and the cgroup's own `oom_kill` counter. Every test works inside a
 //! memory cgroup with a small limit, removed (with anything left in it) when the test ends.
 
-mod common;
-
 use std::{
     io::{BufRead, BufReader},
     process::Command,
@@ -11,8 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
-    Tracer,
+use crate::common::{
+    self, Tracer,
     cgroup::{self, MIB, TestCgroup},
     memtrace, run_memtrace, still_loaded_after, workload,
 };
@@ -76,6 +74,7 @@ fn wait_for(tracer: Tracer) -> Vec<Value> {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn victim_pid_comm_cgroup_and_rss_match_the_kernel_log() {
     require_root!();
     let cgroup = TestCgroup::new("victim", 32 * MIB);
@@ -141,6 +140,7 @@ fn victim_pid_comm_cgroup_and_rss_match_the_kernel_log() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn one_record_per_kill_equals_the_cgroups_oom_kill_counter() {
     require_root!();
     let cgroup = TestCgroup::new("count", 32 * MIB);
@@ -169,6 +169,7 @@ fn one_record_per_kill_equals_the_cgroups_oom_kill_counter() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn a_child_triggering_the_kill_of_its_parent() {
     require_root!();
     let cgroup = TestCgroup::new("parent", 48 * MIB);
@@ -194,6 +195,7 @@ fn a_child_triggering_the_kill_of_its_parent() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn every_victim_of_a_group_kill_shares_one_group_id() {
     require_root!();
     if cgroup::hierarchy().version != Version::V2 {
@@ -241,6 +243,7 @@ fn every_victim_of_a_group_kill_shares_one_group_id() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn kills_outside_the_cgroup_filter_are_not_reported() {
     require_root!();
     let watched = TestCgroup::new("watched", 32 * MIB);
@@ -282,6 +285,7 @@ fn assert_signal_ends_cleanly(signal: i32) {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn ctrl_c_and_sigterm_exit_0_leaving_nothing_loaded() {
     require_root!();
     assert_signal_ends_cleanly(libc::SIGINT);
@@ -289,6 +293,7 @@ fn ctrl_c_and_sigterm_exit_0_leaving_nothing_loaded() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn duration_ends_with_a_summary_and_exit_0() {
     require_root!();
     let started = Instant::now();
@@ -309,6 +314,7 @@ fn duration_ends_with_a_summary_and_exit_0() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn no_such_cgroup_is_a_clear_error() {
     require_root!();
     let out = run_memtrace(&["oom", "--cgroup", "/memtrace-no-such-cgroup"]);
@@ -330,6 +336,7 @@ fn unprivileged_is_a_clear_error() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn a_kill_in_a_kubernetes_pod_names_the_pod_and_its_container() {
     require_root!();
     // The cgroup layout kubelet's cgroupfs driver and CRI-O give a burstable pod's container.
@@ -389,6 +396,7 @@ fn grown_around(reports: &[(f64, u64)], at: f64, step_kb: u64) -> (u64, u64) {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn the_victims_history_shows_its_growth_as_it_reported_it() {
     require_root!();
     let cgroup = TestCgroup::new("history", 64 * MIB);
@@ -493,6 +501,7 @@ fn the_victims_history_shows_its_growth_as_it_reported_it() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn a_machine_wide_oom_kill_names_its_victim_its_trigger_and_no_constraint() {
     require_root!();
     require_guest!("it exhausts the whole machine's memory");
@@ -549,6 +558,7 @@ fn a_machine_wide_oom_kill_names_its_victim_its_trigger_and_no_constraint() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn victims_are_those_a_kprobe_on_oom_kill_process_sees() {
     require_root!();
     require_tool!("bpftrace");
@@ -585,6 +595,7 @@ fn victims_are_those_a_kprobe_on_oom_kill_process_sees() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn where_the_kernel_hides_its_reports_memtrace_says_so_and_reads_proc() {
     require_root!();
     // At the console log level most machines boot with (`quiet`: 4), the kernel's report

@@ -7,10 +7,6 @@
 //! Under `cargo xtask test` as root (`MEMTRACE_TEST_MUST_RUN`), a test that lacks root or a tool
 //! the set-up installs fails instead; only what the host itself lacks (cgroup v2's memory
 //! controller, say) may still skip, by name, in that count.
-#![allow(
-    dead_code,
-    reason = "each test binary uses a different part of the harness"
-)]
 
 use std::{
     fs,
@@ -33,7 +29,8 @@ pub mod reclaim;
 macro_rules! test_name {
     () => {{
         fn here() {}
-        std::any::type_name_of_val(&here).trim_end_matches("::here")
+        let path = std::any::type_name_of_val(&here).trim_end_matches("::here");
+        path.strip_prefix("integration::").unwrap_or(path)
     }};
 }
 
@@ -128,6 +125,13 @@ pub fn patience(secs: u64) -> Duration {
     Duration::from_secs(secs * scale.max(1))
 }
 
+/// A path for a test's file `name` in the test build's scratch directory `module/`.
+pub fn scratch(module: &str, name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(module);
+    fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
 /// Waits for `child` to exit; past `timeout` kills it and fails the test naming `what`, so a
 /// hang shows where it is rather than ending in the harness's per-test timeout.
 pub fn wait_child(child: &mut Child, what: &str, timeout: Duration) -> ExitStatus {
@@ -215,18 +219,18 @@ pub fn json_run(args: &[&str]) -> (Vec<Value>, String) {
     (records, stderr)
 }
 
-/// Builds `tests/workloads/NAME.c` once per test run.
+/// Builds `workloads/NAME.c` once per test run.
 pub fn workload(name: &str) -> PathBuf {
     workload_built(name, "", &[])
 }
 
-/// Builds `tests/workloads/NAME.c` (`NAME.rs` when `flags` start with `rustc`) with extra
+/// Builds `workloads/NAME.c` (`NAME.rs` when `flags` start with `rustc`) with extra
 /// compiler flags, as the binary `NAME` + `variant`.
 pub fn workload_built(name: &str, variant: &str, flags: &[&str]) -> PathBuf {
     let rust = flags.first() == Some(&"rustc");
     let extension = if rust { "rs" } else { "c" };
     let source =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/workloads/{name}.{extension}"));
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../workloads/{name}.{extension}"));
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("workloads");
     fs::create_dir_all(&dir).unwrap();
     let binary = dir.join(format!("{name}{variant}"));

@@ -2,8 +2,6 @@
 //! without frame pointers, both under `setarch -R` so that addresses agree: every call must
 //! come with the same frames (module and file offset), innermost first, thread by thread.
 
-mod common;
-
 use std::{
     collections::BTreeMap,
     fs,
@@ -11,7 +9,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use common::workload_built;
+use crate::common::{self, workload_built};
 
 /// One call, as `name(args) = ret`, and its frames as `module [0xoffset]`.
 type Call = (String, Vec<String>);
@@ -193,6 +191,7 @@ fn hide_addresses(call: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn stacks_without_frame_pointers_equal_strace_k() {
     require_tool!("strace");
     require_root!();
@@ -201,6 +200,7 @@ fn stacks_without_frame_pointers_equal_strace_k() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn stacks_of_threads_equal_strace_k() {
     require_tool!("strace");
     require_root!();
@@ -237,6 +237,7 @@ fn json_trace(flags: &[&str], rounds: &str) -> (Vec<serde_json::Value>, serde_js
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn json_stacks_name_functions_files_and_lines() {
     require_root!();
     let calls = json_calls(&["--stack"], "3");
@@ -271,6 +272,7 @@ fn json_stacks_name_functions_files_and_lines() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn kernel_stack_adds_the_kernels_frames_above_the_users() {
     require_root!();
     let (calls, summary, stderr) = json_trace(&["--stack", "--kernel-stack"], "2");

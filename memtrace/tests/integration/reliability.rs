@@ -2,8 +2,6 @@
 //! end, tracefs is mounted when missing (or the user is told how), and a reused pid is reported
 //! as the new process it is. Mount changes happen only in private mount namespaces.
 
-mod common;
-
 use std::{
     fs,
     io::{BufRead, BufReader, Read},
@@ -14,12 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Tracer, Workload, memtrace, run_memtrace, summary, workload};
+use crate::common::{self, Tracer, Workload, memtrace, run_memtrace, summary, workload};
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reliability");
-    fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    common::scratch("reliability", name)
 }
 
 fn mode_of(path: &Path) -> u32 {
@@ -67,6 +63,7 @@ fn report_files_are_created_0640_whatever_the_umask() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn an_existing_report_file_is_truncated_and_rewritten() {
     require_root!();
     let path = scratch("existing.jsonl");
@@ -119,6 +116,7 @@ fn assert_quiet_end((code, stderr): (Option<i32>, String), what: &str) {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn a_closed_pipe_ends_quietly_with_exit_0() {
     require_root!();
     // Something that keeps making allocation syscalls and faults, for trace -f to follow.
@@ -166,6 +164,7 @@ fn host_tracefs_mounts() -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn tracefs_is_mounted_when_nobody_did() {
     require_root!();
     let before = host_tracefs_mounts();
@@ -191,6 +190,7 @@ fn tracefs_is_mounted_when_nobody_did() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn tracefs_that_cannot_be_mounted_is_exit_5_with_the_how_to() {
     require_root!();
     let before = host_tracefs_mounts();
@@ -240,6 +240,7 @@ fn start_with_pid(binary: &Path, args: &[&str], pid: u32) -> Option<Workload> {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn a_reused_pid_is_reported_as_two_processes() {
     require_root!();
     let toucher = workload("touch_pages");

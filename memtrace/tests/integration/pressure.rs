@@ -6,16 +6,15 @@
 //! Direct reclaim is not tested: it needs the whole machine's free memory to run low, which no
 //! test may cause.
 
-mod common;
-
-use common::{
-    Tracer, Workload,
+use crate::common::{
+    self, Tracer, Workload,
     cgroup::{MIB, TestCgroup},
     reclaim::{Bpftrace, big_file},
     still_loaded_after, summary, workload,
 };
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn memcg_reclaim_stalls_equal_bpftraces_count_of_the_same_events() {
     require_root!();
     require_tool!("bpftrace");
@@ -91,6 +90,7 @@ fn reader_pid(pid: &str) -> u64 {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn histograms_count_every_stall_and_nothing_is_left_loaded() {
     require_root!();
     let file = big_file(96);
@@ -133,6 +133,7 @@ fn psi_total_us(cgroup: &TestCgroup, which: &str) -> u64 {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn a_cgroups_psi_is_the_stall_time_its_memory_pressure_file_counts() {
     require_root!();
     let cgroup = TestCgroup::new("psi", 32 * MIB);
@@ -203,6 +204,7 @@ impl Drop for Defrag {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn direct_reclaim_stalls_equal_bpftraces_count_of_the_same_events() {
     require_root!();
     require_tool!("bpftrace");

@@ -4,18 +4,17 @@
 //! and return value must be identical: the same calls, in the same order, thread by thread.
 //! strace runs with `-y`: a descriptor memtrace names must be named as strace names it.
 
-mod common;
-
 use std::{
     collections::BTreeMap,
     fs,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
     time::Duration,
 };
 
-use common::{
-    Tracer, Workload, memtrace, run_memtrace, still_loaded_after, summary, unused_pid, workload,
+use crate::common::{
+    self, Tracer, Workload, memtrace, run_memtrace, still_loaded_after, summary, unused_pid,
+    workload,
 };
 
 /// How long (seconds, before `common::patience`) the kernel may take to free an exited
@@ -28,9 +27,7 @@ const DEFAULT_SET: &str = "brk,mmap,munmap,mremap,mprotect,madvise";
 type Traces = Vec<Vec<String>>;
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("trace");
-    fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    common::scratch("trace", name)
 }
 
 /// `name(args)` and the return value reduced to what both tools print alike: the value, or
@@ -187,6 +184,7 @@ fn calls_named(traces: &Traces, prefix: &str) -> impl Iterator<Item = String> {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn malloc_thresholds_anonymous_and_file_mappings_and_a_failure_match_strace() {
     require_root!();
     let binary = workload("mixed_alloc");
@@ -229,6 +227,7 @@ fn malloc_thresholds_anonymous_and_file_mappings_and_a_failure_match_strace() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn threads_match_strace_thread_by_thread() {
     require_root!();
     let binary = workload("threads_alloc");
@@ -237,6 +236,7 @@ fn threads_match_strace_thread_by_thread() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn fork_and_exec_match_strace_process_by_process() {
     require_root!();
     let binary = workload("fork_exec");
@@ -245,6 +245,7 @@ fn fork_and_exec_match_strace_process_by_process() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn a_narrowed_set_matches_strace() {
     require_root!();
     let binary = workload("mixed_alloc");
@@ -262,6 +263,7 @@ fn a_narrowed_set_matches_strace() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn descriptors_kept_open_are_named_exactly_as_strace_y_names_them() {
     require_root!();
     let binary = workload("map_fds");
@@ -304,6 +306,7 @@ fn descriptors_kept_open_are_named_exactly_as_strace_y_names_them() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn json_fd_path_is_the_descriptors_link() {
     require_root!();
     let binary = workload("map_fds");
@@ -357,6 +360,7 @@ fn json_run(args: &[&str]) -> (Vec<serde_json::Value>, i32) {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn json_records_and_kernel_counts_agree_and_nothing_is_lost() {
     require_root!();
     let binary = workload("mixed_alloc");
@@ -420,6 +424,7 @@ fn json_records_and_kernel_counts_agree_and_nothing_is_lost() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn each_call_carries_the_name_its_thread_had_then() {
     require_root!();
     let binary = workload("renames");
@@ -457,6 +462,7 @@ fn each_call_carries_the_name_its_thread_had_then() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn summary_only_counts_match_strace_per_syscall() {
     require_root!();
     let binary = workload("mixed_alloc");
@@ -490,6 +496,7 @@ fn summary_only_counts_match_strace_per_syscall() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn failed_and_min_size_filter_in_the_kernel() {
     require_root!();
     let binary = workload("mixed_alloc");
@@ -528,6 +535,7 @@ fn failed_and_min_size_filter_in_the_kernel() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn the_command_exit_status_is_passed_on() {
     require_root!();
     let out = run_memtrace(&["trace", "-c", "--", "sh", "-c", "exit 7"]);
@@ -535,6 +543,7 @@ fn the_command_exit_status_is_passed_on() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn a_pid_that_exits_mid_trace_ends_with_a_summary() {
     require_root!();
     // Two threads: the second one's stack is mapped after `go`, while traced.
@@ -553,6 +562,7 @@ fn a_pid_that_exits_mid_trace_ends_with_a_summary() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn duration_ends_with_the_summary() {
     require_root!();
     let mut work = Workload::start(&workload("touch_pages"), &["100", "1"]);
@@ -575,6 +585,7 @@ fn duration_ends_with_the_summary() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn nothing_stays_loaded_after_ctrl_c() {
     require_root!();
     let mut work = Workload::start(&workload("touch_pages"), &["100", "1"]);
@@ -607,6 +618,7 @@ fn assert_fails(args: &[&str], code: i32, message: &str) {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn bad_input_is_one_clear_line_and_an_exit_code() {
     require_root!();
     let nobody = unused_pid().to_string();
@@ -624,6 +636,7 @@ fn bad_input_is_one_clear_line_and_an_exit_code() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn unprivileged_is_refused_before_touching_the_kernel() {
     require_root!();
     let out = common::memtrace_without_capabilities()
@@ -637,6 +650,7 @@ fn unprivileged_is_refused_before_touching_the_kernel() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn a_storm_bigger_than_the_ring_buffer_loses_nothing_silently() {
     require_root!();
     // 200,000 records of 112 bytes: almost three times the 8 MiB ring buffer.

@@ -3,21 +3,17 @@
 //! the kernel (3 when privileged is simulated by dropping capabilities, 4, 126/127, a command's
 //! status) need root; the usage rows run as anyone.
 
-mod common;
-
 use std::{
     fs,
     os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Output, Stdio},
 };
 
-use common::{run_memtrace, unused_pid};
+use crate::common::{self, run_memtrace, unused_pid};
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli");
-    fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    common::scratch("cli", name)
 }
 
 /// memtrace's lines on stderr, less the warnings of what this kernel lacks (a kernel of the
@@ -215,6 +211,7 @@ fn help_and_version_are_exit_0() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn no_such_process_is_exit_4() {
     require_root!();
     let pid = unused_pid().to_string();
@@ -225,6 +222,7 @@ fn no_such_process_is_exit_4() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn a_command_that_cannot_run_is_exit_126_or_127() {
     require_root!();
     let not_executable = scratch("not-executable");
@@ -245,6 +243,7 @@ fn a_command_that_cannot_run_is_exit_126_or_127() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn a_command_s_status_is_memtrace_s_and_a_normal_end_is_exit_0() {
     require_root!();
     for subcommand in ["faults", "trace"] {
@@ -266,6 +265,7 @@ fn a_command_s_status_is_memtrace_s_and_a_normal_end_is_exit_0() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn a_failure_while_running_is_exit_1_with_one_line() {
     require_root!();
     // /dev/full opens, then refuses every write (ENOSPC): an unexpected runtime failure.
@@ -277,4 +277,42 @@ fn a_failure_while_running_is_exit_1_with_one_line() {
         let out = run_memtrace(args);
         assert_one_line(&out, 1, "write the report: No space left on device");
     }
+}
+
+#[test]
+fn man_pages_render_without_warnings_and_completions_parse() {
+    require_tool!("groff");
+    let dir = scratch("generated");
+    let _ = fs::remove_dir_all(&dir);
+    for what in ["man", "completions"] {
+        let output = common::memtrace()
+            .args(["generate", what])
+            .arg(dir.join(what))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+    }
+    let mut pages = 0;
+    for page in fs::read_dir(dir.join("man")).unwrap() {
+        let page = page.unwrap().path();
+        let output = std::process::Command::new("groff")
+            .args(["-man", "-ww", "-z"])
+            .arg(&page)
+            .output()
+            .unwrap();
+        let warnings = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && warnings.is_empty(),
+            "{page:?}: {warnings}"
+        );
+        pages += 1;
+    }
+    // memtrace(1) and one page per subcommand.
+    assert_eq!(pages, 7);
+    let bash = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(dir.join("completions/memtrace.bash"))
+        .output()
+        .unwrap();
+    assert!(bash.status.success(), "{bash:?}");
 }
