@@ -116,6 +116,9 @@ pub struct ProbeResult {
     pub row: String,
     /// `None`: it worked.
     pub failure: Option<Failure>,
+    /// What memtrace warned of the kernel when it worked (a part it could not do there).
+    #[serde(default)]
+    pub warning: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -133,28 +136,38 @@ pub fn probe_all(memtrace: &Path, time_scale: u32, series: &str) -> Vec<ProbeRes
     let release = release.trim();
     PROBES
         .iter()
-        .map(|probe| ProbeResult {
-            row: probe.row.to_owned(),
-            failure: run_probe(memtrace, probe, time_scale)
-                .err()
-                .map(|failure| Failure {
-                    message: match release.is_empty() {
-                        true => failure.message,
-                        false => failure.message.replace(release, series),
-                    },
-                    ..failure
-                }),
+        .map(|probe| {
+            let in_series = |message: String| match release.is_empty() {
+                true => message,
+                false => message.replace(release, series),
+            };
+            match run_probe(memtrace, probe, time_scale) {
+                Ok(warning) => ProbeResult {
+                    row: probe.row.to_owned(),
+                    failure: None,
+                    warning: warning.map(in_series),
+                },
+                Err(failure) => ProbeResult {
+                    row: probe.row.to_owned(),
+                    failure: Some(Failure {
+                        message: in_series(failure.message),
+                        ..failure
+                    }),
+                    warning: None,
+                },
+            }
         })
         .collect()
 }
 
-fn run_probe(memtrace: &Path, probe: &Probe, time_scale: u32) -> Result<(), Failure> {
+/// Ok with memtrace's warning about the kernel, if it gave one.
+fn run_probe(memtrace: &Path, probe: &Probe, time_scale: u32) -> Result<Option<String>, Failure> {
     let failed = |message: String| Failure {
         exit: None,
         message,
     };
     if probe.args == ["serve"] {
-        return probe_serve(memtrace, time_scale);
+        return probe_serve(memtrace, time_scale).map(|()| None);
     }
     let mut sleeper = None;
     let mut args: Vec<String> = Vec::new();
@@ -196,7 +209,18 @@ fn run_probe(memtrace: &Path, probe: &Probe, time_scale: u32) -> Result<(), Fail
             return Err(failed(format!("a line that is not JSON: {line:.80}")));
         }
     }
-    Ok(())
+    Ok(kernel_warning(&stderr))
+}
+
+/// memtrace's first warning that says what the kernel lacks. Those about events lost so far
+/// depend on the run, not the kernel, and would make the table differ run to run.
+fn kernel_warning(stderr: &str) -> Option<String> {
+    stderr
+        .lines()
+        .filter_map(|line| line.strip_prefix("[WARN ]"))
+        .map(str::trim)
+        .find(|warning| !warning.contains("so far") && !warning.contains("lost"))
+        .map(str::to_owned)
 }
 
 /// Starts the daemon, scrapes it once, stops it with SIGTERM: it must have exported memtrace's
@@ -332,22 +356,29 @@ pub fn render(columns: &[Column]) -> String {
         table.push_str(&format!("| `memtrace {}` |", probe.row));
         for column in columns {
             let result = column.results.iter().find(|r| r.row == probe.row);
-            let cell = match result.map(|r| &r.failure) {
-                Some(None) => "✓".to_owned(),
-                Some(Some(failure)) => {
+            let mut number_of = |note: String| match notes.iter().position(|n| *n == note) {
+                Some(index) => index + 1,
+                None => {
+                    notes.push(note);
+                    notes.len()
+                }
+            };
+            let cell = match result {
+                Some(ProbeResult {
+                    failure: Some(failure),
+                    ..
+                }) => {
                     let note = match failure.exit {
                         Some(code) => format!("exit {code}: {}", failure.message),
                         None => failure.message.clone(),
                     };
-                    let number = match notes.iter().position(|n| *n == note) {
-                        Some(index) => index + 1,
-                        None => {
-                            notes.push(note);
-                            notes.len()
-                        }
-                    };
-                    format!("✗ [{number}]")
+                    format!("✗ [{}]", number_of(note))
                 }
+                Some(ProbeResult {
+                    warning: Some(warning),
+                    ..
+                }) => format!("✓ [{}]", number_of(format!("works, and warns: {warning}"))),
+                Some(_) => "✓".to_owned(),
                 None => "not run".to_owned(),
             };
             table.push_str(&format!(" {cell} |"));
@@ -442,6 +473,7 @@ mod tests {
                             exit: Some(5),
                             message: (*m).to_owned(),
                         }),
+                    warning: None,
                 })
                 .collect(),
         }
@@ -481,5 +513,24 @@ mod tests {
             "the kernel lacks y"
         );
         assert_eq!(memtrace_line("error: bad flag\n"), "error: bad flag");
+    }
+
+    #[test]
+    fn a_warning_about_the_kernel_is_a_note_one_about_lost_events_is_not() {
+        let stderr = "[WARN ] 3 events not counted so far: the ring buffer\n\
+                      [WARN ] this kernel gives no kernel stacks here\n";
+        assert_eq!(
+            kernel_warning(stderr).as_deref(),
+            Some("this kernel gives no kernel stacks here")
+        );
+        assert_eq!(kernel_warning("[WARN ] 2 records lost\nok\n"), None);
+        let mut warned = column("5.10", &[]);
+        warned.results[0].warning = Some("no kernel stacks".to_owned());
+        let table = render(&[warned]);
+        assert!(table.contains("| `memtrace faults` | ✓ [1] |"), "{table}");
+        assert!(
+            table.contains("1. works, and warns: no kernel stacks"),
+            "{table}"
+        );
     }
 }
