@@ -30,7 +30,8 @@ $bb mkdir -p dev/pts dev/shm
 $bb mount -t devpts devpts dev/pts
 $bb mount -t tmpfs tmpfs dev/shm
 $bb ln -sf /proc/self/fd dev/fd
-$bb mount -t tmpfs tmpfs tmp
+# No tmpfs of its own on /tmp: the overlay's upper layer already takes the guest's writes
+# there, and a checkout under /tmp must stay visible.
 $bb mount -t tmpfs tmpfs run
 $bb mount -t cgroup2 cgroup2 sys/fs/cgroup
 $bb mount -t tracefs tracefs sys/kernel/tracing
