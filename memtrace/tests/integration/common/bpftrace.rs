@@ -6,6 +6,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::mpsc,
     thread,
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
@@ -56,12 +57,24 @@ impl Bpftrace {
     /// Stops it (SIGINT: it prints its maps) and returns what it printed: `printf` lines
     /// (`{"type": "printf", "data": ...}`) and maps (`{"type": "map", "data": {...}}`).
     pub fn stop(mut self) -> Vec<Value> {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        // SIGINT again every few seconds: on the 6.1 guests bpftrace has been seen to stay
+        // running after one (a signal it missed, or one it took before it was polling).
+        let deadline = Instant::now() + super::patience(30);
+        while Instant::now() < deadline {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+            let again = Instant::now() + super::patience(3);
+            while Instant::now() < again && self.child.try_wait().unwrap().is_none() {
+                thread::sleep(Duration::from_millis(50));
+            }
+            if self.child.try_wait().unwrap().is_some() {
+                break;
+            }
+        }
         super::wait_child(
             &mut self.child,
-            "bpftrace (after SIGINT)",
-            super::patience(30),
+            "bpftrace (after SIGINTs)",
+            Duration::from_secs(1),
         );
         // Every line it printed, the maps of its exit last, is read once its output ends.
         self.reader.join().expect("the bpftrace reader");
