@@ -209,24 +209,9 @@ fn host_tests(filters: &[String]) -> Result<()> {
 
 /// The tests of the commands that take user stacks (those that contain one of the filters).
 fn stack_tests(filters: &[String]) -> Result<Vec<String>> {
-    let listed = Cmd::new("cargo")
-        .args([
-            "test",
-            "--test",
-            "integration",
-            "--",
-            "--list",
-            "--format",
-            "terse",
-        ])
-        .output()?;
-    Ok(listed
-        .lines()
-        .filter_map(|line| line.strip_suffix(": test"))
-        .filter(|test| STACK_MODULES.iter().any(|module| test.starts_with(module)))
-        .filter(|test| filters.is_empty() || filters.iter().any(|f| test.contains(f.as_str())))
-        .map(str::to_owned)
-        .collect())
+    let mut tests = matrix::job::list_tests(&matrix::test_binary()?, filters)?;
+    tests.retain(|test| STACK_MODULES.iter().any(|module| test.starts_with(module)));
+    Ok(tests)
 }
 
 /// The test modules of the commands that take user stacks.

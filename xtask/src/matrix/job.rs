@@ -167,8 +167,9 @@ fn prepare_guest() -> Result<()> {
     Ok(())
 }
 
-/// The names (`module::test`) of the binary's tests that contain one of the filters.
-fn list_tests(binary: &Path, filters: &[String]) -> Result<Vec<String>> {
+/// The names (`module::test`) of the binary's tests that contain one of the filters, but for
+/// the host-only ones.
+pub fn list_tests(binary: &Path, filters: &[String]) -> Result<Vec<String>> {
     let output = Command::new(binary)
         .args(["--list", "--format", "terse"])
         .stderr(Stdio::inherit())

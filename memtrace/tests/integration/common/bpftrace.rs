@@ -60,22 +60,17 @@ impl Bpftrace {
         // SIGINT again every few seconds: on the 6.1 guests bpftrace has been seen to stay
         // running after one (a signal it missed, or one it took before it was polling).
         let deadline = Instant::now() + super::patience(30);
-        while Instant::now() < deadline {
+        loop {
             // SAFETY: kill(2) on our own child.
             unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-            let again = Instant::now() + super::patience(3);
-            while Instant::now() < again && self.child.try_wait().unwrap().is_none() {
-                thread::sleep(Duration::from_millis(50));
-            }
-            if self.child.try_wait().unwrap().is_some() {
+            if super::exit_within(&mut self.child, super::patience(3)).is_some() {
                 break;
             }
+            if Instant::now() > deadline {
+                // Kills it and fails the test, naming it.
+                super::wait_child(&mut self.child, "bpftrace, sent SIGINTs,", Duration::ZERO);
+            }
         }
-        super::wait_child(
-            &mut self.child,
-            "bpftrace (after SIGINTs)",
-            Duration::from_secs(1),
-        );
         // Every line it printed, the maps of its exit last, is read once its output ends.
         self.reader.join().expect("the bpftrace reader");
         self.lines

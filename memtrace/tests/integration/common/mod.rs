@@ -135,15 +135,23 @@ pub fn scratch(module: &str, name: &str) -> PathBuf {
 /// Waits for `child` to exit; past `timeout` kills it and fails the test naming `what`, so a
 /// hang shows where it is rather than ending in the harness's per-test timeout.
 pub fn wait_child(child: &mut Child, what: &str, timeout: Duration) -> ExitStatus {
+    if let Some(status) = exit_within(child, timeout) {
+        return status;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{what} did not exit within {timeout:?}");
+}
+
+/// `child`'s exit status if it exits within `timeout`.
+pub fn exit_within(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            return status;
+            return Some(status);
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not exit within {timeout:?}");
+            return None;
         }
         thread::sleep(Duration::from_millis(50));
     }
