@@ -314,7 +314,8 @@ ENDPOINTS:
              memcg, compaction, throttled), memtrace_events_dropped_total,
              memtrace_bpf_program_run_time_seconds_total, memtrace_bpf_program_runs_total
              (with --bpf-stats),
-             process_cpu_seconds_total, process_resident_memory_bytes (the daemon's own)
+             process_cpu_seconds_total, process_resident_memory_bytes (the daemon's own);
+             memtrace_node_* (the same counts summed over the node, at 0 from the start)
   /healthz   200 while the kernel counters are being read, 503 otherwise
 
 EXAMPLES:

@@ -111,15 +111,15 @@ pub struct Scrapers {
 
 #[derive(Clone, Copy, Debug)]
 struct Scraper {
-    /// When its last scrape began (before the registry was encoded).
+    /// When its last encoded scrape began.
     last: Instant,
     /// The time between its last two scrapes.
     interval: Option<Duration>,
 }
 
 impl Scrapers {
-    /// A scrape by `who` begins now, before the registry is encoded.
-    pub fn scraping(&self, who: String, now: Instant) {
+    /// `who` has scraped: its scrape began at `now`, and the registry was then encoded.
+    pub fn scraped(&self, who: String, now: Instant) {
         let Ok(mut seen) = self.seen.lock() else {
             return;
         };
@@ -187,7 +187,7 @@ where
 
     /// Counts `n` (nothing, and no series, for 0): at once in a series already scraped, else
     /// held in a new one created at 0.
-    pub fn add(&mut self, labels: &Labels, n: N, now: Instant) {
+    pub fn add(&mut self, labels: &Labels, n: N) {
         if n == N::default() {
             return;
         }
@@ -196,30 +196,27 @@ where
         } else if self.family.get(labels).is_some() {
             self.family.get_or_create(labels).inc_by(n);
         } else {
-            self.create_at_zero(labels);
-            self.held.insert(
-                labels.clone(),
-                Held {
-                    since: now,
-                    count: n,
-                },
-            );
+            let since = self.create_at_zero(labels);
+            self.held.insert(labels.clone(), Held { since, count: n });
         }
     }
 
-    fn create_at_zero(&self, labels: &Labels) {
+    /// Creates a series at 0 and returns when it existed: read from the clock *after* creating
+    /// it, so a scrape that began later (`Scrapers::have_seen`) has encoded it, at 0.
+    fn create_at_zero(&self, labels: &Labels) -> Instant {
         // Getting a series creates it, at 0; the guard is dropped at once.
         let _ = self.family.get_or_create(labels);
+        Instant::now()
     }
 
     /// Creates a series at 0, to count into once scraped (bounded label sets, known in advance).
-    pub fn create(&mut self, labels: &Labels, now: Instant) {
+    pub fn create(&mut self, labels: &Labels) {
         if self.family.get(labels).is_none() {
-            self.create_at_zero(labels);
+            let since = self.create_at_zero(labels);
             self.held.insert(
                 labels.clone(),
                 Held {
-                    since: now,
+                    since,
                     count: N::default(),
                 },
             );
@@ -249,19 +246,106 @@ where
     }
 }
 
+/// A count kept twice: per owner (the `--by` labels, whose series come and go with processes
+/// and fold into `other`), and for the whole node under the bounded labels alone, in a
+/// `memtrace_node_*` family whose series all exist at 0 from the start. Sums over the node so
+/// read 0 on a healthy one rather than "No data", and keep the counts of removed series.
+pub struct Tally<N = u64> {
+    owners: Counters<N>,
+    node: Counters<N>,
+}
+
+impl<N> Tally<N>
+where
+    N: Copy + Default + PartialEq + std::ops::AddAssign,
+    AtomicU64: Atomic<N>,
+    Family<Labels, Counter<N, AtomicU64>>: prometheus_client::registry::Metric,
+{
+    /// Registers `name` and `memtrace_node_<name without memtrace_>`, the latter with a series
+    /// at 0 for each of `bounded`'s values (none: one series without labels).
+    fn register(
+        registry: &mut Registry,
+        name: &str,
+        help: &str,
+        unit: Option<Unit>,
+        bounded: Option<(&'static str, &[&str])>,
+    ) -> Tally<N> {
+        let owners = Family::<Labels, Counter<N, AtomicU64>>::default();
+        let node = Family::<Labels, Counter<N, AtomicU64>>::default();
+        let node_name = format!("memtrace_node_{}", name.trim_start_matches("memtrace_"));
+        let node_help = format!("{help}; summed over the node (every owner, exited ones too)");
+        match unit {
+            Some(unit) => {
+                registry.register_with_unit(name, help, unit.clone(), owners.clone());
+                registry.register_with_unit(node_name, node_help, unit, node.clone());
+            }
+            None => {
+                registry.register(name, help, owners.clone());
+                registry.register(node_name, node_help, node.clone());
+            }
+        }
+        let mut tally = Tally {
+            owners: Counters::new(owners),
+            node: Counters::new(node),
+        };
+        match bounded {
+            Some((key, values)) => {
+                for value in values {
+                    tally.node.create(&vec![(key, (*value).to_owned())]);
+                }
+            }
+            None => tally.node.create(&Vec::new()),
+        }
+        tally
+    }
+
+    /// Counts `n` for `owner`, under the bounded label `bounded` if the family has one.
+    fn add(&mut self, owner: &Labels, bounded: Option<(&'static str, &str)>, n: N) {
+        let (owned, node) = match bounded {
+            Some((key, value)) => (with(owner, key, value), vec![(key, value.to_owned())]),
+            None => (owner.clone(), Vec::new()),
+        };
+        self.owners.add(&owned, n);
+        self.node.add(&node, n);
+    }
+
+    /// Creates the owner's series at 0 (the node's exist from the start).
+    fn create(&mut self, owner: &Labels, bounded: Option<(&'static str, &str)>) {
+        let owned = match bounded {
+            Some((key, value)) => with(owner, key, value),
+            None => owner.clone(),
+        };
+        self.owners.create(&owned);
+    }
+
+    fn release(&mut self, scrapers: &Scrapers, now: Instant) {
+        self.owners.release(scrapers, now);
+        self.node.release(scrapers, now);
+    }
+
+    /// Removes an owner's series; the node's totals keep what it counted.
+    fn remove(&mut self, owner: &Labels, bounded: Option<(&'static str, &str)>) {
+        let owned = match bounded {
+            Some((key, value)) => with(owner, key, value),
+            None => owner.clone(),
+        };
+        self.owners.remove(&owned);
+    }
+}
+
 pub struct Metrics {
     registry: Arc<Registry>,
     scrapers: Arc<Scrapers>,
     by: Vec<SeriesLabel>,
     series: SeriesLimit,
     syscall_names: Vec<&'static str>,
-    faults: Counters,
-    syscalls: Counters,
-    syscall_errors: Counters,
-    bytes: Counters,
-    oom_kills: Counters,
-    stalls: Counters,
-    stall_seconds: Counters<f64>,
+    faults: Tally,
+    syscalls: Tally,
+    syscall_errors: Tally,
+    bytes: Tally,
+    oom_kills: Tally,
+    stalls: Tally,
+    stall_seconds: Tally<f64>,
     dropped: Counters,
     program_time: Family<Labels, FloatCounter>,
     program_runs: Counters,
@@ -276,52 +360,59 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(by: &[SeriesLabel], max_series: usize, syscall_names: Vec<&'static str>) -> Metrics {
         let mut registry = Registry::default();
-        let faults = Family::default();
-        registry.register(
+        let stall_kinds: Vec<&str> = StallKind::ALL.iter().map(|kind| kind.name()).collect();
+        let faults = Tally::register(
+            &mut registry,
             "memtrace_page_faults",
             "Page faults, by kind (minor: no I/O; major: waited for I/O), counted in the kernel",
-            faults.clone(),
+            None,
+            Some(("kind", &["minor", "major"])),
         );
-        let syscalls = Family::default();
-        registry.register(
+        let syscalls = Tally::register(
+            &mut registry,
             "memtrace_alloc_syscalls",
             "Completed memory-allocation syscalls (brk, mmap, munmap, mremap, mprotect, madvise)",
-            syscalls.clone(),
+            None,
+            Some(("syscall", &syscall_names)),
         );
-        let syscall_errors = Family::default();
-        registry.register(
+        let syscall_errors = Tally::register(
+            &mut registry,
             "memtrace_alloc_syscall_errors",
             "Memory-allocation syscalls that returned an error",
-            syscall_errors.clone(),
+            None,
+            Some(("syscall", &syscall_names)),
         );
-        let bytes = Family::default();
-        registry.register_with_unit(
+        let bytes = Tally::register(
+            &mut registry,
             "memtrace_alloc",
             "Bytes mapped by mmap, unmapped by munmap, of program-break growth and shrinkage, and \
              of mremap size changes, by op",
-            Unit::Bytes,
-            bytes.clone(),
+            Some(Unit::Bytes),
+            Some(("op", &BYTE_OPS)),
         );
-        let oom_kills = Family::default();
-        registry.register(
+        let oom_kills = Tally::register(
+            &mut registry,
             "memtrace_oom_kills",
-            "Processes killed by the OOM killer, by the victim's command name and memory cgroup",
-            oom_kills.clone(),
+            "Processes killed by the OOM killer (the victim's command name and memory cgroup label \
+             the per-owner series)",
+            None,
+            None,
         );
-        let stalls = Family::default();
-        registry.register(
+        let stalls = Tally::register(
+            &mut registry,
             "memtrace_reclaim_stalls",
             "Times a task stalled for memory, by kind (direct: reclaim because free memory ran \
              low; memcg: reclaim at its memory cgroup's limit; compaction; throttled: made to \
              wait for writeback by reclaim), ended and counted in the kernel",
-            stalls.clone(),
+            None,
+            Some(("kind", &stall_kinds)),
         );
-        let stall_seconds = Family::default();
-        registry.register_with_unit(
+        let stall_seconds = Tally::register(
+            &mut registry,
             "memtrace_reclaim_stall",
             "Time tasks spent in those stalls, by kind",
-            Unit::Seconds,
-            stall_seconds.clone(),
+            Some(Unit::Seconds),
+            Some(("kind", &stall_kinds)),
         );
         let dropped = Family::default();
         registry.register(
@@ -388,13 +479,13 @@ impl Metrics {
             by: by.to_vec(),
             series: SeriesLimit::new(max_series),
             syscall_names,
-            faults: Counters::new(faults),
-            syscalls: Counters::new(syscalls),
-            syscall_errors: Counters::new(syscall_errors),
-            bytes: Counters::new(bytes),
-            oom_kills: Counters::new(oom_kills),
-            stalls: Counters::new(stalls),
-            stall_seconds: Counters::new(stall_seconds),
+            faults,
+            syscalls,
+            syscall_errors,
+            bytes,
+            oom_kills,
+            stalls,
+            stall_seconds,
             dropped: Counters::new(dropped),
             program_time,
             program_runs: Counters::new(program_runs),
@@ -420,19 +511,19 @@ impl Metrics {
     /// Adds the held counts of new series every scraper has seen at 0 (once per reading).
     pub fn release_held(&mut self, now: Instant) {
         let scrapers = Arc::clone(&self.scrapers);
-        for counters in [
+        for tally in [
             &mut self.faults,
             &mut self.syscalls,
             &mut self.syscall_errors,
             &mut self.bytes,
             &mut self.oom_kills,
             &mut self.stalls,
-            &mut self.dropped,
-            &mut self.program_runs,
         ] {
-            counters.release(&scrapers, now);
+            tally.release(&scrapers, now);
         }
         self.stall_seconds.release(&scrapers, now);
+        self.dropped.release(&scrapers, now);
+        self.program_runs.release(&scrapers, now);
     }
 
     /// The (admitted) labels a process's counts go under. Container, pod, QoS class and unit
@@ -465,10 +556,9 @@ impl Metrics {
         self.by.contains(&SeriesLabel::Pid)
     }
 
-    pub fn add_faults(&mut self, labels: &Labels, minor: u64, major: u64, now: Instant) {
-        let faults = &mut self.faults;
-        faults.add(&with(labels, "kind", "minor"), minor, now);
-        faults.add(&with(labels, "kind", "major"), major, now);
+    pub fn add_faults(&mut self, labels: &Labels, minor: u64, major: u64) {
+        self.faults.add(labels, Some(("kind", "minor")), minor);
+        self.faults.add(labels, Some(("kind", "major")), major);
     }
 
     /// A syscall's error counter exists (at 0) as soon as its call counter does, so that error
@@ -479,55 +569,47 @@ impl Metrics {
         syscall: &'static str,
         calls: u64,
         errors: u64,
-        now: Instant,
     ) {
         if calls > 0 {
-            let labels = with(labels, "syscall", syscall);
-            self.syscalls.add(&labels, calls, now);
-            self.syscall_errors.create(&labels, now);
-            self.syscall_errors.add(&labels, errors, now);
+            let syscall = Some(("syscall", syscall));
+            self.syscalls.add(labels, syscall, calls);
+            self.syscall_errors.create(labels, syscall);
+            self.syscall_errors.add(labels, syscall, errors);
         }
     }
 
-    pub fn add_bytes(&mut self, labels: &Labels, op: &'static str, bytes: u64, now: Instant) {
-        self.bytes.add(&with(labels, "op", op), bytes, now);
+    pub fn add_bytes(&mut self, labels: &Labels, op: &'static str, bytes: u64) {
+        self.bytes.add(labels, Some(("op", op)), bytes);
     }
 
-    pub fn add_oom_kill(&mut self, labels: &Labels, now: Instant) {
-        self.oom_kills.add(labels, 1, now);
+    pub fn add_oom_kill(&mut self, labels: &Labels) {
+        self.oom_kills.add(labels, None, 1);
     }
 
     /// Stalls of one kind: their number, and their time. The seconds series is created with the
     /// count's, so that a mean stall (one divided by the other) always has both sides.
-    pub fn add_stalls(
-        &mut self,
-        labels: &Labels,
-        kind: &'static str,
-        count: u64,
-        seconds: f64,
-        now: Instant,
-    ) {
+    pub fn add_stalls(&mut self, labels: &Labels, kind: &'static str, count: u64, seconds: f64) {
         if count > 0 {
-            let labels = with(labels, "kind", kind);
-            self.stalls.add(&labels, count, now);
-            self.stall_seconds.create(&labels, now);
-            self.stall_seconds.add(&labels, seconds, now);
+            let kind = Some(("kind", kind));
+            self.stalls.add(labels, kind, count);
+            self.stall_seconds.create(labels, kind);
+            self.stall_seconds.add(labels, kind, seconds);
         }
     }
 
     /// Drop counters exist from the start, at 0, so that an alert on them never meets a gap.
-    pub fn add_dropped(&mut self, source: &'static str, n: u64, now: Instant) {
+    pub fn add_dropped(&mut self, source: &'static str, n: u64) {
         let labels = vec![("source", source.to_owned())];
-        self.dropped.create(&labels, now);
-        self.dropped.add(&labels, n, now);
+        self.dropped.create(&labels);
+        self.dropped.add(&labels, n);
     }
 
     /// A program's run counters (`--bpf-stats`: its programs are known from the start).
-    pub fn add_program_run(&mut self, program: &str, seconds: f64, runs: u64, now: Instant) {
+    pub fn add_program_run(&mut self, program: &str, seconds: f64, runs: u64) {
         let labels = vec![("program", program.to_owned())];
         self.program_time.get_or_create(&labels).inc_by(seconds);
-        self.program_runs.create(&labels, now);
-        self.program_runs.add(&labels, runs, now);
+        self.program_runs.create(&labels);
+        self.program_runs.add(&labels, runs);
     }
 
     pub fn add_failed_reading(&self) {
@@ -558,21 +640,21 @@ impl Metrics {
             return;
         }
         for kind in ["minor", "major"] {
-            self.faults.remove(&with(labels, "kind", kind));
+            self.faults.remove(labels, Some(("kind", kind)));
         }
         for &syscall in &self.syscall_names {
-            self.syscalls.remove(&with(labels, "syscall", syscall));
+            self.syscalls.remove(labels, Some(("syscall", syscall)));
             self.syscall_errors
-                .remove(&with(labels, "syscall", syscall));
+                .remove(labels, Some(("syscall", syscall)));
         }
         for op in BYTE_OPS {
-            self.bytes.remove(&with(labels, "op", op));
+            self.bytes.remove(labels, Some(("op", op)));
         }
-        self.oom_kills.remove(labels);
+        self.oom_kills.remove(labels, None);
         for kind in StallKind::ALL {
-            let labels = with(labels, "kind", kind.name());
-            self.stalls.remove(&labels);
-            self.stall_seconds.remove(&labels);
+            let kind = Some(("kind", kind.name()));
+            self.stalls.remove(labels, kind);
+            self.stall_seconds.remove(labels, kind);
         }
         self.series.release(labels);
     }
@@ -584,8 +666,24 @@ impl Metrics {
 
 /// The OpenMetrics text `prometheus-client` writes (what Prometheus asks for when it scrapes).
 pub fn openmetrics(registry: &Registry) -> Result<String, std::fmt::Error> {
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, registry)?;
+    let mut encoded = String::new();
+    prometheus_client::encoding::text::encode(&mut encoded, registry)?;
+    // The client writes an unlabelled series of a family as `name{} 1`; readers take it, but
+    // people read `name 1`.
+    let mut text = String::with_capacity(encoded.len());
+    for line in encoded.lines() {
+        let name_end = line
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .unwrap_or(line.len());
+        match line[name_end..].strip_prefix("{}") {
+            Some(rest) if !line.starts_with('#') => {
+                text.push_str(&line[..name_end]);
+                text.push_str(rest);
+            }
+            _ => text.push_str(line),
+        }
+        text.push('\n');
+    }
     Ok(text)
 }
 
@@ -661,8 +759,9 @@ mod tests {
     }
 
     /// Has a scraper see what is there now, then releases what it has seen at 0.
-    fn scrape_then_read(metrics: &mut Metrics, at: Instant) {
-        metrics.scrapers().scraping("prometheus".into(), at);
+    fn scrape_then_read(metrics: &mut Metrics) {
+        let at = Instant::now();
+        metrics.scrapers().scraped("prometheus".into(), at);
         metrics.release_held(at + Duration::from_millis(1));
     }
 
@@ -675,13 +774,12 @@ mod tests {
             cgroup: "/x".into(),
         };
         let series = metrics.labels_of(&who);
-        let now = Instant::now();
-        metrics.add_faults(&series, 5, 0, now);
-        metrics.add_syscalls(&series, "mmap", 3, 1, now);
-        metrics.add_bytes(&series, "mmap", 4096, now);
-        metrics.add_oom_kill(&series, now);
-        metrics.add_dropped("fault_table_full", 2, now);
-        scrape_then_read(&mut metrics, now + Duration::from_millis(1));
+        metrics.add_faults(&series, 5, 0);
+        metrics.add_syscalls(&series, "mmap", 3, 1);
+        metrics.add_bytes(&series, "mmap", 4096);
+        metrics.add_oom_kill(&series);
+        metrics.add_dropped("fault_table_full", 2);
+        scrape_then_read(&mut metrics);
         let mut text = String::new();
         encode(&mut text, &metrics.registry()).unwrap();
         for line in [
@@ -699,7 +797,7 @@ mod tests {
             );
         }
         assert!(
-            !text.contains(r#"kind="major""#),
+            !text.contains(r#"cgroup="/x",kind="major""#),
             "zero deltas create no series"
         );
     }
@@ -722,14 +820,14 @@ mod tests {
         });
         let t0 = Instant::now();
         let kills = r#"memtrace_oom_kills_total{comm="hog"}"#;
-        metrics.add_oom_kill(&labels, t0);
+        metrics.add_oom_kill(&labels);
         metrics.release_held(t0);
         assert_eq!(sample(&metrics, kills).as_deref(), Some("0"), "born at 0");
         // Scraped at 0 (the scrape began after the series was created): the kill now counts,
         // and later ones at once.
-        scrape_then_read(&mut metrics, t0 + Duration::from_millis(5));
+        scrape_then_read(&mut metrics);
         assert_eq!(sample(&metrics, kills).as_deref(), Some("1"));
-        metrics.add_oom_kill(&labels, t0 + Duration::from_millis(10));
+        metrics.add_oom_kill(&labels);
         assert_eq!(sample(&metrics, kills).as_deref(), Some("2"));
     }
 
@@ -740,21 +838,21 @@ mod tests {
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         // Two Prometheus replicas scraping every second, a second apart; a one-off curl.
         for ms in [0, 1000] {
-            scrapers.scraping("10.0.0.1 Prometheus".into(), at(ms));
-            scrapers.scraping("10.0.0.2 Prometheus".into(), at(ms + 500));
+            scrapers.scraped("10.0.0.1 Prometheus".into(), at(ms));
+            scrapers.scraped("10.0.0.2 Prometheus".into(), at(ms + 500));
         }
-        scrapers.scraping("10.0.0.9 curl".into(), at(1200));
+        scrapers.scraped("10.0.0.9 curl".into(), at(1200));
         let created = at(1600);
-        scrapers.scraping("10.0.0.1 Prometheus".into(), at(2000));
+        scrapers.scraped("10.0.0.1 Prometheus".into(), at(2000));
         assert!(
             !scrapers.have_seen(created, at(2100)),
             "the second replica has not scraped since"
         );
-        scrapers.scraping("10.0.0.2 Prometheus".into(), at(2500));
+        scrapers.scraped("10.0.0.2 Prometheus".into(), at(2500));
         assert!(scrapers.have_seen(created, at(2600)));
         // A replica gone quiet (twice its interval and 5 s) no longer holds counts back.
         let later = at(2700);
-        scrapers.scraping("10.0.0.1 Prometheus".into(), at(3000));
+        scrapers.scraped("10.0.0.1 Prometheus".into(), at(3000));
         assert!(!scrapers.have_seen(later, at(3100)));
         assert!(scrapers.have_seen(later, at(20_000)));
     }
@@ -764,15 +862,15 @@ mod tests {
         let scrapers = Scrapers::default();
         let t0 = Instant::now();
         assert!(!scrapers.have_seen(t0, t0 + Duration::from_secs(1)));
-        scrapers.scraping("127.0.0.1 Prometheus".into(), t0 + Duration::from_secs(2));
+        scrapers.scraped("127.0.0.1 Prometheus".into(), t0 + Duration::from_secs(2));
         assert!(scrapers.have_seen(t0, t0 + Duration::from_secs(3)));
 
         let mut counters = Counters::new(Family::default());
         let labels = vec![("comm", "x".to_owned())];
-        counters.add(&labels, 3, t0);
+        counters.add(&labels, 3);
         counters.release(&Scrapers::default(), t0 + Duration::from_secs(1));
         assert_eq!(counters.held(), 1, "nobody has scraped it");
-        counters.release(&Scrapers::default(), t0 + MAX_HOLD);
+        counters.release(&Scrapers::default(), Instant::now() + MAX_HOLD);
         assert_eq!(counters.held(), 0, "held at most MAX_HOLD");
         assert_eq!(counters.family.get_or_create(&labels).get(), 3);
     }
@@ -824,10 +922,9 @@ mod tests {
         let first = metrics.labels_of(&who(1));
         let folded = metrics.labels_of(&who(2));
         assert_eq!(folded, vec![("pid", "other".to_owned())]);
-        let now = Instant::now();
-        metrics.add_faults(&first, 1, 0, now);
-        metrics.add_faults(&folded, 7, 0, now);
-        scrape_then_read(&mut metrics, now + Duration::from_millis(1));
+        metrics.add_faults(&first, 1, 0);
+        metrics.add_faults(&folded, 7, 0);
+        scrape_then_read(&mut metrics);
         metrics.forget(&folded);
         let mut text = String::new();
         encode(&mut text, &metrics.registry()).unwrap();
@@ -846,14 +943,55 @@ mod tests {
             cgroup: String::new(),
         };
         let series = metrics.labels_of(&who);
-        let now = Instant::now();
-        metrics.add_faults(&series, 1, 1, now);
-        metrics.add_syscalls(&series, "mmap", 1, 0, now);
+        metrics.add_faults(&series, 1, 1);
+        metrics.add_syscalls(&series, "mmap", 1, 0);
         assert_eq!(metrics.series(), 1);
         metrics.forget(&series);
         let mut text = String::new();
         encode(&mut text, &metrics.registry()).unwrap();
         assert!(!text.contains(r#"pid="42""#), "{text}");
         assert_eq!(metrics.series(), 0);
+    }
+
+    #[test]
+    fn node_totals_exist_at_zero_from_the_start_and_outlive_their_processes() {
+        let mut metrics = Metrics::new(&[SeriesLabel::Pid], 10, vec!["mmap"]);
+        let kills = "memtrace_node_oom_kills_total";
+        let minor = r#"memtrace_node_page_faults_total{kind="minor"}"#;
+        assert_eq!(sample(&metrics, kills).as_deref(), Some("0"));
+        assert_eq!(sample(&metrics, minor).as_deref(), Some("0"));
+        for line in [
+            r#"memtrace_node_alloc_syscalls_total{syscall="mmap"}"#,
+            r#"memtrace_node_alloc_bytes_total{op="brk_grow"}"#,
+            r#"memtrace_node_reclaim_stall_seconds_total{kind="memcg"}"#,
+        ] {
+            let value = sample(&metrics, line).map(|v| v.parse::<f64>().unwrap());
+            assert_eq!(value, Some(0.0), "{line}");
+        }
+        scrape_then_read(&mut metrics);
+        let series = metrics.labels_of(&Identity {
+            pid: 42,
+            comm: String::new(),
+            cgroup: String::new(),
+        });
+        metrics.add_faults(&series, 3, 0);
+        metrics.add_oom_kill(&series);
+        assert_eq!(
+            sample(&metrics, minor).as_deref(),
+            Some("3"),
+            "scraped at 0 already"
+        );
+        assert_eq!(sample(&metrics, kills).as_deref(), Some("1"));
+        let text = openmetrics(&metrics.registry()).unwrap();
+        assert!(
+            text.contains("\nmemtrace_node_oom_kills_total 1\n"),
+            "{text}"
+        );
+        metrics.forget(&series);
+        assert_eq!(
+            sample(&metrics, minor).as_deref(),
+            Some("3"),
+            "kept after its process"
+        );
     }
 }

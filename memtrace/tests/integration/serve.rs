@@ -393,6 +393,13 @@ fn prometheus_sees_the_kernels_fault_count_and_the_cgroups_oom_kill() {
         increase.is_some_and(|n| n > 0.5),
         "{expr} = {increase:?} after an OOM kill"
     );
+    // So is it to the node's total, which was there at 0 before any kill.
+    let expr = "sum(increase(memtrace_node_oom_kills_total[1m]))";
+    let increase = prometheus.wait_above(expr, 0.5);
+    assert!(
+        increase.is_some_and(|n| n > 0.5),
+        "{expr} = {increase:?} after an OOM kill"
+    );
     let deadline = Instant::now() + common::patience(30);
     let alert = loop {
         let firing = prometheus.firing();
@@ -488,6 +495,54 @@ fn prometheus_sees_the_kernels_fault_count_and_the_cgroups_oom_kill() {
         still_loaded_after(&ids, common::patience(RELEASE_SECS)),
         vec![]
     );
+}
+
+/// The metric names docs/serve.md's table documents.
+fn documented_families() -> Vec<String> {
+    let doc =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/serve.md")).unwrap();
+    let names: Vec<String> = doc
+        .lines()
+        .filter(|line| line.starts_with("| `"))
+        .filter_map(|line| line.split('|').nth(1))
+        .flat_map(|cell| cell.split('`').skip(1).step_by(2).map(str::to_owned))
+        .collect();
+    assert!(names.len() >= 20, "{names:?}");
+    names
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn the_first_scrape_has_every_documented_family() {
+    require_root!();
+    let daemon = Daemon::start(&["--bpf-stats"]);
+    let text = daemon.metrics();
+    let has_samples = |name: &str| {
+        text.lines().any(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+    };
+    for name in documented_families() {
+        // A family whose series are per owner may have none yet (no process was OOM-killed):
+        // its node total stands at 0 for it, so that sum(increase(...)) reads 0, not "No data".
+        let node = name.replacen("memtrace_", "memtrace_node_", 1);
+        assert!(
+            has_samples(&name) || (node != name && has_samples(&node)),
+            "neither {name} nor {node} has a series in the first scrape:\n{text}"
+        );
+    }
+    for line in text
+        .lines()
+        .filter(|line| line.starts_with("memtrace_node_"))
+    {
+        let labels = line.split_whitespace().next().unwrap();
+        assert!(
+            !labels.contains("comm=") && !labels.contains("cgroup="),
+            "a node total has an owner label: {line}"
+        );
+    }
+    assert!(daemon.stop().success());
 }
 
 #[test]

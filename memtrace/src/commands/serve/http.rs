@@ -125,15 +125,18 @@ fn router(registry: Arc<Registry>, scrapers: Arc<Scrapers>, health: Arc<Health>)
             "/metrics",
             get(
                 move |ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap| {
-                    // Recorded before encoding: every series created before now is in this
-                    // scrape, at 0 if it is new (see `Scrapers`).
+                    // Every series created before `began` is in this scrape, at 0 if it is new;
+                    // the scrape is recorded once encoded, so no held count is released into
+                    // it meanwhile (see `Scrapers`).
+                    let began = Instant::now();
                     let agent = headers
                         .get(header::USER_AGENT)
                         .and_then(|agent| agent.to_str().ok())
-                        .unwrap_or("");
-                    scrapers.scraping(format!("{} {agent}", peer.ip()), Instant::now());
-                    let registry = Arc::clone(&registry);
-                    async move { metrics_response(&registry, &headers) }
+                        .unwrap_or("")
+                        .to_owned();
+                    let response = metrics_response(&registry, &headers);
+                    scrapers.scraped(format!("{} {agent}", peer.ip()), began);
+                    async move { response }
                 },
             ),
         )

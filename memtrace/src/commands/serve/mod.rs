@@ -385,8 +385,7 @@ impl Daemon {
         for sample in bpf::faults::read(&self.faults.ebpf)? {
             let delta = self.fault_counts.update(sample.key, sample.counts);
             let labels = self.labels(sample.key.tgid, Some((&sample.comm, sample.memcg)), true);
-            self.metrics
-                .add_faults(&labels, delta.minor, delta.major, now);
+            self.metrics.add_faults(&labels, delta.minor, delta.major);
         }
         for (key, counts) in bpf::syscalls::proc_stats(&self.syscalls.ebpf)? {
             let delta = self.syscall_counts.update(key, counts);
@@ -395,9 +394,9 @@ impl Daemon {
             };
             let labels = self.labels(key.tgid, None, false);
             self.metrics
-                .add_syscalls(&labels, syscall.name(), delta.calls, delta.errors, now);
+                .add_syscalls(&labels, syscall.name(), delta.calls, delta.errors);
             for (op, bytes) in byte_ops(syscall, delta) {
-                self.metrics.add_bytes(&labels, op, bytes, now);
+                self.metrics.add_bytes(&labels, op, bytes);
             }
         }
         for sample in bpf::pressure::read(&self.pressure.ebpf)? {
@@ -409,12 +408,12 @@ impl Daemon {
                 let stalls = delta.of(kind);
                 let seconds = stalls.total_ns as f64 / 1e9;
                 self.metrics
-                    .add_stalls(&labels, kind.name(), stalls.count, seconds, now);
+                    .add_stalls(&labels, kind.name(), stalls.count, seconds);
             }
         }
         for (source, n) in self.drops()? {
             let delta = self.dropped.update(source.name(), n);
-            self.metrics.add_dropped(source.name(), delta, now);
+            self.metrics.add_dropped(source.name(), delta);
         }
         if self.program_stats.is_some() {
             let infos: Vec<(String, ProgramInfo)> =
@@ -424,7 +423,7 @@ impl Daemon {
                     .filter_map(|(name, program)| Some((name.to_owned(), program.info().ok()?)))
                     .collect();
             for (name, info) in infos {
-                self.add_program(name, &info, now);
+                self.add_program(name, &info);
             }
         }
         if let Ok((cpu, resident)) = procfs::own_usage() {
@@ -458,11 +457,11 @@ impl Daemon {
         Ok(sums)
     }
 
-    fn add_program(&mut self, name: String, info: &ProgramInfo, now: std::time::Instant) {
+    fn add_program(&mut self, name: String, info: &ProgramInfo) {
         let stats = (info.run_time().as_nanos() as u64, info.run_count());
         let (nanos, runs) = self.programs.update(name.clone(), stats);
         self.metrics
-            .add_program_run(&name, nanos as f64 / 1e9, runs, now);
+            .add_program_run(&name, nanos as f64 / 1e9, runs);
     }
 
     /// The labels of a process: from /proc while it lives, else from what the kernel recorded
@@ -540,8 +539,7 @@ impl Daemon {
                 cgroup: kill.cgroup.path.clone().unwrap_or_else(|| "unknown".into()),
             };
             let labels = self.metrics.labels_of(&who);
-            self.metrics
-                .add_oom_kill(&labels, std::time::Instant::now());
+            self.metrics.add_oom_kill(&labels);
             if let Some(events) = &mut self.events
                 && let Err(err) = events.emit(&kill).and_then(|()| events.flush())
             {
