@@ -19,7 +19,7 @@ mod runtime;
 
 use aya_ebpf::{
     EbpfContext as _, Global,
-    bindings::{BPF_ANY, BPF_RB_NO_WAKEUP},
+    bindings::BPF_ANY,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes,
         generated::{bpf_ktime_get_ns, bpf_probe_read_kernel},
@@ -222,14 +222,13 @@ fn next_seq() -> u64 {
 }
 
 /// A program started (`exec`): a process that may grow into an OOM victim before the sampler's
-/// next scan of every process. Raw: no record is formatted, and it detaches at once.
+/// next scan of every process. Raw: no record is formatted, and it detaches at once. The
+/// sampler is woken (the kernel's default: only when it has read everything before), so that
+/// a process killed within a second of its start has a history from its start.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn mt_oom_exec(_ctx: RawTracePointContext) -> i32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if NEW_PROCESSES
-        .output::<u32>(&tgid, u64::from(BPF_RB_NO_WAKEUP))
-        .is_err()
-    {
+    if NEW_PROCESSES.output::<u32>(&tgid, 0).is_err() {
         drops::count(DropSource::NewProcessRingFull);
     }
     0

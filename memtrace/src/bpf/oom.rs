@@ -139,21 +139,38 @@ pub fn load(layout: &OomLayout, new_processes: bool) -> anyhow::Result<Loaded> {
 /// The processes that ran `exec` since the last drain, from the `NEW_PROCESSES` ring buffer
 /// (read from its shared memory: no system call).
 pub struct NewProcesses {
-    ring: RingBuf<MapData>,
+    ring: AsyncFd<RingBuf<MapData>>,
 }
 
 impl NewProcesses {
+    /// The ring, awaited through tokio (so within a runtime).
     pub fn open(ebpf: &mut Ebpf) -> anyhow::Result<NewProcesses> {
         let map = ebpf
             .take_map(maps::NEW_PROCESSES)
             .context("the BPF object has no NEW_PROCESSES map")?;
         let ring = RingBuf::try_from(map).context("NEW_PROCESSES map")?;
+        // SAFETY: the AsyncFd owns the ring buffer, and with it its descriptor, for its whole life.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|err| err.into_parts().1)
+            .context("poll NEW_PROCESSES")?;
         Ok(NewProcesses { ring })
+    }
+
+    /// Resolves once the ring has a birth to `drain` (perhaps already drained: a look may have
+    /// taken it meanwhile). Cancel-safe.
+    pub async fn started(&mut self) {
+        match self.ring.readable_mut().await {
+            // Cleared before the drain, so that a birth recorded after it wakes us again.
+            Ok(mut ready) => ready.clear_ready(),
+            // Without polling, births are found by the next regular look.
+            Err(_) => std::future::pending().await,
+        }
     }
 
     pub fn drain(&mut self) -> Vec<u32> {
         let mut pids = Vec::new();
-        while let Some(item) = self.ring.next() {
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
             if let Ok(bytes) = <[u8; 4]>::try_from(&item[..]) {
                 pids.push(u32::from_ne_bytes(bytes));
             }

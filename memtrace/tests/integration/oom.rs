@@ -502,6 +502,63 @@ fn the_victims_history_shows_its_growth_as_it_reported_it() {
 
 #[test]
 #[ignore = "needs root: cargo xtask test"]
+fn a_victim_killed_within_a_second_has_a_history_of_its_growth() {
+    require_root!();
+    let cgroup = TestCgroup::new("fast-history", 64 * MIB);
+    let tracer = Tracer::start(&["oom", "--cgroup", &cgroup.path, "--count", "1"]);
+    // 4 MiB every 50 ms: the 64 MiB limit kills it in under a second (more under TCG).
+    let mut grower = cgroup.spawn(&workload("oom_alloc"), &["steps", "4", "50"]);
+    let reports = growth_reports(&mut grower);
+    let records = wait_for(tracer);
+    assert!(grower.wait().is_ok());
+    let kills = kills(&records);
+    assert_eq!(kills.len(), 1, "{records:?}");
+    let kill = kills[0];
+    assert_eq!(kill["victim"]["pid"], grower.id(), "{kill}");
+    let (first, last) = (reports.first().unwrap().0, reports.last().unwrap().0);
+    let lived = kill["timestamp"].as_f64().unwrap() - first;
+
+    // The first samples may be of the shell that moved it into the cgroup, before its `exec`:
+    // its own history starts at its smallest sample, at its start.
+    let all = kill["victim"]["history"].as_array().unwrap();
+    let rss_of = |p: &Value| p["rss_kb"].as_u64().unwrap();
+    let start = (0..all.len()).min_by_key(|&i| rss_of(&all[i])).unwrap();
+    let history = &all[start..];
+    assert!(
+        history.len() >= 5,
+        "{} samples in a life of {lived:.2} s ({} steps reported, the last {:.2} s after the \
+         first): {kill}",
+        history.len(),
+        reports.len(),
+        last - first
+    );
+    let rss: Vec<u64> = history.iter().map(rss_of).collect();
+    assert!(rss.windows(2).all(|w| w[0] <= w[1]), "RSS {rss:?}");
+    assert!(
+        rss[rss.len() - 1] >= rss[0] + 32 * 1024,
+        "RSS grew only {rss:?} KiB"
+    );
+    // Every sample after the first says what happened since the one before it.
+    let growing = history[1..]
+        .iter()
+        .filter(|p| {
+            p["minor_faults"].as_u64().is_some_and(|n| n > 0)
+                && p["alloc_kb"].as_i64().is_some_and(|kb| kb > 0)
+        })
+        .count();
+    assert!(
+        growing >= 4,
+        "{growing} samples with faults and mappings since the one before: {kill}"
+    );
+    let ts: Vec<f64> = history.iter().map(|p| p["t"].as_f64().unwrap()).collect();
+    assert!(
+        ts.windows(2).all(|w| w[0] > w[1]) && ts[0] <= lived + 0.5,
+        "times before the kill {ts:?}, in a life of {lived:.2} s"
+    );
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
 fn a_machine_wide_oom_kill_names_its_victim_its_trigger_and_no_constraint() {
     require_root!();
     require_guest!("it exhausts the whole machine's memory");

@@ -21,7 +21,7 @@ use std::{
 
 use tokio::time::{Instant, Interval, MissedTickBehavior, interval_at};
 
-use self::watch::Watch;
+use self::watch::{Due, Watch};
 use crate::{
     bpf::oom::NewProcesses,
     cgroup::MemoryHierarchy,
@@ -32,6 +32,34 @@ use crate::{
 
 /// How often the sampler looks (urgent candidates are sampled each time, the others less often).
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// How often a candidate growing fast is sampled, and a new process until its second sample
+/// says whether it does: fast runaway growth, the common OOM, reaches its limit in a second or
+/// two, which would leave a history of one sample at [`SAMPLE_EVERY`].
+pub const FAST_EVERY: Duration = Duration::from_millis(100);
+
+/// Growth at which a candidate is sampled every [`FAST_EVERY`]: at 16 MiB/s a 64 MiB cgroup
+/// fills in 4 s.
+const FAST_GROWTH_KB_PER_S: f64 = 16.0 * 1024.0;
+
+/// Fast samples are kept this long before the kill; older ones are thinned to one a
+/// [`SAMPLE_EVERY`], so that a process growing fast for minutes keeps a history of the usual
+/// size.
+const FAST_SPAN: Duration = Duration::from_secs(3);
+
+/// Samples of one process closer than this are one too many (but for a birth's).
+const MIN_APART: Duration = Duration::from_millis(20);
+
+/// What the sampler is woken for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Look {
+    /// The regular look: scans, urgent candidates, and every candidate now and then.
+    Regular,
+    /// The candidates growing fast.
+    Fast,
+    /// Processes the kernel says were just started: their first sample.
+    Births,
+}
 
 /// One sample of one process.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -62,9 +90,13 @@ pub struct HistorySampler {
     watch: Watch,
     /// The kernel's word of each `exec`.
     new_processes: NewProcesses,
-    /// Stall totals at the last sample.
+    /// Stall totals at the last regular look.
     stalls: HashMap<u32, u64>,
     ticker: Interval,
+    /// When the candidates growing fast are due, while there are some.
+    next_fast: Option<Instant>,
+    /// What the wake `due` returned for is.
+    look: Look,
 }
 
 impl HistorySampler {
@@ -85,28 +117,62 @@ impl HistorySampler {
             new_processes,
             stalls: HashMap::new(),
             ticker,
+            next_fast: None,
+            look: Look::Regular,
         }
     }
 
-    /// Resolves when the next sample is due.
+    /// Resolves when the next sample is due: the regular look, the fast growers' turn, or a
+    /// process started.
     pub async fn due(&mut self) {
-        self.ticker.tick().await;
+        let next_fast = self.next_fast;
+        let fast = async move {
+            match next_fast {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        self.look = tokio::select! {
+            _ = self.ticker.tick() => Look::Regular,
+            () = fast => Look::Fast,
+            () = self.new_processes.started() => Look::Births,
+        };
     }
 
     /// One look: the due candidates sampled. `stalls`: every process's stall time so far (ns),
     /// where stalls are timed. Returns the processes gone since the last scan.
     pub fn sample(&mut self, stalls: Option<HashMap<u32, u64>>) -> Vec<u32> {
-        let born = self.new_processes.drain();
-        let stalled: Vec<u32> = stalls.as_ref().map_or_else(Vec::new, |now| {
-            now.iter()
-                .filter(|&(pid, total)| self.stalls.get(pid) != Some(total))
-                .map(|(&pid, _)| pid)
-                .collect()
-        });
-        let gone = self.watch.tick(born, stalled);
+        let look = std::mem::replace(&mut self.look, Look::Regular);
+        let (gone, due) = match look {
+            Look::Regular => {
+                let born = self.new_processes.drain();
+                let stalled: Vec<u32> = stalls.as_ref().map_or_else(Vec::new, |now| {
+                    now.iter()
+                        .filter(|&(pid, total)| self.stalls.get(pid) != Some(total))
+                        .map(|(&pid, _)| pid)
+                        .collect()
+                });
+                (self.watch.tick(born, stalled), Due::Regular)
+            }
+            Look::Fast => (Vec::new(), Due::Fast),
+            Look::Births => {
+                let born = self.new_processes.drain();
+                (Vec::new(), Due::Only(self.watch.born(born)))
+            }
+        };
         let page_kb = self.page_kb;
         let mut ended = Vec::new();
-        for (pid, candidate) in self.watch.due() {
+        let now = Timestamp::now().unix;
+        for (pid, candidate) in self.watch.due(&due) {
+            // A look right after another (a birth, then the regular tick) adds nothing.
+            let recent = self
+                .rings
+                .get(&pid)
+                .and_then(|ring| ring.samples.back())
+                .is_some_and(|last| now - last.at < MIN_APART.as_secs_f64());
+            if recent && look != Look::Births {
+                continue;
+            }
             let Some(stat) = candidate.stat.read().ok().and_then(procfs::parse_stat) else {
                 ended.push(pid);
                 continue;
@@ -129,10 +195,21 @@ impl HistorySampler {
                 ring.starttime = stat.starttime;
                 ring.samples.clear();
             }
+            // A birth's sample starts the new program's growth: it says nothing of its rate.
+            if let Some(&before) = ring.samples.back()
+                && look != Look::Births
+            {
+                candidate.fast = grows_fast(&before, &sample);
+            }
             ring.samples.push_back(sample);
+            thin(&mut ring.samples, sample.at - FAST_SPAN.as_secs_f64());
         }
         for pid in ended {
             self.watch.forget(pid);
+        }
+        self.next_fast = self.watch.any_fast().then(|| Instant::now() + FAST_EVERY);
+        if look != Look::Regular {
+            return gone;
         }
         // Older samples go; so does a process no longer sampled, once its last sample has.
         let oldest = Timestamp::now().unix
@@ -172,6 +249,33 @@ impl HistorySampler {
             _ => Vec::new(),
         });
     }
+}
+
+/// Whether a process grew fast enough between two samples to be sampled every [`FAST_EVERY`].
+fn grows_fast(before: &Sample, after: &Sample) -> bool {
+    let seconds = after.at - before.at;
+    let grown_kb = after.rss_kb.saturating_sub(before.rss_kb) as f64;
+    seconds > 0.0 && grown_kb / seconds >= FAST_GROWTH_KB_PER_S
+}
+
+/// Thins the samples taken before `fast_since` (the last one excepted) to one a
+/// [`SAMPLE_EVERY`], keeping the oldest of each run: counts stay cumulative, so the history's
+/// deltas are those between the samples kept.
+fn thin(samples: &mut VecDeque<Sample>, fast_since: f64) {
+    let spacing = SAMPLE_EVERY.as_secs_f64() * 0.9;
+    let mut kept: Option<f64> = None;
+    let last = samples.len().saturating_sub(1);
+    let mut i = 0;
+    samples.retain(|sample| {
+        let keep = i == last
+            || sample.at >= fast_since
+            || kept.is_none_or(|kept| sample.at - kept >= spacing);
+        if keep {
+            kept = Some(sample.at);
+        }
+        i += 1;
+        keep
+    });
 }
 
 /// Resolves when the sampler's next sample is due; never, without one (`--history 0`).
@@ -246,5 +350,24 @@ mod tests {
     fn without_timed_stalls_there_is_no_stall_figure() {
         let samples = [sample(1.0, 1, 1, 0, None), sample(2.0, 1, 1, 0, None)];
         assert_eq!(points(&samples, 2.0)[1].reclaim_stall_ms, None);
+    }
+
+    #[test]
+    fn fast_growth_is_judged_by_rate_and_old_fast_samples_are_thinned() {
+        let at = |t: f64, rss_kb: u64| sample(t, rss_kb, rss_kb, 0, None);
+        assert!(grows_fast(&at(0.0, 1024), &at(0.1, 4096)), "30 MiB/s");
+        assert!(!grows_fast(&at(0.0, 1024), &at(1.0, 4096)), "3 MiB/s");
+        assert!(!grows_fast(&at(0.0, 9000), &at(0.1, 1024)), "shrinking");
+
+        // Ten seconds at ten samples a second: the last FAST_SPAN kept whole, the rest one a
+        // second, the oldest kept.
+        let mut samples: VecDeque<Sample> = (0..100).map(|i| at(f64::from(i) / 10.0, 1)).collect();
+        thin(&mut samples, 9.9 - FAST_SPAN.as_secs_f64());
+        let kept: Vec<f64> = samples.iter().map(|s| s.at).collect();
+        assert_eq!(kept[0], 0.0);
+        let (old, recent): (Vec<f64>, Vec<f64>) = kept.iter().partition(|&&t| t < 6.9 - 1e-9);
+        assert!(old.windows(2).all(|w| w[1] - w[0] >= 0.9 - 1e-9), "{old:?}");
+        assert!(old.len() <= 8, "{old:?}");
+        assert_eq!(recent.len(), 31, "{recent:?}");
     }
 }

@@ -62,6 +62,19 @@ pub struct Candidate {
     pub stat: LiveFile,
     /// Sampled at every tick.
     urgent: bool,
+    /// Sampled between ticks too: it grew fast between its last two samples, or is new and has
+    /// one sample yet (set by the sampler).
+    pub fast: bool,
+}
+
+/// Which candidates a look samples.
+pub enum Due {
+    /// The urgent ones, or all of them now and then.
+    Regular,
+    /// Those growing fast.
+    Fast,
+    /// These (just started).
+    Only(Vec<u32>),
 }
 
 /// A memory cgroup with a limit, found by the last scan.
@@ -127,21 +140,42 @@ impl Watch {
             self.watch_cgroups();
             Vec::new()
         };
-        let taken = born.len().min(MAX_NEW - self.new_taken);
-        self.new_taken += taken;
-        self.add(born.into_iter().take(taken), true);
+        self.born(born);
         self.add(stalled, true);
         self.all_due = low || self.ticks.is_multiple_of(CALM_EVERY);
         self.ticks += 1;
         gone
     }
 
-    /// The candidates to sample this tick.
-    pub fn due(&mut self) -> impl Iterator<Item = (u32, &mut Candidate)> {
+    /// Makes processes just started urgent candidates, sampled fast until they are seen not
+    /// to grow fast (at most [`MAX_NEW`] between scans). Returns those taken.
+    pub fn born(&mut self, born: Vec<u32>) -> Vec<u32> {
+        let taken: Vec<u32> = born.into_iter().take(MAX_NEW - self.new_taken).collect();
+        self.new_taken += taken.len();
+        self.add(taken.iter().copied(), true);
+        for pid in &taken {
+            if let Some(candidate) = self.candidates.get_mut(pid) {
+                candidate.fast = true;
+            }
+        }
+        taken
+    }
+
+    /// Whether some candidate is to be sampled between ticks.
+    pub fn any_fast(&self) -> bool {
+        self.candidates.values().any(|candidate| candidate.fast)
+    }
+
+    /// The candidates a look samples.
+    pub fn due<'a>(&'a mut self, due: &'a Due) -> impl Iterator<Item = (u32, &'a mut Candidate)> {
         let all = self.all_due;
         self.candidates
             .iter_mut()
-            .filter(move |(_, candidate)| all || candidate.urgent)
+            .filter(move |(pid, candidate)| match due {
+                Due::Regular => all || candidate.urgent,
+                Due::Fast => candidate.fast,
+                Due::Only(pids) => pids.contains(pid),
+            })
             .map(|(&pid, candidate)| (pid, candidate))
     }
 
@@ -156,7 +190,11 @@ impl Watch {
                 Entry::Occupied(mut known) => known.get_mut().urgent |= urgent,
                 Entry::Vacant(slot) => {
                     if let Ok(stat) = LiveFile::open(format!("/proc/{pid}/stat")) {
-                        slot.insert(Candidate { stat, urgent });
+                        slot.insert(Candidate {
+                            stat,
+                            urgent,
+                            fast: false,
+                        });
                     }
                 }
             }
