@@ -1098,7 +1098,8 @@ fn big_file(suite: &Suite, mib: u64) -> Result<std::path::PathBuf> {
 }
 
 /// `memtrace oom` waits for weeks: what it costs the machine's work meanwhile (it samples the
-/// likely victims each second for their histories), and its own CPU and RSS.
+/// likely victims each second for their histories, and new and fast-growing ones ten times a
+/// second), and its own CPU and RSS.
 fn oom(suite: &Suite) -> Result<String> {
     let faults: u64 = if suite.quick { 200_000 } else { 1_000_000 };
     let calls: u64 = if suite.quick { 100_000 } else { 810_000 };
@@ -1127,9 +1128,21 @@ fn oom(suite: &Suite) -> Result<String> {
         },
         &modes("memtrace oom (history on)"),
     )?;
+    // Each exec wakes the sampler for the new program's first sample, and a young program is
+    // sampled again 100 ms later: the row that pays for fast histories.
+    let spawns: u64 = if suite.quick { 500 } else { 3_000 };
+    let exec_row = measure::overhead(
+        suite,
+        &format!("{spawns} programs started one after another — memtrace oom waiting"),
+        &Workload {
+            binary: suite.compile("spawn_many")?,
+            args: vec![spawns.to_string(), "/bin/true".into()],
+        },
+        &modes("memtrace oom (history on)"),
+    )?;
     let idle_for = Duration::from_secs(if suite.quick { 5 } else { 60 });
     let idle = idle_footprint("memtrace oom", &oom, idle_for)?;
-    Ok(format!("{fault_row}\n{alloc_row}\n{idle}"))
+    Ok(format!("{fault_row}\n{alloc_row}\n{exec_row}\n{idle}"))
 }
 
 /// Starts a long-running command, lets it settle, and measures its CPU time and RSS over

@@ -22,7 +22,8 @@ use axum::{
 };
 use prometheus_client::registry::Registry;
 
-use crate::output::prometheus::{self, Scrapers};
+use super::held::Scrapers;
+use crate::output::prometheus;
 
 /// Whether the kernel's counters are being read: the last successful reading, and the last
 /// failure, shared by the reading loop and the endpoint.

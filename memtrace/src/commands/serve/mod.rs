@@ -13,7 +13,9 @@
 //! For tests only: with `MEMTRACE_FAULT_INJECTION=DIR`, a file `DIR/stall-tick` stalls each
 //! reading while it exists, and `DIR/fail-tick` makes each reading fail.
 
+mod held;
 mod http;
+mod metrics;
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
@@ -30,7 +32,10 @@ use tokio::{
     time::{Instant, Interval, MissedTickBehavior, interval_at},
 };
 
-use self::http::Health;
+use self::{
+    http::Health,
+    metrics::{Identity, Labels, Metrics},
+};
 use crate::{
     aggregate::{cumulative::Deltas, faults::Counts, pressure::Kinds},
     bpf::{
@@ -49,10 +54,7 @@ use crate::{
     },
     error::Failure,
     model::oom::OomRecord,
-    output::{
-        Format, Sink,
-        prometheus::{Identity, Labels, Metrics},
-    },
+    output::{Format, Sink},
     privileges, procfs,
     session::{self, End, Ending, Job, Session, Target},
     syscalls::Syscall,
