@@ -1135,7 +1135,7 @@ fn oom(suite: &Suite) -> Result<String> {
         suite,
         &format!("{spawns} programs started one after another — memtrace oom waiting"),
         &Workload {
-            binary: suite.compile("spawn_many")?,
+            binary: suite.compile("exec_loop")?,
             args: vec![spawns.to_string(), "/bin/true".into()],
         },
         &modes("memtrace oom (history on)"),
