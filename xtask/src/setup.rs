@@ -14,8 +14,10 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// lists loaded programs, strace is the reference for syscall tracing, Prometheus scrapes the
 /// daemon (and its promtool checks the exposition), systemd-analyze verifies the unit,
 /// bpftrace counts the same kernel events as `pressure` independently, heaptrack is the
-/// reference for `leaks --malloc`, groff checks the generated man pages.
-const PACKAGES: [(&str, &str); 9] = [
+/// reference for `leaks --malloc`, groff checks the generated man pages, and Go's `go tool
+/// pprof` reads the `--pprof` profiles back (the reader Pyroscope and Parca share the format
+/// with), so that what it totals is checked against memtrace's own report.
+const PACKAGES: [(&str, &str); 10] = [
     ("bpftool", "bpftool"),
     ("strace", "strace"),
     ("prometheus", "prometheus"),
@@ -25,6 +27,7 @@ const PACKAGES: [(&str, &str); 9] = [
     ("heaptrack", "heaptrack"),
     ("heaptrack_print", "heaptrack"),
     ("groff", "groff-base"),
+    ("go", "golang-go"),
 ];
 
 /// The Kubernetes schema validator the deployment test uses (schemas bundled: works offline).
