@@ -6,6 +6,7 @@ pub mod faults;
 pub mod leaks;
 pub mod mappings;
 pub mod oom;
+pub mod pprof;
 pub mod pressure;
 pub mod prometheus;
 pub mod stacks;
