@@ -32,6 +32,8 @@ EXAMPLES:
   sudo memtrace faults --stacks -- ./myprog     # where: faults per user stack, at the end
   sudo memtrace faults --stacks --folded -o faults.folded --pid 4242
   sudo memtrace faults --stacks --flamegraph faults.svg -- ./myprog
+  sudo memtrace faults --stacks --pprof faults.pb.gz -- ./myprog
+  go tool pprof -top faults.pb.gz               # or -http :8080, Pyroscope, Parca, speedscope
 
 STACKS (--stacks, --by stack): every fault is counted under its user stack, exactly. The stack
 is unwound with the binaries' unwind tables (.eh_frame), so code built without frame pointers
@@ -132,7 +134,9 @@ EXAMPLES:
   sudo memtrace leaks --malloc --min-age 60 --pid 4242   # only blocks a minute old or more
   sudo memtrace leaks --malloc --sample 100 --pid 4242   # record 1 block in 100: a small table
   sudo memtrace leaks --malloc -- ./myprog         # what it had not freed at exit
-  sudo memtrace leaks --folded -o maps.folded --pid 4242   # bytes per stack, for flame graphs";
+  sudo memtrace leaks --folded -o maps.folded --pid 4242   # bytes per stack, for flame graphs
+  sudo memtrace leaks --malloc --pprof heap.pb.gz -- ./myprog   # for go tool pprof, Pyroscope
+  go tool pprof -top -sample_index=blocks heap.pb.gz        # blocks rather than bytes";
 
 /// What processes have mapped (or allocated) and not released, by stack.
 #[derive(Debug, Args)]
@@ -170,6 +174,13 @@ pub struct LeaksArgs {
     /// Also draw the final report's flame graph (bytes outstanding per stack) into FILE (SVG)
     #[arg(long, value_name = "FILE.svg")]
     pub flamegraph: Option<PathBuf>,
+
+    /// Also write the final report as a pprof profile into FILE (gzipped profile.proto), for
+    /// `go tool pprof -top FILE` (or `-http :8080 FILE`), Pyroscope, Parca or speedscope. Its
+    /// sample types: bytes/bytes (the default) and regions/count (with --malloc: blocks/count),
+    /// outstanding per stack; labels pid and comm; mappings with the files' build ids
+    #[arg(long, value_name = "FILE.pb.gz")]
+    pub pprof: Option<PathBuf>,
 
     /// Write the report to FILE instead of standard output
     #[arg(short, long, value_name = "FILE")]
@@ -537,6 +548,13 @@ pub struct FaultsArgs {
     #[arg(long, value_name = "FILE.svg")]
     pub flamegraph: Option<PathBuf>,
 
+    /// With --stacks: also write the stacks as a pprof profile into FILE (gzipped
+    /// profile.proto), for `go tool pprof -top FILE` (or `-http :8080 FILE`), Pyroscope, Parca
+    /// or speedscope. Its sample types: faults/count (the default), minor_faults/count and
+    /// major_faults/count per stack; labels pid and comm; mappings with the files' build ids
+    #[arg(long, value_name = "FILE.pb.gz")]
+    pub pprof: Option<PathBuf>,
+
     /// With --stacks: capacity of the kernel's stack tables (distinct stacks and places;
     /// default 65536). Stacks beyond it are still counted, each sent whole to memtrace
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -562,7 +580,8 @@ EXAMPLES:
   sudo memtrace trace -c --duration 30             # the same for the whole system, for 30 s
   sudo memtrace trace --json -o calls.jsonl -- ./myprog
   sudo memtrace trace -k -e mmap -- ./myprog       # each call with its user stack
-  sudo memtrace trace -c -k -- ./myprog            # calls and bytes per stack";
+  sudo memtrace trace -c -k -- ./myprog            # calls and bytes per stack
+  sudo memtrace trace -c -k --pprof calls.pb.gz -- ./myprog   # the same, for go tool pprof";
 
 /// Allocation syscalls call by call, paired and filtered in the kernel.
 ///
@@ -604,6 +623,14 @@ pub struct TraceArgs {
     /// the user frames
     #[arg(long, requires = "stack")]
     pub kernel_stack: bool,
+
+    /// With -c --stack: also write the calls per stack as a pprof profile into FILE (gzipped
+    /// profile.proto), for `go tool pprof -top FILE` (or `-http :8080 FILE`), Pyroscope, Parca
+    /// or speedscope. Its sample types: calls/count (the default) and bytes/bytes (the length
+    /// argument, or the break's movement) per syscall and user stack; labels syscall, pid and
+    /// comm; mappings with the files' build ids
+    #[arg(long, value_name = "FILE.pb.gz")]
+    pub pprof: Option<PathBuf>,
 
     /// With --stack: capacity of the kernel's stack tables (distinct stacks and places;
     /// default 65536)

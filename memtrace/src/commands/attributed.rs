@@ -5,6 +5,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::Path,
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -233,12 +234,22 @@ impl Attributed {
         }
     }
 
-    /// Writes the report (stacks, mappings or files) and draws its flame graph if asked.
-    pub fn report(&mut self, sink: &mut Sink, flamegraph: Option<&Path>) -> anyhow::Result<()> {
+    /// Writes the report (stacks, mappings or files), draws its flame graph and writes the
+    /// stacks' profile (of the session's `duration`) if asked.
+    pub fn report(
+        &mut self,
+        sink: &mut Sink,
+        flamegraph: Option<&Path>,
+        pprof: Option<&Path>,
+        duration: Duration,
+    ) -> anyhow::Result<()> {
         let (lines, title) = match self.by {
             FaultsBy::Stack => {
                 let report = self.stack_report()?;
                 sink.emit(&report)?;
+                if let Some(path) = pprof {
+                    report.profile().ending_now(duration).write(path)?;
+                }
                 (report.folded_lines(), "Page faults by stack")
             }
             FaultsBy::File => {

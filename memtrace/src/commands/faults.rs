@@ -57,6 +57,8 @@ pub struct FaultsConfig {
     pub by: FaultsBy,
     /// Where to draw the flame graph of the stacks.
     pub flamegraph: Option<PathBuf>,
+    /// Where to write the stacks as a pprof profile.
+    pub pprof: Option<PathBuf>,
     /// Capacity of the kernel's stack tables.
     pub max_stacks: u32,
 }
@@ -76,7 +78,16 @@ impl TryFrom<FaultsArgs> for FaultsConfig {
                 "--folded and --flamegraph draw stacks: add --stacks".into(),
             ));
         }
-        let format = Format::of_stacks(args.folded, args.json, args.flamegraph.as_deref())?;
+        if args.pprof.is_some() && by != FaultsBy::Stack {
+            return Err(Failure::Usage(
+                "--pprof writes the stacks: add --stacks (--by mapping and file have none)".into(),
+            ));
+        }
+        let format = Format::of_stacks(
+            args.folded,
+            args.json,
+            &[args.flamegraph.as_deref(), args.pprof.as_deref()],
+        )?;
         Ok(FaultsConfig {
             session: session::Options {
                 target,
@@ -93,6 +104,7 @@ impl TryFrom<FaultsArgs> for FaultsConfig {
             max_processes: args.max_processes.unwrap_or(MAX_FAULT_KEYS),
             by,
             flamegraph: args.flamegraph,
+            pprof: args.pprof,
             max_stacks: args.max_stacks.unwrap_or(MAX_STACKS),
         })
     }
@@ -390,7 +402,12 @@ impl Job for Faults<'_> {
             });
         // The stacks (or mappings) come before the summary, always a report's last record.
         if let Source::Attribution(attributed) = &mut self.source {
-            attributed.report(sink, self.config.flamegraph.as_deref())?;
+            attributed.report(
+                sink,
+                self.config.flamegraph.as_deref(),
+                self.config.pprof.as_deref(),
+                ending.duration,
+            )?;
         }
         let dropped = self.drops()?;
         sink.emit(&Summary {

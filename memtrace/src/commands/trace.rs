@@ -6,7 +6,7 @@
 //! spawned) → the ring buffer drained into lines or JSON until the session ends → the kernel's
 //! per-syscall statistics as the summary.
 
-use std::{io, time::Duration};
+use std::{io, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use memtrace_common::{
@@ -29,7 +29,7 @@ use crate::{
     enrich::fds,
     error::Failure,
     output::{
-        Format, Sink,
+        self, Format, Sink,
         trace::{CallRecord, Start, Summary, WallClock},
     },
     session::{self, End, Ending, Job, Session, Target},
@@ -58,6 +58,8 @@ pub struct TraceConfig {
     pub stacks: Option<u32>,
     /// With each call's kernel stack too.
     pub kernel_stacks: bool,
+    /// `-c --stack`: where to write the calls per stack as a pprof profile.
+    pub pprof: Option<PathBuf>,
 }
 
 impl TryFrom<TraceArgs> for TraceConfig {
@@ -73,6 +75,14 @@ impl TryFrom<TraceArgs> for TraceConfig {
             ));
         }
         let target = Target::from_flags(args.command, None, args.pids)?;
+        if let Some(path) = &args.pprof {
+            if !(args.summary && args.stack) {
+                return Err(Failure::Usage(
+                    "--pprof writes the calls counted per stack: add -c --stack (-c -k)".into(),
+                ));
+            }
+            output::create_file(path)?;
+        }
         let default_threads = match target {
             Target::System => MAX_PENDING,
             _ => MAX_PENDING_TARGETED,
@@ -97,6 +107,7 @@ impl TryFrom<TraceArgs> for TraceConfig {
             summary: args.summary,
             kernel_stacks: args.kernel_stack,
             stacks: args.stack.then(|| args.max_stacks.unwrap_or(MAX_STACKS)),
+            pprof: args.pprof,
         })
     }
 }
@@ -307,7 +318,11 @@ impl Job for Trace<'_> {
             while self.drain(sink).context("write the report")? == BATCH {}
         }
         if let (Some(stacks), true) = (&mut self.stacks, self.config.summary) {
-            sink.emit(&stacks.report())?;
+            let report = stacks.report();
+            sink.emit(&report)?;
+            if let Some(path) = &self.config.pprof {
+                report.profile().ending_now(ending.duration).write(path)?;
+            }
         }
         let stats = bpf::syscalls::stats(&self.loaded.ebpf, &self.config.syscalls)?;
         let dropped = self.drops()?;

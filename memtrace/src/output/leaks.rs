@@ -8,7 +8,9 @@ use memtrace_common::DropSource;
 use serde::Serialize;
 
 use super::{
-    Record, Targets, Timestamp, drops_json, size_kb,
+    Record, Targets, Timestamp, drops_json,
+    pprof::{self, Profile},
+    size_kb,
     stacks::{fold, write_frames, write_lines, write_more},
     unix_seconds,
 };
@@ -170,6 +172,26 @@ impl Leaks<'_> {
                 .iter()
                 .map(|row| (row.comm.as_str(), row.stack.as_slice(), row.bytes)),
         )
+    }
+
+    /// The report as a pprof profile: bytes and regions (or blocks) outstanding, per stack and
+    /// process; a stack that could not be known has no frames.
+    pub fn profile(&self) -> Profile {
+        let types = match self.level {
+            Level::Mappings => &pprof::LEAKED_REGIONS,
+            Level::Malloc => &pprof::LEAKED_BLOCKS,
+        };
+        let mut profile = Profile::new(types);
+        for row in &self.stacks {
+            let pid = row.pid.to_string();
+            let count = row.regions.or(row.blocks).unwrap_or_default();
+            profile.add(
+                &row.stack,
+                &[row.bytes, count],
+                &[("pid", &pid), ("comm", &row.comm)],
+            );
+        }
+        profile
     }
 }
 

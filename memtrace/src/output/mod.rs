@@ -41,14 +41,11 @@ impl Format {
         if json { Format::Json } else { Format::Human }
     }
 
-    /// The format of a report of stacks (`--folded`, `--json`, else tables), with the flame
-    /// graph's file checked now: a path that cannot be written is a usage error before tracing.
-    pub fn of_stacks(
-        folded: bool,
-        json: bool,
-        flamegraph: Option<&Path>,
-    ) -> Result<Format, Failure> {
-        if let Some(path) = flamegraph {
+    /// The format of a report of stacks (`--folded`, `--json`, else tables), with the files
+    /// written beside it (flame graph, profile) checked now: a path that cannot be written is a
+    /// usage error before tracing.
+    pub fn of_stacks(folded: bool, json: bool, files: &[Option<&Path>]) -> Result<Format, Failure> {
+        for path in files.iter().flatten() {
             create_file(path)?;
         }
         Ok(if folded {
@@ -154,7 +151,7 @@ impl Sink {
 }
 
 /// Creates (or truncates) a report file as [`Sink::open`] does: a path that cannot be written
-/// is a usage error, found at start rather than after tracing (`--flamegraph`).
+/// is a usage error, found at start rather than after tracing (`--flamegraph`, `--pprof`).
 pub fn create_file(path: &Path) -> Result<std::fs::File, Failure> {
     create(path, false)
 }

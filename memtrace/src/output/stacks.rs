@@ -8,7 +8,10 @@ use std::{
 
 use serde::Serialize;
 
-use super::Record;
+use super::{
+    Record,
+    pprof::{self, Profile},
+};
 use crate::stacks::{StackLosses, folded, symbols::Named};
 
 /// Stacks a table shows before saying how many more there are.
@@ -51,6 +54,20 @@ impl Stacks {
                 .iter()
                 .map(|row| (row.comm.as_str(), row.stack.as_slice(), row.total())),
         )
+    }
+
+    /// The stacks as a pprof profile: faults, minor and major, per stack and process.
+    pub fn profile(&self) -> Profile {
+        let mut profile = Profile::new(&pprof::FAULTS);
+        for row in &self.stacks {
+            let pid = row.pid.to_string();
+            profile.add(
+                &row.stack,
+                &[row.total(), row.minor, row.major],
+                &[("pid", &pid), ("comm", &row.comm)],
+            );
+        }
+        profile
     }
 }
 
@@ -167,6 +184,22 @@ pub struct CallStacks {
     pub losses: StackLosses,
     /// Calls whose stack could not be known (it could not be copied or sent).
     pub unknown_stacks: u64,
+}
+
+impl CallStacks {
+    /// The stacks as a pprof profile: calls and bytes, per syscall, stack and process.
+    pub fn profile(&self) -> Profile {
+        let mut profile = Profile::new(&pprof::CALLS);
+        for row in &self.stacks {
+            let pid = row.pid.to_string();
+            profile.add(
+                &row.stack,
+                &[row.calls, row.bytes],
+                &[("syscall", row.syscall), ("pid", &pid), ("comm", &row.comm)],
+            );
+        }
+        profile
+    }
 }
 
 impl Record for CallStacks {

@@ -128,6 +128,13 @@ fn usage_errors_found_by_memtrace_are_one_line_exit_2() {
         (&["faults", "--folded"], "add --stacks"),
         (&["leaks"], "leaks needs --pid PID or a COMMAND"),
         (&["faults", "--flamegraph", "x.svg"], "add --stacks"),
+        (&["faults", "--pprof", "x.pb.gz"], "add --stacks"),
+        (
+            &["faults", "--by", "file", "--pprof", "x.pb.gz"],
+            "add --stacks",
+        ),
+        (&["trace", "-k", "--pprof", "x.pb.gz"], "add -c --stack"),
+        (&["trace", "-c", "--pprof", "x.pb.gz"], "add -c --stack"),
         (
             &["oom", "--cgroup", "/memtrace-no-such-cgroup"],
             "no such cgroup",
@@ -160,18 +167,22 @@ fn unwritable_output_is_exit_2_for_every_subcommand() {
             assert_one_line(&out, 2, &format!("cannot write to {}", target.display()));
         }
     }
-    // The flame graph's file is checked at start too, not after tracing.
-    let out = unprivileged(&[
-        "faults",
-        "--stacks",
-        "--flamegraph",
-        missing_dir.to_str().unwrap(),
-    ]);
-    assert_one_line(
-        &out,
-        2,
-        &format!("cannot write to {}", missing_dir.display()),
-    );
+    // The flame graph's and the profile's files are checked at start too, not after tracing.
+    let missing = missing_dir.to_str().unwrap();
+    for args in [
+        &["faults", "--stacks", "--flamegraph", missing][..],
+        &["faults", "--stacks", "--pprof", missing],
+        &["trace", "-c", "-k", "--pprof", missing],
+        &["leaks", "--pid", "1", "--pprof", missing],
+        &["leaks", "--malloc", "--pid", "1", "--pprof", missing],
+    ] {
+        let out = unprivileged(args);
+        assert_one_line(
+            &out,
+            2,
+            &format!("cannot write to {}", missing_dir.display()),
+        );
+    }
     assert_eq!(fs::read_to_string(&read_only).unwrap(), "keep");
     assert!(!missing_dir.parent().unwrap().exists());
 }

@@ -246,13 +246,14 @@ impl<'a> MallocJob<'a> {
             .unwrap_or_default()
     }
 
-    fn emit(&mut self, sink: &mut Sink, last: bool) -> anyhow::Result<()> {
+    /// Writes a report: an interval's, or with the session's `ending` the final one.
+    fn emit(&mut self, sink: &mut Sink, ending: Option<&Ending>) -> anyhow::Result<()> {
         let (rows, unknown) = self.rows()?;
         let stats = self.allocs.stats()?;
         let dropped = self.allocs.drops()?;
         let record = Leaks {
             timestamp: Timestamp::now(),
-            last,
+            last: ending.is_some(),
             level: Level::Malloc,
             total_bytes: rows.iter().map(|row| row.bytes).sum(),
             total_regions: None,
@@ -274,7 +275,7 @@ impl<'a> MallocJob<'a> {
             dropped: &dropped,
             shown: self.config.top,
         };
-        super::write(sink, &record, self.config.flamegraph.as_deref())
+        super::write(sink, &record, self.config, ending)
     }
 }
 
@@ -302,7 +303,7 @@ impl Job for MallocJob<'_> {
         self.drain()?;
         self.check_command();
         if let Wake::Report = wake {
-            self.emit(sink, false).context("write the report")?;
+            self.emit(sink, None).context("write the report")?;
         }
         Ok(None)
     }
@@ -311,7 +312,7 @@ impl Job for MallocJob<'_> {
         if ending.end != End::OutputClosed {
             while self.drain()? > 0 {}
         }
-        self.emit(sink, true).context("write the report")
+        self.emit(sink, Some(ending)).context("write the report")
     }
 
     fn release(self) {

@@ -193,12 +193,13 @@ impl<'a> LeaksJob<'a> {
         Ok(rows)
     }
 
-    fn emit(&mut self, sink: &mut Sink, last: bool) -> anyhow::Result<()> {
+    /// Writes a report: an interval's, or with the session's `ending` the final one.
+    fn emit(&mut self, sink: &mut Sink, ending: Option<&Ending>) -> anyhow::Result<()> {
         let rows = self.report()?;
         let dropped = self.drops()?;
         let record = Leaks {
             timestamp: Timestamp::now(),
-            last,
+            last: ending.is_some(),
             level: Level::Mappings,
             total_bytes: rows.iter().map(|row| row.bytes).sum(),
             total_regions: Some(rows.iter().filter_map(|row| row.regions).sum()),
@@ -210,7 +211,7 @@ impl<'a> LeaksJob<'a> {
             dropped: &dropped,
             shown: self.config.top,
         };
-        super::write(sink, &record, self.config.flamegraph.as_deref())
+        super::write(sink, &record, self.config, ending)
     }
 
     fn drops(&self) -> anyhow::Result<Vec<(DropSource, u64)>> {
@@ -275,7 +276,7 @@ impl Job for LeaksJob<'_> {
     fn work(&mut self, wake: Wake, sink: &mut Sink) -> anyhow::Result<Option<End>> {
         self.drain();
         if let Wake::Report = wake {
-            self.emit(sink, false).context("write the report")?;
+            self.emit(sink, None).context("write the report")?;
         }
         Ok(None)
     }
@@ -284,7 +285,7 @@ impl Job for LeaksJob<'_> {
         if ending.end != End::OutputClosed {
             while self.drain() == BATCH {}
         }
-        self.emit(sink, true).context("write the report")
+        self.emit(sink, Some(ending)).context("write the report")
     }
 
     fn release(self) {

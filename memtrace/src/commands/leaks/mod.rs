@@ -5,10 +5,7 @@
 mod malloc;
 mod mappings;
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use memtrace_common::{allocs::MAX_ALLOCATIONS, stacks::MAX_STACKS};
@@ -21,7 +18,7 @@ use crate::{
         Format, Sink,
         leaks::{Leaks, Level},
     },
-    session::{self, Session, Target},
+    session::{self, Ending, Session, Target},
     stacks::folded,
 };
 
@@ -38,6 +35,8 @@ pub struct LeaksConfig {
     pub min_age: Duration,
     pub top: usize,
     pub flamegraph: Option<PathBuf>,
+    /// Where to write the final report as a pprof profile.
+    pub pprof: Option<PathBuf>,
     pub max_stacks: u32,
     /// `--malloc`, with its options.
     pub malloc: Option<MallocOptions>,
@@ -64,7 +63,11 @@ impl TryFrom<LeaksArgs> for LeaksConfig {
                     .into(),
             ));
         }
-        let format = Format::of_stacks(args.folded, args.json, args.flamegraph.as_deref())?;
+        let format = Format::of_stacks(
+            args.folded,
+            args.json,
+            &[args.flamegraph.as_deref(), args.pprof.as_deref()],
+        )?;
         let malloc = args.malloc.then(|| MallocOptions {
             sample: args.sample.unwrap_or(1),
             min_size: args.min_size.unwrap_or(0),
@@ -84,6 +87,7 @@ impl TryFrom<LeaksArgs> for LeaksConfig {
                 usize::try_from(top).unwrap_or(usize::MAX)
             }),
             flamegraph: args.flamegraph,
+            pprof: args.pprof,
             max_stacks: args.max_stacks.unwrap_or(MAX_STACKS),
             malloc,
         })
@@ -116,13 +120,28 @@ fn timers(config: &LeaksConfig) -> (Interval, Interval) {
     (poll, report)
 }
 
-/// Writes a report and, for the final one, its flame graph (bytes outstanding per stack) into
-/// `flamegraph`.
-fn write(sink: &mut Sink, record: &Leaks, flamegraph: Option<&Path>) -> anyhow::Result<()> {
+/// Writes a report and, for the final one (the session's `ending`), its flame graph (bytes
+/// outstanding per stack) and its pprof profile, as the flags ask.
+fn write(
+    sink: &mut Sink,
+    record: &Leaks,
+    config: &LeaksConfig,
+    ending: Option<&Ending>,
+) -> anyhow::Result<()> {
     sink.emit(record)?;
-    if record.last
-        && let Some(path) = flamegraph
-    {
+    let Some(ending) = ending else {
+        return Ok(sink.flush()?);
+    };
+    if let Some(path) = &config.pprof {
+        // One allocation in N recorded: each sample stands for N.
+        let period = config.malloc.as_ref().map_or(1, |malloc| malloc.sample);
+        record
+            .profile()
+            .period(period)
+            .ending_now(ending.duration)
+            .write(path)?;
+    }
+    if let Some(path) = &config.flamegraph {
         let title = match record.level {
             Level::Mappings => "Bytes mapped and kept, by stack",
             Level::Malloc => "Bytes allocated and not freed, by stack",
