@@ -14,6 +14,7 @@ mod footprint;
 mod leaks;
 mod leaks_malloc;
 mod oom;
+mod pprof;
 mod pressure;
 mod reliability;
 mod serve;
