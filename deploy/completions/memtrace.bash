@@ -85,7 +85,7 @@ _memtrace() {
             return 0
             ;;
         memtrace__subcmd__faults)
-            opts="-p -i -d -t -o -v -h --pid --comm --interval --duration --threads --vsz --top --json --output --max-processes --by --stacks --folded --flamegraph --max-stacks --verbose --help"
+            opts="-p -i -d -t -o -v -h --pid --comm --interval --duration --threads --vsz --top --json --output --max-processes --by --stacks --folded --flamegraph --pprof --max-stacks --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -140,6 +140,10 @@ _memtrace() {
                     return 0
                     ;;
                 --flamegraph)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pprof)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -295,7 +299,7 @@ _memtrace() {
             return 0
             ;;
         memtrace__subcmd__leaks)
-            opts="-p -i -d -o -v -h --pid --interval --duration --min-age --top --json --folded --flamegraph --output --max-stacks --malloc --sample --min-size --allocator --max-allocations --verbose --help"
+            opts="-p -i -d -o -v -h --pid --interval --duration --min-age --top --json --folded --flamegraph --pprof --output --max-stacks --malloc --sample --min-size --allocator --max-allocations --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -334,6 +338,10 @@ _memtrace() {
                     return 0
                     ;;
                 --flamegraph)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pprof)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -527,7 +535,7 @@ _memtrace() {
             return 0
             ;;
         memtrace__subcmd__trace)
-            opts="-p -f -e -c -k -o -d -v -h --pid --follow --syscalls --failed --min-size --summary --stack --kernel-stack --max-stacks --json --output --duration --max-threads --verbose --help"
+            opts="-p -f -e -c -k -o -d -v -h --pid --follow --syscalls --failed --min-size --summary --stack --kernel-stack --pprof --max-stacks --json --output --duration --max-threads --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -550,6 +558,10 @@ _memtrace() {
                     return 0
                     ;;
                 --min-size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pprof)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

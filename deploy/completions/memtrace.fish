@@ -47,6 +47,7 @@ stack\t'Per process and user stack'
 mapping\t'Per process and mapping: a file, [heap], [stack], anonymous memory, ...'
 file\t'Per file (major faults: which files are being paged in)'"
 complete -c memtrace -n "__fish_memtrace_using_subcommand faults" -l flamegraph -d 'With --stacks (or --by mapping|file): also draw the flame graph into FILE (SVG)' -r -F
+complete -c memtrace -n "__fish_memtrace_using_subcommand faults" -l pprof -d 'With --stacks: also write the stacks as a pprof profile into FILE (gzipped profile.proto), for `go tool pprof -top FILE` (or `-http :8080 FILE`), Pyroscope, Parca or speedscope. Its sample types: faults/count (the default), minor_faults/count and major_faults/count per stack; labels pid and comm; mappings with the files\' build ids' -r -F
 complete -c memtrace -n "__fish_memtrace_using_subcommand faults" -l max-stacks -d 'With --stacks: capacity of the kernel\'s stack tables (distinct stacks and places; default 65536). Stacks beyond it are still counted, each sent whole to memtrace' -r
 complete -c memtrace -n "__fish_memtrace_using_subcommand faults" -s t -l threads -d 'Count per thread instead of per process'
 complete -c memtrace -n "__fish_memtrace_using_subcommand faults" -l vsz -d 'Also show each process\'s virtual size (VSZ) beside its resident memory (RSS), as `pidstat -r` does; JSON always has both'
@@ -58,6 +59,7 @@ complete -c memtrace -n "__fish_memtrace_using_subcommand faults" -s h -l help -
 complete -c memtrace -n "__fish_memtrace_using_subcommand trace" -s p -l pid -d 'Trace this running process (repeat for several)' -r
 complete -c memtrace -n "__fish_memtrace_using_subcommand trace" -s e -l syscalls -d 'Trace these syscalls instead of the default set (comma-separated, repeatable)' -r
 complete -c memtrace -n "__fish_memtrace_using_subcommand trace" -l min-size -d 'Show only calls about at least BYTES bytes (length argument, or the brk growth)' -r
+complete -c memtrace -n "__fish_memtrace_using_subcommand trace" -l pprof -d 'With -c --stack: also write the calls per stack as a pprof profile into FILE (gzipped profile.proto), for `go tool pprof -top FILE` (or `-http :8080 FILE`), Pyroscope, Parca or speedscope. Its sample types: calls/count (the default) and bytes/bytes (the length argument, or the break\'s movement) per syscall and user stack; labels syscall, pid and comm; mappings with the files\' build ids' -r -F
 complete -c memtrace -n "__fish_memtrace_using_subcommand trace" -l max-stacks -d 'With --stack: capacity of the kernel\'s stack tables (distinct stacks and places; default 65536)' -r
 complete -c memtrace -n "__fish_memtrace_using_subcommand trace" -s o -l output -d 'Write the report to FILE instead of standard output' -r -F
 complete -c memtrace -n "__fish_memtrace_using_subcommand trace" -s d -l duration -d 'Stop after this many seconds (default: until Ctrl-C, or until every target has exited)' -r
@@ -113,6 +115,7 @@ complete -c memtrace -n "__fish_memtrace_using_subcommand leaks" -s d -l duratio
 complete -c memtrace -n "__fish_memtrace_using_subcommand leaks" -l min-age -d 'Leave out regions mapped (or blocks allocated) less than SECS ago (memleak\'s -o)' -r
 complete -c memtrace -n "__fish_memtrace_using_subcommand leaks" -l top -d 'Stacks per report, most bytes first (default 10)' -r
 complete -c memtrace -n "__fish_memtrace_using_subcommand leaks" -l flamegraph -d 'Also draw the final report\'s flame graph (bytes outstanding per stack) into FILE (SVG)' -r -F
+complete -c memtrace -n "__fish_memtrace_using_subcommand leaks" -l pprof -d 'Also write the final report as a pprof profile into FILE (gzipped profile.proto), for `go tool pprof -top FILE` (or `-http :8080 FILE`), Pyroscope, Parca or speedscope. Its sample types: bytes/bytes (the default) and regions/count (with --malloc: blocks/count), outstanding per stack; labels pid and comm; mappings with the files\' build ids' -r -F
 complete -c memtrace -n "__fish_memtrace_using_subcommand leaks" -s o -l output -d 'Write the report to FILE instead of standard output' -r -F
 complete -c memtrace -n "__fish_memtrace_using_subcommand leaks" -l max-stacks -d 'Capacity of the kernel\'s stack tables (default 65536)' -r
 complete -c memtrace -n "__fish_memtrace_using_subcommand leaks" -l sample -d 'With --malloc: record one allocation in N, at random (default: every one)' -r
