@@ -238,7 +238,7 @@ impl Allocs {
         let exited: std::collections::HashSet<u32> = execs
             .keys()
             .copied()
-            .filter(|&tgid| !crate::procfs::is_alive(tgid))
+            .filter(|&tgid| !crate::sys::procfs::is_alive(tgid))
             .collect();
         let mut stale = Vec::new();
         read_batched(self.blocks.fd().as_fd(), |key, block| {

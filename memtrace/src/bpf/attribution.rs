@@ -86,7 +86,7 @@ pub fn load(options: &Options) -> anyhow::Result<Loaded> {
 /// Where the kernel keeps what a mapping is, from its BTF; `None` if a field is missing. Kernels
 /// before 6.4 keep no sequence of a process's mapping changes (`mm_lock_seq`): then no mapping
 /// is remembered between faults, and each is looked up.
-pub fn vma_layout(btf: &crate::btf::Btf) -> Option<VmaLayout> {
+pub fn vma_layout(btf: &crate::sys::btf::Btf) -> Option<VmaLayout> {
     let mm_lock_seq = btf
         .member_offset("mm_struct", "mm_lock_seq")
         .and_then(|seq| Some(seq + btf.member_offset("seqcount", "sequence")?));

@@ -22,7 +22,7 @@ use super::{
     targets::{self, Filter},
     tracepoints::Tracepoints,
 };
-use crate::{aggregate::faults::Counts, procfs};
+use crate::{aggregate::faults::Counts, sys::procfs};
 
 /// What the `faults` object loses that bears on fault counts.
 pub const LOSSES: [DropSource; 2] = [DropSource::FaultTableFull, DropSource::TargetTableFull];
@@ -44,7 +44,7 @@ pub struct Options {
 }
 
 /// Where a task's memory cgroup is, from the kernel's BTF; `None` if a field is missing.
-pub fn memcg_layout(btf: &crate::btf::Btf) -> Option<MemcgLayout> {
+pub fn memcg_layout(btf: &crate::sys::btf::Btf) -> Option<MemcgLayout> {
     Some(MemcgLayout {
         enabled: 1,
         task_cgroups: btf.member_offset("task_struct", "cgroups")?,

@@ -319,8 +319,8 @@ pub fn kernel_refusal<E>(err: E, action: &str) -> anyhow::Error
 where
     E: StdError + Send + Sync + 'static,
 {
-    let privileged = crate::procfs::effective_capabilities()
-        .is_ok_and(|caps| crate::privileges::check(caps).is_ok());
+    let privileged = crate::sys::procfs::effective_capabilities()
+        .is_ok_and(|caps| crate::sys::privileges::check(caps).is_ok());
     let failure = match classify(&err, privileged) {
         Refusal::NotPrivileged => Failure::NotPrivileged {
             missing: format!("the kernel refused to {action}"),
@@ -477,7 +477,7 @@ where
 /// Where a task's memory cgroup is, from the kernel's BTF, for programs that record it; `None`
 /// (with a warning saying what is lost: `without`) where the kernel has no BTF or lacks a field.
 pub fn memcg_layout(without: &str) -> Option<memtrace_common::faults::MemcgLayout> {
-    let btf = crate::btf::Btf::from_sys_fs()
+    let btf = crate::sys::btf::Btf::from_sys_fs()
         .inspect_err(|err| log::warn!("no kernel BTF ({err}): {without}"))
         .ok()?;
     let layout = faults::memcg_layout(&btf);

@@ -20,7 +20,7 @@ use crate::{
     decode,
     error::Failure,
     model::oom::OomRecord,
-    tracefs::{Field, Format},
+    sys::tracefs::{Field, Format},
 };
 
 /// The fields of `oom:mark_victim` beyond `pid`, with their bit and size (6.9+).
@@ -90,7 +90,8 @@ pub fn layout_of(fields: &[Field]) -> Result<OomLayout, String> {
 /// log level of 7 or more. Without them, kills are still reported, with their cgroups from
 /// `/proc` and no group ids.
 pub fn console_sees_reports() -> bool {
-    let stored = crate::btf::Btf::from_sys_fs().is_ok_and(|btf| btf.has_function("printk_sprint"));
+    let stored =
+        crate::sys::btf::Btf::from_sys_fs().is_ok_and(|btf| btf.has_function("printk_sprint"));
     stored || console_log_level().is_some_and(|level| level > KERN_INFO)
 }
 
@@ -229,7 +230,7 @@ pub fn drops(ebpf: &Ebpf) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracefs::parse_format;
+    use crate::sys::tracefs::parse_format;
 
     const MARK_VICTIM_6_18: &str = "name: mark_victim
 ID: 609

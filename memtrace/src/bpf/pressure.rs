@@ -18,7 +18,7 @@ use super::{
     targets::{self, Filter},
     tracepoints::Tracepoints,
 };
-use crate::procfs;
+use crate::sys::procfs;
 
 /// What the `pressure` object can lose.
 pub const LOSSES: [DropSource; 3] = [

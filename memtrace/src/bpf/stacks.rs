@@ -80,7 +80,7 @@ pub fn program(base: &str) -> String {
 /// Where `task_struct` keeps its kernel stack, which the older way reads the user registers
 /// from.
 fn task_stack_offset() -> Result<u32, Failure> {
-    let btf = crate::btf::Btf::from_sys_fs().map_err(|err| Failure::KernelUnsupported {
+    let btf = crate::sys::btf::Btf::from_sys_fs().map_err(|err| Failure::KernelUnsupported {
         what: "BTF (/sys/kernel/btf/vmlinux)".into(),
         hint: format!("before Linux 5.17, user stacks are read through it ({err})"),
     })?;

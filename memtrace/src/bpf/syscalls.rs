@@ -30,8 +30,8 @@ use crate::{
     aggregate::syscalls,
     decode::{self, DecodeError},
     error::Failure,
+    sys::tracefs::Format,
     syscalls::{Call, Syscall},
-    tracefs::Format,
 };
 
 const CATEGORY: &str = "syscalls";

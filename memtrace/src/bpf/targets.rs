@@ -12,7 +12,7 @@ use memtrace_common::{
 };
 
 use super::{Config, tracepoints::Tracepoints};
-use crate::{error::Failure, tracefs};
+use crate::{error::Failure, sys::tracefs};
 
 const NEWTASK: (&str, &str) = ("task", "task_newtask");
 

@@ -18,7 +18,7 @@ use std::{
 use aya::{Ebpf, programs::TracePoint, sys::SyscallError};
 
 use super::{kernel_refusal, program_mut, release};
-use crate::{perf, tracefs};
+use crate::sys::{perf, tracefs};
 
 /// How the events are released once their programs are detached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -30,12 +30,12 @@ use crate::{
         mappings::{FileRow, Files, MappingRow, Mappings},
         stacks::{StackRow, Stacks as StacksRecord},
     },
-    procfs,
     stacks::{
         KernelCounts, Stacks, folded,
         maps::{self, Mapping},
         symbols::Symbols,
     },
+    sys::procfs,
 };
 
 /// Bytes of the ring that carries stacks to memtrace: 32 MiB, about 1600 stacks in flight
@@ -471,7 +471,7 @@ fn vma_layout() -> anyhow::Result<memtrace_common::stacks::VmaLayout> {
         }
         .into());
     }
-    let btf = crate::btf::Btf::from_sys_fs().map_err(|err| Failure::KernelUnsupported {
+    let btf = crate::sys::btf::Btf::from_sys_fs().map_err(|err| Failure::KernelUnsupported {
         what: "BTF (/sys/kernel/btf/vmlinux)".into(),
         hint: format!(
             "--by mapping and --by file read the kernel's mapping layout from it ({err})"

@@ -30,14 +30,16 @@ use crate::{
         tracepoints::Release,
     },
     cli::{FaultsArgs, FaultsBy},
-    counters::{self, OpenError, ProcessCounters},
     error::Failure,
     output::{
         Format, Sink, Timestamp,
         faults::{Command, Interval as IntervalRecord, Rate, Start, Summary, Total, Totals},
     },
-    procfs,
     session::{self, End, Ending, Job, Session, Target},
+    sys::{
+        counters::{self, OpenError, ProcessCounters},
+        procfs,
+    },
 };
 
 /// Rows per interval when not every target is shown.

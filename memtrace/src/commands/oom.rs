@@ -16,7 +16,6 @@ use crate::{
         targets::Filter,
         tracepoints::Release,
     },
-    cgroup,
     cli::OomArgs,
     enrich::{
         history::{self, HistorySampler},
@@ -29,6 +28,7 @@ use crate::{
         oom::{Dropped, Start, Summary},
     },
     session::{self, End, Ending, Job, Session, Target},
+    sys::cgroup,
 };
 
 /// Validated `oom` flags.

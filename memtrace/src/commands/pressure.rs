@@ -17,7 +17,6 @@ use crate::{
         targets::TargetTable,
         tracepoints::Release,
     },
-    cgroup::{self, MemoryHierarchy, Version},
     cli::{PressureArgs, PressureBy},
     enrich::cgroups::CgroupResolver,
     error::Failure,
@@ -25,8 +24,11 @@ use crate::{
         Format, Sink, Timestamp,
         pressure::{Interval as IntervalRecord, PsiReport, Shown, Start, Summary},
     },
-    procfs::{self, Psi},
     session::{self, End, Ending, Job, Session, Target},
+    sys::{
+        cgroup::{self, MemoryHierarchy, Version},
+        procfs::{self, Psi},
+    },
 };
 
 /// Rows per interval when not every target is shown.

@@ -5,7 +5,7 @@ use memtrace_common::oom::{OOM_TEXT_LEN, OomRecordKind, OomText, OomVictim};
 use super::{DecodeError, body, kind};
 use crate::{
     model::oom::{OomRecord, TextFragment},
-    procfs,
+    sys::procfs,
 };
 
 /// Decodes one record of the `OOM_EVENTS` ring buffer.

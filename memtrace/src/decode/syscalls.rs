@@ -4,7 +4,7 @@ use memtrace_common::syscalls::{RECORD_SYSCALL, SyscallRecord};
 
 use super::{DecodeError, body, kind};
 use crate::{
-    procfs,
+    sys::procfs,
     syscalls::{Call, Syscall},
 };
 

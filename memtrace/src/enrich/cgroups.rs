@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::cgroup::{self, MemoryHierarchy};
+use crate::sys::cgroup::{self, MemoryHierarchy};
 
 pub struct CgroupResolver {
     hierarchy: Option<MemoryHierarchy>,

@@ -26,7 +26,7 @@ pub fn name_fd(call: &mut Call) {
     };
     // The mapping (mmap is the only call with a descriptor), as `/proc/TID/map_files` names it:
     // its exact range, the length rounded up to pages.
-    let page = crate::procfs::page_kb() * 1024;
+    let page = crate::sys::procfs::page_kb() * 1024;
     let start = call.ret as u64;
     let end = start.wrapping_add(call.args[1].div_ceil(page) * page);
     let mapped = fs::metadata(format!("/proc/{}/map_files/{start:x}-{end:x}", call.tid));

@@ -9,11 +9,13 @@ use memtrace_common::oom::{OomFields, OomPhase, OomVictim};
 
 use crate::{
     aggregate::oom::Reports,
-    cgroup::{self, MemoryHierarchy},
     enrich::owner::owner_of,
     model::oom::{Cgroup, Kill, OomRecord, Trigger, Victim},
     output::Timestamp,
-    procfs,
+    sys::{
+        cgroup::{self, MemoryHierarchy},
+        procfs,
+    },
 };
 
 /// Puts together, for each victim record, the victim, its trigger and its cgroup, from the

@@ -5,9 +5,9 @@ use memtrace_common::oom::OomVictim;
 use serde::Serialize;
 
 use crate::{
-    cgroup::{Limit, Version},
     enrich::owner::Owner,
     output::Timestamp,
+    sys::cgroup::{Limit, Version},
 };
 
 /// What the kernel sent: a victim, or a fragment of its OOM report.

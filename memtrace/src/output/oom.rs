@@ -7,9 +7,9 @@ use serde::Serialize;
 
 use super::{Record, Timestamp, unix_seconds};
 use crate::{
-    cgroup::{Limit, Version},
     model::oom::{HistoryPoint, Kill},
     output::size_kb,
+    sys::cgroup::{Limit, Version},
 };
 
 /// What the report is about, told once at the start.

@@ -13,8 +13,8 @@ use serde::{Serialize, ser::SerializeMap};
 use super::{Record, Targets, Timestamp, drops_json, round_secs, seconds};
 use crate::{
     aggregate::pressure::{Kinds, Row, RowKey},
-    procfs::Psi,
     session::CommandOutcome,
+    sys::procfs::Psi,
 };
 
 /// Column headings of the kinds, in [`StallKind`] order.
@@ -153,12 +153,13 @@ pub struct PsiLineReport {
 
 impl PsiReport {
     pub fn between(earlier: &Psi, now: &Psi) -> PsiReport {
-        let line = |then: &crate::procfs::PsiLine, now: &crate::procfs::PsiLine| PsiLineReport {
-            avg10: now.avg10,
-            avg60: now.avg60,
-            avg300: now.avg300,
-            stalled_ms: now.total_us.saturating_sub(then.total_us) as f64 / 1e3,
-        };
+        let line =
+            |then: &crate::sys::procfs::PsiLine, now: &crate::sys::procfs::PsiLine| PsiLineReport {
+                avg10: now.avg10,
+                avg60: now.avg60,
+                avg300: now.avg300,
+                stalled_ms: now.total_us.saturating_sub(then.total_us) as f64 / 1e3,
+            };
         PsiReport {
             some: line(&earlier.some, &now.some),
             full: line(&earlier.full, &now.full),

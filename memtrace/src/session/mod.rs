@@ -19,7 +19,7 @@ use crate::{
     bpf::targets::TargetTable,
     error::exit_code,
     output::{self, Format, Sink},
-    privileges,
+    sys::privileges,
 };
 
 /// What a command does inside a session; the session does the rest.

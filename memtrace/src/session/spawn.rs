@@ -24,7 +24,7 @@ use memtrace_common::targets::TargetFlags;
 use crate::{
     bpf::targets::TargetTable,
     error::{Failure, exit_code},
-    pidfd::PidFd,
+    sys::pidfd::PidFd,
 };
 
 /// A command memtrace started.

@@ -11,7 +11,7 @@ use super::{
 };
 use memtrace_common::COMM_LEN;
 
-use crate::{bpf::targets::Filter, error::Failure, pidfd::PidFd};
+use crate::{bpf::targets::Filter, error::Failure, sys::pidfd::PidFd};
 
 /// How long a spawned command gets to exit after memtrace forwarded it a signal.
 pub const COMMAND_GRACE: std::time::Duration = std::time::Duration::from_secs(2);

@@ -26,7 +26,7 @@ use self::{
     modules::ModuleFiles,
     unwind::{ProcessUnwinder, StackCopy, Walk},
 };
-use crate::procfs;
+use crate::sys::procfs;
 
 /// A file a frame is in, by the path its process sees and the path memtrace opens it at.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -14,7 +14,7 @@ use crate::common::{
     cgroup::{self, MIB, TestCgroup},
     memtrace, run_memtrace, still_loaded_after, workload,
 };
-use memtrace::cgroup::Version;
+use memtrace::sys::cgroup::Version;
 use serde_json::Value;
 
 /// The kernel's `Killed process PID (COMM) total-vm:..kB, anon-rss:..kB, file-rss:..kB,
@@ -625,7 +625,7 @@ fn victims_are_those_a_kprobe_on_oom_kill_process_sees() {
     // bcc's and bpftrace's oomkill tools: a kprobe on oom_kill_process, whose oom_control
     // names the chosen victim.
     // The offsets from the kernel's BTF: bpftrace 0.17 resolves no struct on 5.10.
-    let btf = memtrace::btf::Btf::from_sys_fs().expect("the kernel's BTF");
+    let btf = memtrace::sys::btf::Btf::from_sys_fs().expect("the kernel's BTF");
     let chosen = btf.member_offset("oom_control", "chosen").unwrap();
     let tgid = btf.member_offset("task_struct", "tgid").unwrap();
     let peer = common::bpftrace::Bpftrace::start(&format!(

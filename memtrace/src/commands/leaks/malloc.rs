@@ -242,7 +242,7 @@ impl<'a> MallocJob<'a> {
         self.stacks
             .comm(pid)
             .map(str::to_owned)
-            .or_else(|| crate::procfs::read_comm(pid, None))
+            .or_else(|| crate::sys::procfs::read_comm(pid, None))
             .unwrap_or_default()
     }
 

@@ -45,7 +45,6 @@ use crate::{
         targets::Filter,
         tracepoints::Release,
     },
-    cgroup,
     cli::{SeriesLabel, ServeArgs},
     enrich::{
         cgroups::CgroupResolver,
@@ -55,8 +54,8 @@ use crate::{
     error::Failure,
     model::oom::OomRecord,
     output::{Format, Sink},
-    privileges, procfs,
     session::{self, End, Ending, Job, Session, Target},
+    sys::{cgroup, privileges, procfs},
     syscalls::Syscall,
 };
 

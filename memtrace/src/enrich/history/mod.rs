@@ -24,10 +24,9 @@ use tokio::time::{Instant, Interval, MissedTickBehavior, interval_at};
 use self::watch::{Due, Watch};
 use crate::{
     bpf::oom::NewProcesses,
-    cgroup::MemoryHierarchy,
     model::oom::{HistoryPoint, Kill},
     output::Timestamp,
-    procfs,
+    sys::{cgroup::MemoryHierarchy, procfs},
 };
 
 /// How often the sampler looks (urgent candidates are sampled each time, the others less often).

@@ -22,9 +22,11 @@ use std::{
 };
 
 use crate::{
-    cgroup::{self, Limit, MemoryHierarchy},
     model::oom::MemoryUser,
-    procfs::{self, LiveFile},
+    sys::{
+        cgroup::{self, Limit, MemoryHierarchy},
+        procfs::{self, LiveFile},
+    },
 };
 
 /// Ticks between scans of every process, and while the machine is low on memory.

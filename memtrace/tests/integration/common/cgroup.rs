@@ -1,7 +1,7 @@
 //! Memory cgroups for tests: created with a small limit in whichever hierarchy holds the memory
 //! controller (v1 on the development machine, v2 on current distributions), and emptied
 //! (SIGKILL) and removed when the test ends, however it ends. Which files each hierarchy uses
-//! is memtrace's own knowledge (`memtrace::cgroup::Version`), unit-tested there on literal
+//! is memtrace's own knowledge (`memtrace::sys::cgroup::Version`), unit-tested there on literal
 //! cgroupfs trees.
 
 use std::{
@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use memtrace::cgroup::{MemoryHierarchy, Version, memory_hierarchy, parse_keyed};
+use memtrace::sys::cgroup::{MemoryHierarchy, Version, memory_hierarchy, parse_keyed};
 
 pub const MIB: u64 = 1 << 20;
 

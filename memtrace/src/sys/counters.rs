@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeSet, fs, io, os::fd::OwnedFd};
 
-use crate::{aggregate::faults::Counts, error::Failure, perf};
+use crate::{aggregate::faults::Counts, error::Failure, sys::perf};
 
 /// The counters of one process.
 pub struct ProcessCounters {

@@ -1,7 +1,7 @@
 //! Checking, before touching the kernel, that memtrace may load BPF programs and open
 //! system-wide perf events, so that the user gets one clear line instead of an EPERM.
 
-use crate::{error::Failure, procfs};
+use crate::{error::Failure, sys::procfs};
 
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
