@@ -489,7 +489,7 @@ _memtrace() {
             return 0
             ;;
         memtrace__subcmd__serve)
-            opts="-i -v -h --listen --by --max-series --events --history --interval --max-processes --bpf-stats --verbose --help"
+            opts="-i -v -h --listen --by --max-series --events --history --interval --max-processes --bpf-stats --profiles --profile-stacks --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -524,6 +524,10 @@ _memtrace() {
                     return 0
                     ;;
                 --max-processes)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile-stacks)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -328,6 +328,9 @@ ENDPOINTS:
              process_cpu_seconds_total, process_resident_memory_bytes (the daemon's own);
              memtrace_node_* (the same counts summed over the node, at 0 from the start)
   /healthz   200 while the kernel counters are being read, 503 otherwise
+  /debug/pprof/faults?seconds=N   (with --profiles) the machine's page faults of the next N
+             seconds (default 10, at most 300) by user stack, as a gzipped pprof profile: what
+             Parca's and Grafana Alloy's (Pyroscope's) scrapers pull as a delta profile
 
 EXAMPLES:
   sudo memtrace serve                                  # 127.0.0.1:9633, labels comm and cgroup
@@ -336,6 +339,8 @@ EXAMPLES:
   sudo memtrace serve --by comm,cgroup,pod,container   # Kubernetes names, from the cgroup
   sudo memtrace serve --events /var/log/memtrace/oom-kills.jsonl   # OOM kills as JSON lines,
                                                        # each with the victim's last 30 s
+  sudo memtrace serve --profiles                       # and fault profiles for a profiler
+  go tool pprof -top 'http://127.0.0.1:9633/debug/pprof/faults?seconds=5'
 
 SIGTERM or SIGINT stop it (exit 0); SIGHUP reopens the --events file (for log rotation).";
 
@@ -407,6 +412,19 @@ pub struct ServeArgs {
     /// (about 25 % more cost per page fault here), so it is off by default; needs CAP_SYS_ADMIN
     #[arg(long)]
     pub bpf_stats: bool,
+
+    /// Serve /debug/pprof/faults: each request attaches `faults --stacks` to every process for
+    /// the seconds it asks, then detaches (one profile at a time; the others wait). The daemon
+    /// then keeps its capabilities rather than dropping them: it attaches programs at each
+    /// request, and reads other users' /proc/PID/maps and files to unwind their stacks
+    #[arg(long)]
+    pub profiles: bool,
+
+    /// With --profiles: capacity of the kernel's stack tables for a profile (distinct stacks);
+    /// faults on stacks beyond it are counted as lost, never silently
+    #[arg(long, value_name = "N", default_value_t = 16_384,
+          value_parser = clap::value_parser!(u32).range(64..=1_048_576), requires = "profiles")]
+    pub profile_stacks: u32,
 }
 
 const OOM_EXAMPLES: &str = "\

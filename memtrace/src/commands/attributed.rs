@@ -28,6 +28,7 @@ use crate::{
     output::{
         Sink,
         mappings::{FileRow, Files, MappingRow, Mappings},
+        pprof::Profile,
         stacks::{StackRow, Stacks as StacksRecord},
     },
     stacks::{
@@ -268,6 +269,12 @@ impl Attributed {
                 .with_context(|| format!("draw the flame graph into {}", path.display()))?;
         }
         Ok(())
+    }
+
+    /// Every fault counted so far, by stack, as a pprof profile of the last `duration`.
+    pub fn stacks_profile(&mut self, duration: Duration) -> anyhow::Result<Profile> {
+        self.samples()?;
+        Ok(self.stack_report()?.profile().ending_now(duration))
     }
 
     /// The stacks, symbolized, busiest first.

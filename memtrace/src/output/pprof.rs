@@ -329,6 +329,13 @@ impl Profile {
         out.0
     }
 
+    /// The profile, gzipped, as served over HTTP.
+    pub fn gzipped(&self) -> std::io::Result<Vec<u8>> {
+        let mut gzip = GzEncoder::new(Vec::new(), Compression::default());
+        gzip.write_all(&self.encode())?;
+        gzip.finish()
+    }
+
     /// Writes the profile, gzipped, into `path` (created at start, so writable).
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
         let file = super::create_file(path)?;

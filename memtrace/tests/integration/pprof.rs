@@ -17,12 +17,12 @@ use crate::common::{self, disk_dir, memtrace, workload_built};
 
 /// A profile as `go tool pprof -raw` prints it back.
 #[derive(Debug)]
-struct Raw {
+pub(crate) struct Raw {
     /// `type/unit`, in order.
-    types: Vec<String>,
+    pub(crate) types: Vec<String>,
     /// The type marked `[dflt]`.
     default: Option<String>,
-    samples: Vec<RawSample>,
+    pub(crate) samples: Vec<RawSample>,
     /// By id.
     locations: HashMap<u64, RawLocation>,
     /// File and build id, in order.
@@ -30,11 +30,11 @@ struct Raw {
 }
 
 #[derive(Debug)]
-struct RawSample {
-    values: Vec<i64>,
+pub(crate) struct RawSample {
+    pub(crate) values: Vec<i64>,
     /// Innermost first.
     locations: Vec<u64>,
-    labels: HashMap<String, String>,
+    pub(crate) labels: HashMap<String, String>,
 }
 
 #[derive(Debug)]
@@ -45,7 +45,7 @@ struct RawLocation {
 }
 
 impl Raw {
-    fn totals(&self) -> Vec<i64> {
+    pub(crate) fn totals(&self) -> Vec<i64> {
         let mut totals = vec![0; self.types.len()];
         for sample in &self.samples {
             for (total, value) in totals.iter_mut().zip(&sample.values) {
@@ -56,7 +56,7 @@ impl Raw {
     }
 
     /// The innermost function of a sample.
-    fn leaf(&self, sample: &RawSample) -> Option<&str> {
+    pub(crate) fn leaf(&self, sample: &RawSample) -> Option<&str> {
         let id = sample.locations.first()?;
         Some(self.locations[id].function.as_str())
     }
@@ -94,7 +94,7 @@ fn go_pprof(args: &[&str], profile: &Path) -> String {
 }
 
 /// The profile as `go tool pprof -raw` reads it.
-fn raw(profile: &Path) -> Raw {
+pub(crate) fn raw(profile: &Path) -> Raw {
     let text = go_pprof(&["-raw"], profile);
     let mut lines = text.lines();
     lines

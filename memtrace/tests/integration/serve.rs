@@ -16,7 +16,8 @@ use std::{
 use crate::common::{
     self, Workload,
     cgroup::{MIB, TestCgroup},
-    loaded_programs, programs_held_by, reclaim, still_loaded_after, workload,
+    disk_dir, loaded_programs, programs_held_by, reclaim, still_loaded_after, workload,
+    workload_built,
 };
 use serde_json::Value;
 
@@ -35,8 +36,19 @@ fn free_port() -> u16 {
 
 /// One HTTP/1.1 GET on loopback: (status, body).
 fn http_get(port: u16, path: &str, accept: Option<&str>) -> Option<(u16, String)> {
+    let (status, body) = http_get_bytes(port, path, accept, common::patience(5))?;
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A GET's status and body, as bytes (a profile is gzipped), waiting at most `wait`.
+fn http_get_bytes(
+    port: u16,
+    path: &str,
+    accept: Option<&str>,
+    wait: Duration,
+) -> Option<(u16, Vec<u8>)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(common::patience(5))).ok()?;
+    stream.set_read_timeout(Some(wait)).ok()?;
     let accept = accept
         .map(|a| format!("Accept: {a}\r\n"))
         .unwrap_or_default();
@@ -45,11 +57,12 @@ fn http_get(port: u16, path: &str, accept: Option<&str>) -> Option<(u16, String)
         "GET {path} HTTP/1.1\r\nHost: localhost\r\n{accept}Connection: close\r\n\r\n"
     )
     .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let head_end = response.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&response[..head_end]);
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, response[head_end + 4..].to_vec()))
 }
 
 /// A running `memtrace serve`, killed if a test fails.
@@ -967,5 +980,102 @@ fn the_daemon_keeps_no_capability_it_does_not_need() {
         daemon.value("memtrace_last_reading_timestamp_seconds", &[]),
         0.0
     );
+    assert!(daemon.stop().success());
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn a_faults_profile_pulled_as_profilers_pull_it_counts_as_the_kernel_does() {
+    require_root!();
+    require_tool!("go");
+    let binary = workload_built("fault_stacks", "-nofp", &["-g", "-fomit-frame-pointer"]);
+    let data = disk_dir().join("serve-profile.data");
+    fs::write(&data, vec![7u8; 512 * 4096]).unwrap();
+    let daemon = Daemon::start(&["--profiles"]);
+    let (status, why) = http_get(daemon.port, "/debug/pprof/faults?seconds=0", None).unwrap();
+    assert_eq!(status, 400, "{why}");
+    assert!(why.contains("from 1 to 300"), "{why}");
+
+    // As Parca and Alloy pull a delta profile: the next N seconds.
+    let held_before = programs_held_by(daemon.child.id());
+    let seconds = common::patience(6).as_secs().clamp(6, 300);
+    let port = daemon.port;
+    let request = thread::spawn(move || {
+        http_get_bytes(
+            port,
+            &format!("/debug/pprof/faults?seconds={seconds}"),
+            None,
+            Duration::from_secs(seconds) + common::patience(30),
+        )
+    });
+    // Its programs attached, a program with known faults per function runs.
+    let deadline = Instant::now() + common::patience(20);
+    let profiling = loop {
+        let held = programs_held_by(daemon.child.id());
+        let new: Vec<u64> = held
+            .into_iter()
+            .filter(|id| !held_before.contains(id))
+            .collect();
+        if !new.is_empty() {
+            break new;
+        }
+        assert!(Instant::now() < deadline, "the profile never attached");
+        thread::sleep(Duration::from_millis(50));
+    };
+    let child = Command::new(&binary)
+        .args(["3000", "5000", data.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (status, body) = request.join().unwrap().expect("the profile's response");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let profile = common::scratch("serve", "faults.pb.gz");
+    fs::write(&profile, &body).unwrap();
+    let raw = crate::pprof::raw(&profile);
+    assert_eq!(
+        raw.types,
+        ["faults/count", "minor_faults/count", "major_faults/count"]
+    );
+    let ours: Vec<&crate::pprof::RawSample> = raw
+        .samples
+        .iter()
+        .filter(|sample| sample.labels.get("pid") == Some(&pid))
+        .collect();
+    assert!(!ours.is_empty(), "no sample of pid {pid}");
+    assert!(
+        raw.samples
+            .iter()
+            .any(|sample| sample.labels.get("pid") != Some(&pid)),
+        "the profile is of the whole machine, not only of the workload"
+    );
+    // Per function, as the program's own getrusage counted each phase.
+    for (phase, leaf) in [("near", "touch_near"), ("deep", "touch_deep")] {
+        let counted: i64 = stderr
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{phase} ")))
+            .map(|counts| {
+                counts
+                    .split_whitespace()
+                    .map(|n| n.parse::<i64>().unwrap())
+                    .sum()
+            })
+            .unwrap_or_else(|| panic!("no {phase} phase: {stderr}"));
+        let profiled: i64 = ours
+            .iter()
+            .filter(|sample| raw.leaf(sample) == Some(leaf))
+            .map(|sample| sample.values[0])
+            .sum();
+        assert_eq!(profiled, counted, "faults in {leaf}");
+    }
+    // The profile's programs are gone with it; the daemon's stay.
+    assert_eq!(
+        still_loaded_after(&profiling, common::patience(RELEASE_SECS)),
+        vec![]
+    );
+    assert_eq!(programs_held_by(daemon.child.id()), held_before);
     assert!(daemon.stop().success());
 }

@@ -17,12 +17,16 @@ use anyhow::Context as _;
 use axum::{
     Router,
     extract::ConnectInfo,
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, StatusCode, Uri, header},
+    response::{IntoResponse as _, Response},
     routing::get,
 };
 use prometheus_client::registry::Registry;
 
-use super::held::Scrapers;
+use super::{
+    held::Scrapers,
+    profiles::{self, Profiler},
+};
 use crate::output::prometheus;
 
 /// Whether the kernel's counters are being read: the last successful reading, and the last
@@ -90,6 +94,7 @@ pub fn spawn(
     registry: Arc<Registry>,
     scrapers: Arc<Scrapers>,
     health: Arc<Health>,
+    profiler: Option<Profiler>,
 ) -> anyhow::Result<()> {
     listener
         .set_nonblocking(true)
@@ -109,7 +114,7 @@ pub fn spawn(
                         return;
                     }
                 };
-                let app = router(registry, scrapers, health)
+                let app = router(registry, scrapers, health, profiler)
                     .into_make_service_with_connect_info::<SocketAddr>();
                 if let Err(err) = axum::serve(listener, app).await {
                     log::error!("the HTTP endpoint stopped: {err}");
@@ -120,8 +125,13 @@ pub fn spawn(
     Ok(())
 }
 
-fn router(registry: Arc<Registry>, scrapers: Arc<Scrapers>, health: Arc<Health>) -> Router {
-    Router::new()
+fn router(
+    registry: Arc<Registry>,
+    scrapers: Arc<Scrapers>,
+    health: Arc<Health>,
+    profiler: Option<Profiler>,
+) -> Router {
+    let router = Router::new()
         .route(
             "/metrics",
             get(
@@ -152,7 +162,51 @@ fn router(registry: Arc<Registry>, scrapers: Arc<Scrapers>, health: Arc<Health>)
                     }
                 }
             }),
+        );
+    match profiler {
+        Some(profiler) => {
+            let profiler = Arc::new(profiler);
+            router.route(
+                "/debug/pprof/faults",
+                get(move |uri: Uri| {
+                    let profiler = Arc::clone(&profiler);
+                    async move { faults_profile(&profiler, uri.query()).await }
+                }),
+            )
+        }
+        None => router,
+    }
+}
+
+/// A faults profile of the seconds the query asks, gzipped protobuf as Go's `net/http/pprof`
+/// serves its profiles; a bad query is 400, a profile that could not be taken 500.
+async fn faults_profile(profiler: &Profiler, query: Option<&str>) -> Response {
+    let seconds = match profiles::seconds_of(query) {
+        Ok(seconds) => seconds,
+        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
+    };
+    match profiler.faults(seconds).await {
+        Ok(profile) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "application/octet-stream"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"faults.pb.gz\"",
+                ),
+            ],
+            profile,
         )
+            .into_response(),
+        Err(err) => {
+            log::warn!("a faults profile could not be taken: {err:#}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the faults profile could not be taken: {err:#}\n"),
+            )
+                .into_response()
+        }
+    }
 }
 
 /// OpenMetrics for scrapers that ask for it (Prometheus does), else the classic text format.

@@ -16,6 +16,7 @@
 mod held;
 mod http;
 mod metrics;
+mod profiles;
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
@@ -72,6 +73,8 @@ pub struct ServeConfig {
     pub bpf_stats: bool,
     /// Capacity of the kernel's per-process tables (processes).
     pub max_processes: u32,
+    /// `/debug/pprof/faults`'s stack table capacity, when profiles are served.
+    pub profile_stacks: Option<u32>,
 }
 
 impl From<ServeArgs> for ServeConfig {
@@ -92,6 +95,7 @@ impl From<ServeArgs> for ServeConfig {
             interval: args.interval,
             bpf_stats: args.bpf_stats,
             max_processes: args.max_processes.unwrap_or(MAX_FAULT_KEYS),
+            profile_stacks: args.profiles.then_some(args.profile_stacks),
         }
     }
 }
@@ -245,6 +249,19 @@ struct Failures {
 /// While readings keep failing, how often the log says so.
 const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
 
+/// Drops every capability the readings do not need (CAP_BPF, where the kernel lets nobody else
+/// read BPF maps).
+fn drop_privileges(faults: &Loaded) {
+    match privileges::drop_all(|| bpf::faults::read(&faults.ebpf).is_ok()) {
+        Ok(true) => log::info!(
+            "this kernel lets no unprivileged process read BPF maps \
+             (kernel.unprivileged_bpf_disabled): CAP_BPF kept, every other capability dropped"
+        ),
+        Ok(false) => {}
+        Err(err) => log::warn!("could not drop capabilities: {err}"),
+    }
+}
+
 /// What wakes the daemon.
 enum Wake {
     Tick,
@@ -269,13 +286,12 @@ impl Daemon {
             })?;
         let [faults, syscalls, mut oom, pressure] = load(config)?;
         let oom_events = OomEvents::open(&mut oom.ebpf)?;
-        match privileges::drop_all(|| bpf::faults::read(&faults.ebpf).is_ok()) {
-            Ok(true) => log::info!(
-                "this kernel lets no unprivileged process read BPF maps \
-                 (kernel.unprivileged_bpf_disabled): CAP_BPF kept, every other capability dropped"
-            ),
-            Ok(false) => {}
-            Err(err) => log::warn!("could not drop capabilities: {err}"),
+        if config.profile_stacks.is_some() {
+            log::info!(
+                "--profiles: capabilities kept, for the profiles' programs and other users' stacks"
+            );
+        } else {
+            drop_privileges(&faults);
         }
         let metrics = Metrics::new(
             &config.by,
@@ -330,6 +346,7 @@ impl Daemon {
             daemon.metrics.registry(),
             daemon.metrics.scrapers(),
             health,
+            config.profile_stacks.map(profiles::Profiler::new),
         )?;
         Ok(daemon)
     }
