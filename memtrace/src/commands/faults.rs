@@ -31,8 +31,9 @@ use crate::{
     },
     cli::{FaultsArgs, FaultsBy},
     error::Failure,
+    model::time::Timestamp,
     output::{
-        Format, Sink, Timestamp,
+        Format, Sink,
         faults::{Command, Interval as IntervalRecord, Rate, Start, Summary, Total, Totals},
     },
     session::{self, End, Ending, Job, Session, Target},

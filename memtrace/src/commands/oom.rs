@@ -23,8 +23,9 @@ use crate::{
     },
     error::Failure,
     model::oom::OomRecord,
+    model::time::Timestamp,
     output::{
-        Format, Sink, Timestamp,
+        Format, Sink,
         oom::{Dropped, Start, Summary},
     },
     session::{self, End, Ending, Job, Session, Target},

@@ -20,8 +20,9 @@ use crate::{
     cli::{PressureArgs, PressureBy},
     enrich::cgroups::CgroupResolver,
     error::Failure,
+    model::time::Timestamp,
     output::{
-        Format, Sink, Timestamp,
+        Format, Sink,
         pressure::{Interval as IntervalRecord, PsiReport, Shown, Start, Summary},
     },
     session::{self, End, Ending, Job, Session, Target},

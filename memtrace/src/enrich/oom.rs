@@ -11,7 +11,7 @@ use crate::{
     aggregate::oom::Reports,
     enrich::owner::owner_of,
     model::oom::{Cgroup, Kill, OomRecord, Trigger, Victim},
-    output::Timestamp,
+    model::time::Timestamp,
     sys::{
         cgroup::{self, MemoryHierarchy},
         procfs,

@@ -3,3 +3,4 @@
 //! stacks, mappings and allocations will have theirs here.
 
 pub mod oom;
+pub mod time;

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::{
     enrich::owner::Owner,
-    output::Timestamp,
+    model::time::Timestamp,
     sys::cgroup::{Limit, Version},
 };
 
@@ -31,7 +31,10 @@ pub struct TextFragment {
 /// One victim of one OOM kill.
 #[derive(Clone, Debug, Serialize)]
 pub struct Kill {
-    #[serde(rename = "timestamp", serialize_with = "crate::output::unix_seconds")]
+    #[serde(
+        rename = "timestamp",
+        serialize_with = "crate::model::time::unix_seconds"
+    )]
     pub time: Timestamp,
     /// Shared by every victim of one OOM invocation (one group kill).
     pub group_id: u64,
@@ -61,7 +64,7 @@ pub struct Victim {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct HistoryPoint {
     /// Seconds before the kill.
-    #[serde(serialize_with = "crate::output::seconds")]
+    #[serde(serialize_with = "crate::model::time::seconds")]
     pub t: f64,
     pub rss_kb: u64,
     pub vsz_kb: u64,

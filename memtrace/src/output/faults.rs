@@ -6,7 +6,8 @@ use std::io::{self, Write};
 use memtrace_common::DropSource;
 use serde::Serialize;
 
-use super::{Record, Targets, Timestamp, drops_json, seconds, unix_seconds};
+use super::{Record, Targets, drops_json};
+use crate::model::time::{Timestamp, seconds, unix_seconds};
 use crate::{aggregate::faults::Row, session::CommandOutcome};
 
 /// Summary rows the human table shows before saying how many more there are.
@@ -268,7 +269,7 @@ mod tests {
     use memtrace_common::faults::FaultKey;
 
     use super::*;
-    use crate::{aggregate::faults::Counts, output::round_secs};
+    use crate::{aggregate::faults::Counts, model::time::round_secs};
 
     #[test]
     fn rates_round_to_microseconds_in_json_and_tid_only_per_thread() {

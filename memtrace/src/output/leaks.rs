@@ -8,12 +8,12 @@ use memtrace_common::DropSource;
 use serde::Serialize;
 
 use super::{
-    Record, Targets, Timestamp, drops_json,
+    Record, Targets, drops_json,
     pprof::{self, Profile},
     size_kb,
     stacks::{fold, write_frames, write_lines, write_more},
-    unix_seconds,
 };
+use crate::model::time::{Timestamp, unix_seconds};
 use crate::stacks::{StackLosses, symbols::Named};
 
 /// What `leaks` follows.

@@ -5,9 +5,10 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::{Record, Timestamp, unix_seconds};
+use super::Record;
 use crate::{
     model::oom::{HistoryPoint, Kill},
+    model::time::{Timestamp, unix_seconds},
     output::size_kb,
     sys::cgroup::{Limit, Version},
 };

@@ -10,9 +10,10 @@ use memtrace_common::{
 };
 use serde::{Serialize, ser::SerializeMap};
 
-use super::{Record, Targets, Timestamp, drops_json, round_secs, seconds};
+use super::{Record, Targets, drops_json};
 use crate::{
     aggregate::pressure::{Kinds, Row, RowKey},
+    model::time::{Timestamp, round_secs, seconds},
     session::CommandOutcome,
     sys::procfs::Psi,
 };

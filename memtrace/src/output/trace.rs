@@ -11,9 +11,10 @@ use memtrace_common::{DropSource, syscalls::SyscallStats};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{Record, Targets, Timestamp, drops_json, round_secs};
+use super::{Record, Targets, drops_json};
 use crate::{
     aggregate::syscalls::{avg_ns, grand_total},
+    model::time::{Timestamp, round_secs},
     session::CommandOutcome,
     stacks::symbols::Named,
     syscalls::{

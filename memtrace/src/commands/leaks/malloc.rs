@@ -18,8 +18,9 @@ use crate::{
         allocator::{self, Allocator},
         blocks::{Outstanding, Sums},
     },
+    model::time::Timestamp,
     output::{
-        Sink, Timestamp,
+        Sink,
         leaks::{LeakRow, Leaks, Level, MallocCounts, Start, TracedAllocator},
     },
     session::{End, Ending, Job, Session, Target, spawn},

@@ -23,8 +23,9 @@ use crate::{
         tracepoints::Release,
     },
     leaks::{regions::Regions, resident},
+    model::time::Timestamp,
     output::{
-        Sink, Timestamp,
+        Sink,
         leaks::{LeakRow, Leaks, Level, Start},
     },
     session::{End, Ending, Job, Session, Target},

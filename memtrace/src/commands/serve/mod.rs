@@ -365,7 +365,7 @@ impl Daemon {
                 self.failures = Failures::default();
                 self.health.read_ok();
                 self.metrics
-                    .set_last_reading(crate::output::Timestamp::now().unix);
+                    .set_last_reading(crate::model::time::Timestamp::now().unix);
             }
             Err(err) => {
                 self.failures.in_a_row += 1;

@@ -25,7 +25,7 @@ use self::watch::{Due, Watch};
 use crate::{
     bpf::oom::NewProcesses,
     model::oom::{HistoryPoint, Kill},
-    output::Timestamp,
+    model::time::Timestamp,
     sys::{cgroup::MemoryHierarchy, procfs},
 };
 
