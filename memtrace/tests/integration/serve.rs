@@ -1022,15 +1022,20 @@ fn a_faults_profile_pulled_as_profilers_pull_it_counts_as_the_kernel_does() {
         assert!(Instant::now() < deadline, "the profile never attached");
         thread::sleep(Duration::from_millis(50));
     };
-    let child = Command::new(&binary)
-        .args(["3000", "5000", data.to_str().unwrap()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id().to_string();
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Two processes, one after the other: a profile of the machine has both, each whole.
+    let runs: Vec<(String, String)> = (0..2)
+        .map(|_| {
+            let child = Command::new(&binary)
+                .args(["3000", "5000", data.to_str().unwrap()])
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let pid = child.id().to_string();
+            let output = child.wait_with_output().unwrap();
+            assert!(output.status.success());
+            (pid, String::from_utf8_lossy(&output.stderr).into_owned())
+        })
+        .collect();
     let (status, body) = request.join().unwrap().expect("the profile's response");
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let profile = common::scratch("serve", "faults.pb.gz");
@@ -1040,36 +1045,32 @@ fn a_faults_profile_pulled_as_profilers_pull_it_counts_as_the_kernel_does() {
         raw.types,
         ["faults/count", "minor_faults/count", "major_faults/count"]
     );
-    let ours: Vec<&crate::pprof::RawSample> = raw
-        .samples
-        .iter()
-        .filter(|sample| sample.labels.get("pid") == Some(&pid))
-        .collect();
-    assert!(!ours.is_empty(), "no sample of pid {pid}");
-    assert!(
-        raw.samples
+    for (pid, stderr) in &runs {
+        let ours: Vec<&crate::pprof::RawSample> = raw
+            .samples
             .iter()
-            .any(|sample| sample.labels.get("pid") != Some(&pid)),
-        "the profile is of the whole machine, not only of the workload"
-    );
-    // Per function, as the program's own getrusage counted each phase.
-    for (phase, leaf) in [("near", "touch_near"), ("deep", "touch_deep")] {
-        let counted: i64 = stderr
-            .lines()
-            .find_map(|line| line.strip_prefix(&format!("{phase} ")))
-            .map(|counts| {
-                counts
-                    .split_whitespace()
-                    .map(|n| n.parse::<i64>().unwrap())
-                    .sum()
-            })
-            .unwrap_or_else(|| panic!("no {phase} phase: {stderr}"));
-        let profiled: i64 = ours
-            .iter()
-            .filter(|sample| raw.leaf(sample) == Some(leaf))
-            .map(|sample| sample.values[0])
-            .sum();
-        assert_eq!(profiled, counted, "faults in {leaf}");
+            .filter(|sample| sample.labels.get("pid") == Some(pid))
+            .collect();
+        assert!(!ours.is_empty(), "no sample of pid {pid}");
+        // Per function, as the program's own getrusage counted each phase.
+        for (phase, leaf) in [("near", "touch_near"), ("deep", "touch_deep")] {
+            let counted: i64 = stderr
+                .lines()
+                .find_map(|line| line.strip_prefix(&format!("{phase} ")))
+                .map(|counts| {
+                    counts
+                        .split_whitespace()
+                        .map(|n| n.parse::<i64>().unwrap())
+                        .sum()
+                })
+                .unwrap_or_else(|| panic!("no {phase} phase: {stderr}"));
+            let profiled: i64 = ours
+                .iter()
+                .filter(|sample| raw.leaf(sample) == Some(leaf))
+                .map(|sample| sample.values[0])
+                .sum();
+            assert_eq!(profiled, counted, "faults in {leaf} of pid {pid}");
+        }
     }
     // The profile's programs are gone with it; the daemon's stay.
     assert_eq!(
