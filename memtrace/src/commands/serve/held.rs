@@ -231,21 +231,13 @@ where
 
     /// Counts `n` for `owner`, under the bounded label `bounded` if the family has one.
     pub fn add(&mut self, owner: &Labels, bounded: Option<(&'static str, &str)>, n: N) {
-        let (owned, node) = match bounded {
-            Some((key, value)) => (with(owner, key, value), vec![(key, value.to_owned())]),
-            None => (owner.clone(), Vec::new()),
-        };
-        self.owners.add(&owned, n);
-        self.node.add(&node, n);
+        self.owners.add(&owned(owner, bounded), n);
+        self.node.add(&owned(&Vec::new(), bounded), n);
     }
 
     /// Creates the owner's series at 0 (the node's exist from the start).
     pub fn create(&mut self, owner: &Labels, bounded: Option<(&'static str, &str)>) {
-        let owned = match bounded {
-            Some((key, value)) => with(owner, key, value),
-            None => owner.clone(),
-        };
-        self.owners.create(&owned);
+        self.owners.create(&owned(owner, bounded));
     }
 
     pub fn release(&mut self, scrapers: &Scrapers, now: Instant) {
@@ -255,15 +247,19 @@ where
 
     /// Removes an owner's series; the node's totals keep what it counted.
     pub fn remove(&mut self, owner: &Labels, bounded: Option<(&'static str, &str)>) {
-        let owned = match bounded {
-            Some((key, value)) => with(owner, key, value),
-            None => owner.clone(),
-        };
-        self.owners.remove(&owned);
+        self.owners.remove(&owned(owner, bounded));
     }
 }
 
-pub fn with(labels: &Labels, key: &'static str, value: &str) -> Labels {
+/// An owner's labels with the bounded label, if the family has one.
+fn owned(owner: &Labels, bounded: Option<(&'static str, &str)>) -> Labels {
+    match bounded {
+        Some((key, value)) => with(owner, key, value),
+        None => owner.clone(),
+    }
+}
+
+fn with(labels: &Labels, key: &'static str, value: &str) -> Labels {
     let mut labels = labels.clone();
     labels.push((key, value.to_owned()));
     labels
