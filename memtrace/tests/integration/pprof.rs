@@ -176,6 +176,21 @@ fn readelf_build_id(file: &str) -> String {
         .to_owned()
 }
 
+/// The faults fault_stacks's own getrusage counted in a phase (`near`, `deep`), from its
+/// stderr (`PHASE MINOR MAJOR`).
+pub(crate) fn phase_faults(stderr: &str, phase: &str) -> i64 {
+    stderr
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{phase} ")))
+        .map(|counts| {
+            counts
+                .split_whitespace()
+                .map(|n| n.parse::<i64>().unwrap())
+                .sum()
+        })
+        .unwrap_or_else(|| panic!("no {phase} phase: {stderr}"))
+}
+
 /// A fresh path for a test's profile.
 fn profile_path(name: &str) -> PathBuf {
     let path = common::scratch("pprof", name);
@@ -306,23 +321,13 @@ fn faults_stacks_profile_reads_in_go_pprof_as_the_report_counts() {
     assert_eq!(raw.totals()[1..], sums, "the stacks' sums");
     // Per function too, as the program's own getrusage counted each phase.
     for (phase, leaf) in [("near", "touch_near"), ("deep", "touch_deep")] {
-        let counted: u64 = stderr
-            .lines()
-            .find_map(|line| line.strip_prefix(&format!("{phase} ")))
-            .map(|counts| {
-                counts
-                    .split_whitespace()
-                    .map(|n| n.parse::<u64>().unwrap())
-                    .sum()
-            })
-            .unwrap_or_else(|| panic!("no {phase} phase: {stderr}"));
         let profiled: i64 = raw
             .samples
             .iter()
             .filter(|s| raw.leaf(s) == Some(leaf))
             .map(|s| s.values[0])
             .sum();
-        assert_eq!(profiled, counted as i64, "faults in {leaf}");
+        assert_eq!(profiled, phase_faults(&stderr, phase), "faults in {leaf}");
     }
 }
 

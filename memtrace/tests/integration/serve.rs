@@ -1054,16 +1054,7 @@ fn a_faults_profile_pulled_as_profilers_pull_it_counts_as_the_kernel_does() {
         assert!(!ours.is_empty(), "no sample of pid {pid}");
         // Per function, as the program's own getrusage counted each phase.
         for (phase, leaf) in [("near", "touch_near"), ("deep", "touch_deep")] {
-            let counted: i64 = stderr
-                .lines()
-                .find_map(|line| line.strip_prefix(&format!("{phase} ")))
-                .map(|counts| {
-                    counts
-                        .split_whitespace()
-                        .map(|n| n.parse::<i64>().unwrap())
-                        .sum()
-                })
-                .unwrap_or_else(|| panic!("no {phase} phase: {stderr}"));
+            let counted = crate::pprof::phase_faults(stderr, phase);
             let profiled: i64 = ours
                 .iter()
                 .filter(|sample| raw.leaf(sample) == Some(leaf))
