@@ -16,35 +16,7 @@ use std::{collections::BTreeMap, time::Duration};
 use memtrace_common::faults::FaultKey;
 
 use super::cumulative::Cumulative;
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub minor: u64,
-    pub major: u64,
-}
-
-impl Counts {
-    pub fn sum(self) -> u64 {
-        self.minor + self.major
-    }
-
-    fn add(&mut self, other: Counts) {
-        self.minor += other.minor;
-        self.major += other.major;
-    }
-
-    /// What was counted since `earlier`; a counter that went backwards was restarted.
-    pub fn since(self, earlier: Counts) -> Counts {
-        if self.minor < earlier.minor || self.major < earlier.major {
-            self
-        } else {
-            Counts {
-                minor: self.minor - earlier.minor,
-                major: self.major - earlier.major,
-            }
-        }
-    }
-}
+use crate::model::faults::Counts;
 
 impl Cumulative for Counts {
     fn since(self, earlier: Counts) -> Counts {

@@ -31,6 +31,7 @@ use super::{
     tracepoints::{Release, Tracepoints},
 };
 use crate::leaks::allocator::{Allocator, FUNCTIONS, Role};
+use crate::sys::refusal::kernel_refusal;
 
 /// What the object loses.
 pub const LOSSES: [DropSource; 3] = [
@@ -122,7 +123,7 @@ impl Allocs {
             let program: &mut UProbe = super::program_mut(&mut ebpf, name)?;
             program
                 .load()
-                .map_err(|err| super::kernel_refusal(err, &format!("load {name}")))?;
+                .map_err(|err| kernel_refusal(err, &format!("load {name}")))?;
         }
         for (name, tracepoint) in [
             ("mt_alloc_exec", "sched_process_exec"),
@@ -131,10 +132,10 @@ impl Allocs {
             let program: &mut RawTracePoint = super::program_mut(&mut ebpf, name)?;
             program
                 .load()
-                .map_err(|err| super::kernel_refusal(err, &format!("load {name}")))?;
+                .map_err(|err| kernel_refusal(err, &format!("load {name}")))?;
             program
                 .attach(tracepoint)
-                .map_err(|err| super::kernel_refusal(err, &format!("attach {tracepoint}")))?;
+                .map_err(|err| kernel_refusal(err, &format!("attach {tracepoint}")))?;
         }
         let mut tracepoints = Tracepoints::default();
         let follow = options.filter == (Filter::Targets { follow_forks: true });
@@ -183,7 +184,7 @@ impl Allocs {
             let program: &mut UProbe = super::program_mut(&mut self.ebpf, name)?;
             let link = program.attach(at, &allocator.file, scope).map_err(|err| {
                 let what = format!("put a {kind} on {} in {}", function.name, allocator.shown);
-                super::kernel_refusal(err, &what)
+                kernel_refusal(err, &what)
             })?;
             links.push((name, link));
         }

@@ -18,11 +18,12 @@ use memtrace_common::{
 };
 
 use super::{
-    Config, Loaded, Object, kernel_refusal, program_mut,
+    Config, Loaded, Object, program_mut,
     targets::{self, Filter},
     tracepoints::Tracepoints,
 };
-use crate::{aggregate::faults::Counts, sys::procfs};
+use crate::sys::refusal::kernel_refusal;
+use crate::{model::faults::Counts, sys::procfs};
 
 /// What the `faults` object loses that bears on fault counts.
 pub const LOSSES: [DropSource; 2] = [DropSource::FaultTableFull, DropSource::TargetTableFull];

@@ -15,7 +15,8 @@ use memtrace_common::{
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
-use super::{Config, Loaded, Object, kernel_refusal, program_mut, tracepoints::Tracepoints};
+use super::{Config, Loaded, Object, program_mut, tracepoints::Tracepoints};
+use crate::sys::refusal::kernel_refusal;
 use crate::{
     decode,
     error::Failure,

@@ -14,11 +14,12 @@ use memtrace_common::{
 };
 
 use super::{
-    Config, Loaded, Object, kernel_refusal, program_mut,
+    Config, Loaded, Object, program_mut,
     targets::{self, Filter},
     tracepoints::Tracepoints,
 };
 use crate::sys::procfs;
+use crate::sys::refusal::kernel_refusal;
 
 /// What the `pressure` object can lose.
 pub const LOSSES: [DropSource; 3] = [

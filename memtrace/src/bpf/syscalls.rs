@@ -22,10 +22,11 @@ use memtrace_common::{
 use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{
-    Config, Loaded, MIN_RING_BYTES, Object, kernel_refusal, program_mut,
+    Config, Loaded, MIN_RING_BYTES, Object, program_mut,
     targets::{self, Filter},
     tracepoints::Tracepoints,
 };
+use crate::sys::refusal::kernel_refusal;
 use crate::{
     aggregate::syscalls,
     decode::{self, DecodeError},

@@ -17,7 +17,8 @@ use std::{
 
 use aya::{Ebpf, programs::TracePoint, sys::SyscallError};
 
-use super::{kernel_refusal, program_mut, release};
+use super::{program_mut, release};
+use crate::sys::refusal::kernel_refusal;
 use crate::sys::{perf, tracefs};
 
 /// How the events are released once their programs are detached.

@@ -15,7 +15,6 @@ use memtrace_common::{
 };
 
 use crate::{
-    aggregate::faults::Counts,
     bpf::{
         self, Loaded,
         attribution::{self, By},
@@ -25,14 +24,15 @@ use crate::{
     },
     cli::FaultsBy,
     error::Failure,
+    model::faults::Counts,
     output::{
-        Sink,
+        Sink, folded,
         mappings::{FileRow, Files, MappingRow, Mappings},
         pprof::Profile,
         stacks::{StackRow, Stacks as StacksRecord},
     },
     stacks::{
-        KernelCounts, Stacks, folded,
+        KernelCounts, Stacks,
         maps::{self, Mapping},
         symbols::Symbols,
     },

@@ -22,7 +22,7 @@ use tokio::time::{Interval, MissedTickBehavior, interval_at};
 
 use super::attributed::Attributed;
 use crate::{
-    aggregate::faults::{Counts, FaultAggregator, Row, busiest},
+    aggregate::faults::{FaultAggregator, Row, busiest},
     bpf::{
         self, Loaded, attribution,
         faults::{LOSSES, Options, Sample},
@@ -31,6 +31,7 @@ use crate::{
     },
     cli::{FaultsArgs, FaultsBy},
     error::Failure,
+    model::faults::Counts,
     model::time::Timestamp,
     output::{
         Format, Sink,

@@ -20,14 +20,14 @@ use crate::{
     cli::{PressureArgs, PressureBy},
     enrich::cgroups::CgroupResolver,
     error::Failure,
-    model::time::Timestamp,
+    model::{cgroup::Version, time::Timestamp},
     output::{
         Format, Sink,
         pressure::{Interval as IntervalRecord, PsiReport, Shown, Start, Summary},
     },
     session::{self, End, Ending, Job, Session, Target},
     sys::{
-        cgroup::{self, MemoryHierarchy, Version},
+        cgroup::{self, MemoryHierarchy},
         procfs::{self, Psi},
     },
 };

@@ -1,6 +1,10 @@
 //! What memtrace reports, independent of where it comes from (`bpf`, `decode`, `enrich`) and of
-//! how it is shown (`output`). Faults and syscalls have theirs in `aggregate` and `syscalls`;
-//! stacks, mappings and allocations will have theirs here.
+//! how it is shown (`output`): the vocabulary at the bottom, which imports nothing above it.
+//! Syscalls have theirs in `syscalls`, stacks in `stacks`, allocations in `leaks`.
 
+pub mod cgroup;
+pub mod command;
+pub mod faults;
 pub mod oom;
+pub mod owner;
 pub mod time;

@@ -5,9 +5,9 @@ use memtrace_common::oom::OomVictim;
 use serde::Serialize;
 
 use crate::{
-    enrich::owner::Owner,
+    model::cgroup::{Limit, Version},
+    model::owner::Owner,
     model::time::Timestamp,
-    sys::cgroup::{Limit, Version},
 };
 
 /// What the kernel sent: a victim, or a fragment of its OOM report.

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{Record, Targets, drops_json};
 use crate::model::time::{Timestamp, seconds, unix_seconds};
-use crate::{aggregate::faults::Row, session::CommandOutcome};
+use crate::{aggregate::faults::Row, model::command::CommandOutcome};
 
 /// Summary rows the human table shows before saying how many more there are.
 const SUMMARY_ROWS: usize = 50;
@@ -269,7 +269,7 @@ mod tests {
     use memtrace_common::faults::FaultKey;
 
     use super::*;
-    use crate::{aggregate::faults::Counts, model::time::round_secs};
+    use crate::{model::faults::Counts, model::time::round_secs};
 
     #[test]
     fn rates_round_to_microseconds_in_json_and_tid_only_per_thread() {

@@ -5,11 +5,11 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
+use super::folded;
 use super::{
     Record,
     stacks::{write_lines, write_more},
 };
-use crate::stacks::folded;
 
 /// Rows a table shows before saying how many more there are.
 const ROWS: usize = 30;

@@ -3,6 +3,7 @@
 //! and lines, or JSON lines. The modules below define each command's records.
 
 pub mod faults;
+pub mod folded;
 pub mod leaks;
 pub mod mappings;
 pub mod oom;

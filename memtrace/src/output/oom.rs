@@ -7,10 +7,10 @@ use serde::Serialize;
 
 use super::Record;
 use crate::{
+    model::cgroup::{Limit, Version},
     model::oom::{HistoryPoint, Kill},
     model::time::{Timestamp, unix_seconds},
     output::size_kb,
-    sys::cgroup::{Limit, Version},
 };
 
 /// What the report is about, told once at the start.
@@ -169,7 +169,7 @@ pub fn format_kill(kill: &Kill) -> String {
 }
 
 /// ` pod=UID qos=CLASS container=RUNTIME://ID12`, or ` unit=UNIT`, where the cgroup says.
-fn owner_words(owner: &crate::enrich::owner::Owner) -> String {
+fn owner_words(owner: &crate::model::owner::Owner) -> String {
     let mut words = String::new();
     if let Some(uid) = &owner.pod_uid {
         words.push_str(&format!(" pod={uid}"));

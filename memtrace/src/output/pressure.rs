@@ -13,8 +13,8 @@ use serde::{Serialize, ser::SerializeMap};
 use super::{Record, Targets, drops_json};
 use crate::{
     aggregate::pressure::{Kinds, Row, RowKey},
+    model::command::CommandOutcome,
     model::time::{Timestamp, round_secs, seconds},
-    session::CommandOutcome,
     sys::procfs::Psi,
 };
 

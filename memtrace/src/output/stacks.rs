@@ -8,11 +8,12 @@ use std::{
 
 use serde::Serialize;
 
+use super::folded;
 use super::{
     Record,
     pprof::{self, Profile},
 };
-use crate::stacks::{StackLosses, folded, symbols::Named};
+use crate::stacks::{StackLosses, symbols::Named};
 
 /// Stacks a table shows before saying how many more there are.
 const STACK_ROWS: usize = 20;

@@ -14,8 +14,8 @@ use serde_json::{Map, Value};
 use super::{Record, Targets, drops_json};
 use crate::{
     aggregate::syscalls::{avg_ns, grand_total},
+    model::command::CommandOutcome,
     model::time::{Timestamp, round_secs},
-    session::CommandOutcome,
     stacks::symbols::Named,
     syscalls::{
         Call, Syscall,

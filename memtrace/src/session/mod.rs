@@ -13,11 +13,12 @@ use std::{future::Future, path::PathBuf, time::Duration};
 use anyhow::Context as _;
 pub use endings::End;
 use endings::Endings;
-pub use targets::{CommandOutcome, Target, Watched};
+pub use targets::{Target, Watched};
 
 use crate::{
     bpf::targets::TargetTable,
     error::exit_code,
+    model::command::CommandOutcome,
     output::{self, Format, Sink},
     sys::privileges,
 };

@@ -24,21 +24,13 @@ use memtrace_common::targets::TargetFlags;
 use crate::{
     bpf::targets::TargetTable,
     error::{Failure, exit_code},
+    model::command::CommandExit,
     sys::pidfd::PidFd,
 };
 
 /// A command memtrace started.
 pub struct Spawned {
     pub pidfd: PidFd,
-}
-
-/// How the command ended, with the kernel's fault counters for it and its reaped descendants.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CommandExit {
-    /// The exit status, or 128 + the signal number if a signal killed it (as shells report).
-    pub code: u8,
-    pub minor_faults: u64,
-    pub major_faults: u64,
 }
 
 fn spawn(argv: &[String]) -> Result<Spawned, anyhow::Error> {

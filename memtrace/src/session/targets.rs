@@ -5,13 +5,12 @@ use std::future::pending;
 
 use anyhow::Context as _;
 
-use super::{
-    End,
-    spawn::{CommandExit, Spawned},
-};
+use super::{End, spawn::Spawned};
 use memtrace_common::COMM_LEN;
 
-use crate::{bpf::targets::Filter, error::Failure, sys::pidfd::PidFd};
+use crate::{
+    bpf::targets::Filter, error::Failure, model::command::CommandOutcome, sys::pidfd::PidFd,
+};
 
 /// How long a spawned command gets to exit after memtrace forwarded it a signal.
 pub const COMMAND_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -99,9 +98,6 @@ pub struct Watched {
     pub pidfds: Vec<PidFd>,
     pub command: Option<Spawned>,
 }
-
-/// How the spawned command ended: its pid and exit.
-pub type CommandOutcome = (u32, CommandExit);
 
 impl Watched {
     /// Opens every explicit target: it proves each pid exists (exit 4 if not), and holds on to

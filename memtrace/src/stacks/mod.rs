@@ -4,7 +4,6 @@
 //!
 //! See `memtrace_common::stacks` for why a recipe identifies a stack exactly.
 
-pub mod folded;
 pub mod maps;
 pub mod modules;
 pub mod symbols;

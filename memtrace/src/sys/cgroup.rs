@@ -7,43 +7,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::Serialize;
-
-use crate::error::Failure;
-
-/// Which cgroup version the memory controller is on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Version {
-    V1,
-    V2,
-}
-
-impl Version {
-    /// The file holding a cgroup's memory limit (bytes; v2 also `max`).
-    pub fn limit_file(self) -> &'static str {
-        match self {
-            Version::V1 => "memory.limit_in_bytes",
-            Version::V2 => "memory.max",
-        }
-    }
-
-    /// The file holding a cgroup's memory usage, in bytes.
-    pub fn usage_file(self) -> &'static str {
-        match self {
-            Version::V1 => "memory.usage_in_bytes",
-            Version::V2 => "memory.current",
-        }
-    }
-
-    /// The flat-keyed file whose `oom_kill` line counts the cgroup's OOM kills.
-    pub fn events_file(self) -> &'static str {
-        match self {
-            Version::V1 => "memory.oom_control",
-            Version::V2 => "memory.events",
-        }
-    }
-}
+use crate::{
+    error::Failure,
+    model::cgroup::{Limit, Version},
+};
 
 /// Where the memory controller's hierarchy is mounted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,13 +99,6 @@ pub fn parse_proc_cgroup(text: &str, version: Version) -> Option<String> {
 pub fn read_proc_cgroup(pid: u32, version: Version) -> Option<String> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     parse_proc_cgroup(&text, version)
-}
-
-/// A memory limit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Limit {
-    Bytes(u64),
-    Unlimited,
 }
 
 /// A cgroup's memory figures; each is `None` when it could not be read (e.g. the cgroup is gone).

@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeSet, fs, io, os::fd::OwnedFd};
 
-use crate::{aggregate::faults::Counts, error::Failure, sys::perf};
+use crate::{error::Failure, model::faults::Counts, sys::perf};
 
 /// The counters of one process.
 pub struct ProcessCounters {
@@ -132,7 +132,7 @@ impl OpenError {
     pub fn explained(self) -> anyhow::Error {
         match self {
             OpenError::Gone(pid) => Failure::NoSuchProcess(pid).into(),
-            OpenError::Kernel { pid, source } => crate::bpf::kernel_refusal(
+            OpenError::Kernel { pid, source } => crate::sys::refusal::kernel_refusal(
                 aya::sys::SyscallError {
                     call: "perf_event_open",
                     io_error: source,

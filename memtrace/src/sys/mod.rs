@@ -8,4 +8,5 @@ pub mod perf;
 pub mod pidfd;
 pub mod privileges;
 pub mod procfs;
+pub mod refusal;
 pub mod tracefs;

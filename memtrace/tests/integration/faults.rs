@@ -580,7 +580,7 @@ impl Drop for SwapFile {
 fn swap_ins_are_major_faults_counted_as_the_kernel_counts_them() {
     require_root!();
     require_guest!("it turns swap on");
-    if common::cgroup::hierarchy().version != memtrace::sys::cgroup::Version::V2 {
+    if common::cgroup::hierarchy().version != memtrace::model::cgroup::Version::V2 {
         skip_on_this_host!("a memory cgroup that swaps needs cgroup v2 here");
     }
     let _swap = SwapFile::on(256);

@@ -14,7 +14,7 @@ use crate::common::{
     cgroup::{self, MIB, TestCgroup},
     memtrace, run_memtrace, still_loaded_after, workload,
 };
-use memtrace::sys::cgroup::Version;
+use memtrace::model::cgroup::Version;
 use serde_json::Value;
 
 /// The kernel's `Killed process PID (COMM) total-vm:..kB, anon-rss:..kB, file-rss:..kB,

@@ -76,11 +76,11 @@ fn memcg_reclaim_stalls_equal_bpftraces_count_of_the_same_events() {
     );
     // The cgroup's own PSI where cgroup v2 keeps it (memory.pressure); v1 has none.
     match cgroup.version {
-        memtrace::sys::cgroup::Version::V2 => {
+        memtrace::model::cgroup::Version::V2 => {
             let stalled = row["psi"]["some"]["stalled_ms"].as_f64();
             assert!(stalled.is_some_and(|ms| ms > 0.0), "{row}");
         }
-        memtrace::sys::cgroup::Version::V1 => assert!(row["psi"].is_null(), "{row}"),
+        memtrace::model::cgroup::Version::V1 => assert!(row["psi"].is_null(), "{row}"),
     }
     assert_eq!(summary["dropped"]["stall_table_full"], 0);
 }
@@ -137,7 +137,7 @@ fn psi_total_us(cgroup: &TestCgroup, which: &str) -> u64 {
 fn a_cgroups_psi_is_the_stall_time_its_memory_pressure_file_counts() {
     require_root!();
     let cgroup = TestCgroup::new("psi", 32 * MIB);
-    if cgroup.version != memtrace::sys::cgroup::Version::V2 {
+    if cgroup.version != memtrace::model::cgroup::Version::V2 {
         skip_on_this_host!(
             "a cgroup's own PSI (memory.pressure) needs the memory controller on cgroup v2; \
              here it is on v1"

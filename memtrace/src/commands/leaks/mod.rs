@@ -15,11 +15,10 @@ use crate::{
     cli::LeaksArgs,
     error::Failure,
     output::{
-        Format, Sink,
+        Format, Sink, folded,
         leaks::{Leaks, Level},
     },
     session::{self, Ending, Session, Target},
-    stacks::folded,
 };
 
 /// How often the kernel's rings are drained when it has not signalled a backlog.

@@ -38,7 +38,7 @@ use self::{
     metrics::{Identity, Labels, Metrics},
 };
 use crate::{
-    aggregate::{cumulative::Deltas, faults::Counts, pressure::Kinds},
+    aggregate::{cumulative::Deltas, pressure::Kinds},
     bpf::{
         self, Loaded,
         oom::{NewProcesses, OomEvents},
@@ -53,6 +53,7 @@ use crate::{
         oom::KillResolver,
     },
     error::Failure,
+    model::faults::Counts,
     model::oom::OomRecord,
     output::{Format, Sink},
     session::{self, End, Ending, Job, Session, Target},

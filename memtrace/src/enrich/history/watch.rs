@@ -22,9 +22,9 @@ use std::{
 };
 
 use crate::{
-    model::oom::MemoryUser,
+    model::{cgroup::Limit, oom::MemoryUser},
     sys::{
-        cgroup::{self, Limit, MemoryHierarchy},
+        cgroup::{self, MemoryHierarchy},
         procfs::{self, LiveFile},
     },
 };

@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use memtrace::sys::cgroup::{MemoryHierarchy, Version, memory_hierarchy, parse_keyed};
+use memtrace::{
+    model::cgroup::Version,
+    sys::cgroup::{MemoryHierarchy, memory_hierarchy, parse_keyed},
+};
 
 pub const MIB: u64 = 1 << 20;
 

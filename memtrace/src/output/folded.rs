@@ -35,7 +35,7 @@ pub fn flamegraph(
     // Frames narrower than half a pixel cannot be seen nor clicked: leaving them out keeps the
     // SVG of a program with thousands of stacks small enough to open and share.
     options.min_width = 0.5;
-    let file = crate::output::create_file(path)?;
+    let file = super::create_file(path)?;
     flamegraph::from_lines(
         &mut options,
         lines.iter().map(String::as_str),
