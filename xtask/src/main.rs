@@ -6,6 +6,7 @@
 
 mod bench;
 mod docs;
+mod layers;
 mod matrix;
 mod setup;
 mod shell;
@@ -124,6 +125,7 @@ fn test(args: &TestArgs) -> Result<()> {
     }
     setup::run()?;
     if selection.host && args.filters.is_empty() {
+        layers::check(&workspace_root().join("memtrace/src"))?;
         Cmd::new("cargo").args(["fmt", "--all", "--check"]).run()?;
         Cmd::new("cargo")
             .args(["clippy", "--all-targets", "--", "-D", "warnings"])
