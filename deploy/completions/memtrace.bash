@@ -85,7 +85,7 @@ _memtrace() {
             return 0
             ;;
         memtrace__subcmd__faults)
-            opts="-p -i -d -t -o -v -h --pid --comm --interval --duration --threads --vsz --top --json --output --max-processes --by --stacks --folded --flamegraph --pprof --max-stacks --verbose --help"
+            opts="-p -d -i -t -o -v -h --pid --duration --comm --interval --threads --vsz --top --json --output --max-processes --by --stacks --folded --flamegraph --pprof --max-stacks --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -99,6 +99,14 @@ _memtrace() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --duration)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -d)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --comm)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -108,14 +116,6 @@ _memtrace() {
                     return 0
                     ;;
                 -i)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --duration)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                -d)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -299,7 +299,7 @@ _memtrace() {
             return 0
             ;;
         memtrace__subcmd__leaks)
-            opts="-p -i -d -o -v -h --pid --interval --duration --min-age --top --json --folded --flamegraph --pprof --output --max-stacks --malloc --sample --min-size --allocator --max-allocations --verbose --help"
+            opts="-p -d -i -o -v -h --pid --duration --interval --min-age --top --json --output --folded --flamegraph --pprof --max-stacks --malloc --sample --min-size --allocator --max-allocations --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -313,19 +313,19 @@ _memtrace() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --interval)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                -i)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --duration)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 -d)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -i)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -337,19 +337,19 @@ _memtrace() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --flamegraph)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --pprof)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --output)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --flamegraph)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pprof)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -427,7 +427,7 @@ _memtrace() {
             return 0
             ;;
         memtrace__subcmd__pressure)
-            opts="-p -H -i -d -o -v -h --pid --comm --by --histogram --interval --duration --top --json --output --max-processes --verbose --help"
+            opts="-p -d -H -i -o -v -h --pid --duration --comm --by --histogram --interval --top --json --output --max-processes --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -438,6 +438,14 @@ _memtrace() {
                     return 0
                     ;;
                 -p)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --duration)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -d)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -454,14 +462,6 @@ _memtrace() {
                     return 0
                     ;;
                 -i)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --duration)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                -d)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -539,7 +539,7 @@ _memtrace() {
             return 0
             ;;
         memtrace__subcmd__trace)
-            opts="-p -f -e -c -k -o -d -v -h --pid --follow --syscalls --failed --min-size --summary --stack --kernel-stack --pprof --max-stacks --json --output --duration --max-threads --verbose --help"
+            opts="-p -d -f -e -c -k -o -v -h --pid --duration --follow --syscalls --failed --min-size --summary --stack --kernel-stack --pprof --max-stacks --json --output --max-threads --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -550,6 +550,14 @@ _memtrace() {
                     return 0
                     ;;
                 -p)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --duration)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -d)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -578,14 +586,6 @@ _memtrace() {
                     return 0
                     ;;
                 -o)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --duration)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                -d)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

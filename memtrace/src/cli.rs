@@ -42,6 +42,9 @@ found. The first fault on each stack sends the stack to memtrace (16 KiB of it);
 teaches the kernel which stack words tell that stack apart, and the kernel counts the next
 faults on it by itself.
 
+PPROF (--stacks --pprof): sample types faults/count (the default), minor_faults/count and
+major_faults/count per stack.
+
 Counts come from the kernel's minor-faults/major-faults perf events, which fire exactly where
 the kernel increments each task's min_flt/maj_flt (/proc/PID/stat fields 10 and 12). Faults
 taken on a process's behalf by get_user_pages (execve argument copying, MAP_POPULATE, mlock)
@@ -128,6 +131,9 @@ TWO LEVELS:
                       allocation-heavy programs prefer the mapping level, or heaptrack if the
                       program can be restarted.
 
+PPROF (--pprof): sample types bytes/bytes (the default) and regions/count (with --malloc:
+blocks/count), outstanding per stack.
+
 EXAMPLES:
   sudo memtrace leaks --pid 4242                   # a running service's mappings, every 5 s
   sudo memtrace leaks --malloc --pid 4242          # its malloc'ed blocks not yet freed
@@ -141,19 +147,13 @@ EXAMPLES:
 /// What processes have mapped (or allocated) and not released, by stack.
 #[derive(Debug, Args)]
 pub struct LeaksArgs {
-    /// Trace this running process (repeat for several)
-    #[arg(short, long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
-    pub pids: Vec<u32>,
+    #[command(flatten)]
+    pub targets: Targets,
 
     /// Seconds between reports (fractions allowed)
     #[arg(short, long, value_name = "SECS", default_value = "5", value_parser = parse_seconds,
           allow_negative_numbers = true)]
     pub interval: Duration,
-
-    /// Stop after this many seconds (default: until Ctrl-C, or until every target has exited)
-    #[arg(short, long, value_name = "SECS", value_parser = parse_seconds,
-          allow_negative_numbers = true)]
-    pub duration: Option<Duration>,
 
     /// Leave out regions mapped (or blocks allocated) less than SECS ago (memleak's -o)
     #[arg(long, value_name = "SECS", value_parser = parse_seconds, allow_negative_numbers = true)]
@@ -163,34 +163,18 @@ pub struct LeaksArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub top: Option<u64>,
 
-    /// One JSON object per line (schema in the README)
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub report: Report,
 
-    /// Write only the final report as folded stacks (`comm;outermost;...;innermost BYTES`)
-    #[arg(long, conflicts_with = "json")]
-    pub folded: bool,
-
-    /// Also draw the final report's flame graph (bytes outstanding per stack) into FILE (SVG)
-    #[arg(long, value_name = "FILE.svg")]
-    pub flamegraph: Option<PathBuf>,
-
-    /// Also write the final report as a pprof profile into FILE (gzipped profile.proto), for
-    /// `go tool pprof -top FILE` (or `-http :8080 FILE`), Pyroscope, Parca or speedscope. Its
-    /// sample types: bytes/bytes (the default) and regions/count (with --malloc: blocks/count),
-    /// outstanding per stack; labels pid and comm; mappings with the files' build ids
-    #[arg(long, value_name = "FILE.pb.gz")]
-    pub pprof: Option<PathBuf>,
-
-    /// Write the report to FILE instead of standard output
-    #[arg(short, long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub stack_files: StackFiles,
 
     /// Capacity of the kernel's stack tables (default 65536)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_stacks: Option<u32>,
 
-    /// Trace the allocator (malloc, free, ...) with uprobes instead of the mappings
+    /// Trace the allocator (malloc, free, ...) with uprobes instead of the mappings (a
+    /// COMMAND's descendants: up to 8)
     #[arg(long)]
     pub malloc: bool,
 
@@ -214,11 +198,6 @@ pub struct LeaksArgs {
     #[arg(long, value_name = "N", requires = "malloc",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_allocations: Option<u32>,
-
-    /// Start COMMAND and trace it with all its descendants (with --malloc, up to 8 of them);
-    /// memtrace exits with its status
-    #[arg(last = true, value_name = "COMMAND", conflicts_with = "pids")]
-    pub command: Vec<String>,
 }
 
 const PRESSURE_EXAMPLES: &str = "\
@@ -266,12 +245,11 @@ pub enum PressureBy {
 /// With no target, reports the processes of the whole system that stalled in each interval.
 #[derive(Debug, Args)]
 pub struct PressureArgs {
-    /// Trace this running process (repeat for several)
-    #[arg(short, long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
-    pub pids: Vec<u32>,
+    #[command(flatten)]
+    pub targets: Targets,
 
     /// Trace every process with this command name (as in /proc/PID/comm, at most 15 bytes)
-    #[arg(long, value_name = "NAME", conflicts_with = "pids")]
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["pids", "command"])]
     pub comm: Option<String>,
 
     /// Rows by process or by memory cgroup
@@ -287,33 +265,19 @@ pub struct PressureArgs {
           allow_negative_numbers = true)]
     pub interval: Duration,
 
-    /// Stop after this many seconds (default: until Ctrl-C, or until every target has exited)
-    #[arg(short, long, value_name = "SECS", value_parser = parse_seconds,
-          allow_negative_numbers = true)]
-    pub duration: Option<Duration>,
-
     /// Rows per interval (those that stalled longest; default 10). With --pid every target is
     /// shown
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..),
           conflicts_with = "pids")]
     pub top: Option<u64>,
 
-    /// One JSON object per line instead of a table (schema in the README)
-    #[arg(long)]
-    pub json: bool,
-
-    /// Write the report to FILE instead of standard output
-    #[arg(short, long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub report: Report,
 
     /// Capacity of the kernel's table of processes that stalled (default 8192); stalls beyond
     /// it are counted as dropped (stall_table_full)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_processes: Option<u32>,
-
-    /// Start COMMAND and trace it with all its descendants; memtrace exits with its status
-    #[arg(last = true, value_name = "COMMAND", conflicts_with_all = ["pids", "comm"])]
-    pub command: Vec<String>,
 }
 
 const SERVE_EXAMPLES: &str = "\
@@ -465,13 +429,8 @@ pub struct OomArgs {
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
 
-    /// One JSON object per line instead of text (schema in the README)
-    #[arg(long)]
-    pub json: bool,
-
-    /// Write the report to FILE instead of standard output
-    #[arg(short, long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub report: Report,
 
     /// Stop after this many seconds (default: until Ctrl-C, or --count kills)
     #[arg(short, long, value_name = "SECS", value_parser = parse_seconds,
@@ -494,23 +453,17 @@ pub struct OomArgs {
 /// With no target, reports the busiest processes of the whole system each interval.
 #[derive(Debug, Args)]
 pub struct FaultsArgs {
-    /// Trace this running process (repeat for several)
-    #[arg(short, long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
-    pub pids: Vec<u32>,
+    #[command(flatten)]
+    pub targets: Targets,
 
     /// Trace every process with this command name (as in /proc/PID/comm, at most 15 bytes)
-    #[arg(long, value_name = "NAME", conflicts_with = "pids")]
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["pids", "command"])]
     pub comm: Option<String>,
 
     /// Seconds between reports (fractions allowed)
     #[arg(short, long, value_name = "SECS", default_value = "1", value_parser = parse_seconds,
           allow_negative_numbers = true)]
     pub interval: Duration,
-
-    /// Stop after this many seconds (default: until Ctrl-C, or until every target has exited)
-    #[arg(short, long, value_name = "SECS", value_parser = parse_seconds,
-          allow_negative_numbers = true)]
-    pub duration: Option<Duration>,
 
     /// Count per thread instead of per process
     #[arg(short, long)]
@@ -527,13 +480,8 @@ pub struct FaultsArgs {
           conflicts_with = "pids")]
     pub top: Option<u64>,
 
-    /// One JSON object per line instead of a table (schema in the README)
-    #[arg(long)]
-    pub json: bool,
-
-    /// Write the report to FILE instead of standard output
-    #[arg(short, long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub report: Report,
 
     /// Capacity of the kernel's counting table, in processes (threads with --threads; default
     /// 16384). Faults of processes beyond it are counted as dropped (fault_table_full). Not used
@@ -556,31 +504,13 @@ pub struct FaultsArgs {
     #[arg(long, conflicts_with_all = ["by", "threads"])]
     pub stacks: bool,
 
-    /// With --stacks (or --by mapping|file): write only folded lines at the end
-    /// (`comm;outermost;...;innermost COUNT`, one line per distinct stack), for flamegraph.pl,
-    /// inferno or speedscope
-    #[arg(long, conflicts_with = "json")]
-    pub folded: bool,
-
-    /// With --stacks (or --by mapping|file): also draw the flame graph into FILE (SVG)
-    #[arg(long, value_name = "FILE.svg")]
-    pub flamegraph: Option<PathBuf>,
-
-    /// With --stacks: also write the stacks as a pprof profile into FILE (gzipped
-    /// profile.proto), for `go tool pprof -top FILE` (or `-http :8080 FILE`), Pyroscope, Parca
-    /// or speedscope. Its sample types: faults/count (the default), minor_faults/count and
-    /// major_faults/count per stack; labels pid and comm; mappings with the files' build ids
-    #[arg(long, value_name = "FILE.pb.gz")]
-    pub pprof: Option<PathBuf>,
+    #[command(flatten)]
+    pub stack_files: StackFiles,
 
     /// With --stacks: capacity of the kernel's stack tables (distinct stacks and places;
     /// default 65536). Stacks beyond it are still counted, each sent whole to memtrace
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_stacks: Option<u32>,
-
-    /// Start COMMAND and trace it with all its descendants; memtrace exits with its status
-    #[arg(last = true, value_name = "COMMAND", conflicts_with_all = ["pids", "comm"])]
-    pub command: Vec<String>,
 }
 
 const TRACE_EXAMPLES: &str = "\
@@ -606,9 +536,8 @@ EXAMPLES:
 /// With no target, traces every process on the system (except memtrace itself).
 #[derive(Debug, Args)]
 pub struct TraceArgs {
-    /// Trace this running process (repeat for several)
-    #[arg(short, long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
-    pub pids: Vec<u32>,
+    #[command(flatten)]
+    pub targets: Targets,
 
     /// Also trace the processes the --pid targets create from now on (always on with COMMAND)
     #[arg(short, long)]
@@ -656,27 +585,63 @@ pub struct TraceArgs {
           requires = "stack")]
     pub max_stacks: Option<u32>,
 
-    /// One JSON object per line (schema in the README)
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub report: Report,
 
-    /// Write the report to FILE instead of standard output
-    #[arg(short, long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
+    /// Capacity of the kernel's table of traced threads (default 16384 system-wide, 4096 with
+    /// targets). Calls of threads beyond it are counted as lost (syscall_pending_full)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_threads: Option<u32>,
+}
+
+/// What to trace and for how long: the targets of every tracing command.
+#[derive(Debug, Args)]
+pub struct Targets {
+    /// Trace this running process (repeat for several)
+    #[arg(short, long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pids: Vec<u32>,
 
     /// Stop after this many seconds (default: until Ctrl-C, or until every target has exited)
     #[arg(short, long, value_name = "SECS", value_parser = parse_seconds,
           allow_negative_numbers = true)]
     pub duration: Option<Duration>,
 
-    /// Capacity of the kernel's table of traced threads (default 16384 system-wide, 4096 with
-    /// targets). Calls of threads beyond it are counted as lost (syscall_pending_full)
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_threads: Option<u32>,
-
     /// Start COMMAND and trace it with all its descendants; memtrace exits with its status
     #[arg(last = true, value_name = "COMMAND", conflicts_with = "pids")]
     pub command: Vec<String>,
+}
+
+/// The files a report of stacks can also be written as, at the end (faults: with --stacks, or
+/// --by mapping|file for the folded lines and the flame graph).
+#[derive(Debug, Args)]
+pub struct StackFiles {
+    /// Write only the final report, as folded stacks (`comm;outermost;...;innermost VALUE`, one
+    /// line per distinct stack), for flamegraph.pl, inferno or speedscope
+    #[arg(long, conflicts_with = "json")]
+    pub folded: bool,
+
+    /// Also draw the final report's flame graph into FILE (SVG)
+    #[arg(long, value_name = "FILE.svg")]
+    pub flamegraph: Option<PathBuf>,
+
+    /// Also write the final report's stacks as a pprof profile into FILE (gzipped
+    /// profile.proto), for `go tool pprof -top FILE` (or `-http :8080 FILE`), Pyroscope, Parca
+    /// or speedscope: labels pid and comm, mappings with the files' build ids, and the sample
+    /// types under PPROF below
+    #[arg(long, value_name = "FILE.pb.gz")]
+    pub pprof: Option<PathBuf>,
+}
+
+/// Where the report goes, and whether for machines.
+#[derive(Debug, Args)]
+pub struct Report {
+    /// One JSON object per line instead of text (JSON Schemas: docs/schemas/)
+    #[arg(long)]
+    pub json: bool,
+
+    /// Write the report to FILE instead of standard output
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 /// A strictly positive, finite number of seconds.

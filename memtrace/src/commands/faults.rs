@@ -34,7 +34,7 @@ use crate::{
     model::faults::Counts,
     model::time::Timestamp,
     output::{
-        Format, Sink,
+        Sink,
         faults::{Command, Interval as IntervalRecord, Rate, Start, Summary, Total, Totals},
     },
     session::{self, End, Ending, Job, Session, Target},
@@ -71,44 +71,34 @@ impl TryFrom<FaultsArgs> for FaultsConfig {
     type Error = Failure;
 
     fn try_from(args: FaultsArgs) -> Result<Self, Failure> {
-        let target = Target::from_flags(args.command, args.comm, args.pids)?;
         let by = if args.stacks {
             FaultsBy::Stack
         } else {
             args.by
         };
-        if by == FaultsBy::Process && (args.folded || args.flamegraph.is_some()) {
+        if by == FaultsBy::Process
+            && (args.stack_files.folded || args.stack_files.flamegraph.is_some())
+        {
             return Err(Failure::Usage(
                 "--folded and --flamegraph draw stacks: add --stacks".into(),
             ));
         }
-        if args.pprof.is_some() && by != FaultsBy::Stack {
+        if args.stack_files.pprof.is_some() && by != FaultsBy::Stack {
             return Err(Failure::Usage(
                 "--pprof writes the stacks: add --stacks (--by mapping and file have none)".into(),
             ));
         }
-        let format = Format::of_stacks(
-            args.folded,
-            args.json,
-            &[args.flamegraph.as_deref(), args.pprof.as_deref()],
-        )?;
+        let format = super::stacks_format(&args.stack_files, &args.report)?;
         Ok(FaultsConfig {
-            session: session::Options {
-                target,
-                format,
-                output: args.output,
-                duration: args.duration,
-            },
+            session: super::session_options(args.targets, args.comm, format, args.report)?,
             interval: args.interval,
             per_thread: args.threads,
             vsz: args.vsz,
-            top: args.top.map_or(DEFAULT_TOP, |top| {
-                usize::try_from(top).unwrap_or(usize::MAX)
-            }),
+            top: super::rows(args.top, DEFAULT_TOP),
             max_processes: args.max_processes.unwrap_or(MAX_FAULT_KEYS),
             by,
-            flamegraph: args.flamegraph,
-            pprof: args.pprof,
+            flamegraph: args.stack_files.flamegraph,
+            pprof: args.stack_files.pprof,
             max_stacks: args.max_stacks.unwrap_or(MAX_STACKS),
         })
     }

@@ -11,7 +11,12 @@ pub mod pressure;
 pub mod serve;
 pub mod trace;
 
-use crate::cli::{Cli, Command};
+use crate::{
+    cli::{Cli, Command, Report, StackFiles, Targets},
+    error::Failure,
+    output::Format,
+    session::{self, Target},
+};
 
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
@@ -23,4 +28,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Leaks(args) => leaks::execute(args).await,
         Command::Generate(args) => generate::execute(&args),
     }
+}
+
+/// The session a tracing command's shared flags describe: what it traces (`comm`: `--comm`,
+/// for the commands that have it), for how long, and where its report goes in `format`.
+fn session_options(
+    targets: Targets,
+    comm: Option<String>,
+    format: Format,
+    report: Report,
+) -> Result<session::Options, Failure> {
+    Ok(session::Options {
+        target: Target::from_flags(targets.command, comm, targets.pids)?,
+        format,
+        output: report.output,
+        duration: targets.duration,
+    })
+}
+
+/// The format of a report of stacks: `--folded`, `--json`, else tables (checking that the
+/// files it also writes can be created).
+fn stacks_format(files: &StackFiles, report: &Report) -> Result<Format, Failure> {
+    Format::of_stacks(
+        files.folded,
+        report.json,
+        &[files.flamegraph.as_deref(), files.pprof.as_deref()],
+    )
+}
+
+/// `--top N` as a row count (every row, should N not fit).
+fn rows(top: Option<u64>, default: usize) -> usize {
+    top.map_or(default, |top| usize::try_from(top).unwrap_or(usize::MAX))
 }

@@ -48,8 +48,8 @@ impl From<OomArgs> for OomConfig {
     fn from(args: OomArgs) -> OomConfig {
         OomConfig {
             cgroup: args.cgroup,
-            format: Format::json(args.json),
-            output: args.output,
+            format: Format::json(args.report.json),
+            output: args.report.output,
             duration: args.duration,
             count: args.count,
             history: args.history,

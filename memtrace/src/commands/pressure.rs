@@ -54,18 +54,16 @@ impl TryFrom<PressureArgs> for PressureConfig {
 
     fn try_from(args: PressureArgs) -> Result<Self, Failure> {
         Ok(PressureConfig {
-            session: session::Options {
-                target: Target::from_flags(args.command, args.comm, args.pids)?,
-                format: Format::json(args.json),
-                output: args.output,
-                duration: args.duration,
-            },
+            session: super::session_options(
+                args.targets,
+                args.comm,
+                Format::json(args.report.json),
+                args.report,
+            )?,
             interval: args.interval,
             by: args.by,
             histograms: args.histogram,
-            top: args.top.map_or(DEFAULT_TOP, |top| {
-                usize::try_from(top).unwrap_or(usize::MAX)
-            }),
+            top: super::rows(args.top, DEFAULT_TOP),
             max_processes: args.max_processes.unwrap_or(MAX_STALLERS),
         })
     }

@@ -67,14 +67,13 @@ impl TryFrom<TraceArgs> for TraceConfig {
 
     fn try_from(args: TraceArgs) -> Result<Self, Failure> {
         let syscalls = syscalls::parse_list(&args.syscalls)?;
-        if args.follow && args.pids.is_empty() && args.command.is_empty() {
+        if args.follow && args.targets.pids.is_empty() && args.targets.command.is_empty() {
             return Err(Failure::Usage(
                 "-f/--follow follows the children of --pid targets (a COMMAND is always followed; \
                  without a target every process is traced already)"
                     .into(),
             ));
         }
-        let target = Target::from_flags(args.command, None, args.pids)?;
         if let Some(path) = &args.pprof {
             if !(args.summary && args.stack) {
                 return Err(Failure::Usage(
@@ -83,18 +82,19 @@ impl TryFrom<TraceArgs> for TraceConfig {
             }
             output::create_file(path)?;
         }
-        let default_threads = match target {
+        let session = super::session_options(
+            args.targets,
+            None,
+            Format::json(args.report.json),
+            args.report,
+        )?;
+        let default_threads = match session.target {
             Target::System => MAX_PENDING,
             _ => MAX_PENDING_TARGETED,
         };
         Ok(TraceConfig {
-            follow: args.follow || matches!(target, Target::Command(_)),
-            session: session::Options {
-                target,
-                format: Format::json(args.json),
-                output: args.output,
-                duration: args.duration,
-            },
+            follow: args.follow || matches!(session.target, Target::Command(_)),
+            session,
             syscalls,
             filter: KernelFilter {
                 // Per stack, the calls are counted here, from their records.

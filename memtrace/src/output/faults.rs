@@ -1,5 +1,5 @@
 //! The records of a `memtrace faults` report: a start, one interval per `--interval`, a summary.
-//! JSON schema in the README.
+//! JSON Schema in `docs/schemas/`.
 
 use std::io::{self, Write};
 

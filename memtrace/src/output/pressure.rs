@@ -1,6 +1,6 @@
 //! The records of a `memtrace pressure` report: a start, one interval per `--interval` (the
 //! rows that stalled, and the kernel's own pressure figures), a summary (totals, longest
-//! stalls, histograms with `-H`). JSON schema in the README.
+//! stalls, histograms with `-H`). JSON Schema in `docs/schemas/`.
 
 use std::io::{self, Write};
 

@@ -15,7 +15,7 @@ use crate::{
     cli::LeaksArgs,
     error::Failure,
     output::{
-        Format, Sink, folded,
+        Sink, folded,
         leaks::{Leaks, Level},
     },
     session::{self, Ending, Session, Target},
@@ -55,18 +55,14 @@ impl TryFrom<LeaksArgs> for LeaksConfig {
     type Error = Failure;
 
     fn try_from(args: LeaksArgs) -> Result<Self, Failure> {
-        let target = Target::from_flags(args.command, None, args.pids)?;
-        if target == Target::System {
+        let format = super::stacks_format(&args.stack_files, &args.report)?;
+        let session = super::session_options(args.targets, None, format, args.report)?;
+        if session.target == Target::System {
             return Err(Failure::Usage(
                 "leaks needs --pid PID or a COMMAND: every process's mappings would be too much"
                     .into(),
             ));
         }
-        let format = Format::of_stacks(
-            args.folded,
-            args.json,
-            &[args.flamegraph.as_deref(), args.pprof.as_deref()],
-        )?;
         let malloc = args.malloc.then(|| MallocOptions {
             sample: args.sample.unwrap_or(1),
             min_size: args.min_size.unwrap_or(0),
@@ -74,19 +70,12 @@ impl TryFrom<LeaksArgs> for LeaksConfig {
             max_allocations: args.max_allocations,
         });
         Ok(LeaksConfig {
-            session: session::Options {
-                target,
-                format,
-                output: args.output,
-                duration: args.duration,
-            },
+            session,
             interval: args.interval,
             min_age: args.min_age.unwrap_or_default(),
-            top: args.top.map_or(DEFAULT_TOP, |top| {
-                usize::try_from(top).unwrap_or(usize::MAX)
-            }),
-            flamegraph: args.flamegraph,
-            pprof: args.pprof,
+            top: super::rows(args.top, DEFAULT_TOP),
+            flamegraph: args.stack_files.flamegraph,
+            pprof: args.stack_files.pprof,
             max_stacks: args.max_stacks.unwrap_or(MAX_STACKS),
             malloc,
         })
