@@ -3,11 +3,13 @@
 //!
 //! `rows` says what each row runs, `measure` how (interleaved rounds, the event storm, launch
 //! to ready), `stack_report` the time to symbolize a report of many stacks, `runner` the
-//! mechanics of one run, `report` the statistics and markdown.
+//! mechanics of one run, `report` the statistics and markdown, `published` the blocks of
+//! `docs/benchmarks.md` that a full run rewrites.
 
 mod cgroup;
 mod measure;
 mod memory;
+mod published;
 mod report;
 mod rows;
 mod runner;
@@ -140,9 +142,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     for row in selected {
         let section = row.run(&suite)?;
         println!("{section}");
-        sections.push(section);
+        let name = row.to_possible_value().map(|v| v.get_name().to_owned());
+        sections.push((name.unwrap_or_default(), section));
     }
-    let report = header(&suite, started.elapsed().as_secs_f64()) + &sections.join("\n");
+    let tables: Vec<&str> = sections
+        .iter()
+        .map(|(_, section)| section.as_str())
+        .collect();
+    let report = header(&suite, started.elapsed().as_secs_f64()) + &tables.join("\n");
     let path = suite.dir.join("results.md");
     fs::write(&path, report)?;
     eprintln!(
@@ -150,7 +157,37 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         path.display(),
         started.elapsed().as_secs_f64()
     );
+    if suite.quick || suite.without_memtrace || args.rounds.is_some_and(|r| r < 7) {
+        eprintln!(
+            "bench: docs/benchmarks.md left as it is: a --quick, --without-memtrace or short \
+             run is not the published report"
+        );
+        return Ok(());
+    }
+    let docs = root.join("docs/benchmarks.md");
+    published::write(&docs, &sections, &provenance(&suite))?;
+    eprintln!(
+        "bench: the blocks of these rows rewritten in {}",
+        docs.display()
+    );
     Ok(())
+}
+
+/// The line above a row's tables in `docs/benchmarks.md`: when and where they were measured.
+fn provenance(suite: &Suite) -> String {
+    let output = |program: &str, args: &[&str]| {
+        Cmd::new(program)
+            .args(args)
+            .output()
+            .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned())
+    };
+    format!(
+        "_Written by `cargo xtask bench` on {}: Linux {}, {} CPUs, {} rounds._",
+        output("date", &["-u", "+%Y-%m-%d"]),
+        output("uname", &["-r"]),
+        std::thread::available_parallelism().map_or(0, usize::from),
+        suite.rounds
+    )
 }
 
 /// The report's opening: the machine and the choices that shape the figures.
