@@ -30,8 +30,10 @@ use super::{
     targets::{self, Filter, TargetTable as _},
     tracepoints::{Release, Tracepoints},
 };
-use crate::leaks::allocator::{Allocator, FUNCTIONS, Role};
-use crate::sys::refusal::kernel_refusal;
+use crate::{
+    leaks::allocator::{Allocator, FUNCTIONS, Role},
+    sys::refusal::kernel_refusal,
+};
 
 /// What the object loses.
 pub const LOSSES: [DropSource; 3] = [

@@ -22,8 +22,10 @@ use super::{
     targets::{self, Filter},
     tracepoints::Tracepoints,
 };
-use crate::sys::refusal::kernel_refusal;
-use crate::{model::faults::Counts, sys::procfs};
+use crate::{
+    model::faults::Counts,
+    sys::{procfs, refusal::kernel_refusal},
+};
 
 /// What the `faults` object loses that bears on fault counts.
 pub const LOSSES: [DropSource; 2] = [DropSource::FaultTableFull, DropSource::TargetTableFull];

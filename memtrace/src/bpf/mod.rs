@@ -1,7 +1,6 @@
 //! memtrace's kernel objects, embedded in this binary: loading one with its configuration set
 //! before load (globals the verifier sees as constants, table sizes chosen by the command),
-//! attaching its programs, reading its maps; and turning the kernel's refusals into errors a user
-//! can act on.
+//! attaching its programs, reading its maps and rings (`ring`: one type for every ring buffer).
 //!
 //! Each hook family is its own object (`memtrace_common::objects`), so a command creates only
 //! the maps of the families it uses, and only the programs it attaches are ever loaded into the
@@ -16,6 +15,7 @@ pub mod kernel;
 pub mod oom;
 pub mod pressure;
 pub mod release;
+pub mod ring;
 pub mod stacks;
 pub mod syscalls;
 pub mod targets;

@@ -3,25 +3,21 @@
 //! tracepoint (the kernel's own OOM report, for the victim's cgroup and the OOM's scope), the
 //! victim layout read from tracefs, and the ring buffer of what they send.
 
-use anyhow::Context as _;
-use aya::{
-    Ebpf,
-    maps::{MapData, RingBuf},
-    programs::RawTracePoint,
-};
+use aya::{Ebpf, programs::RawTracePoint};
 use memtrace_common::{
     DropSource, globals, maps,
     oom::{OomFields, OomLayout},
 };
-use tokio::io::{Interest, unix::AsyncFd};
 
-use super::{Config, Loaded, Object, program_mut, tracepoints::Tracepoints};
-use crate::sys::refusal::kernel_refusal;
+use super::{Config, Loaded, Object, program_mut, ring::Ring, tracepoints::Tracepoints};
 use crate::{
     decode,
     error::Failure,
     model::oom::OomRecord,
-    sys::tracefs::{Field, Format},
+    sys::{
+        refusal::kernel_refusal,
+        tracefs::{Field, Format},
+    },
 };
 
 /// The fields of `oom:mark_victim` beyond `pid`, with their bit and size (6.9+).
@@ -141,78 +137,60 @@ pub fn load(layout: &OomLayout, new_processes: bool) -> anyhow::Result<Loaded> {
 /// The processes that ran `exec` since the last drain, from the `NEW_PROCESSES` ring buffer
 /// (read from its shared memory: no system call).
 pub struct NewProcesses {
-    ring: AsyncFd<RingBuf<MapData>>,
+    ring: Ring,
 }
 
 impl NewProcesses {
     /// The ring, awaited through tokio (so within a runtime).
     pub fn open(ebpf: &mut Ebpf) -> anyhow::Result<NewProcesses> {
-        let map = ebpf
-            .take_map(maps::NEW_PROCESSES)
-            .context("the BPF object has no NEW_PROCESSES map")?;
-        let ring = RingBuf::try_from(map).context("NEW_PROCESSES map")?;
-        // SAFETY: the AsyncFd owns the ring buffer, and with it its descriptor, for its whole life.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(|err| err.into_parts().1)
-            .context("poll NEW_PROCESSES")?;
-        Ok(NewProcesses { ring })
+        Ok(NewProcesses {
+            ring: Ring::open(ebpf, maps::NEW_PROCESSES)?,
+        })
     }
 
     /// Resolves once the ring has a birth to `drain` (perhaps already drained: a look may have
     /// taken it meanwhile). Cancel-safe.
     pub async fn started(&mut self) {
-        match self.ring.readable_mut().await {
-            // Cleared before the drain, so that a birth recorded after it wakes us again.
-            Ok(mut ready) => ready.clear_ready(),
+        if self.ring.readable().await.is_err() {
             // Without polling, births are found by the next regular look.
-            Err(_) => std::future::pending().await,
+            std::future::pending::<()>().await;
         }
     }
 
     pub fn drain(&mut self) -> Vec<u32> {
         let mut pids = Vec::new();
-        let ring = self.ring.get_mut();
-        while let Some(item) = ring.next() {
-            if let Ok(bytes) = <[u8; 4]>::try_from(&item[..]) {
+        self.ring.drain(usize::MAX, |item| {
+            if let Ok(bytes) = <[u8; 4]>::try_from(item) {
                 pids.push(u32::from_ne_bytes(bytes));
             }
-        }
+        });
         pids
     }
 }
 
 /// The ring buffer, awaited through tokio.
 pub struct OomEvents {
-    ring: AsyncFd<RingBuf<MapData>>,
+    ring: Ring,
 }
 
 impl OomEvents {
     pub fn open(ebpf: &mut Ebpf) -> anyhow::Result<OomEvents> {
-        let map = ebpf
-            .take_map(maps::OOM_EVENTS)
-            .context("the BPF object has no OOM_EVENTS map")?;
-        let ring = RingBuf::try_from(map).context("OOM_EVENTS map")?;
-        // SAFETY: the AsyncFd owns the ring buffer, and with it its descriptor, for its whole life.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(|err| err.into_parts().1)
-            .context("poll OOM_EVENTS")?;
-        Ok(OomEvents { ring })
+        Ok(OomEvents {
+            ring: Ring::open(ebpf, maps::OOM_EVENTS)?,
+        })
     }
 
     /// Waits until records are available, then decodes every one of them. Malformed records
     /// are reported and skipped. Cancel-safe: nothing is taken from the ring before it returns.
     pub async fn next_batch(&mut self) -> anyhow::Result<Vec<OomRecord>> {
         loop {
-            let mut ready = self.ring.readable_mut().await.context("poll OOM_EVENTS")?;
-            let ring = ready.get_inner_mut();
+            self.ring.readable().await?;
             let mut batch = Vec::new();
-            while let Some(item) = ring.next() {
-                match decode::oom::record(&item) {
+            self.ring
+                .drain(usize::MAX, |item| match decode::oom::record(item) {
                     Ok(record) => batch.push(record),
                     Err(err) => log::warn!("skipping a malformed OOM record: {err}"),
-                }
-            }
-            ready.clear_ready();
+                });
             if !batch.is_empty() {
                 return Ok(batch);
             }

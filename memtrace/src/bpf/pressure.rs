@@ -18,8 +18,7 @@ use super::{
     targets::{self, Filter},
     tracepoints::Tracepoints,
 };
-use crate::sys::procfs;
-use crate::sys::refusal::kernel_refusal;
+use crate::sys::{procfs, refusal::kernel_refusal};
 
 /// What the `pressure` object can lose.
 pub const LOSSES: [DropSource; 3] = [

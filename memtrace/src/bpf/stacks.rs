@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, RingBuf},
+    maps::{HashMap, MapData},
     programs::ProgramType,
     sys::BpfHelper,
 };
@@ -16,9 +16,8 @@ use memtrace_common::{
     globals, maps,
     stacks::{Recipe, SiteKey, StackKey, StackWay},
 };
-use tokio::io::{Interest, unix::AsyncFd};
 
-use super::Config;
+use super::{Config, ring::Ring};
 use crate::{
     error::Failure,
     stacks::{KernelCounts, Teach},
@@ -139,47 +138,27 @@ impl StackTables {
 
 /// The ring an object sends stacks over and the tables userspace writes, taken out of it.
 pub struct SnapshotTables {
-    snapshots: AsyncFd<RingBuf<MapData>>,
+    snapshots: Ring,
     pub stacks: StackTables,
 }
 
 impl SnapshotTables {
     pub fn open(ebpf: &mut Ebpf) -> anyhow::Result<SnapshotTables> {
-        let ring = ebpf
-            .take_map(maps::STACK_SNAPSHOTS)
-            .context("the BPF object has no STACK_SNAPSHOTS map")?;
-        let ring = RingBuf::try_from(ring).context("STACK_SNAPSHOTS map")?;
-        // SAFETY: the AsyncFd owns the ring buffer, and with it the map's descriptor, for its
-        // whole life.
-        let snapshots = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(|err| err.into_parts().1)
-            .context("watch the STACK_SNAPSHOTS ring buffer")?;
         Ok(SnapshotTables {
-            snapshots,
+            snapshots: Ring::open(ebpf, maps::STACK_SNAPSHOTS)?,
             stacks: StackTables::open(ebpf)?,
         })
     }
 
     /// Resolves when snapshots are waiting.
     pub async fn readable(&mut self) -> anyhow::Result<()> {
-        let mut guard = self
-            .snapshots
-            .readable_mut()
-            .await
-            .context("wait for STACK_SNAPSHOTS")?;
-        guard.clear_ready();
-        Ok(())
+        self.snapshots.readable().await
     }
 
     /// Hands every waiting snapshot to `each`, with the tables to teach; returns how many.
     pub fn drain(&mut self, mut each: impl FnMut(&[u8], &mut dyn Teach)) -> usize {
-        let ring = self.snapshots.get_mut();
-        let mut n = 0;
-        while let Some(item) = ring.next() {
-            each(&item, &mut self.stacks);
-            n += 1;
-        }
-        n
+        let stacks = &mut self.stacks;
+        self.snapshots.drain(usize::MAX, |item| each(item, stacks))
     }
 
     /// Everything the kernel counted per stack.

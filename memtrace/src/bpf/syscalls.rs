@@ -6,7 +6,7 @@
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::RawTracePoint,
 };
 use memtrace_common::{
@@ -19,19 +19,18 @@ use memtrace_common::{
         class_entry,
     },
 };
-use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{
     Config, Loaded, MIN_RING_BYTES, Object, program_mut,
+    ring::Ring,
     targets::{self, Filter},
     tracepoints::Tracepoints,
 };
-use crate::sys::refusal::kernel_refusal;
 use crate::{
     aggregate::syscalls,
     decode::{self, DecodeError},
     error::Failure,
-    sys::tracefs::Format,
+    sys::{refusal::kernel_refusal, tracefs::Format},
     syscalls::{Call, Syscall},
 };
 
@@ -349,49 +348,29 @@ pub enum Item<'a> {
 
 /// The ring buffer of completed calls, readable from tokio.
 pub struct Records {
-    ring: AsyncFd<RingBuf<MapData>>,
+    ring: Ring,
 }
 
 impl Records {
     pub fn open(ebpf: &mut Ebpf) -> anyhow::Result<Records> {
-        let map = ebpf
-            .take_map(maps::SYSCALL_EVENTS)
-            .context("the BPF object has no SYSCALL_EVENTS map")?;
-        let ring = RingBuf::try_from(map).context("SYSCALL_EVENTS map")?;
-        // SAFETY: the AsyncFd owns the ring buffer, and with it the map's descriptor, which
-        // stays open and the same for the AsyncFd's whole life.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(|err| err.into_parts().1)
-            .context("watch the SYSCALL_EVENTS ring buffer")?;
-        Ok(Records { ring })
+        Ok(Records {
+            ring: Ring::open(ebpf, maps::SYSCALL_EVENTS)?,
+        })
     }
 
     /// Resolves when the kernel signals a backlog (it does not wake the reader per record; the
     /// caller also drains on a short timer).
     pub async fn backlog(&mut self) -> anyhow::Result<()> {
-        let mut guard = self
-            .ring
-            .readable_mut()
-            .await
-            .context("wait for SYSCALL_EVENTS")?;
-        guard.clear_ready();
-        Ok(())
+        self.ring.readable().await
     }
 
     /// Decodes the records waiting, in order, at most `max`, handing each to `each`; returns
     /// how many.
     pub fn drain(&mut self, max: usize, mut each: impl FnMut(Item)) -> usize {
-        let ring = self.ring.get_mut();
-        let mut n = 0;
-        while n < max {
-            let Some(item) = ring.next() else { break };
-            match decode::kind(&item) {
-                Ok(RECORD_STACK) => each(Item::Stack(&item)),
-                Ok(RECORD_EXEC) => each(Item::Exec(decode::syscalls::exec(&item))),
-                _ => each(Item::Call(decode::syscalls::call(&item))),
-            }
-            n += 1;
-        }
-        n
+        self.ring.drain(max, |item| match decode::kind(item) {
+            Ok(RECORD_STACK) => each(Item::Stack(item)),
+            Ok(RECORD_EXEC) => each(Item::Exec(decode::syscalls::exec(item))),
+            _ => each(Item::Call(decode::syscalls::call(item))),
+        })
     }
 }

@@ -18,8 +18,7 @@ use std::{
 use aya::{Ebpf, programs::TracePoint, sys::SyscallError};
 
 use super::{program_mut, release};
-use crate::sys::refusal::kernel_refusal;
-use crate::sys::{perf, tracefs};
+use crate::sys::{perf, refusal::kernel_refusal, tracefs};
 
 /// How the events are released once their programs are detached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -30,9 +30,10 @@ use crate::{
     error::Failure,
     output::{
         self, Format, Sink,
-        trace::{CallRecord, Start, Summary, WallClock},
+        trace::{CallRecord, Start, Summary},
     },
     session::{self, End, Ending, Job, Session, Target},
+    sys::clock::WallClock,
     syscalls::{self, Syscall},
 };
 

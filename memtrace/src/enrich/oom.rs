@@ -11,9 +11,9 @@ use crate::{
     aggregate::oom::Reports,
     enrich::owner::owner_of,
     model::oom::{Cgroup, Kill, OomRecord, Trigger, Victim},
-    model::time::Timestamp,
     sys::{
         cgroup::{self, MemoryHierarchy},
+        clock::WallClock,
         procfs,
     },
 };
@@ -107,7 +107,7 @@ impl KillResolver {
             .is_cgroup_oom()
             .map(|memcg| if memcg { "cgroup" } else { "system" });
         Kill {
-            time: time_of(raw.ktime_ns),
+            time: WallClock::now().timestamp(raw.ktime_ns),
             group_id: raw.seq,
             victim,
             trigger: Trigger {
@@ -133,20 +133,5 @@ impl KillResolver {
                 owner,
             },
         }
-    }
-}
-
-/// Wall-clock time of a CLOCK_MONOTONIC timestamp from `bpf_ktime_get_ns`.
-fn time_of(ktime_ns: u64) -> Timestamp {
-    let now = Timestamp::now();
-    // SAFETY: all-zero is a valid timespec; clock_gettime only writes into it.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid clock id and a pointer to a timespec we own.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
-        return now;
-    }
-    let mono_now = ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9;
-    Timestamp {
-        unix: now.unix - (mono_now - ktime_ns as f64 / 1e9).max(0.0),
     }
 }

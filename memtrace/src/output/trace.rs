@@ -23,33 +23,6 @@ use crate::{
     },
 };
 
-/// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
-#[derive(Clone, Copy, Debug)]
-pub struct WallClock {
-    /// CLOCK_REALTIME minus CLOCK_MONOTONIC, in nanoseconds.
-    offset_ns: i128,
-}
-
-impl WallClock {
-    pub fn now() -> WallClock {
-        let read = |clock| {
-            // SAFETY: all-zero is a valid timespec; clock_gettime only writes into it.
-            let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-            // SAFETY: a valid clock id and a pointer to a timespec we own.
-            unsafe { libc::clock_gettime(clock, &mut ts) };
-            i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-        };
-        WallClock {
-            offset_ns: read(libc::CLOCK_REALTIME) - read(libc::CLOCK_MONOTONIC),
-        }
-    }
-
-    /// Unix-epoch nanoseconds of a monotonic timestamp.
-    pub fn unix_ns(self, monotonic_ns: u64) -> u64 {
-        u64::try_from(i128::from(monotonic_ns) + self.offset_ns).unwrap_or(0)
-    }
-}
-
 /// `HH:MM:SS.uuuuuu`, local time.
 pub fn local_time_us(unix_ns: u64) -> String {
     let time = Timestamp {
@@ -341,13 +314,5 @@ mod tests {
             rest,
             "python3[4242/4242] mmap(NULL, 1052672, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) = 0x7f3a1c000000 <4.1µs>"
         );
-    }
-
-    #[test]
-    fn monotonic_times_become_wall_clock() {
-        let clock = WallClock {
-            offset_ns: 1_700_000_000_000_000_000,
-        };
-        assert_eq!(clock.unix_ns(5), 1_700_000_000_000_000_005);
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod btf;
 pub mod cgroup;
+pub mod clock;
 pub mod counters;
 pub mod perf;
 pub mod pidfd;
