@@ -121,6 +121,56 @@ pub const fn slot_of(entry: u32) -> u32 {
     entry >> 8
 }
 
+/// The memory a successful call mapped (`up`) and unmapped (`down`), in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Moved {
+    pub up: u64,
+    pub down: u64,
+}
+
+/// The byte rule, one for the kernel's counters and for userspace: mmap maps its length,
+/// munmap unmaps its length, mremap maps or unmaps the difference of its lengths by its sign,
+/// brk by the direction the break moved; other calls move nothing. `class` is a
+/// [`SyscallClass`] as `u32`, `len` and `new_len` the call's second and third arguments.
+#[inline(always)]
+pub fn bytes_moved(class: u32, len: u64, new_len: u64, brk_growth: i64) -> Moved {
+    let (up, down) = if class == SyscallClass::Mmap as u32 {
+        (len, 0)
+    } else if class == SyscallClass::Munmap as u32 {
+        (0, len)
+    } else if class == SyscallClass::Mremap as u32 {
+        if new_len > len {
+            (new_len - len, 0)
+        } else {
+            (0, len - new_len)
+        }
+    } else if class == SyscallClass::Brk as u32 {
+        if brk_growth > 0 {
+            (brk_growth as u64, 0)
+        } else {
+            (0, brk_growth.unsigned_abs())
+        }
+    } else {
+        (0, 0)
+    };
+    Moved { up, down }
+}
+
+/// The bytes a call is about, as `--min-size` measures them: its length argument, the larger of
+/// mremap's two lengths, or how far brk moved the break (arguments as [`bytes_moved`]'s).
+#[inline(always)]
+pub fn bytes_about(class: u32, len: u64, new_len: u64, brk_growth: i64) -> u64 {
+    if class == SyscallClass::Brk as u32 {
+        brk_growth.unsigned_abs()
+    } else if class == SyscallClass::Mremap as u32 {
+        if len > new_len { len } else { new_len }
+    } else if class == SyscallClass::Other as u32 {
+        0
+    } else {
+        len
+    }
+}
+
 /// `PendingCall::nr` of a thread's slot between calls: its last call has been reported.
 pub const NO_CALL: u32 = u32::MAX;
 
@@ -236,3 +286,34 @@ mod pod {
 }
 
 const _: () = assert!(size_of::<ExecRecord>() == 8);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn moved(class: SyscallClass, len: u64, new_len: u64, brk: i64) -> (u64, u64) {
+        let m = bytes_moved(class as u32, len, new_len, brk);
+        (m.up, m.down)
+    }
+
+    #[test]
+    fn each_call_moves_memory_its_own_way() {
+        assert_eq!(moved(SyscallClass::Mmap, 4096, 0, 0), (4096, 0));
+        assert_eq!(moved(SyscallClass::Munmap, 8192, 0, 0), (0, 8192));
+        assert_eq!(moved(SyscallClass::Mremap, 4096, 12288, 0), (8192, 0));
+        assert_eq!(moved(SyscallClass::Mremap, 12288, 4096, 0), (0, 8192));
+        assert_eq!(moved(SyscallClass::Brk, 0, 0, 135168), (135168, 0));
+        assert_eq!(moved(SyscallClass::Brk, 0, 0, -4096), (0, 4096));
+        assert_eq!(moved(SyscallClass::Sized, 4096, 0, 0), (0, 0));
+    }
+
+    #[test]
+    fn a_call_is_about_its_length_or_the_breaks_move() {
+        let about =
+            |class: SyscallClass, len, new_len, brk| bytes_about(class as u32, len, new_len, brk);
+        assert_eq!(about(SyscallClass::Sized, 4096, 7, 0), 4096);
+        assert_eq!(about(SyscallClass::Mremap, 4096, 12288, 0), 12288);
+        assert_eq!(about(SyscallClass::Brk, 0, 0, -4096), 4096);
+        assert_eq!(about(SyscallClass::Other, 4096, 0, 0), 0);
+    }
+}

@@ -28,10 +28,10 @@ use memtrace_common::{
     stacks::{EventKind, StackRef},
     syscalls::{
         ExecRecord, MAX_ARGS, MAX_BREAKS, MAX_PENDING, MAX_PROC_SYSCALLS, MAX_SYSCALL_NR,
-        MAX_TRACED, NO_CALL, PendingCall, ProcSyscallCounts, ProcSyscallKey, RECORD_EXEC,
+        MAX_TRACED, Moved, NO_CALL, PendingCall, ProcSyscallCounts, ProcSyscallKey, RECORD_EXEC,
         RECORD_SYSCALL, RING_BYTES, STANDARD_ARGS_OFFSET, STANDARD_NR_OFFSET, STANDARD_RET_OFFSET,
-        SyscallClass, SyscallRecord, SyscallStats, WAKEUP_RECORDS, class_of, is_error, slot_of,
-        stacks_of,
+        SyscallClass, SyscallRecord, SyscallStats, WAKEUP_RECORDS, bytes_about, bytes_moved,
+        class_of, is_error, slot_of, stacks_of,
     },
     targets::FilterMode,
 };
@@ -299,7 +299,7 @@ fn try_exit<const STACKS: bool, const HELPERS: bool>(ctx: &TracePointContext) ->
             brk_growth = (ret as u64).wrapping_sub(prev_brk) as i64;
         }
     }
-    let size = size_of_call(class, &call.args, brk_growth);
+    let size = bytes_about(class, call.args[1], call.args[2], brk_growth);
     if (SYSCALL_FAILED_ONLY.load() != 0 && !failed) || size < SYSCALL_MIN_SIZE.load() {
         return Ok(());
     }
@@ -432,46 +432,15 @@ fn wakeup_flag() -> u32 {
     BPF_RB_FORCE_WAKEUP
 }
 
-/// The bytes a call is about, for `--min-size`: its length argument, the larger of mremap's two
-/// lengths, or the change of the program break.
-#[inline(always)]
-fn size_of_call(class: u32, args: &[u64; MAX_ARGS], brk_growth: i64) -> u64 {
-    if class == SyscallClass::Brk as u32 {
-        brk_growth.unsigned_abs()
-    } else if class == SyscallClass::Mremap as u32 {
-        if args[1] > args[2] { args[1] } else { args[2] }
-    } else if class == SyscallClass::Other as u32 {
-        0
-    } else {
-        args[1]
-    }
-}
-
 /// The per-process counts `serve` exports: calls, errors and bytes by direction.
 #[inline(always)]
 fn count_for_process(tgid: u32, call: &PendingCall, class: u32, failed: bool, brk_growth: i64) {
     let key = ProcSyscallKey { tgid, nr: call.nr };
-    let (mut up, mut down) = (0, 0);
-    if !failed {
-        if class == SyscallClass::Mmap as u32 {
-            up = call.args[1];
-        } else if class == SyscallClass::Munmap as u32 {
-            down = call.args[1];
-        } else if class == SyscallClass::Mremap as u32 {
-            let (old, new) = (call.args[1], call.args[2]);
-            if new > old {
-                up = new - old
-            } else {
-                down = old - new
-            }
-        } else if class == SyscallClass::Brk as u32 {
-            if brk_growth > 0 {
-                up = brk_growth as u64
-            } else {
-                down = brk_growth.unsigned_abs()
-            }
-        }
-    }
+    let Moved { up, down } = if failed {
+        Moved::default()
+    } else {
+        bytes_moved(class, call.args[1], call.args[2], brk_growth)
+    };
     if let Some(counts) = PROC_STATS.get_ptr_mut(key) {
         add_for_process(counts, failed, up, down);
         return;
@@ -533,19 +502,13 @@ fn count(call: &PendingCall, entry: u32, failed: bool, latency_ns: u64, brk_grow
         stats.errors += 1;
         return;
     }
-    if class == SyscallClass::Mmap as u32 {
-        stats.mapped += call.args[1];
-    } else if class == SyscallClass::Munmap as u32 {
-        stats.unmapped += call.args[1];
-    } else if class == SyscallClass::Mremap as u32 {
-        let (old, new) = (call.args[1], call.args[2]);
-        if new > old {
-            stats.mapped += new - old;
-        } else {
-            stats.unmapped += old - new;
-        }
-    } else if class == SyscallClass::Brk as u32 {
+    if class == SyscallClass::Brk as u32 {
+        // The break's own counter keeps its sign: growth and shrinking net out.
         stats.brk_growth += brk_growth;
+    } else {
+        let moved = bytes_moved(class, call.args[1], call.args[2], brk_growth);
+        stats.mapped += moved.up;
+        stats.unmapped += moved.down;
     }
 }
 

@@ -212,12 +212,12 @@ impl Call {
     /// The bytes the call is about, as `--min-size` measures them: its length argument, the
     /// larger of mremap's two lengths, or how far brk moved the break.
     pub fn bytes(&self) -> u64 {
-        match self.syscall.class() {
-            SyscallClass::Brk => self.brk_growth().map_or(0, i64::unsigned_abs),
-            SyscallClass::Mremap => self.args[1].max(self.args[2]),
-            SyscallClass::Other => 0,
-            _ => self.args[1],
-        }
+        memtrace_common::syscalls::bytes_about(
+            self.syscall.class() as u32,
+            self.args[1],
+            self.args[2],
+            self.brk_growth().unwrap_or(0),
+        )
     }
 
     /// For brk: how far the break moved, when the previous one is known and the call asked to
