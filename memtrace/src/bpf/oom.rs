@@ -20,16 +20,22 @@ use crate::{
     },
 };
 
-/// The fields of `oom:mark_victim` beyond `pid`, with their bit and size (6.9+).
-const OPTIONAL_FIELDS: [(&str, u32, u32); 8] = [
-    ("comm", OomFields::COMM, 4),
-    ("total_vm", OomFields::TOTAL_VM, 8),
-    ("anon_rss", OomFields::ANON_RSS, 8),
-    ("file_rss", OomFields::FILE_RSS, 8),
-    ("shmem_rss", OomFields::SHMEM_RSS, 8),
-    ("uid", OomFields::UID, 4),
-    ("pgtables", OomFields::PGTABLES, 8),
-    ("oom_score_adj", OomFields::OOM_SCORE_ADJ, 2),
+/// Where an [`OomLayout`] keeps a field's offset.
+type Slot = fn(&mut OomLayout) -> &mut u32;
+
+/// The fields of `oom:mark_victim` beyond `pid` (6.9+): name, bit, size, and where the layout
+/// keeps its offset.
+const OPTIONAL_FIELDS: [(&str, u32, u32, Slot); 8] = [
+    ("comm", OomFields::COMM, 4, |l| &mut l.comm),
+    ("total_vm", OomFields::TOTAL_VM, 8, |l| &mut l.total_vm),
+    ("anon_rss", OomFields::ANON_RSS, 8, |l| &mut l.anon_rss),
+    ("file_rss", OomFields::FILE_RSS, 8, |l| &mut l.file_rss),
+    ("shmem_rss", OomFields::SHMEM_RSS, 8, |l| &mut l.shmem_rss),
+    ("uid", OomFields::UID, 4, |l| &mut l.uid),
+    ("pgtables", OomFields::PGTABLES, 8, |l| &mut l.pgtables),
+    ("oom_score_adj", OomFields::OOM_SCORE_ADJ, 2, |l| {
+        &mut l.oom_score_adj
+    }),
 ];
 
 /// What the `oom` object can lose.
@@ -56,7 +62,7 @@ pub fn layout_of(fields: &[Field]) -> Result<OomLayout, String> {
         pid: pid.offset,
         ..OomLayout::default()
     };
-    for (name, bit, size) in OPTIONAL_FIELDS {
+    for (name, bit, size, slot) in OPTIONAL_FIELDS {
         let Some(field) = find(name) else { continue };
         if field.size != size {
             log::warn!(
@@ -66,17 +72,7 @@ pub fn layout_of(fields: &[Field]) -> Result<OomLayout, String> {
             continue;
         }
         layout.fields |= bit;
-        let slot = match bit {
-            OomFields::COMM => &mut layout.comm,
-            OomFields::TOTAL_VM => &mut layout.total_vm,
-            OomFields::ANON_RSS => &mut layout.anon_rss,
-            OomFields::FILE_RSS => &mut layout.file_rss,
-            OomFields::SHMEM_RSS => &mut layout.shmem_rss,
-            OomFields::UID => &mut layout.uid,
-            OomFields::PGTABLES => &mut layout.pgtables,
-            _ => &mut layout.oom_score_adj,
-        };
-        *slot = field.offset;
+        *slot(&mut layout) = field.offset;
     }
     Ok(layout)
 }
