@@ -126,10 +126,14 @@ pub(crate) fn raw(profile: &Path) -> Raw {
             }),
             _ => {
                 let sample = samples.last_mut().expect("labels under a sample");
-                for label in line.split_whitespace() {
-                    let (key, value) = label.split_once(':').unwrap();
-                    let value = value.trim_start_matches('[').trim_end_matches(']');
-                    sample.labels.insert(key.to_owned(), value.to_owned());
+                // `key:[value]` pairs; a value (a comm) may hold spaces and colons.
+                let mut rest = line.trim_start();
+                while let Some((key, tail)) = rest.split_once(":[") {
+                    let (value, after) = tail.split_once(']').expect("a label's closing ]");
+                    sample
+                        .labels
+                        .insert(key.trim().to_owned(), value.to_owned());
+                    rest = after.trim_start();
                 }
             }
         }
