@@ -113,7 +113,7 @@ mod tests {
         use proptest::{collection::vec, prelude::*};
 
         use super::*;
-        use crate::{output::trace::human_line, syscalls::render};
+        use crate::output::trace::{human_line, render};
 
         fn render_all(call: &Call) {
             let _ = human_line(call, call.start_ns);

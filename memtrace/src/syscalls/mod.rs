@@ -1,8 +1,6 @@
 //! The allocation syscalls `memtrace trace` knows: their names, this architecture's numbers, how
-//! the kernel side classifies them, one completed call ([`Call`]), and how calls are rendered.
-
-pub mod flags;
-pub mod render;
+//! the kernel side classifies them, and one completed call ([`Call`]); `output::trace` renders
+//! calls.
 
 use memtrace_common::syscalls::{MAX_ARGS, SyscallClass, is_error};
 

@@ -1,6 +1,10 @@
 //! The records of a `memtrace trace` report: a start, one strace-like line (or JSON object) per
 //! completed call, and the closing summary (a `-c` table for people). The session flushes once
-//! per batch of calls, never per call.
+//! per batch of calls, never per call. `render` writes a call's arguments as strace does, with
+//! `flags`' names.
+
+mod flags;
+pub mod render;
 
 use std::{
     borrow::Cow,
@@ -17,11 +21,10 @@ use crate::{
     model::command::CommandOutcome,
     model::time::{Timestamp, round_secs},
     stacks::symbols::Named,
-    syscalls::{
-        Call, Syscall,
-        render::{self, latency},
-    },
+    syscalls::{Call, Syscall},
 };
+
+use render::latency;
 
 /// `HH:MM:SS.uuuuuu`, local time.
 pub fn local_time_us(unix_ns: u64) -> String {
@@ -116,7 +119,7 @@ impl Serialize for CallRecord<'_> {
             syscall: call.syscall.name(),
             args: render::json_args(call),
             ret: call.ret,
-            errno: call.errno().map(crate::syscalls::flags::errno_name),
+            errno: call.errno().map(flags::errno_name),
             brk_growth: call.brk_growth(),
             fd_path: call
                 .fd_path

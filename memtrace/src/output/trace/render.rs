@@ -3,7 +3,8 @@
 
 use serde_json::{Map, Value};
 
-use super::{Call, FdPath, Syscall, flags};
+use super::flags;
+use crate::syscalls::{Call, FdPath, Syscall};
 
 const MREMAP_FIXED: u64 = 0x2;
 
