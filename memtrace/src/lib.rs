@@ -39,6 +39,9 @@ pub mod enrich;
 // Writing reports: human text, JSON lines, folded stacks, flame graphs, Prometheus, pprof.
 pub mod output;
 
+// What more than one command runs: faults attributed to stacks or mappings, calls' stacks.
+pub mod pipelines;
+
 // The skeleton every command runs in: targets, the command it starts, how it ends.
 pub mod session;
 

@@ -20,7 +20,7 @@ use memtrace_common::{
 };
 use tokio::time::{Interval, MissedTickBehavior, interval_at};
 
-use super::attributed::Attributed;
+use crate::pipelines::attributed::{Attributed, Attribution};
 use crate::{
     aggregate::faults::{FaultAggregator, Row, busiest},
     bpf::{
@@ -105,6 +105,16 @@ impl TryFrom<FaultsArgs> for FaultsConfig {
 }
 
 impl FaultsConfig {
+    /// What faults are attributed to, unless they are only counted per process.
+    fn attribution(&self) -> Option<Attribution> {
+        match self.by {
+            FaultsBy::Process => None,
+            FaultsBy::Stack => Some(Attribution::Stack),
+            FaultsBy::Mapping => Some(Attribution::Mapping),
+            FaultsBy::File => Some(Attribution::File),
+        }
+    }
+
     fn filter(&self) -> Filter {
         self.session.target.filter(false)
     }
@@ -155,9 +165,9 @@ impl<'a> Faults<'a> {
         let pids = session.watched().pids();
         let mut source = match count_with_perf(config, &pids)? {
             Some(counters) => Source::Counters(counters),
-            None if config.by != FaultsBy::Process => {
+            None if let Some(attribution) = config.attribution() => {
                 let mut attributed =
-                    Attributed::load(config.filter(), config.by, config.max_stacks)?;
+                    Attributed::load(config.filter(), attribution, config.max_stacks)?;
                 for &pid in &pids {
                     attributed.loaded.ebpf.insert(pid, TargetFlags::COUNT)?;
                 }

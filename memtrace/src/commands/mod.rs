@@ -1,8 +1,6 @@
 //! One module per subcommand, each with an `execute` that returns the process exit code: it
 //! validates its flags, opens the session (`crate::session`), and runs its job in it.
 
-mod attributed;
-mod call_stacks;
 pub mod faults;
 mod generate;
 pub mod leaks;

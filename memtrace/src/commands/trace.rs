@@ -17,7 +17,7 @@ use memtrace_common::{
 };
 use tokio::time::{Interval, MissedTickBehavior, interval};
 
-use super::call_stacks::CallStacks;
+use crate::pipelines::call_stacks::CallStacks;
 use crate::{
     bpf::{
         self, Loaded,

@@ -14,7 +14,7 @@ use memtrace_common::{
 use tokio::time::Interval;
 
 use super::{LeaksConfig, monotonic_ns};
-use crate::commands::call_stacks::CallStacks;
+use crate::pipelines::call_stacks::CallStacks;
 use crate::{
     bpf::{
         self, Loaded,

@@ -13,7 +13,10 @@ use std::{thread, time::Duration};
 use anyhow::Context as _;
 use tokio::sync::{Mutex, oneshot};
 
-use crate::{bpf::targets::Filter, cli::FaultsBy, commands::attributed::Attributed};
+use crate::{
+    bpf::targets::Filter,
+    pipelines::attributed::{Attributed, Attribution},
+};
 
 /// The seconds a profile covers when a request names none, and at most.
 pub const DEFAULT_SECONDS: u64 = 10;
@@ -55,7 +58,7 @@ fn take(seconds: Duration, max_stacks: u32) -> anyhow::Result<Vec<u8>> {
         .build()
         .context("start the profile's runtime")?;
     runtime.block_on(async move {
-        let mut attributed = Attributed::load(Filter::All, FaultsBy::Stack, max_stacks)?;
+        let mut attributed = Attributed::load(Filter::All, Attribution::Stack, max_stacks)?;
         let end = tokio::time::Instant::now() + seconds;
         let counted = async {
             loop {

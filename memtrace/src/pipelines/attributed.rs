@@ -22,7 +22,6 @@ use crate::{
         stacks::SnapshotTables,
         targets::{Filter, TargetTable as _},
     },
-    cli::FaultsBy,
     error::Failure,
     model::faults::Counts,
     output::{
@@ -39,6 +38,14 @@ use crate::{
     sys::procfs,
 };
 
+/// What faults are attributed to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attribution {
+    Stack,
+    Mapping,
+    File,
+}
+
 /// Bytes of the ring that carries stacks to memtrace: 32 MiB, about 1600 stacks in flight
 /// while memtrace learns them (a program starting up meets thousands in its first second).
 const SNAPSHOT_RING_BYTES: u32 = 32 << 20;
@@ -47,7 +54,7 @@ const SNAPSHOT_RING_BYTES: u32 = 32 << 20;
 pub struct Attributed {
     pub loaded: Loaded,
     tables: SnapshotTables,
-    by: FaultsBy,
+    by: Attribution,
     stacks: Stacks,
     /// Each process's mappings as last read, to name the mappings the kernel counted.
     mappings: HashMap<u32, Vec<Mapping>>,
@@ -72,9 +79,9 @@ struct Reading {
 }
 
 impl Attributed {
-    pub fn load(filter: Filter, by: FaultsBy, max_stacks: u32) -> anyhow::Result<Attributed> {
+    pub fn load(filter: Filter, by: Attribution, max_stacks: u32) -> anyhow::Result<Attributed> {
         let object_by = match by {
-            FaultsBy::Stack => By::Stack,
+            Attribution::Stack => By::Stack,
             _ => By::Mapping(vma_layout()?),
         };
         let mut loaded = attribution::load(&attribution::Options {
@@ -101,7 +108,7 @@ impl Attributed {
     /// Resolves when the kernel sent stacks (never when attributing to mappings).
     pub async fn readable(&mut self) -> anyhow::Result<()> {
         match self.by {
-            FaultsBy::Stack => self.tables.readable().await,
+            Attribution::Stack => self.tables.readable().await,
             _ => std::future::pending().await,
         }
     }
@@ -133,7 +140,7 @@ impl Attributed {
             return Ok(());
         }
         let exited: HashSet<u32> = self.exited.drain(..).collect();
-        if self.by == FaultsBy::Stack {
+        if self.by == Attribution::Stack {
             let all = self.tables.counts()?;
             for &pid in &exited {
                 let theirs = KernelCounts {
@@ -177,7 +184,7 @@ impl Attributed {
     pub fn samples(&mut self) -> anyhow::Result<Vec<Sample>> {
         self.absorb_exited()?;
         let mut sums: HashMap<u32, Counts> = HashMap::new();
-        if self.by == FaultsBy::Stack {
+        if self.by == Attribution::Stack {
             self.last.stacks = self.tables.counts()?;
             for process in self.stacks.report(&self.last.stacks) {
                 let sum = sums.entry(process.pid).or_default();
@@ -245,7 +252,7 @@ impl Attributed {
         duration: Duration,
     ) -> anyhow::Result<()> {
         let (lines, title) = match self.by {
-            FaultsBy::Stack => {
+            Attribution::Stack => {
                 let report = self.stack_report()?;
                 sink.emit(&report)?;
                 if let Some(path) = pprof {
@@ -253,7 +260,7 @@ impl Attributed {
                 }
                 (report.folded_lines(), "Page faults by stack")
             }
-            FaultsBy::File => {
+            Attribution::File => {
                 let report = self.file_report()?;
                 sink.emit(&report)?;
                 (report.folded_lines(), "Page faults by file")
