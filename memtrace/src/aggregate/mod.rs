@@ -3,6 +3,5 @@
 
 pub mod cumulative;
 pub mod faults;
-pub mod oom;
 pub mod pressure;
 pub mod syscalls;

@@ -3,6 +3,7 @@
 //! bytes, the result is a typed value or a [`DecodeError`], never a panic.
 
 pub mod oom;
+pub mod oom_report;
 pub mod syscalls;
 
 use thiserror::Error;

@@ -8,7 +8,7 @@
 use memtrace_common::oom::{OomFields, OomPhase, OomVictim};
 
 use crate::{
-    aggregate::oom::Reports,
+    decode::oom_report::Reports,
     enrich::owner::owner_of,
     model::oom::{Cgroup, Kill, OomRecord, Trigger, Victim},
     sys::{
