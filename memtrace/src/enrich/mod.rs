@@ -3,5 +3,6 @@
 pub mod cgroups;
 pub mod fds;
 pub mod history;
+pub mod names;
 pub mod oom;
 pub mod owner;

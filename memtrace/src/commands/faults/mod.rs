@@ -2,8 +2,10 @@
 //!
 //! Explicit `--pid` targets are counted with perf's own counting events (`counters`): no program
 //! runs on any fault. The whole system, `--comm`, `-- COMMAND` and `--threads` are counted by
-//! the `faults` object's programs (`bpf::faults`). Either way, each interval reads the counts,
-//! turns them into rates, writes the rows and retires exited processes; the end is a summary.
+//! the `faults` object's programs (`bpf::faults`); `--by` by the `attribution` object's
+//! (`source` hides which). Either way, each interval reads the counts, turns them into rates,
+//! names the rows (`enrich::names`), writes them and retires exited processes; the end is a
+//! summary.
 
 use std::{
     collections::HashSet,
@@ -16,33 +18,28 @@ use memtrace_common::{
     DropSource,
     faults::{FaultKey, MAX_FAULT_KEYS},
     stacks::MAX_STACKS,
-    targets::TargetFlags,
 };
 use tokio::time::{Interval, MissedTickBehavior, interval_at};
 
-use crate::pipelines::attributed::{Attributed, Attribution};
 use crate::{
     aggregate::faults::{FaultAggregator, Row, busiest},
-    bpf::{
-        self, Loaded, attribution,
-        faults::{LOSSES, Options, Sample},
-        targets::{Filter, TargetTable},
-        tracepoints::Release,
-    },
+    bpf::{faults::Sample, targets::Filter},
     cli::{FaultsArgs, FaultsBy},
+    enrich::names,
     error::Failure,
-    model::faults::Counts,
-    model::time::Timestamp,
+    model::{faults::Counts, time::Timestamp},
     output::{
         Sink,
         faults::{Command, Interval as IntervalRecord, Rate, Start, Summary, Total, Totals},
     },
+    pipelines::attributed::Attribution,
     session::{self, End, Ending, Job, Session, Target},
-    sys::{
-        counters::{self, OpenError, ProcessCounters},
-        procfs,
-    },
+    sys::procfs,
 };
+
+mod source;
+
+use source::Source;
 
 /// Rows per interval when not every target is shown.
 const DEFAULT_TOP: usize = 10;
@@ -140,16 +137,6 @@ pub async fn execute(args: FaultsArgs) -> anyhow::Result<u8> {
     session.run(job).await
 }
 
-/// Where the counts come from.
-enum Source {
-    /// Perf counting events on explicit processes.
-    Counters(Vec<ProcessCounters>),
-    /// The `faults` object's counting table.
-    Kernel(Loaded),
-    /// The `attribution` object: counts per stack or mapping, summed per process.
-    Attribution(Box<Attributed>),
-}
-
 /// The `faults` job: a reading every interval.
 struct Faults<'a> {
     config: &'a FaultsConfig,
@@ -163,40 +150,7 @@ impl<'a> Faults<'a> {
     /// Sets up counting (targets registered, the command started), and writes the start.
     fn start(config: &'a FaultsConfig, session: &mut Session) -> anyhow::Result<Faults<'a>> {
         let pids = session.watched().pids();
-        let mut source = match count_with_perf(config, &pids)? {
-            Some(counters) => Source::Counters(counters),
-            None if let Some(attribution) = config.attribution() => {
-                let mut attributed =
-                    Attributed::load(config.filter(), attribution, config.max_stacks)?;
-                for &pid in &pids {
-                    attributed.loaded.ebpf.insert(pid, TargetFlags::COUNT)?;
-                }
-                Source::Attribution(Box::new(attributed))
-            }
-            None => {
-                let mut loaded = bpf::faults::load(&Options {
-                    filter: config.filter(),
-                    per_thread: config.per_thread,
-                    max_keys: config.max_processes,
-                    only_targets: config.counts_with_perf().then_some(pids.len() as u32),
-                    memcg: None,
-                })?;
-                for &pid in &pids {
-                    loaded.ebpf.insert(pid, TargetFlags::COUNT)?;
-                    bpf::faults::register(&mut loaded.ebpf, pid, config.per_thread)?;
-                }
-                Source::Kernel(loaded)
-            }
-        };
-        if let Target::Command(argv) = &config.session.target {
-            match &mut source {
-                Source::Kernel(loaded) => session.spawn(argv, &mut loaded.ebpf)?,
-                Source::Attribution(attributed) => {
-                    session.spawn(argv, &mut attributed.loaded.ebpf)?
-                }
-                Source::Counters(_) => {}
-            }
-        }
+        let source = Source::start(config, session)?;
 
         let mut aggregator = FaultAggregator::default();
         if !config.per_thread {
@@ -209,10 +163,7 @@ impl<'a> Faults<'a> {
             targets: session.targets(config.session.target.describe()),
             interval_s: config.interval.as_secs_f64(),
             per_thread: config.per_thread,
-            counted_by: match source {
-                Source::Counters(_) => "perf_counters",
-                _ => "programs",
-            },
+            counted_by: source.counted_by(),
             vsz: config.vsz,
         };
         session.sink().emit(&start).context("write the report")?;
@@ -229,45 +180,12 @@ impl<'a> Faults<'a> {
         })
     }
 
-    /// One reading of every count.
-    fn read(&mut self) -> anyhow::Result<Vec<Sample>> {
-        match &mut self.source {
-            Source::Counters(counters) => counters
-                .iter()
-                .map(|process| {
-                    Ok(Sample {
-                        key: FaultKey {
-                            tgid: process.pid(),
-                            tid: 0,
-                        },
-                        counts: process.read().with_context(|| {
-                            format!("read the fault counters of process {}", process.pid())
-                        })?,
-                        comm: String::new(),
-                        memcg: 0,
-                    })
-                })
-                .collect(),
-            Source::Kernel(loaded) => bpf::faults::read(&loaded.ebpf),
-            Source::Attribution(attributed) => attributed.samples(),
-        }
-    }
-
-    /// What could not be counted so far (nothing, with perf's counters).
-    fn drops(&self) -> anyhow::Result<Vec<(DropSource, u64)>> {
-        match &self.source {
-            Source::Counters(_) => Ok(LOSSES.iter().map(|&source| (source, 0)).collect()),
-            Source::Kernel(loaded) => bpf::faults::drops(&loaded.ebpf),
-            Source::Attribution(attributed) => attribution::drops(&attributed.loaded.ebpf),
-        }
-    }
-
     /// Takes a reading into the aggregator; returns every live key's row, and the samples.
     fn take_reading(&mut self, elapsed: Duration) -> anyhow::Result<(Vec<Row>, Vec<Sample>)> {
-        let samples = self.read()?;
+        let samples = self.source.read()?;
         for sample in &samples {
             if self.aggregator.comm(&sample.key).is_none() {
-                refresh_comm(&mut self.aggregator, self.config.per_thread, sample);
+                names::refresh_comm(&mut self.aggregator, self.config.per_thread, sample);
             }
         }
         let counts: Vec<(FaultKey, Counts)> = samples.iter().map(|s| (s.key, s.counts)).collect();
@@ -277,17 +195,7 @@ impl<'a> Faults<'a> {
 
     /// Forgets a process (thread) that has exited and was read for the last time.
     fn retire(&mut self, key: FaultKey) -> anyhow::Result<()> {
-        match &mut self.source {
-            Source::Counters(counters) => counters.retain(|process| process.pid() != key.tgid),
-            Source::Kernel(loaded) => {
-                bpf::faults::remove(&mut loaded.ebpf, &key)?;
-                if !procfs::is_alive(key.tgid) {
-                    // Unregistered, so that a new process reusing the pid is not taken for it.
-                    loaded.ebpf.remove(key.tgid)?;
-                }
-            }
-            Source::Attribution(attributed) => attributed.retire(key.tgid)?,
-        }
+        self.source.retire(key)?;
         self.aggregator.retire(key);
         Ok(())
     }
@@ -305,12 +213,12 @@ impl Job for Faults<'_> {
     type Work = Wake;
 
     async fn next(&mut self) -> anyhow::Result<Wake> {
-        match &mut self.source {
-            Source::Attribution(attributed) => tokio::select! {
+        match self.source.attributed() {
+            Some(attributed) => tokio::select! {
                 _ = self.ticker.tick() => Ok(Wake::Tick),
                 ready = attributed.readable() => ready.map(|()| Wake::Snapshots),
             },
-            _ => {
+            None => {
                 self.ticker.tick().await;
                 Ok(Wake::Tick)
             }
@@ -319,7 +227,7 @@ impl Job for Faults<'_> {
 
     /// One interval: a reading, its rows, and exited processes retired. Or stacks to learn.
     fn work(&mut self, wake: Wake, sink: &mut Sink) -> anyhow::Result<Option<End>> {
-        if let Source::Attribution(attributed) = &mut self.source {
+        if let Some(attributed) = self.source.attributed() {
             attributed.drain();
         }
         if let Wake::Snapshots = wake {
@@ -332,7 +240,7 @@ impl Job for Faults<'_> {
             .aggregator
             .live_keys()
             .into_iter()
-            .filter(|key| !key_is_alive(key))
+            .filter(|key| !names::is_alive(key))
             .collect();
         let (rows, samples) = self.take_reading(elapsed)?;
         let rows = if self.config.shows_every_target() {
@@ -343,7 +251,7 @@ impl Job for Faults<'_> {
         // Names change at `exec`: the rows shown get theirs read again.
         let shown: HashSet<FaultKey> = rows.iter().map(|row| row.key).collect();
         for sample in samples.iter().filter(|s| shown.contains(&s.key)) {
-            refresh_comm(&mut self.aggregator, self.config.per_thread, sample);
+            names::refresh_comm(&mut self.aggregator, self.config.per_thread, sample);
         }
         let rows: Vec<Row> = rows
             .into_iter()
@@ -356,7 +264,7 @@ impl Job for Faults<'_> {
                 row
             })
             .collect();
-        let dropped = self.drops()?;
+        let dropped = self.source.drops()?;
         sink.emit(&IntervalRecord {
             timestamp: Timestamp::now(),
             interval_s: elapsed.as_secs_f64(),
@@ -378,13 +286,13 @@ impl Job for Faults<'_> {
     }
 
     fn finish(&mut self, ending: &Ending, sink: &mut Sink) -> anyhow::Result<()> {
-        if let Source::Attribution(attributed) = &mut self.source {
+        if let Some(attributed) = self.source.attributed() {
             attributed.drain();
         }
         // A last reading, complete for every target that has exited, with final names.
         let (_, samples) = self.take_reading(Duration::ZERO)?;
         for sample in &samples {
-            refresh_comm(&mut self.aggregator, self.config.per_thread, sample);
+            names::refresh_comm(&mut self.aggregator, self.config.per_thread, sample);
         }
         let processes: Vec<Total> = self
             .aggregator
@@ -405,7 +313,7 @@ impl Job for Faults<'_> {
                 major: t.major + p.major,
             });
         // The stacks (or mappings) come before the summary, always a report's last record.
-        if let Source::Attribution(attributed) = &mut self.source {
+        if let Some(attributed) = self.source.attributed() {
             attributed.report(
                 sink,
                 self.config.flamegraph.as_deref(),
@@ -413,7 +321,7 @@ impl Job for Faults<'_> {
                 ending.duration,
             )?;
         }
-        let dropped = self.drops()?;
+        let dropped = self.source.drops()?;
         sink.emit(&Summary {
             timestamp: Timestamp::now(),
             duration_s: ending.duration.as_secs_f64(),
@@ -428,53 +336,7 @@ impl Job for Faults<'_> {
     }
 
     fn release(self) {
-        match self.source {
-            Source::Kernel(loaded) => loaded.release(Release::Background),
-            Source::Attribution(attributed) => attributed.release(),
-            Source::Counters(_) => {}
-        }
-    }
-}
-
-/// Perf's counting events for explicit processes counted whole; `None` when the programs must
-/// count instead (other targets, per thread, or a kernel before 5.13).
-fn count_with_perf(
-    config: &FaultsConfig,
-    pids: &[u32],
-) -> anyhow::Result<Option<Vec<ProcessCounters>>> {
-    if !config.counts_with_perf() {
-        return Ok(None);
-    }
-    if !counters::inherit_thread_supported() {
-        log::info!(
-            "this kernel cannot count a process's new threads without its children \
-             (inherit_thread, Linux 5.13+): counting with a program per fault"
-        );
-        return Ok(None);
-    }
-    counters::raise_open_files_limit();
-    pids.iter()
-        .map(|&pid| ProcessCounters::open(pid).map_err(OpenError::explained))
-        .collect::<anyhow::Result<_>>()
-        .map(Some)
-}
-
-/// A key's current name: from /proc while it lives, else the one the kernel recorded at its
-/// last `exec`.
-fn refresh_comm(aggregator: &mut FaultAggregator, per_thread: bool, sample: &Sample) {
-    let tid = per_thread.then_some(sample.key.tid);
-    let comm = procfs::read_comm(sample.key.tgid, tid)
-        .or_else(|| Some(sample.comm.clone()).filter(|comm| !comm.is_empty()));
-    if let Some(comm) = comm {
-        aggregator.set_comm(sample.key, comm);
-    }
-}
-
-fn key_is_alive(key: &FaultKey) -> bool {
-    if key.tid == 0 {
-        procfs::is_alive(key.tgid)
-    } else {
-        procfs::thread_exists(key.tgid, key.tid)
+        self.source.release();
     }
 }
 
