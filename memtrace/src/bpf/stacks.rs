@@ -186,7 +186,7 @@ impl Teach for StackTables {
 pub struct KernelStacks {
     map: aya::maps::StackTraceMap<MapData>,
     symbols: crate::stacks::symbols::KernelSymbols,
-    named: std::collections::HashMap<u32, Vec<crate::stacks::symbols::Named>>,
+    named: std::collections::HashMap<u32, Vec<crate::model::stacks::Named>>,
 }
 
 impl KernelStacks {
@@ -202,7 +202,7 @@ impl KernelStacks {
     }
 
     /// The frames of stack `id`, named, innermost first; none if it cannot be read.
-    pub fn frames(&mut self, id: u32) -> Vec<crate::stacks::symbols::Named> {
+    pub fn frames(&mut self, id: u32) -> Vec<crate::model::stacks::Named> {
         if let Some(named) = self.named.get(&id) {
             return named.clone();
         }

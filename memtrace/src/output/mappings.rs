@@ -10,25 +10,10 @@ use super::{
     Record,
     stacks::{write_lines, write_more},
 };
+use crate::model::stacks::{FileRow, MappingRow};
 
 /// Rows a table shows before saying how many more there are.
 const ROWS: usize = 30;
-
-/// One process's faults in one mapping.
-#[derive(Serialize)]
-pub struct MappingRow {
-    pub pid: u32,
-    pub comm: String,
-    /// Its file's path, a kernel name (`[heap]`, `[stack]`, `[vdso]`), `[anonymous]`, or
-    /// `[inode N on MAJ:MIN]` for a file mapped by a process gone before memtrace read it.
-    pub mapping: String,
-    /// Whether it maps a file.
-    pub file: bool,
-    /// Its first address.
-    pub start: u64,
-    pub minor: u64,
-    pub major: u64,
-}
 
 #[derive(Serialize)]
 pub struct Mappings {
@@ -77,20 +62,6 @@ impl Record for Mappings {
     fn folded(&self, out: &mut dyn Write) -> io::Result<()> {
         write_lines(out, &self.folded_lines())
     }
-}
-
-/// One file's faults, every process and mapping of it together.
-#[derive(Serialize)]
-pub struct FileRow {
-    pub path: String,
-    pub inode: u64,
-    /// `MAJ:MIN` of its device.
-    pub device: String,
-    pub minor: u64,
-    /// Pages read from storage: the file is being paged in.
-    pub major: u64,
-    /// How many processes faulted on it.
-    pub processes: usize,
 }
 
 #[derive(Serialize)]

@@ -17,7 +17,7 @@ use std::{
 use anyhow::Context as _;
 use flate2::{Compression, write::GzEncoder};
 
-use crate::stacks::symbols::Named;
+use crate::model::stacks::Named;
 
 /// What a sample's value counts, as pprof names it: `faults/count`, `bytes/bytes`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,29 +13,10 @@ use super::{
     Record,
     pprof::{self, Profile},
 };
-use crate::stacks::{StackLosses, symbols::Named};
+use crate::model::stacks::{CallStackRow, Named, StackLosses, StackRow};
 
 /// Stacks a table shows before saying how many more there are.
 const STACK_ROWS: usize = 20;
-
-/// One process's events on one stack.
-#[derive(Serialize)]
-pub struct StackRow {
-    pub pid: u32,
-    pub comm: String,
-    pub minor: u64,
-    pub major: u64,
-    /// Innermost frame first.
-    pub stack: Vec<Named>,
-    /// Whether unwinding reached the stack's root; else the outermost frames are missing.
-    pub complete: bool,
-}
-
-impl StackRow {
-    pub fn total(&self) -> u64 {
-        self.minor + self.major
-    }
-}
 
 /// Every stack of the session, busiest first.
 #[derive(Serialize)]
@@ -162,20 +143,6 @@ pub fn write_lines(out: &mut dyn Write, lines: &[String]) -> io::Result<()> {
         writeln!(out, "{line}")?;
     }
     Ok(())
-}
-
-/// One syscall's calls from one stack (`trace -c --stack`).
-#[derive(Serialize)]
-pub struct CallStackRow {
-    pub syscall: &'static str,
-    pub pid: u32,
-    pub comm: String,
-    pub calls: u64,
-    /// Bytes the calls were about (length argument, or the break's movement).
-    pub bytes: u64,
-    /// Innermost frame first.
-    pub stack: Vec<Named>,
-    pub complete: bool,
 }
 
 /// Calls per syscall and stack, busiest first.

@@ -23,12 +23,15 @@ use crate::{
         targets::{Filter, TargetTable as _},
     },
     error::Failure,
-    model::faults::Counts,
+    model::{
+        faults::Counts,
+        stacks::{FileRow, MappingRow, StackRow},
+    },
     output::{
         Sink, folded,
-        mappings::{FileRow, Files, MappingRow, Mappings},
+        mappings::{Files, Mappings},
         pprof::Profile,
-        stacks::{StackRow, Stacks as StacksRecord},
+        stacks::Stacks as StacksRecord,
     },
     stacks::{
         KernelCounts, Stacks,

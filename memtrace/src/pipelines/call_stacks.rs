@@ -7,11 +7,9 @@ use memtrace_common::stacks::EventKind;
 
 use crate::{
     bpf::stacks::{KernelStacks, StackTables},
-    output::stacks::{CallStackRow, CallStacks as CallStacksRecord},
-    stacks::{
-        StackId, Stacks,
-        symbols::{Named, Symbols},
-    },
+    model::stacks::{CallStackRow, Named},
+    output::stacks::CallStacks as CallStacksRecord,
+    stacks::{StackId, Stacks, symbols::Symbols},
     syscalls::{Call, Syscall},
 };
 
@@ -77,7 +75,7 @@ impl CallStacks {
     }
 
     /// What was lost learning stacks.
-    pub fn losses(&self) -> crate::stacks::StackLosses {
+    pub fn losses(&self) -> crate::model::stacks::StackLosses {
         self.stacks.losses
     }
 

@@ -19,13 +19,12 @@ use memtrace_common::{
         StackKey, StackRef, hash_seed, hash_word,
     },
 };
-use serde::Serialize;
 
 use self::{
     modules::ModuleFiles,
     unwind::{ProcessUnwinder, StackCopy, Walk},
 };
-use crate::sys::procfs;
+use crate::{model::stacks::StackLosses, sys::procfs};
 
 /// A file a frame is in, by the path its process sees and the path memtrace opens it at.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -64,23 +63,6 @@ pub trait Teach {
     fn recipe(&mut self, site: SiteKey, recipe: &Recipe) -> bool;
     /// Creates the kernel's counter of a stack; false if the table is full.
     fn confirm(&mut self, key: StackKey) -> bool;
-}
-
-/// Events whose stacks came out less than whole, and stacks the kernel could not be taught.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct StackLosses {
-    /// Stacks sent whole by the kernel (each the first event of a stack, or one it could not
-    /// recognise).
-    pub snapshots: u64,
-    /// Events whose stack was cut short: an unreadable word, code without unwind
-    /// information, or deeper than memtrace follows.
-    pub cut_short: u64,
-    /// Events at places whose stacks the kernel cannot be taught to recognise (more stack
-    /// words than a recipe holds, or tables full): each is sent whole, and costs more.
-    pub unrecognised: u64,
-    /// Stacks sent whole by processes that had exited before memtrace could read their
-    /// mappings (a process living a few milliseconds): shown as bare addresses.
-    pub unmapped: u64,
 }
 
 /// A process's counted stacks.

@@ -9,60 +9,9 @@ use blazesym::symbolize::{
     source::{Elf, Source},
 };
 use object::{Object as _, ReadCache};
-use serde::Serialize;
 
 use super::{Frame, Module};
-
-/// A frame as reports show it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Named {
-    /// The file the frame is in, as its process sees it (`null` outside any file).
-    pub module: Option<String>,
-    /// Offset in that file (or the address, without a file), as strace -k prints it.
-    pub offset: u64,
-    /// The function, if the file's symbols name it.
-    pub symbol: Option<String>,
-    /// Offset of the frame's address from the function's start.
-    pub symbol_offset: Option<u64>,
-    /// Source file and line, where debug information was found.
-    pub file: Option<String>,
-    pub line: Option<u32>,
-    /// The file's GNU build id, in hex (for `--pprof`'s mappings; the kernel's for `[kernel]`).
-    #[serde(skip)]
-    pub build_id: Option<Arc<str>>,
-}
-
-impl Named {
-    /// `function+0x1d` if named, else `module+0x1234`: one frame of a folded stack.
-    pub fn short(&self) -> String {
-        match (&self.symbol, &self.module) {
-            (Some(symbol), _) => symbol.clone(),
-            (None, Some(module)) => format!("{}+{:#x}", basename(module), self.offset),
-            (None, None) => format!("[unknown] {:#x}", self.offset),
-        }
-    }
-
-    /// strace -k's line: `module(function+0xoff) [0xoffset]`, and `file:line` when known.
-    pub fn line(&self) -> String {
-        let module = self.module.as_deref().unwrap_or("?");
-        let symbol = match (&self.symbol, self.symbol_offset) {
-            (Some(symbol), Some(offset)) => format!("{symbol}+{offset:#x}"),
-            _ => String::new(),
-        };
-        let mut line = format!("{module}({symbol}) [{:#x}]", self.offset);
-        if let Some(file) = &self.file {
-            line.push_str(&format!(" {}", basename(file)));
-            if let Some(number) = self.line {
-                line.push_str(&format!(":{number}"));
-            }
-        }
-        line
-    }
-}
-
-fn basename(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
-}
+use crate::model::stacks::Named;
 
 /// Names frames, each file's frames in one batch; remembers what it named.
 pub struct Symbols {

@@ -18,10 +18,10 @@ use crate::{
         allocator::{self, Allocator},
         blocks::{Outstanding, Sums},
     },
-    model::time::Timestamp,
+    model::{leaks::LeakRow, time::Timestamp},
     output::{
         Sink,
-        leaks::{LeakRow, Leaks, Level, MallocCounts, Start, TracedAllocator},
+        leaks::{Leaks, Level, MallocCounts, Start, TracedAllocator},
     },
     session::{End, Ending, Job, Session, Target, spawn},
     stacks::{StackId, Stacks, symbols::Symbols},
@@ -235,7 +235,7 @@ impl<'a> MallocJob<'a> {
         Ok((rows, unknown))
     }
 
-    fn named(&mut self, id: StackId) -> Vec<crate::stacks::symbols::Named> {
+    fn named(&mut self, id: StackId) -> Vec<crate::model::stacks::Named> {
         self.symbols.stack(&self.stacks, id)
     }
 

@@ -23,10 +23,10 @@ use crate::{
         tracepoints::Release,
     },
     leaks::{regions::Regions, resident},
-    model::time::Timestamp,
+    model::{leaks::LeakRow, time::Timestamp},
     output::{
         Sink,
-        leaks::{LeakRow, Leaks, Level, Start},
+        leaks::{Leaks, Level, Start},
     },
     session::{End, Ending, Job, Session, Target},
     stacks::StackId,

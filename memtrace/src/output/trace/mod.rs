@@ -18,9 +18,11 @@ use serde_json::{Map, Value};
 use super::{Record, Targets, drops_json};
 use crate::{
     aggregate::syscalls::{avg_ns, grand_total},
-    model::command::CommandOutcome,
-    model::time::{Timestamp, round_secs},
-    stacks::symbols::Named,
+    model::{
+        command::CommandOutcome,
+        stacks::Named,
+        time::{Timestamp, round_secs},
+    },
     syscalls::{Call, Syscall},
 };
 
