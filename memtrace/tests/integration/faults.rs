@@ -4,8 +4,8 @@
 use std::{fs, io::Write, time::Duration};
 
 use crate::common::{
-    self, Tracer, Workload, proc_faults, run_memtrace, still_loaded_after, summary, totals_of,
-    workload,
+    self, Tracer, Workload, proc_faults, run_memtrace, schema, still_loaded_after, summary,
+    totals_of, workload,
 };
 
 /// How long (seconds, before `common::patience`) the kernel may take to free an exited
@@ -632,10 +632,7 @@ fn swap_ins_are_major_faults_counted_as_the_kernel_counts_them() {
     }
     assert!(output.status.success(), "{stderr}");
     let second_pass = swap_ins(&stderr);
-    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let records = schema::records("faults", &String::from_utf8_lossy(&output.stdout));
     let pid = common::summary(&records)["command"]["pid"]
         .as_u64()
         .unwrap();

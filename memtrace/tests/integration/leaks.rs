@@ -4,7 +4,7 @@
 
 use std::{fs, thread, time::Duration};
 
-use crate::common::{self, Tracer, Workload, workload_built};
+use crate::common::{self, Tracer, Workload, schema, workload_built};
 use serde_json::Value;
 
 const KIB: u64 = 1024;
@@ -103,7 +103,7 @@ fn final_report(script: &str) -> Value {
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter(|line| line.starts_with('{'))
-        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .map(|line| schema::record("leaks", line))
         .rfind(|record| record["type"] == "leaks")
         .unwrap()
 }

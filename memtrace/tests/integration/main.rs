@@ -17,6 +17,7 @@ mod oom;
 mod pprof;
 mod pressure;
 mod reliability;
+mod schemas;
 mod serve;
 mod stacks;
 mod trace;

@@ -12,7 +12,7 @@ use std::{
 use crate::common::{
     self, Tracer,
     cgroup::{self, MIB, TestCgroup},
-    memtrace, run_memtrace, still_loaded_after, workload,
+    memtrace, run_memtrace, schema, still_loaded_after, workload,
 };
 use memtrace::model::cgroup::Version;
 use serde_json::Value;
@@ -300,11 +300,7 @@ fn duration_ends_with_a_summary_and_exit_0() {
     let out = run_memtrace(&["oom", "--json", "--duration", "0.5"]);
     let took = started.elapsed();
     assert!(out.status.success(), "{out:?}");
-    let records: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let records = schema::records("oom", &String::from_utf8(out.stdout).unwrap());
     assert_eq!(records.last().unwrap()["type"], "summary");
     assert_eq!(records.last().unwrap()["reason"], "duration");
     assert!(
@@ -679,7 +675,7 @@ fn where_the_kernel_hides_its_reports_memtrace_says_so_and_reads_proc() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     let records: Vec<Value> = std::iter::once(first)
         .chain(rest)
-        .map(|line| serde_json::from_str(&line).unwrap())
+        .map(|line| schema::record("oom", &line))
         .collect();
     let start = &records[0];
     let kill = kills(&records)[0];

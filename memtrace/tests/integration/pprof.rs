@@ -13,7 +13,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::common::{self, disk_dir, memtrace, workload_built};
+use crate::common::{self, disk_dir, memtrace, schema, workload_built};
 
 /// A profile as `go tool pprof -raw` prints it back.
 #[derive(Debug)]
@@ -410,7 +410,7 @@ fn final_leaks(args: &[&str]) -> Value {
     let last = String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter(|line| line.starts_with('{'))
-        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .map(|line| schema::record(schema::command_of(args), line))
         .rfind(|record| record["type"] == "leaks")
         .expect("a leaks record");
     assert_eq!(last["final"], true, "{last}");

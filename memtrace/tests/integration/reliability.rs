@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::common::{self, Tracer, Workload, memtrace, run_memtrace, summary, workload};
+use crate::common::{self, Tracer, Workload, memtrace, run_memtrace, schema, summary, workload};
 
 fn scratch(name: &str) -> PathBuf {
     common::scratch("reliability", name)
@@ -74,10 +74,7 @@ fn an_existing_report_file_is_truncated_and_rewritten() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let text = fs::read_to_string(&path).unwrap();
     assert!(!text.contains('x'), "old content left: {:.80}", text);
-    let records: Vec<serde_json::Value> = text
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("JSON line"))
-        .collect();
+    let records = schema::records("faults", &text);
     assert_eq!(records[0]["type"], "start");
     assert_eq!(records.last().unwrap()["type"], "summary");
     // An existing file keeps its owner's choice of mode.

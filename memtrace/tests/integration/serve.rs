@@ -16,7 +16,7 @@ use std::{
 use crate::common::{
     self, Workload,
     cgroup::{MIB, TestCgroup},
-    disk_dir, loaded_programs, programs_held_by, reclaim, still_loaded_after, workload,
+    disk_dir, loaded_programs, programs_held_by, reclaim, schema, still_loaded_after, workload,
     workload_built,
 };
 use serde_json::Value;
@@ -431,10 +431,8 @@ fn prometheus_sees_the_kernels_fault_count_and_the_cgroups_oom_kill() {
     };
     assert_eq!(alert["labels"]["comm"], "oom_alloc", "{alert}");
     let lines = fs::read_to_string(&events).unwrap();
-    let kills: Vec<Value> = lines
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    // The same object `oom --json` prints for a kill.
+    let kills = schema::records("oom", &lines);
     assert_eq!(kills.len(), 1, "{lines}");
     assert_eq!(kills[0]["victim"]["pid"], hog.id());
     assert_eq!(kills[0]["cgroup"]["path"], cgroup.path.as_str());

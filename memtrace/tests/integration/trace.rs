@@ -13,8 +13,8 @@ use std::{
 };
 
 use crate::common::{
-    self, Tracer, Workload, memtrace, run_memtrace, still_loaded_after, summary, unused_pid,
-    workload,
+    self, Tracer, Workload, memtrace, run_memtrace, schema, still_loaded_after, summary,
+    unused_pid, workload,
 };
 
 /// How long (seconds, before `common::patience`) the kernel may take to free an exited
@@ -349,13 +349,10 @@ fn json_fd_path_is_the_descriptors_link() {
     assert_eq!(fd_path, expected);
 }
 
+/// memtrace's records (valid by the trace schema) and exit code, whatever the code.
 fn json_run(args: &[&str]) -> (Vec<serde_json::Value>, i32) {
     let out = run_memtrace(args);
-    let records = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = schema::records("trace", &String::from_utf8(out.stdout).unwrap());
     (records, out.status.code().unwrap())
 }
 

@@ -23,6 +23,7 @@ use serde_json::Value;
 pub mod bpftrace;
 pub mod cgroup;
 pub mod reclaim;
+pub mod schema;
 
 /// The calling test's name (`faults::pid_totals_...`), for skip records.
 #[macro_export]
@@ -215,15 +216,15 @@ pub fn run_memtrace(args: &[&str]) -> Output {
 }
 
 /// Runs memtrace (with `--json` among `args`) to its end, which must be a success: its records,
-/// and what it (and its command) wrote on stderr.
+/// each valid by its command's schema, and what it (and its command) wrote on stderr.
 pub fn json_run(args: &[&str]) -> (Vec<Value>, String) {
     let output = memtrace().args(args).output().expect("run memtrace");
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "memtrace failed: {stderr}");
-    let records = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}")))
-        .collect();
+    let records = schema::records(
+        schema::command_of(args),
+        &String::from_utf8_lossy(&output.stdout),
+    );
     (records, stderr)
 }
 
@@ -415,6 +416,8 @@ impl Workload {
 pub struct Tracer {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// Whose schema its records are validated by.
+    command: &'static str,
 }
 
 impl Tracer {
@@ -444,7 +447,11 @@ impl Tracer {
                 }
             }
         });
-        let mut tracer = Tracer { child, lines };
+        let mut tracer = Tracer {
+            child,
+            lines,
+            command: schema::command_of(&[subcommand]),
+        };
         let start = tracer.next_record(patience(10)).expect("a start record");
         assert_eq!(start["type"], "start", "{start}");
         (tracer, start)
@@ -463,10 +470,10 @@ impl Tracer {
             .collect()
     }
 
-    /// The next record, if one comes within `timeout`.
+    /// The next record (valid by its command's schema), if one comes within `timeout`.
     pub fn next_record(&mut self, timeout: Duration) -> Option<Value> {
         let line = self.lines.recv_timeout(timeout).ok()?;
-        Some(serde_json::from_str(&line).unwrap_or_else(|err| panic!("bad JSON {line:?}: {err}")))
+        Some(schema::record(self.command, &line))
     }
 
     pub fn signal(&self, signal: i32) {
@@ -485,7 +492,7 @@ impl Tracer {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) => records.push(serde_json::from_str(&line).expect("JSON line")),
+                Ok(line) => records.push(schema::record(self.command, &line)),
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     let _ = self.child.kill();
