@@ -4,7 +4,7 @@
 
 use thiserror::Error;
 
-/// Process exit codes, documented in the README.
+/// Process exit codes, documented in `docs/exit-codes.md`.
 pub mod exit_code {
     /// Tracing ran and ended normally.
     pub const OK: u8 = 0;

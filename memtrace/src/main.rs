@@ -1,5 +1,5 @@
 //! The `memtrace` binary: parse the command line, run one subcommand, and turn the outcome into
-//! one clear line and an exit code (table in the README).
+//! one clear line and an exit code (table in `docs/exit-codes.md`).
 
 use std::process::ExitCode;
 

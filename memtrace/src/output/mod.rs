@@ -30,7 +30,7 @@ use crate::error::Failure;
 pub enum Format {
     /// Tables and lines for people.
     Human,
-    /// One JSON object per line, each with its `"type"` first (schemas in the README).
+    /// One JSON object per line, each with its `"type"` first (JSON Schemas in `docs/schemas/`).
     Json,
     /// Folded stacks only (`comm;outermost;...;innermost COUNT`): what flame graph tools read.
     Folded,
