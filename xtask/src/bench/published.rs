@@ -12,9 +12,22 @@ use anyhow::{Context as _, Result, bail};
 pub fn write(path: &Path, measured: &[(String, String)], provenance: &str) -> Result<()> {
     let mut text = fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     for (row, markdown) in measured {
-        text = with_block(&text, row, &format!("{provenance}\n\n{}", markdown.trim()))?;
+        let body = format!("{provenance}\n\n{}", page_headings(markdown.trim()));
+        text = with_block(&text, row, &body)?;
     }
     fs::write(path, text).with_context(|| format!("write {}", path.display()))
+}
+
+/// A row's `###` sections (under results.md's `## Benchmarks`) as the page's `##` sections.
+fn page_headings(markdown: &str) -> String {
+    markdown
+        .lines()
+        .map(|line| {
+            line.strip_prefix("### ")
+                .map_or(line.to_owned(), |title| format!("## {title}"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn with_block(text: &str, row: &str, body: &str) -> Result<String> {
@@ -63,6 +76,14 @@ mod tests {
         assert!(text.starts_with(DOC.trim_end()));
         assert!(
             text.ends_with("<!-- bench:storm begin -->\nstorm rows\n<!-- bench:storm end -->\n")
+        );
+    }
+
+    #[test]
+    fn sections_become_the_pages_sections() {
+        assert_eq!(
+            page_headings("### A\n\ntext ### not\n#### B"),
+            "## A\n\ntext ### not\n#### B"
         );
     }
 

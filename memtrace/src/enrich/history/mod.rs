@@ -49,6 +49,11 @@ const FAST_SPAN: Duration = Duration::from_secs(3);
 /// Samples of one process closer than this are one too many (but for a birth's).
 const MIN_APART: Duration = Duration::from_millis(20);
 
+/// Births are looked at in batches at least this far apart: a machine starting a thousand
+/// programs a second wakes the sampler a hundred times, not a thousand, and each new program
+/// still has its first sample within this of its `exec`.
+const BIRTHS_APART: Duration = Duration::from_millis(10);
+
 /// What the sampler is woken for.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Look {
@@ -96,6 +101,8 @@ pub struct HistorySampler {
     next_fast: Option<Instant>,
     /// What the wake `due` returned for is.
     look: Look,
+    /// When births may wake the sampler again.
+    next_births: Instant,
 }
 
 impl HistorySampler {
@@ -118,6 +125,7 @@ impl HistorySampler {
             ticker,
             next_fast: None,
             look: Look::Regular,
+            next_births: Instant::now(),
         }
     }
 
@@ -131,11 +139,20 @@ impl HistorySampler {
                 None => std::future::pending().await,
             }
         };
+        let next_births = self.next_births;
+        let new_processes = &mut self.new_processes;
+        let births = async move {
+            tokio::time::sleep_until(next_births).await;
+            new_processes.started().await;
+        };
         self.look = tokio::select! {
             _ = self.ticker.tick() => Look::Regular,
             () = fast => Look::Fast,
-            () = self.new_processes.started() => Look::Births,
+            () = births => Look::Births,
         };
+        if self.look == Look::Births {
+            self.next_births = Instant::now() + BIRTHS_APART;
+        }
     }
 
     /// One look: the due candidates sampled. `stalls`: every process's stall time so far (ns),
