@@ -489,11 +489,20 @@ fn rss_and_vsz_columns_equal_proc_status_at_the_same_moment() {
     let mut tracer = Tracer::start(&["faults", "--pid", &pid.to_string(), "--interval", "0.2"]);
     // Each row's sizes, and /proc's read as soon as the row arrives (the workload is idle
     // between its steps, so both see the same memory).
-    let next_row = |tracer: &mut Tracer| {
-        let record = tracer
-            .next_record(common::patience(5))
-            .expect("an interval record");
-        assert_eq!(record["type"], "interval", "{record}");
+    // `after`: skip rows of intervals that began before this Unix time (records queue up while
+    // the test is slow to read them, as in a guest).
+    let next_row = |tracer: &mut Tracer, after: f64| {
+        let record = loop {
+            let record = tracer
+                .next_record(common::patience(5))
+                .expect("an interval record");
+            assert_eq!(record["type"], "interval", "{record}");
+            let began =
+                record["timestamp"].as_f64().unwrap() - record["interval_s"].as_f64().unwrap();
+            if began >= after {
+                break record;
+            }
+        };
         let (rss, vsz) = (status_kb(pid, "VmRSS"), status_kb(pid, "VmSize"));
         let row = &record["processes"][0];
         assert_eq!(row["pid"], pid, "{record}");
@@ -505,7 +514,7 @@ fn rss_and_vsz_columns_equal_proc_status_at_the_same_moment() {
     };
     // SAFETY: sysconf has no preconditions.
     let page_kb = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64 / 1024;
-    let ((before, vsz_before), (proc_before, proc_vsz)) = next_row(&mut tracer);
+    let ((before, vsz_before), (proc_before, proc_vsz)) = next_row(&mut tracer, 0.0);
     assert!(
         before.abs_diff(proc_before) <= page_kb,
         "{before} KiB vs VmRSS {proc_before}"
@@ -513,9 +522,12 @@ fn rss_and_vsz_columns_equal_proc_status_at_the_same_moment() {
     assert_eq!(vsz_before, proc_vsz);
 
     work.go();
-    // The first row after `done` may have been read during the touching; the second was not.
-    next_row(&mut tracer);
-    let ((after, vsz_after), (proc_after, proc_vsz)) = next_row(&mut tracer);
+    // A row of an interval begun once the touching was done.
+    let done = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let ((after, vsz_after), (proc_after, proc_vsz)) = next_row(&mut tracer, done);
     assert!(
         after.abs_diff(proc_after) <= page_kb,
         "{after} KiB vs VmRSS {proc_after}"
