@@ -430,7 +430,6 @@ impl Tracer {
     /// [`Tracer::start`], with the `start` record.
     pub fn start_with_record(args: &[&str]) -> (Tracer, Value) {
         let (subcommand, rest) = args.split_first().expect("a subcommand");
-        schema::compiled();
         let mut child = memtrace()
             .arg(subcommand)
             .arg("--json")

@@ -106,12 +106,6 @@ static SCHEMAS: LazyLock<HashMap<&'static str, Schema>> = LazyLock::new(|| {
         .collect()
 });
 
-/// Compiles the schemas now, so that the first record read is not late by their compiling
-/// (seconds in a guest), with records queuing behind it.
-pub fn compiled() {
-    LazyLock::force(&SCHEMAS);
-}
-
 /// The command of memtrace's `args`: the first that has a schema (the subcommand comes before
 /// its flags and any `-- COMMAND`).
 pub fn command_of(args: &[&str]) -> &'static str {
