@@ -32,6 +32,11 @@ impl WallClock {
     }
 }
 
+/// CLOCK_MONOTONIC now, in nanoseconds: what `bpf_ktime_get_ns` stamps, for ages.
+pub fn monotonic_ns() -> u64 {
+    u64::try_from(read(libc::CLOCK_MONOTONIC)).unwrap_or(0)
+}
+
 /// A clock's reading in nanoseconds.
 fn read(clock: libc::clockid_t) -> i128 {
     // SAFETY: all-zero is a valid timespec; clock_gettime only writes into it.
@@ -58,7 +63,7 @@ mod tests {
     fn now_is_now() {
         let clock = WallClock::now();
         let wall = Timestamp::now().unix;
-        let monotonic = read(libc::CLOCK_MONOTONIC) as u64;
+        let monotonic = monotonic_ns();
         assert!((clock.timestamp(monotonic).unix - wall).abs() < 1.0);
     }
 }

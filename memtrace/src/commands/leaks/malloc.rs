@@ -11,7 +11,7 @@ use memtrace_common::{
 };
 use tokio::time::Interval;
 
-use super::{LeaksConfig, MallocOptions, monotonic_ns};
+use super::{LeaksConfig, MallocOptions};
 use crate::{
     bpf::allocs::{Allocs, Options},
     leaks::{
@@ -25,6 +25,7 @@ use crate::{
     },
     session::{End, Ending, Job, Session, Target, spawn},
     stacks::{StackId, Stacks, symbols::Symbols},
+    sys::clock::monotonic_ns,
 };
 
 /// Descendants of a command given uprobes, at most: each process's 17 take ~1.5 s of the

@@ -13,8 +13,7 @@ use memtrace_common::{
 };
 use tokio::time::Interval;
 
-use super::{LeaksConfig, monotonic_ns};
-use crate::pipelines::call_stacks::CallStacks;
+use super::LeaksConfig;
 use crate::{
     bpf::{
         self, Loaded,
@@ -28,8 +27,10 @@ use crate::{
         Sink,
         leaks::{Leaks, Level, Start},
     },
+    pipelines::call_stacks::CallStacks,
     session::{End, Ending, Job, Session, Target},
     stacks::StackId,
+    sys::clock::monotonic_ns,
     syscalls::{Call, Syscall},
 };
 

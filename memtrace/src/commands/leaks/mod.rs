@@ -141,15 +141,6 @@ fn write(
     Ok(())
 }
 
-/// CLOCK_MONOTONIC now, in nanoseconds: the clock of the kernel's timestamps.
-fn monotonic_ns() -> u64 {
-    // SAFETY: all-zero is a valid timespec; clock_gettime only writes into it.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid clock id and a pointer to a timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
-}
-
 /// Live blocks the kernel's table holds: `--max-allocations`, else a million, or, where tables
 /// are made whole at load (before Linux 6.1), an eighth of that (about 12 MiB).
 pub fn max_allocations(asked: Option<u32>) -> u32 {
