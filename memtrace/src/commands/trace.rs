@@ -17,7 +17,6 @@ use memtrace_common::{
 };
 use tokio::time::{Interval, MissedTickBehavior, interval};
 
-use crate::pipelines::call_stacks::CallStacks;
 use crate::{
     bpf::{
         self, Loaded,
@@ -32,6 +31,7 @@ use crate::{
         self, Format, Sink,
         trace::{CallRecord, Start, Summary},
     },
+    pipelines::call_stacks::CallStacks,
     session::{self, End, Ending, Job, Session, Target},
     sys::clock::WallClock,
     syscalls::{self, Syscall},
