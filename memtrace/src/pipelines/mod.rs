@@ -3,3 +3,4 @@
 
 pub mod attributed;
 pub mod call_stacks;
+pub mod machine;

@@ -23,10 +23,9 @@ use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use aya::programs::ProgramInfo;
 use memtrace_common::{
-    DropSource,
-    faults::{FaultKey, MAX_FAULT_KEYS},
-    pressure::{MAX_STALLERS, StallKind},
-    syscalls::{MAX_PENDING, ProcSyscallCounts, ProcSyscallKey, SyscallClass},
+    faults::MAX_FAULT_KEYS,
+    pressure::StallKind,
+    syscalls::{ProcSyscallCounts, SyscallClass},
 };
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
@@ -38,14 +37,8 @@ use self::{
     metrics::{Identity, Labels, Metrics},
 };
 use crate::{
-    aggregate::{cumulative::Deltas, pressure::Kinds},
-    bpf::{
-        self, Loaded,
-        oom::{NewProcesses, OomEvents},
-        syscalls::KernelFilter,
-        targets::Filter,
-        tracepoints::Release,
-    },
+    aggregate::cumulative::Deltas,
+    bpf::{self, oom::OomEvents, tracepoints::Release},
     cli::{SeriesLabel, ServeArgs},
     enrich::{
         cgroups::CgroupResolver,
@@ -53,9 +46,9 @@ use crate::{
         oom::KillResolver,
     },
     error::Failure,
-    model::faults::Counts,
     model::oom::OomRecord,
     output::{Format, Sink},
+    pipelines::machine::{self, Machine},
     session::{self, End, Ending, Job, Session, Target},
     sys::{cgroup, privileges, procfs},
     syscalls::Syscall,
@@ -129,52 +122,6 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<u8> {
     session.run(daemon).await
 }
 
-/// Loads every object the daemon needs, system-wide and counting only, and attaches them.
-fn load(config: &ServeConfig) -> anyhow::Result<[Loaded; 4]> {
-    // Each process's memory cgroup is recorded in the kernel with its counts, so that one which
-    // exits before the daemon reads /proc still gets its cgroup.
-    let memcg = bpf::memcg_layout("short-lived processes may have cgroup=\"unknown\"");
-    let faults = bpf::faults::load(&bpf::faults::Options {
-        filter: Filter::All,
-        per_thread: false,
-        max_keys: config.max_processes,
-        only_targets: None,
-        memcg,
-    })?;
-    let syscalls = bpf::syscalls::load(&bpf::syscalls::Options {
-        syscalls: Syscall::DEFAULT.to_vec(),
-        kernel: KernelFilter {
-            count_only: true,
-            failed_only: false,
-            min_size: 0,
-            per_process: true,
-        },
-        targets: Filter::All,
-        max_threads: MAX_PENDING,
-        max_process_keys: config.max_processes.saturating_mul(2),
-        stacks: None,
-        kernel_stacks: false,
-        execs: false,
-    })?;
-    let oom = bpf::oom::load(&bpf::oom::layout()?, !config.history.is_zero())
-        .context("attach oom:mark_victim and console")?;
-    if !bpf::oom::console_sees_reports() {
-        log::info!(
-            "this kernel shows memtrace its OOM reports only when they reach a console: OOM \
-             victims' cgroups come from /proc"
-        );
-    }
-    // Only processes that stall take an entry: fewer than those that fault.
-    let pressure = bpf::pressure::load(&bpf::pressure::Options {
-        filter: Filter::All,
-        memcg,
-        histograms: false,
-        max_processes: config.max_processes.min(MAX_STALLERS),
-        warn_missing: false,
-    })?;
-    Ok([faults, syscalls, oom, pressure])
-}
-
 /// Where OOM kills are appended as JSON lines: `--events FILE`, `-` for stdout, or nowhere.
 fn open_events(path: Option<&PathBuf>) -> Result<Option<Sink>, Failure> {
     path.map(|path| Sink::append(path, Format::Json))
@@ -210,10 +157,7 @@ struct Resolved {
 
 /// The daemon: what it holds in the kernel, and what it knows between ticks.
 struct Daemon {
-    faults: Loaded,
-    syscalls: Loaded,
-    oom: Loaded,
-    pressure: Loaded,
+    machine: Machine,
     oom_events: OomEvents,
     kills: KillResolver,
     /// The likely victims' recent memory, for `--events` records.
@@ -228,10 +172,6 @@ struct Daemon {
     /// Labels of each process seen, until it exits, with the name and memory cgroup the fault
     /// table recorded when they were resolved.
     processes: HashMap<u32, Resolved>,
-    fault_counts: Deltas<FaultKey, Counts>,
-    stall_counts: Deltas<u32, Kinds>,
-    syscall_counts: Deltas<ProcSyscallKey, ProcSyscallCounts>,
-    dropped: Deltas<&'static str, u64>,
     programs: Deltas<String, (u64, u64)>,
     /// The kernel's BPF statistics, on while this is held (`--bpf-stats`).
     program_stats: Option<std::os::fd::OwnedFd>,
@@ -252,8 +192,8 @@ const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Drops every capability the readings do not need (CAP_BPF, where the kernel lets nobody else
 /// read BPF maps).
-fn drop_privileges(faults: &Loaded) {
-    match privileges::drop_all(|| bpf::faults::read(&faults.ebpf).is_ok()) {
+fn drop_privileges(machine: &Machine) {
+    match privileges::drop_all(|| bpf::faults::read(machine.faults()).is_ok()) {
         Ok(true) => log::info!(
             "this kernel lets no unprivileged process read BPF maps \
              (kernel.unprivileged_bpf_disabled): CAP_BPF kept, every other capability dropped"
@@ -285,14 +225,17 @@ impl Daemon {
             .map_err(|err| Failure::NotPrivileged {
                 missing: format!("CAP_SYS_ADMIN, to switch on the kernel's BPF statistics ({err})"),
             })?;
-        let [faults, syscalls, mut oom, pressure] = load(config)?;
-        let oom_events = OomEvents::open(&mut oom.ebpf)?;
+        let mut machine = Machine::load(machine::Options {
+            max_processes: config.max_processes,
+            births: !config.history.is_zero(),
+        })?;
+        let oom_events = machine.oom_events()?;
         if config.profile_stacks.is_some() {
             log::info!(
                 "--profiles: capabilities kept, for the profiles' programs and other users' stacks"
             );
         } else {
-            drop_privileges(&faults);
+            drop_privileges(&machine);
         }
         let metrics = Metrics::new(
             &config.by,
@@ -304,7 +247,7 @@ impl Daemon {
         let history = if config.history.is_zero() {
             None
         } else {
-            let new_processes = NewProcesses::open(&mut oom.ebpf)?;
+            let new_processes = machine.new_processes()?;
             Some(HistorySampler::new(
                 config.history,
                 hierarchy.clone(),
@@ -315,10 +258,7 @@ impl Daemon {
         let mut ticker = interval_at(Instant::now() + config.interval, config.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut daemon = Daemon {
-            faults,
-            syscalls,
-            oom,
-            pressure,
+            machine,
             oom_events,
             kills: KillResolver::new(hierarchy.clone(), None),
             history,
@@ -330,10 +270,6 @@ impl Daemon {
             sighup: signal(SignalKind::hangup()).context("install the SIGHUP handler")?,
             cgroups: CgroupResolver::new(hierarchy),
             processes: HashMap::new(),
-            fault_counts: Deltas::default(),
-            stall_counts: Deltas::default(),
-            syscall_counts: Deltas::default(),
-            dropped: Deltas::default(),
             programs: Deltas::default(),
             program_stats,
             cpu_seconds: 0.0,
@@ -401,46 +337,40 @@ impl Daemon {
             .collect();
 
         let now = std::time::Instant::now();
-        for sample in bpf::faults::read(&self.faults.ebpf)? {
-            let delta = self.fault_counts.update(sample.key, sample.counts);
-            let labels = self.labels(sample.key.tgid, Some((&sample.comm, sample.memcg)), true);
-            self.metrics.add_faults(&labels, delta.minor, delta.major);
+        let reading = self.machine.read()?;
+        for sample in reading.faults {
+            let labels = self.labels(sample.tgid, Some((&sample.comm, sample.memcg)), true);
+            self.metrics
+                .add_faults(&labels, sample.delta.minor, sample.delta.major);
         }
-        for (key, counts) in bpf::syscalls::proc_stats(&self.syscalls.ebpf)? {
-            let delta = self.syscall_counts.update(key, counts);
-            let Some(syscall) = Syscall::from_nr(key.nr) else {
-                continue;
-            };
-            let labels = self.labels(key.tgid, None, false);
+        for (tgid, syscall, delta) in reading.syscalls {
+            let labels = self.labels(tgid, None, false);
             self.metrics
                 .add_syscalls(&labels, syscall.name(), delta.calls, delta.errors);
             for (op, bytes) in byte_ops(syscall, delta) {
                 self.metrics.add_bytes(&labels, op, bytes);
             }
         }
-        for sample in bpf::pressure::read(&self.pressure.ebpf)? {
-            let delta = self
-                .stall_counts
-                .update(sample.tgid, Kinds::from_kernel(&sample.kinds));
+        for sample in reading.stalls {
             let labels = self.labels(sample.tgid, Some((&sample.comm, sample.memcg)), false);
             for kind in StallKind::ALL {
-                let stalls = delta.of(kind);
+                let stalls = sample.delta.of(kind);
                 let seconds = stalls.total_ns as f64 / 1e9;
                 self.metrics
                     .add_stalls(&labels, kind.name(), stalls.count, seconds);
             }
         }
-        for (source, n) in self.drops()? {
-            let delta = self.dropped.update(source.name(), n);
-            self.metrics.add_dropped(source.name(), delta);
+        for (source, delta) in reading.dropped {
+            self.metrics.add_dropped(source, delta);
         }
         if self.program_stats.is_some() {
-            let infos: Vec<(String, ProgramInfo)> =
-                [&self.faults, &self.syscalls, &self.oom, &self.pressure]
-                    .into_iter()
-                    .flat_map(|loaded| loaded.ebpf.programs())
-                    .filter_map(|(name, program)| Some((name.to_owned(), program.info().ok()?)))
-                    .collect();
+            let infos: Vec<(String, ProgramInfo)> = self
+                .machine
+                .objects()
+                .into_iter()
+                .flat_map(|ebpf| ebpf.programs())
+                .filter_map(|(name, program)| Some((name.to_owned(), program.info().ok()?)))
+                .collect();
             for (name, info) in infos {
                 self.add_program(name, &info);
             }
@@ -456,24 +386,6 @@ impl Daemon {
         self.metrics.release_held(now);
         self.metrics.set_bookkeeping(self.processes.len());
         Ok(())
-    }
-
-    /// What every object could not record, summed per source (two objects can lose targets).
-    fn drops(&self) -> anyhow::Result<Vec<(DropSource, u64)>> {
-        let mut sums: Vec<(DropSource, u64)> = Vec::new();
-        let readings = [
-            bpf::faults::drops(&self.faults.ebpf)?,
-            bpf::syscalls::drops(&self.syscalls.ebpf, true)?,
-            bpf::drops::read(&self.oom.ebpf, &bpf::oom::LOSSES)?,
-            bpf::pressure::drops(&self.pressure.ebpf)?,
-        ];
-        for (source, n) in readings.into_iter().flatten() {
-            match sums.iter_mut().find(|(known, _)| *known == source) {
-                Some((_, sum)) => *sum += n,
-                None => sums.push((source, n)),
-            }
-        }
-        Ok(sums)
     }
 
     fn add_program(&mut self, name: String, info: &ProgramInfo) {
@@ -499,7 +411,7 @@ impl Daemon {
         }
         let recorded = match recorded {
             Some((comm, memcg)) => Some((comm.to_owned(), memcg)),
-            None => bpf::faults::kernel_record(&self.faults.ebpf, pid),
+            None => self.machine.recorded(pid),
         };
         let (recorded_comm, recorded_memcg) = recorded.unwrap_or_default();
         let comm = procfs::read_comm(pid, None)
@@ -525,19 +437,7 @@ impl Daemon {
 
     /// Forgets an exited process everywhere: kernel tables, deltas, and its series if per pid.
     fn retire(&mut self, pid: u32) -> anyhow::Result<()> {
-        let key = FaultKey { tgid: pid, tid: 0 };
-        bpf::faults::remove(&mut self.faults.ebpf, &key)?;
-        self.fault_counts.forget(&key);
-        bpf::pressure::remove(&mut self.pressure.ebpf, pid)?;
-        self.stall_counts.forget(&pid);
-        for syscall in Syscall::DEFAULT {
-            let key = ProcSyscallKey {
-                tgid: pid,
-                nr: syscall.nr(),
-            };
-            bpf::syscalls::forget_process(&mut self.syscalls.ebpf, &key)?;
-            self.syscall_counts.forget(&key);
-        }
+        self.machine.retire(pid)?;
         if let Some(resolved) = self.processes.remove(&pid)
             && self.metrics.per_process()
         {
@@ -572,7 +472,7 @@ impl Daemon {
         let Some(history) = &mut self.history else {
             return;
         };
-        let stalls = bpf::pressure::totals(&self.pressure.ebpf)
+        let stalls = bpf::pressure::totals(self.machine.pressure())
             .inspect_err(|err| log::debug!("stall times for the history: {err:#}"))
             .ok();
         history.sample(stalls);
@@ -617,9 +517,7 @@ impl Job for Daemon {
     /// would outlive its service.
     fn release(self) {
         drop(self.oom_events);
-        for loaded in [self.faults, self.syscalls, self.oom, self.pressure] {
-            loaded.release(Release::Here);
-        }
+        self.machine.release(Release::Here);
     }
 }
 
