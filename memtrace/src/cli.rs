@@ -88,6 +88,10 @@ pub enum Command {
     /// process, with no restart
     #[command(after_help = LEAKS_EXAMPLES)]
     Leaks(LeaksArgs),
+    /// A live full-screen view of the machine's memory: RSS, its growth, fault, allocation and
+    /// reclaim-stall rates per process or cgroup, PSI, and OOM kills as they happen
+    #[command(after_help = TOP_EXAMPLES)]
+    Top(TopArgs),
     /// Writes the man pages or the shell completions, generated from these very definitions
     /// (`cargo xtask docs` keeps the committed copies fresh; `cargo xtask install` installs them)
     #[command(hide = true)]
@@ -389,6 +393,58 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 16_384,
           value_parser = clap::value_parser!(u32).range(64..=1_048_576), requires = "profiles")]
     pub profile_stacks: u32,
+}
+
+const TOP_EXAMPLES: &str = "\
+COLUMNS (per second, over the last interval):
+  RSS         resident memory (/proc/PID/stat); GROW/s its change
+  MINFLT/s, MAJFLT/s   page faults, counted in the kernel (major: the page was read in)
+  ALLOC/s     brk, mmap, munmap, mremap, mprotect and madvise calls
+  STALLms/s   milliseconds its tasks stalled in direct reclaim, compaction or throttling
+  cgroups (c) sum their processes, those that exited during the interval included
+HEADER: memory used (total less MemAvailable), swap, PSI memory some/full over the last interval
+  with its sparkline, and the events the kernel could not record (never hidden)
+KEYS: q quit, c processes/cgroups, < > sort, I reverse, / filter, p pause, Enter a process's
+  detail (its fault and RSS history, its biggest mappings), x dismiss an OOM kill, ? help
+
+EXAMPLES:
+  sudo memtrace top                         # every process on the machine
+  sudo memtrace top --cgroup /system.slice  # processes of one cgroup subtree
+  sudo memtrace top -p 4242                 # one process and its descendants; ends with them
+  NO_COLOR=1 sudo memtrace top -i 2         # no colours, a reading every 2 seconds";
+
+/// A live full-screen view of the machine's memory, per process and cgroup.
+///
+/// Counts in the kernel what it shows (nothing per event reaches memtrace): page faults,
+/// allocation syscalls, reclaim stalls and OOM kills, and reads RSS and PSI from /proc.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Show only this process and its descendants (repeat for several); ends when all exit
+    #[arg(short, long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pids: Vec<u32>,
+
+    /// Show only processes with this command name (as /proc/PID/comm has it)
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+
+    /// Show only processes in this memory cgroup or below it (a directory under the memory
+    /// cgroup mount, or a path in its hierarchy such as /system.slice)
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+
+    /// Seconds between readings
+    #[arg(short, long, value_name = "SECS", default_value = "1", value_parser = parse_seconds)]
+    pub interval: Duration,
+
+    /// Stop after this many seconds (default: until q, Ctrl-C, or every --pid has exited)
+    #[arg(short, long, value_name = "SECS", value_parser = parse_seconds,
+          allow_negative_numbers = true)]
+    pub duration: Option<Duration>,
+
+    /// Capacity of the kernel's per-process tables (default 16384); counts beyond them are
+    /// counted as lost and shown
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_processes: Option<u32>,
 }
 
 const OOM_EXAMPLES: &str = "\

@@ -16,8 +16,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// bpftrace counts the same kernel events as `pressure` independently, heaptrack is the
 /// reference for `leaks --malloc`, groff checks the generated man pages, and Go's `go tool
 /// pprof` reads the `--pprof` profiles back (the reader Pyroscope and Parca share the format
-/// with), so that what it totals is checked against memtrace's own report.
-const PACKAGES: [(&str, &str); 10] = [
+/// with), so that what it totals is checked against memtrace's own report; tmux is the real
+/// terminal `memtrace top` is driven and read in.
+const PACKAGES: [(&str, &str); 11] = [
     ("bpftool", "bpftool"),
     ("strace", "strace"),
     ("prometheus", "prometheus"),
@@ -28,6 +29,7 @@ const PACKAGES: [(&str, &str); 10] = [
     ("heaptrack_print", "heaptrack"),
     ("groff", "groff-base"),
     ("go", "golang-go"),
+    ("tmux", "tmux"),
 ];
 
 /// The Kubernetes schema validator the deployment test uses (schemas bundled: works offline).

@@ -5,3 +5,4 @@ pub mod cumulative;
 pub mod faults;
 pub mod pressure;
 pub mod syscalls;
+pub mod top;

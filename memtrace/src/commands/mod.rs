@@ -7,6 +7,7 @@ pub mod leaks;
 pub mod oom;
 pub mod pressure;
 pub mod serve;
+pub mod top;
 pub mod trace;
 
 use crate::{
@@ -24,6 +25,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Pressure(args) => pressure::execute(args).await,
         Command::Serve(args) => serve::execute(args).await,
         Command::Leaks(args) => leaks::execute(args).await,
+        Command::Top(args) => top::execute(args).await,
         Command::Generate(args) => generate::execute(&args),
     }
 }
@@ -52,6 +54,22 @@ fn stacks_format(files: &StackFiles, report: &Report) -> Result<Format, Failure>
         report.json,
         &[files.flamegraph.as_deref(), files.pprof.as_deref()],
     )
+}
+
+/// `--cgroup PATH` as a path in the memory hierarchy: a usage error (exit 2) when there is no
+/// such cgroup, found before anything needs privileges.
+fn cgroup_filter(
+    path: Option<&std::path::Path>,
+    hierarchy: Option<&crate::sys::cgroup::MemoryHierarchy>,
+) -> Result<Option<String>, Failure> {
+    match (path, hierarchy) {
+        (Some(path), Some(hierarchy)) => Ok(Some(hierarchy.resolve(path)?)),
+        (Some(path), None) => Err(Failure::Usage(format!(
+            "no such cgroup: {} (no memory cgroup hierarchy is mounted)",
+            path.display()
+        ))),
+        (None, _) => Ok(None),
+    }
 }
 
 /// `--top N` as a row count (every row, should N not fit).

@@ -21,7 +21,6 @@ use crate::{
         history::{self, HistorySampler},
         oom::KillResolver,
     },
-    error::Failure,
     model::oom::OomRecord,
     model::time::Timestamp,
     output::{
@@ -72,17 +71,7 @@ pub async fn execute(args: OomArgs) -> anyhow::Result<u8> {
     let config = OomConfig::from(args);
     // A bad --cgroup is a usage error (exit 2), found before anything needs privileges.
     let hierarchy = cgroup::memory_hierarchy();
-    let filter = match (&config.cgroup, &hierarchy) {
-        (Some(path), Some(hierarchy)) => Some(hierarchy.resolve(path)?),
-        (Some(path), None) => {
-            return Err(Failure::Usage(format!(
-                "no such cgroup: {} (no memory cgroup hierarchy is mounted)",
-                path.display()
-            ))
-            .into());
-        }
-        (None, _) => None,
-    };
+    let filter = super::cgroup_filter(config.cgroup.as_deref(), hierarchy.as_ref())?;
     let mut session = Session::open(&session::Options {
         target: Target::System,
         format: config.format,

@@ -9,6 +9,10 @@ use std::ops::Range;
 pub struct Resident {
     pub range: Range<u64>,
     pub rss: u64,
+    /// `rwxp`-style permissions.
+    pub perms: String,
+    /// The file, `[heap]`, `[stack]`, ... ("" for anonymous memory).
+    pub name: String,
 }
 
 /// Parses `/proc/PID/smaps`.
@@ -24,7 +28,7 @@ pub fn parse(text: &str) -> Vec<Resident> {
             }
             continue;
         }
-        let Some((range, _)) = line.split_once(' ') else {
+        let Some((range, rest)) = line.split_once(' ') else {
             continue;
         };
         let Some((start, end)) = range.split_once('-') else {
@@ -32,9 +36,15 @@ pub fn parse(text: &str) -> Vec<Resident> {
         };
         if let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
         {
+            // perms offset dev inode [name]; the name may contain spaces.
+            let mut fields = rest.splitn(5, ' ');
+            let perms = fields.next().unwrap_or_default().to_owned();
+            let name = fields.nth(3).unwrap_or_default().trim_start().to_owned();
             mappings.push(Resident {
                 range: start..end,
                 rss: 0,
+                perms,
+                name,
             });
         }
     }
@@ -81,6 +91,11 @@ Rss:                2048 kB\n\
 Rss:                   4 kB\n";
         let mappings = parse(text);
         assert_eq!(mappings.len(), 2);
+        assert_eq!(
+            (mappings[0].perms.as_str(), mappings[0].name.as_str()),
+            ("rw-p", "")
+        );
+        assert_eq!(mappings[1].name, "/usr/lib/x.so");
         assert_eq!(of(&mappings, 0x7f00_0000_0000, 0x40_0000), 2048 * 1024);
         assert_eq!(of(&mappings, 0x7f00_0000_0000, 0x20_0000), 1024 * 1024);
         assert_eq!(of(&mappings, 0x7f00_0040_0000, 0x1000), 4096);

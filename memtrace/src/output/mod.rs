@@ -11,6 +11,7 @@ pub mod pprof;
 pub mod pressure;
 pub mod prometheus;
 pub mod stacks;
+pub mod top;
 pub mod trace;
 
 use std::{

@@ -10,6 +10,8 @@ pub struct ProcStat {
     pub comm: String,
     /// One-letter state: `R`, `S`, `D`, `Z` (zombie), ...
     pub state: char,
+    /// Field 4: the parent's pid.
+    pub ppid: u32,
     /// Field 10: minor faults of the process (all its threads, living and dead).
     pub minflt: u64,
     /// Field 12: major faults.
@@ -36,6 +38,7 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
         pid,
         comm,
         state: rest.first()?.chars().next()?,
+        ppid: rest.get(1)?.parse().ok()?,
         minflt: rest.get(7)?.parse().ok()?,
         majflt: rest.get(9)?.parse().ok()?,
         starttime: rest.get(19)?.parse().ok()?,
@@ -226,6 +229,28 @@ pub fn parse_psi(text: &str) -> Option<Psi> {
 /// Reads a pressure file; `None` where the kernel has no PSI (or the cgroup none: v1).
 pub fn read_psi(path: &std::path::Path) -> Option<Psi> {
     parse_psi(&fs::read_to_string(path).ok()?)
+}
+
+/// Every process now (the numeric entries of `/proc`).
+pub fn list_pids() -> Vec<u32> {
+    fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One field of `/proc/meminfo` (`MemTotal`, `SwapFree`, ...), in KiB.
+pub fn meminfo_kb(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The memory usage of a process from `/proc/PID/statm`: (virtual size, resident), in KiB.

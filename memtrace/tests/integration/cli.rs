@@ -139,6 +139,11 @@ fn usage_errors_found_by_memtrace_are_one_line_exit_2() {
             &["oom", "--cgroup", "/memtrace-no-such-cgroup"],
             "no such cgroup",
         ),
+        // Its standard streams are pipes here, not a terminal.
+        (
+            &["top"],
+            "memtrace top draws a live screen and needs a terminal",
+        ),
     ];
     for (args, needle) in cases {
         // Without privileges: a usage error must not need them to be found.

@@ -20,5 +20,6 @@ mod reliability;
 mod schemas;
 mod serve;
 mod stacks;
+mod top;
 mod trace;
 mod trace_stacks;

@@ -339,27 +339,15 @@ pub fn top_users(hierarchy: &MemoryHierarchy, cgroup: &str, victim: u32) -> Vec<
 
 /// Every process now.
 fn list_processes() -> HashSet<u32> {
-    fs::read_dir("/proc")
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+    procfs::list_pids().into_iter().collect()
 }
 
 /// `MemTotal` and `MemAvailable` of `/proc/meminfo`, in KiB.
 fn parse_meminfo(text: &str) -> Option<(u64, u64)> {
-    let field = |name: &str| -> Option<u64> {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    };
-    Some((field("MemTotal")?, field("MemAvailable")?))
+    Some((
+        procfs::meminfo_kb(text, "MemTotal")?,
+        procfs::meminfo_kb(text, "MemAvailable")?,
+    ))
 }
 
 #[cfg(test)]
