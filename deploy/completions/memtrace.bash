@@ -37,6 +37,9 @@ _memtrace() {
             memtrace,serve)
                 cmd="memtrace__subcmd__serve"
                 ;;
+            memtrace,top)
+                cmd="memtrace__subcmd__top"
+                ;;
             memtrace,trace)
                 cmd="memtrace__subcmd__trace"
                 ;;
@@ -61,6 +64,9 @@ _memtrace() {
             memtrace__subcmd__help,serve)
                 cmd="memtrace__subcmd__help__subcmd__serve"
                 ;;
+            memtrace__subcmd__help,top)
+                cmd="memtrace__subcmd__help__subcmd__top"
+                ;;
             memtrace__subcmd__help,trace)
                 cmd="memtrace__subcmd__help__subcmd__trace"
                 ;;
@@ -71,7 +77,7 @@ _memtrace() {
 
     case "${cmd}" in
         memtrace)
-            opts="-v -h -V --verbose --help --version faults trace oom pressure serve leaks generate help"
+            opts="-v -h -V --verbose --help --version faults trace oom pressure serve leaks top generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -173,7 +179,7 @@ _memtrace() {
             return 0
             ;;
         memtrace__subcmd__help)
-            opts="faults trace oom pressure serve leaks generate help"
+            opts="faults trace oom pressure serve leaks top generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -271,6 +277,20 @@ _memtrace() {
             return 0
             ;;
         memtrace__subcmd__help__subcmd__serve)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        memtrace__subcmd__help__subcmd__top)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -528,6 +548,56 @@ _memtrace() {
                     return 0
                     ;;
                 --profile-stacks)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        memtrace__subcmd__top)
+            opts="-p -i -d -v -h --pid --comm --cgroup --interval --duration --max-processes --verbose --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --pid)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -p)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --comm)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cgroup)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -i)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --duration)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -d)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-processes)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

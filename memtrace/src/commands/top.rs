@@ -26,7 +26,7 @@ use crate::{
     cli::TopArgs,
     enrich::{cgroups::CgroupResolver, history::HistorySampler, oom::KillResolver},
     leaks::resident::{self, Resident},
-    model::oom::OomRecord,
+    model::oom::{Kill, OomRecord},
     output::{
         Format, Sink,
         top::{
@@ -187,6 +187,18 @@ impl Top {
 
         let seen = self.scan();
         let live: HashSet<u32> = seen.iter().map(|s| s.pid).collect();
+        // Counts of processes left out by the flags are not shown; those of processes that
+        // exited go to their cgroup's row, and the processes are retired from the tables.
+        let mut exited = Vec::new();
+        counted.retain(|pid, _| {
+            live.contains(pid) || {
+                let gone = !procfs::is_alive(*pid);
+                if gone {
+                    exited.push(*pid);
+                }
+                gone
+            }
+        });
         let cgroups = &mut self.cgroups;
         self.table.update(
             seen,
@@ -195,10 +207,8 @@ impl Top {
             seconds,
         );
         let machine = self.machine()?;
-        for pid in counted.keys().filter(|pid| !live.contains(pid)) {
-            if !procfs::is_alive(*pid) {
-                machine.retire(*pid)?;
-            }
+        for pid in exited {
+            machine.retire(pid)?;
         }
         self.known_cgroups.retain(|(pid, _), _| live.contains(pid));
         self.read_header(seconds);
@@ -304,9 +314,33 @@ impl Top {
 
     fn record_kills(&mut self, batch: Vec<OomRecord>) {
         for mut kill in self.kills.resolve(batch) {
+            if kill.cgroup.path.is_none() {
+                self.place(&mut kill);
+            }
             self.history.complete(&mut kill);
             self.kills_seen += 1;
             self.kills_shown.push(render::kill_lines(&kill));
+        }
+    }
+
+    /// A victim gone before its cgroup was read: the cgroup its fault counts were recorded
+    /// with in the kernel, else the one the last reading saw it in.
+    fn place(&mut self, kill: &mut Kill) {
+        let pid = kill.victim.pid;
+        let recorded = self.machine.as_ref().and_then(|m| m.recorded(pid));
+        let from_kernel = recorded.and_then(|(_, memcg)| self.cgroups.path_of(pid, memcg));
+        let last_seen = || {
+            self.known_cgroups
+                .iter()
+                .find(|((known, _), _)| *known == pid)
+                .map(|(_, path)| path.clone())
+        };
+        let found = match from_kernel {
+            Some(path) => Some((path, "fault_table")),
+            None => last_seen().map(|path| (path, "proc")),
+        };
+        if let Some((path, source)) = found.filter(|(path, _)| !path.is_empty()) {
+            self.kills.place(kill, path, source);
         }
     }
 

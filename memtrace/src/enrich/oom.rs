@@ -61,6 +61,20 @@ impl KillResolver {
             .collect()
     }
 
+    /// Puts a victim whose cgroup was not found (the kernel's report unseen, `/proc` too late)
+    /// in `path`, as the caller learnt it (`source`), with that cgroup's figures and owner.
+    pub fn place(&self, kill: &mut Kill, path: String, source: &'static str) {
+        if let Some(hierarchy) = &self.hierarchy {
+            let stats = hierarchy.stats(&path);
+            kill.cgroup.limit_bytes = stats.limit;
+            kill.cgroup.usage_bytes = stats.usage_bytes;
+            kill.cgroup.oom_kill = stats.oom_kills;
+        }
+        kill.cgroup.owner = owner_of(&path);
+        kill.cgroup.path = Some(path);
+        kill.cgroup.source = Some(source);
+    }
+
     fn kill(&self, raw: &OomVictim) -> Kill {
         let report = self.reports.get(raw.seq);
         let version = self.hierarchy.as_ref().map(|h| h.version);

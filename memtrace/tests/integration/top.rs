@@ -26,12 +26,18 @@ const AFTER: &str = "echo exit=$?; stty -a | grep -o -- '-*icanon'; sleep 600";
 
 impl Tmux {
     fn start(name: &str, args: &[&str]) -> Tmux {
+        Tmux::start_in(name, args, (100, 30), "")
+    }
+
+    /// In a terminal of `(columns, rows)`, with `env` (`NAME=value ...`) before the command.
+    fn start_in(name: &str, args: &[&str], (columns, rows): (u16, u16), env: &str) -> Tmux {
         let name = format!("memtrace-top-{name}-{}", std::process::id());
         let command = format!(
-            "{} top {}; {AFTER}",
+            "{env} {} top {}; {AFTER}",
             env!("CARGO_BIN_EXE_memtrace"),
             args.join(" ")
         );
+        let (columns, rows) = (columns.to_string(), rows.to_string());
         let status = tmux()
             .args([
                 "new-session",
@@ -39,9 +45,9 @@ impl Tmux {
                 "-s",
                 &name,
                 "-x",
-                "100",
+                &columns,
                 "-y",
-                "30",
+                &rows,
                 &command,
             ])
             .status()
@@ -335,24 +341,7 @@ fn the_terminal_is_given_back_after_every_ending() {
 #[ignore = "needs root: cargo xtask test"]
 fn it_fits_80_by_24_without_colour() {
     require_tmux!();
-    let name = format!("memtrace-top-small-{}", std::process::id());
-    let command = format!("NO_COLOR=1 {} top; {AFTER}", env!("CARGO_BIN_EXE_memtrace"));
-    let status = tmux()
-        .args([
-            "new-session",
-            "-d",
-            "-s",
-            &name,
-            "-x",
-            "80",
-            "-y",
-            "24",
-            &command,
-        ])
-        .status()
-        .expect("run tmux");
-    assert!(status.success());
-    let top = Tmux { name };
+    let top = Tmux::start_in("small", &[], (80, 24), "NO_COLOR=1");
     let screen = top.wait_for("the table", 30, |s| s.contains("COMMAND"));
     for heading in [
         "RSS",

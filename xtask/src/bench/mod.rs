@@ -53,14 +53,16 @@ pub struct BenchArgs {
     pub without_memtrace: bool,
 }
 
-/// Debian packages providing the peers.
-const PEER_PACKAGES: [(&str, &str); 6] = [
+/// Debian packages providing the peers (htop, and tmux to give it and `top` a terminal).
+const PEER_PACKAGES: [(&str, &str); 8] = [
     ("bpftrace", "bpftrace"),
     ("drsnoop", "libbpf-tools"),
     ("perf", "linux-perf"),
     ("strace", "strace"),
     ("heaptrack", "heaptrack"),
     ("valgrind", "valgrind"),
+    ("htop", "htop"),
+    ("tmux", "tmux"),
 ];
 
 /// What every row needs: where to build and write, how hard to measure.

@@ -1,7 +1,7 @@
 //! The rows of the benchmark table (issue 6): which workload, at which size, under which
 //! modes. The how-to-measure lives in `measure`; this module only says what.
 
-use std::time::Duration;
+use std::{fmt::Write as _, time::Duration};
 
 use anyhow::{Context as _, Result};
 use clap::ValueEnum;
@@ -49,6 +49,9 @@ pub enum Row {
     /// malloc/free churn under `leaks --malloc` beside empty uprobes on the same functions,
     /// heaptrack and valgrind; and memtrace's memory with 1M blocks outstanding
     Malloc,
+    /// `memtrace top` beside htop, each redrawing every second in a tmux terminal: their own CPU
+    /// share and RSS, idle and while the fault workload runs
+    Top,
 }
 
 impl Row {
@@ -67,6 +70,7 @@ impl Row {
             Row::TraceStacks => trace_stacks(suite),
             Row::DistinctStacks => distinct_stacks(suite),
             Row::Malloc => malloc(suite),
+            Row::Top => top(suite),
         }
     }
 }
@@ -1171,6 +1175,112 @@ fn idle_footprint(name: &str, command: &[String], window: Duration) -> Result<St
         mib(rss_before),
         mib(rss_after)
     ))
+}
+
+/// `memtrace top` and htop at one update a second, in a terminal of 100×30 (tmux): what each
+/// costs itself, idle and while the fault workload runs beside it (the cost of memtrace's
+/// programs to the workload is the `daemon` row's: `top` attaches what `serve` attaches).
+fn top(suite: &Suite) -> Result<String> {
+    let window = Duration::from_secs(if suite.quick { 5 } else { 30 });
+    let fault_loop = suite.compile("fault_loop")?;
+    let views = [
+        ("memtrace top", format!("{} top", suite.memtrace.display())),
+        ("htop -d 10", "htop -d 10".to_owned()),
+    ];
+    let mut table = format!(
+        "### The live view's own cost, at 1 s updates\n\nEach in a tmux terminal of 100×30, \
+         over {} s; busy: the fault workload (1M minor faults, 1 thread) runs again and again \
+         beside it.\n\n| view | idle: % of one core | busy: % of one core | RSS |\n|---|---|---|---|\n",
+        window.as_secs()
+    );
+    for (name, command) in views {
+        let (idle, _) = in_terminal(&command, window, None)?;
+        let (busy, rss) = in_terminal(&command, window, Some(&fault_loop))?;
+        let mib = rss as f64 / f64::from(1 << 20);
+        writeln!(
+            table,
+            "| {name} | {idle:.2} % | {busy:.2} % | {mib:.1} MiB |"
+        )?;
+    }
+    Ok(table)
+}
+
+/// Runs `command` in a tmux session for `window` (the fault workload looping beside it when
+/// given), and returns its CPU share (percent of one core) and its RSS at the end.
+fn in_terminal(
+    command: &str,
+    window: Duration,
+    workload: Option<&std::path::Path>,
+) -> Result<(f64, u64)> {
+    let session = format!("memtrace-bench-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        std::process::Command::new("tmux")
+            .args(["-L", "memtrace-bench"])
+            .args(args)
+            .output()
+    };
+    let started = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "100",
+        "-y",
+        "30",
+        command,
+    ])?;
+    anyhow::ensure!(started.status.success(), "tmux could not start `{command}`");
+    let measured = (|| {
+        // Loaded, attached and drawing by then.
+        std::thread::sleep(Duration::from_secs(3));
+        let pane = tmux(&["display-message", "-p", "-t", &session, "#{pane_pid}"])?;
+        let shell: u32 = String::from_utf8_lossy(&pane.stdout).trim().parse()?;
+        let pid = view_pid(shell, command)?;
+        let (cpu_before, _) = usage(pid)?;
+        let until = std::time::Instant::now() + window;
+        while std::time::Instant::now() < until {
+            match workload {
+                Some(binary) => {
+                    let mut run = std::process::Command::new(binary)
+                        .args(["1000000", "1"])
+                        .stdin(std::process::Stdio::piped())
+                        .stdout(std::process::Stdio::null())
+                        .spawn()?;
+                    if let Some(stdin) = run.stdin.as_mut() {
+                        std::io::Write::write_all(stdin, b"go\n")?;
+                    }
+                    run.wait()?;
+                }
+                None => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+        let (cpu_after, rss) = usage(pid)?;
+        let share = (cpu_after - cpu_before) / window.as_secs_f64() * 100.0;
+        Ok((share, rss))
+    })();
+    let _ = tmux(&["kill-session", "-t", &session]);
+    measured
+}
+
+/// The view's pid: the pane's process itself, or its child (where tmux's shell forks).
+fn view_pid(pane: u32, command: &str) -> Result<u32> {
+    let name = std::path::Path::new(command.split_whitespace().next().unwrap_or_default())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let comm = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim().to_owned())
+    };
+    if comm(pane)? == name {
+        return Ok(pane);
+    }
+    let children = std::fs::read_to_string(format!("/proc/{pane}/task/{pane}/children"))?;
+    children
+        .split_whitespace()
+        .filter_map(|pid| pid.parse().ok())
+        .find(|&pid| comm(pid).is_ok_and(|c| c == name))
+        .ok_or_else(|| anyhow::anyhow!("`{command}` is not running in its terminal"))
 }
 
 /// A process's CPU time (user + system, seconds) and resident memory (bytes), from /proc.

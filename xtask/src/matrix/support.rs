@@ -108,6 +108,10 @@ const PROBES: &[Probe] = &[
         row: "serve",
         args: &["serve"],
     },
+    Probe {
+        row: "top",
+        args: &["top"],
+    },
 ];
 
 /// How one probe went.
@@ -169,6 +173,9 @@ fn run_probe(memtrace: &Path, probe: &Probe, time_scale: u32) -> Result<Option<S
     if probe.args == ["serve"] {
         return probe_serve(memtrace, time_scale).map(|()| None);
     }
+    if probe.args == ["top"] {
+        return probe_top(memtrace, time_scale);
+    }
     let mut sleeper = None;
     let mut args: Vec<String> = Vec::new();
     for &arg in probe.args {
@@ -221,6 +228,42 @@ fn kernel_warning(stderr: &str) -> Option<String> {
         .map(str::trim)
         .find(|warning| !warning.contains("so far") && !warning.contains("lost"))
         .map(str::to_owned)
+}
+
+/// Runs the live view for 2 s in a terminal of 100×30 (util-linux `script` gives it one): it
+/// must draw its table, give the terminal back and exit 0.
+fn probe_top(memtrace: &Path, time_scale: u32) -> Result<Option<String>, Failure> {
+    let failed = |message: String| Failure {
+        exit: None,
+        message,
+    };
+    let inner = format!(
+        "stty cols 100 rows 30; {} top --duration 2",
+        memtrace.display()
+    );
+    let output = output_within(
+        Command::new("script").args(["-qec", &inner, "/dev/null"]),
+        Duration::from_secs(60 * u64::from(time_scale)),
+    )
+    .map_err(failed)?;
+    let screen = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(Failure {
+            exit: output.status.code(),
+            message: memtrace_line(&screen),
+        });
+    }
+    if !screen.contains("COMMAND") || !screen.contains("memtrace top: ") {
+        return Err(failed(
+            "exited 0 but drew no table or no summary".to_owned(),
+        ));
+    }
+    // Left the alternate screen and showed the cursor again, after its last frame.
+    let restored = screen.rfind("\u{1b}[?1049l") > screen.rfind("COMMAND");
+    if !restored {
+        return Err(failed("did not give the terminal back".to_owned()));
+    }
+    Ok(kernel_warning(&screen))
 }
 
 /// Starts the daemon, scrapes it once, stops it with SIGTERM: it must have exported memtrace's

@@ -194,6 +194,15 @@ impl View {
         }
     }
 
+    /// An ascending comparison turned the way the view sorts.
+    fn directed(&self, order: std::cmp::Ordering) -> std::cmp::Ordering {
+        if self.descending {
+            order.reverse()
+        } else {
+            order
+        }
+    }
+
     fn matches(&self, words: &[&str]) -> bool {
         let filter = self.typing.as_deref().unwrap_or(&self.filter);
         filter.is_empty() || words.iter().any(|word| word.contains(filter))
@@ -215,12 +224,7 @@ impl View {
                 Column::Allocs => a.rates.allocs.total_cmp(&b.rates.allocs),
                 Column::Stall => a.rates.stall_ms.total_cmp(&b.rates.stall_ms),
             };
-            let order = if self.descending {
-                order.reverse()
-            } else {
-                order
-            };
-            order.then(a.seen.pid.cmp(&b.seen.pid))
+            self.directed(order).then(a.seen.pid.cmp(&b.seen.pid))
         });
         rows
     }
@@ -237,12 +241,7 @@ impl View {
                 Column::Allocs => a.rates.allocs.total_cmp(&b.rates.allocs),
                 Column::Stall => a.rates.stall_ms.total_cmp(&b.rates.stall_ms),
             };
-            let order = if self.descending {
-                order.reverse()
-            } else {
-                order
-            };
-            order.then(a.path.cmp(&b.path))
+            self.directed(order).then(a.path.cmp(&b.path))
         });
         rows
     }

@@ -204,6 +204,11 @@ fn rate(value: f64) -> String {
     }
 }
 
+/// The table's `.` for nothing, as `0` in a sentence.
+fn spelt(cell: String) -> String {
+    if cell == "." { "0".into() } else { cell }
+}
+
 fn growth(kb_per_s: f64) -> String {
     if kb_per_s.abs() < 0.5 {
         ".".into()
@@ -358,11 +363,11 @@ fn draw_detail(frame: &mut Frame, area: Rect, p: &Process, mappings: &[Resident]
         Line::from(format!(
             "RSS {} ({}/s)  minor {}/s  major {}/s  alloc calls {}/s  stalled {} ms/s",
             size_kb(p.seen.rss_kb),
-            growth(p.rss_growth),
-            rate(p.rates.minor),
-            rate(p.rates.major),
-            rate(p.rates.allocs),
-            rate(p.rates.stall_ms),
+            spelt(growth(p.rss_growth)),
+            spelt(rate(p.rates.minor)),
+            spelt(rate(p.rates.major)),
+            spelt(rate(p.rates.allocs)),
+            spelt(rate(p.rates.stall_ms)),
         )),
         Line::from(format!(
             "since seen: {} minor, {} major faults, {} alloc calls, {:.1} ms stalled",
@@ -444,13 +449,22 @@ pub fn kill_lines(kill: &Kill) -> (String, String) {
         kill.cgroup.path.as_deref().unwrap_or("?"),
     );
     let history = victim.history.as_deref().unwrap_or_default();
-    let second = match (history.first(), history.last()) {
-        (Some(first), Some(last)) => {
+    let second = match history {
+        [] => "  what led to it: not sampled (it was not among the likely victims)".into(),
+        [only] => format!(
+            "  what led to it: sampled once, RSS {}",
+            size_kb(only.rss_kb)
+        ),
+        [first, .., last] => {
             let faults: u64 = history
                 .iter()
                 .map(|p| p.minor_faults.unwrap_or(0) + p.major_faults.unwrap_or(0))
                 .sum();
-            let stalled: f64 = history.iter().filter_map(|p| p.reclaim_stall_ms).sum();
+            // Folded from +0: an empty f64 sum is -0.
+            let stalled = history
+                .iter()
+                .filter_map(|p| p.reclaim_stall_ms)
+                .fold(0.0, |sum, ms| sum + ms);
             format!(
                 "  what led to it: {} samples over {:.1} s, RSS {} -> {}, {faults} faults, \
                  {stalled:.0} ms stalled",
@@ -460,7 +474,6 @@ pub fn kill_lines(kill: &Kill) -> (String, String) {
                 size_kb(last.rss_kb),
             )
         }
-        _ => "  what led to it: not sampled (it was not among the likely victims)".into(),
     };
     (first, second)
 }
