@@ -559,7 +559,7 @@ _memtrace() {
             return 0
             ;;
         memtrace__subcmd__top)
-            opts="-p -i -d -v -h --pid --comm --cgroup --interval --duration --max-processes --verbose --help"
+            opts="-p -i -d -v -h --pid --comm --cgroup --interval --duration --max-processes --stacks --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -136,6 +136,7 @@ complete -c memtrace -n "__fish_memtrace_using_subcommand top" -l cgroup -d 'Sho
 complete -c memtrace -n "__fish_memtrace_using_subcommand top" -s i -l interval -d 'Seconds between readings' -r
 complete -c memtrace -n "__fish_memtrace_using_subcommand top" -s d -l duration -d 'Stop after this many seconds (default: until q, Ctrl-C, or every --pid has exited)' -r
 complete -c memtrace -n "__fish_memtrace_using_subcommand top" -l max-processes -d 'Capacity of the kernel\'s per-process tables (default 16384); counts beyond them are counted as lost and shown' -r
+complete -c memtrace -n "__fish_memtrace_using_subcommand top" -l stacks -d 'In a process\'s detail (Enter), also its busiest page-fault stacks: while the detail is open, `faults --stacks`\'s programs count that process\'s faults by user stack (attached to it alone, detached when the detail closes)'
 complete -c memtrace -n "__fish_memtrace_using_subcommand top" -s v -l verbose -d 'Show diagnostics, including the kernel programs\' own log (-vv: debug, -vvv: also the loader\'s)'
 complete -c memtrace -n "__fish_memtrace_using_subcommand top" -s h -l help -d 'Print help'
 complete -c memtrace -n "__fish_memtrace_using_subcommand generate" -s v -l verbose -d 'Show diagnostics, including the kernel programs\' own log (-vv: debug, -vvv: also the loader\'s)'

@@ -411,6 +411,7 @@ EXAMPLES:
   sudo memtrace top                         # every process on the machine
   sudo memtrace top --cgroup /system.slice  # processes of one cgroup subtree
   sudo memtrace top -p 4242                 # one process and its descendants; ends with them
+  sudo memtrace top --stacks                # Enter on a process also shows its fault stacks
   NO_COLOR=1 sudo memtrace top -i 2         # no colours, a reading every 2 seconds";
 
 /// A live full-screen view of the machine's memory, per process and cgroup.
@@ -445,6 +446,12 @@ pub struct TopArgs {
     /// counted as lost and shown
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_processes: Option<u32>,
+
+    /// In a process's detail (Enter), also its busiest page-fault stacks: while the detail is
+    /// open, `faults --stacks`'s programs count that process's faults by user stack (attached
+    /// to it alone, detached when the detail closes)
+    #[arg(long)]
+    pub stacks: bool,
 }
 
 const OOM_EXAMPLES: &str = "\

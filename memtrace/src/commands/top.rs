@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use memtrace_common::faults::MAX_FAULT_KEYS;
+use memtrace_common::{faults::MAX_FAULT_KEYS, targets::TargetFlags};
 use ratatui::crossterm::event::Event;
 use tokio::{
     sync::mpsc,
@@ -22,11 +22,18 @@ use tokio::{
 
 use crate::{
     aggregate::top::{self, Counted, Seen, Table},
-    bpf::{oom::OomEvents, tracepoints::Release},
+    bpf::{
+        oom::OomEvents,
+        targets::{Filter, TargetTable as _},
+        tracepoints::Release,
+    },
     cli::TopArgs,
     enrich::{cgroups::CgroupResolver, history::HistorySampler, oom::KillResolver},
     leaks::resident::{self, Resident},
-    model::oom::{Kill, OomRecord},
+    model::{
+        oom::{Kill, OomRecord},
+        stacks::{StackLosses, StackRow},
+    },
     output::{
         Format, Sink,
         top::{
@@ -35,7 +42,10 @@ use crate::{
             terminal::{self, Screen},
         },
     },
-    pipelines::machine::{self, Machine},
+    pipelines::{
+        attributed::{Attributed, Attribution},
+        machine::{self, Machine},
+    },
     session::{self, End, Ending, Job, Session, Target},
     sys::{
         cgroup::{self, MemoryHierarchy},
@@ -48,6 +58,10 @@ const VICTIM_HISTORY: Duration = Duration::from_secs(30);
 
 /// Mappings the detail view lists.
 const DETAIL_MAPPINGS: usize = 12;
+
+/// Stacks the detail view lists (with `--stacks`), and the kernel's capacity for them.
+const DETAIL_STACKS: usize = 5;
+const DETAIL_STACK_TABLE: u32 = 4096;
 
 pub async fn execute(args: TopArgs) -> anyhow::Result<u8> {
     // Bad input first, and before the terminal is taken, so the error is seen.
@@ -96,9 +110,11 @@ pub async fn execute(args: TopArgs) -> anyhow::Result<u8> {
             ..Header::default()
         },
         psi_total_us: None,
+        primed: false,
         kills_shown: Vec::new(),
         kills_seen: 0,
         mappings: Vec::new(),
+        stacks: args.stacks.then(DetailStacks::default),
         ticker,
         events: terminal::events()?,
         last_reading: attached,
@@ -136,10 +152,14 @@ struct Top {
     view: View,
     header: Header,
     psi_total_us: Option<(u64, u64)>,
+    /// Whether a reading was taken (the first one gives no rates).
+    primed: bool,
     /// OOM kills not yet dismissed: the kill line and what led to it.
     kills_shown: Vec<(String, String)>,
     kills_seen: u64,
     mappings: Vec<Resident>,
+    /// With `--stacks`: the open detail's fault stacks.
+    stacks: Option<DetailStacks>,
     ticker: Interval,
     events: mpsc::UnboundedReceiver<Event>,
     last_reading: std::time::Instant,
@@ -148,8 +168,63 @@ struct Top {
     screen: Option<Screen>,
 }
 
+/// The stacks object attached to the process whose detail is open, and what it found.
+#[derive(Default)]
+struct DetailStacks {
+    attached: Option<(u32, Attributed)>,
+    rows: Vec<StackRow>,
+    losses: StackLosses,
+}
+
+impl DetailStacks {
+    /// Follows the detail: attached to the process it shows, detached when it closes.
+    fn follow(&mut self, detail: Option<u32>) -> anyhow::Result<()> {
+        if self.attached.as_ref().map(|(pid, _)| *pid) == detail {
+            return Ok(());
+        }
+        if let Some((_, attributed)) = self.attached.take() {
+            attributed.release();
+        }
+        self.rows.clear();
+        self.losses = StackLosses::default();
+        if let Some(pid) = detail {
+            let filter = Filter::Targets {
+                follow_forks: false,
+            };
+            let mut attributed = Attributed::load(filter, Attribution::Stack, DETAIL_STACK_TABLE)?;
+            attributed.loaded.ebpf.insert(pid, TargetFlags::COUNT)?;
+            self.attached = Some((pid, attributed));
+        }
+        Ok(())
+    }
+
+    /// Learns the stacks the kernel sent.
+    fn drain(&mut self) {
+        if let Some((_, attributed)) = &mut self.attached {
+            attributed.drain();
+        }
+    }
+
+    /// The busiest stacks so far.
+    fn read(&mut self) -> anyhow::Result<()> {
+        if let Some((_, attributed)) = &mut self.attached {
+            attributed.drain();
+            (self.rows, self.losses) = attributed.busiest_stacks(DETAIL_STACKS)?;
+        }
+        Ok(())
+    }
+
+    async fn readable(&mut self) -> anyhow::Result<()> {
+        match &mut self.attached {
+            Some((_, attributed)) => attributed.readable().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
 enum Wake {
     Tick,
+    Stacks(anyhow::Result<()>),
     Input(Option<Event>),
     Kills(Vec<OomRecord>),
     Sample,
@@ -184,6 +259,12 @@ impl Top {
             counted.entry(sample.tgid).or_default().stall_ns += sample.delta.total_ns();
         }
         self.header.lost += reading.dropped.iter().map(|(_, n)| n).sum::<u64>();
+        if !self.primed {
+            // The first reading comes moments after the attach: rates over those milliseconds
+            // would be noise. It only starts the counts; the first rates are at the first tick.
+            counted.clear();
+            self.primed = true;
+        }
 
         let seen = self.scan();
         let live: HashSet<u32> = seen.iter().map(|s| s.pid).collect();
@@ -216,6 +297,9 @@ impl Top {
             Some(pid) => biggest_mappings(pid),
             None => Vec::new(),
         };
+        if let Some(stacks) = &mut self.stacks {
+            stacks.read()?;
+        }
         Ok(())
     }
 
@@ -305,6 +389,7 @@ impl Top {
             table: &self.table,
             kills: &self.kills_shown,
             mappings: &self.mappings,
+            stacks: self.stacks.as_ref().map(|s| (s.rows.as_slice(), s.losses)),
             colour: self.colour,
         };
         let view = &mut self.view;
@@ -361,6 +446,9 @@ impl Top {
         if self.view.detail.is_some() && self.mappings.is_empty() {
             self.mappings = self.view.detail.map(biggest_mappings).unwrap_or_default();
         }
+        if let Some(stacks) = &mut self.stacks {
+            stacks.follow(self.view.detail)?;
+        }
         self.draw()?;
         Ok(None)
     }
@@ -384,8 +472,15 @@ impl Job for Top {
                 None => std::future::pending().await,
             }
         };
+        let stacks = async {
+            match &mut self.stacks {
+                Some(stacks) => stacks.readable().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = self.ticker.tick() => Ok(Wake::Tick),
+            ready = stacks => Ok(Wake::Stacks(ready)),
             event = self.events.recv() => Ok(Wake::Input(event)),
             batch = kills => Ok(Wake::Kills(batch?)),
             () = self.history.due() => Ok(Wake::Sample),
@@ -401,6 +496,12 @@ impl Job for Top {
                 self.draw()?;
             }
             Wake::Input(event) => return self.input(event),
+            Wake::Stacks(ready) => {
+                ready?;
+                if let Some(stacks) = &mut self.stacks {
+                    stacks.drain();
+                }
+            }
             Wake::Kills(batch) => {
                 self.record_kills(batch);
                 self.draw()?;
@@ -436,6 +537,9 @@ impl Job for Top {
 
     fn release(mut self) {
         self.screen = None;
+        if let Some(stacks) = &mut self.stacks {
+            let _ = stacks.follow(None);
+        }
         drop(self.oom_events.take());
         if let Some(machine) = self.machine.take() {
             machine.release(Release::Here);

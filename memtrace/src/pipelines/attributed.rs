@@ -25,7 +25,7 @@ use crate::{
     error::Failure,
     model::{
         faults::Counts,
-        stacks::{FileRow, MappingRow, StackRow},
+        stacks::{FileRow, MappingRow, StackLosses, StackRow},
     },
     output::{
         Sink, folded,
@@ -285,6 +285,14 @@ impl Attributed {
     pub fn stacks_profile(&mut self, duration: Duration) -> anyhow::Result<Profile> {
         self.samples()?;
         Ok(self.stack_report()?.profile().ending_now(duration))
+    }
+
+    /// The `n` busiest stacks counted so far, symbolized, with what could not be unwound.
+    pub fn busiest_stacks(&mut self, n: usize) -> anyhow::Result<(Vec<StackRow>, StackLosses)> {
+        self.samples()?;
+        let mut report = self.stack_report()?;
+        report.stacks.truncate(n);
+        Ok((report.stacks, report.losses))
     }
 
     /// The stacks, symbolized, busiest first.

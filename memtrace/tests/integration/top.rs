@@ -13,7 +13,7 @@ use std::{
 use crate::common::{
     self,
     cgroup::{MIB, TestCgroup},
-    patience, proc_faults, workload,
+    patience, proc_faults, programs_held_by, workload,
 };
 
 /// A tmux session of its own (on a socket of its own) running one command; killed on drop.
@@ -257,6 +257,63 @@ fn a_paced_workloads_row_shows_its_rss_and_fault_rate_as_proc_does() {
     assert!(screen.contains("1 processes"), "{screen}");
     top.keys(&["q"]);
     top.assert_restored("q");
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn with_stacks_a_detail_shows_the_fault_stack_and_detaches_when_closed() {
+    require_tmux!();
+    let mut paced = Command::new(workload("paced_faults"))
+        .args(["8", "5000"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start paced_faults");
+    let pid = paced.id();
+    let top = Tmux::start("stacks", &["--stacks", "--pid", &pid.to_string()]);
+    top.wait_for("the workload's row", 30, |s| row_of(s, pid).is_some());
+    let memtrace = top.memtrace_pid();
+    let programs_before = programs_held_by(memtrace).len();
+    let (before, _) = proc_faults(pid);
+    top.keys(&["Enter"]);
+    let stack_line = |screen: &str| {
+        screen
+            .lines()
+            .find(|l| l.contains(" main < "))
+            .map(str::to_owned)
+    };
+    top.wait_for("a stack through main", 60, |s| stack_line(s).is_some());
+    // Two more readings, so the count is well above noise.
+    thread::sleep(patience(2));
+    let screen = top.screen();
+    let (after, _) = proc_faults(pid);
+    let programs_open = programs_held_by(memtrace).len();
+    let line = stack_line(&screen).unwrap_or_else(|| panic!("no stack:\n{screen}"));
+    let counted: u64 = line.split_whitespace().next().unwrap().parse().unwrap();
+    // The innermost frame is the loop that touches the pages.
+    let frames = line.split_whitespace().nth(1).unwrap();
+    assert_eq!(frames, "main", "{line}");
+    assert!(
+        counted > 0 && counted <= after - before,
+        "{counted} faults on the stack, {} by /proc since before the detail opened\n{screen}",
+        after - before
+    );
+    assert!(
+        programs_open > programs_before,
+        "the stack programs were attached"
+    );
+    top.keys(&["Escape"]);
+    let deadline = Instant::now() + patience(10);
+    while programs_held_by(memtrace).len() > programs_before {
+        assert!(
+            Instant::now() < deadline,
+            "the stack programs stay after the detail closed"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    top.keys(&["q"]);
+    top.assert_restored("q after the stacks");
+    let _ = paced.kill();
+    let _ = paced.wait();
 }
 
 #[test]

@@ -15,7 +15,11 @@ use crate::{
     aggregate::top::{self, Process},
     enrich::owner::owner_of,
     leaks::resident::Resident,
-    model::{cgroup::Limit, oom::Kill},
+    model::{
+        cgroup::Limit,
+        oom::Kill,
+        stacks::{Named, StackLosses, StackRow},
+    },
     output::size_kb,
 };
 
@@ -44,6 +48,8 @@ pub struct Shown<'a> {
     pub kills: &'a [(String, String)],
     /// The open process's biggest mappings, by resident size.
     pub mappings: &'a [Resident],
+    /// With `--stacks`: its busiest fault stacks, and what could not be unwound.
+    pub stacks: Option<(&'a [StackRow], StackLosses)>,
     pub colour: bool,
 }
 
@@ -103,7 +109,7 @@ pub fn draw(frame: &mut Frame, view: &mut View, shown: &Shown) {
         frame.render_widget(Paragraph::new(text), oom);
     }
     match view.detail.and_then(|pid| shown.table.process(pid)) {
-        Some(process) => draw_detail(frame, body, process, shown.mappings, &styles),
+        Some(process) => draw_detail(frame, body, process, shown, &styles),
         None if view.detail.is_some() => {
             let gone = format!(
                 "process {} has exited (Esc: back)",
@@ -339,16 +345,22 @@ fn owner_name(path: &str) -> String {
     }
 }
 
-fn draw_detail(frame: &mut Frame, area: Rect, p: &Process, mappings: &[Resident], s: &Styles) {
-    let [about, faults_label, faults, rss_label, rss, maps] = Layout::vertical([
+fn draw_detail(frame: &mut Frame, area: Rect, p: &Process, shown: &Shown, s: &Styles) {
+    let stack_lines = match shown.stacks {
+        Some((rows, _)) => 2 + rows.len().max(1) as u16,
+        None => 1,
+    };
+    let [about, faults_label, faults, rss_label, rss, stacks, maps] = Layout::vertical([
         Constraint::Length(3),
         Constraint::Length(1),
         Constraint::Length(3),
         Constraint::Length(1),
         Constraint::Length(3),
+        Constraint::Length(stack_lines),
         Constraint::Min(3),
     ])
     .areas(area);
+    draw_stacks(frame, stacks, shown.stacks, s);
     let faults_history: Vec<u64> = p.faults_history.iter().map(|&f| f as u64).collect();
     let rss_history: Vec<u64> = p.rss_history.iter().copied().collect();
     let text = vec![
@@ -403,7 +415,7 @@ fn draw_detail(frame: &mut Frame, area: Rect, p: &Process, mappings: &[Resident]
         Sparkline::default().data(tail(&rss_history, rss.width as usize)),
         rss,
     );
-    let rows = mappings.iter().map(|m| {
+    let rows = shown.mappings.iter().map(|m| {
         Row::new(vec![
             size_kb(m.rss / 1024),
             size_kb((m.range.end - m.range.start) / 1024),
@@ -476,6 +488,44 @@ pub fn kill_lines(kill: &Kill) -> (String, String) {
         }
     };
     (first, second)
+}
+
+/// The busiest fault stacks, each on one line from the innermost frame out; or how to get them.
+fn draw_stacks(
+    frame: &mut Frame,
+    area: Rect,
+    stacks: Option<(&[StackRow], StackLosses)>,
+    s: &Styles,
+) {
+    let Some((rows, losses)) = stacks else {
+        let hint = "(run memtrace top --stacks for its page-fault stacks)";
+        frame.render_widget(Paragraph::new(Span::styled(hint, s.dim)), area);
+        return;
+    };
+    let cut = match losses.cut_short {
+        0 => String::new(),
+        n => format!(", {n} cut short"),
+    };
+    let mut lines = vec![Line::from(Span::styled(
+        format!(
+            "{:>8}  FAULT STACK (innermost first, since the detail opened{cut})",
+            "FAULTS"
+        ),
+        s.header,
+    ))];
+    if rows.is_empty() {
+        lines.push(Line::from("       -  no faults since the detail opened"));
+    }
+    for row in rows {
+        let frames: Vec<String> = row.stack.iter().map(Named::short).collect();
+        let more = if row.complete { "" } else { " < [cut short]" };
+        lines.push(Line::from(format!(
+            "{:>8}  {}{more}",
+            row.total(),
+            frames.join(" < ")
+        )));
+    }
+    frame.render_widget(Paragraph::new(lines), area);
 }
 
 const HELP: &str = "\
