@@ -323,8 +323,8 @@ fn man_pages_render_without_warnings_and_completions_parse() {
         );
         pages += 1;
     }
-    // memtrace(1) and one page per subcommand.
-    assert_eq!(pages, 7);
+    // memtrace(1) and one page per subcommand (faults, trace, oom, pressure, serve, leaks, top).
+    assert_eq!(pages, 8);
     let bash = std::process::Command::new("bash")
         .arg("-n")
         .arg(dir.join("completions/memtrace.bash"))
