@@ -111,6 +111,7 @@ pub async fn execute(args: TopArgs) -> anyhow::Result<u8> {
         },
         psi_total_us: None,
         primed: false,
+        departed: HashMap::new(),
         kills_shown: Vec::new(),
         kills_seen: 0,
         mappings: Vec::new(),
@@ -154,6 +155,8 @@ struct Top {
     psi_total_us: Option<(u64, u64)>,
     /// Whether a reading was taken (the first one gives no rates).
     primed: bool,
+    /// The memory cgroup ids the kernel recorded for the processes the last reading retired.
+    departed: HashMap<u32, u64>,
     /// OOM kills not yet dismissed: the kill line and what led to it.
     kills_shown: Vec<(String, String)>,
     kills_seen: u64,
@@ -287,6 +290,12 @@ impl Top {
             |pid| cgroups.path_of(pid, recorded.get(&pid).copied().unwrap_or(0)),
             seconds,
         );
+        // An OOM victim's kill can be read after the tick that retired it: what the kernel
+        // recorded of the processes retired now is kept until the next reading.
+        self.departed = exited
+            .iter()
+            .filter_map(|pid| Some((*pid, *recorded.get(pid)?)))
+            .collect();
         let machine = self.machine()?;
         for pid in exited {
             machine.retire(pid)?;
@@ -412,8 +421,13 @@ impl Top {
     /// with in the kernel, else the one the last reading saw it in.
     fn place(&mut self, kill: &mut Kill) {
         let pid = kill.victim.pid;
-        let recorded = self.machine.as_ref().and_then(|m| m.recorded(pid));
-        let from_kernel = recorded.and_then(|(_, memcg)| self.cgroups.path_of(pid, memcg));
+        let recorded = self
+            .machine
+            .as_ref()
+            .and_then(|m| m.recorded(pid))
+            .map(|(_, memcg)| memcg)
+            .or_else(|| self.departed.get(&pid).copied());
+        let from_kernel = recorded.and_then(|memcg| self.cgroups.path_of(pid, memcg));
         let last_seen = || {
             self.known_cgroups
                 .iter()

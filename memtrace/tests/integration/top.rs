@@ -236,9 +236,12 @@ fn a_paced_workloads_row_shows_its_rss_and_fault_rate_as_proc_does() {
     let true_rate = (after - before) as f64 / started.elapsed().as_secs_f64();
     let screen = top.screen();
     let true_rss = rss_kb(pid);
-    let row = row_of(&screen, pid).unwrap_or_else(|| panic!("no row for {pid}:\n{screen}"));
+    // Quit before the workload goes: its exit would end top by itself (`--pid`).
+    top.keys(&["q"]);
+    top.assert_restored("q");
     let _ = paced.kill();
     let _ = paced.wait();
+    let row = row_of(&screen, pid).unwrap_or_else(|| panic!("no row for {pid}:\n{screen}"));
 
     assert_eq!(row[1], "paced_faults", "{screen}");
     let shown_rss = kib(&row[2]);
@@ -258,8 +261,6 @@ fn a_paced_workloads_row_shows_its_rss_and_fault_rate_as_proc_does() {
     );
     // Only it: --pid narrows the table to the process and its descendants.
     assert!(screen.contains("1 processes"), "{screen}");
-    top.keys(&["q"]);
-    top.assert_restored("q");
 }
 
 #[test]
