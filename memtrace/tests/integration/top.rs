@@ -205,6 +205,15 @@ fn kib(size: &str) -> f64 {
         }
 }
 
+/// `workloads/paced_faults`: `resident_mib` kept, `per_second` minor faults at a steady pace.
+fn paced_faults(resident_mib: u32, per_second: u32) -> std::process::Child {
+    Command::new(workload("paced_faults"))
+        .args([resident_mib.to_string(), per_second.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start paced_faults")
+}
+
 fn rss_kb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
@@ -215,11 +224,7 @@ fn rss_kb(pid: u32) -> f64 {
 #[ignore = "needs root: cargo xtask test"]
 fn a_paced_workloads_row_shows_its_rss_and_fault_rate_as_proc_does() {
     require_tmux!();
-    let mut paced = Command::new(workload("paced_faults"))
-        .args(["48", "5000"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("start paced_faults");
+    let mut paced = paced_faults(48, 5000);
     let pid = paced.id();
     // Its resident part touched, it settles to the pace.
     let settled = Instant::now() + Duration::from_secs(1);
@@ -267,11 +272,7 @@ fn a_paced_workloads_row_shows_its_rss_and_fault_rate_as_proc_does() {
 #[ignore = "needs root: cargo xtask test"]
 fn with_stacks_a_detail_shows_the_fault_stack_and_detaches_when_closed() {
     require_tmux!();
-    let mut paced = Command::new(workload("paced_faults"))
-        .args(["8", "5000"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("start paced_faults");
+    let mut paced = paced_faults(8, 5000);
     let pid = paced.id();
     let top = Tmux::start("stacks", &["--stacks", "--pid", &pid.to_string()]);
     top.wait_for("the workload's row", 30, |s| row_of(s, pid).is_some());
