@@ -110,6 +110,8 @@ pub async fn execute(args: TopArgs) -> anyhow::Result<u8> {
             ..Header::default()
         },
         psi_total_us: None,
+        meminfo: procfs::LiveFile::open("/proc/meminfo").ok(),
+        pressure: procfs::LiveFile::open("/proc/pressure/memory").ok(),
         primed: false,
         departed: HashMap::new(),
         kills_shown: Vec::new(),
@@ -153,6 +155,9 @@ struct Top {
     view: View,
     header: Header,
     psi_total_us: Option<(u64, u64)>,
+    /// `/proc/meminfo` and `/proc/pressure/memory`, kept open (`None` where absent: no PSI).
+    meminfo: Option<procfs::LiveFile>,
+    pressure: Option<procfs::LiveFile>,
     /// Whether a reading was taken (the first one gives no rates).
     primed: bool,
     /// The memory cgroup ids the kernel recorded for the processes the last reading retired.
@@ -361,15 +366,17 @@ impl Top {
     fn read_header(&mut self, seconds: f64) {
         let header = &mut self.header;
         header.clock = crate::model::time::Timestamp::now().local_hms();
-        if let Ok(text) = std::fs::read_to_string("/proc/meminfo") {
-            let field = |name| procfs::meminfo_kb(&text, name).unwrap_or(0);
+        if let Some(text) = self.meminfo.as_mut().and_then(|file| file.read().ok()) {
+            let field = |name| procfs::meminfo_kb(text, name).unwrap_or(0);
             header.mem_total_kb = field("MemTotal");
             header.mem_available_kb = field("MemAvailable");
             header.swap_total_kb = field("SwapTotal");
             header.swap_free_kb = field("SwapFree");
         }
         // PSI over the interval itself, from the kernel's stall totals: avg10 lags by seconds.
-        let psi = procfs::read_psi(std::path::Path::new("/proc/pressure/memory"));
+        let psi = (self.pressure.as_mut())
+            .and_then(|file| file.read().ok())
+            .and_then(procfs::parse_psi);
         header.psi = psi.map(|psi| {
             let now = (psi.some.total_us, psi.full.total_us);
             let percent =
